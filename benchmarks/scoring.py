@@ -1,0 +1,77 @@
+"""Benchmark: promptgap's scorer against lm-eval's HFLM on the same rows, same model, same run.
+
+    python benchmarks/scoring.py                        # full WinoGrande dev, raw and chat
+    python benchmarks/scoring.py --limit 200 --formats raw
+    python benchmarks/scoring.py --task boolq --limit 500
+
+Prints, per format: both times (scoring calls only), the speed ratio, the largest
+per-request log-likelihood difference and both accuracies. Run it alone: two heavy
+processes on two cores halve each other's speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from harness.artifact import PromptArtifact  # noqa: E402
+from harness.models import load_model  # noqa: E402
+from harness.parity import lm_eval_reference  # noqa: E402
+from harness.registry import get_task  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+FILES = {"winogrande": "dev.jsonl", "boolq": "dev.jsonl"}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--task", choices=sorted(FILES), default="winogrande")
+    ap.add_argument("--data-dir", type=Path, default=None, help="default: ../shared/data/<task>")
+    ap.add_argument("--limit", type=int, default=None, help="first N examples of the file (default: all)")
+    ap.add_argument("--formats", nargs="+", default=["raw", "chat"], choices=["raw", "chat"])
+    ap.add_argument("--batch-size", type=int, default=32)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+
+    data_dir = args.data_dir or SHARED / args.task
+    lm = load_model()
+    task = get_task(args.task, data_dir=data_dir)
+    examples = task.all_examples()[: args.limit]
+    from harness.scorer import Scorer
+
+    scorer = Scorer(lm, batch_size=args.batch_size)
+    scorer.score(PromptArtifact(), examples[:4], task.kind)  # warm-up, as lm-eval's first batch is
+    rows = []
+    for fmt in args.formats:
+        t0 = time.perf_counter()
+        ours = scorer.score(PromptArtifact(format=fmt), examples, task.kind, desc=f"promptgap {fmt}")
+        t_ours = time.perf_counter() - t0
+        ref = lm_eval_reference(lm, args.task, data_dir / FILES[args.task], limit=len(examples),
+                                chat=fmt == "chat", batch_size=args.batch_size)
+        diffs = [abs(a - b) for o, r in zip(ours, ref.lls, strict=True)
+                 for a, b in zip(o.choice_loglik, r, strict=True)]
+        greedy_diff = sum(a != b for o, r in zip(ours, ref.greedy, strict=True)
+                          for a, b in zip(o.choice_greedy, r, strict=True))
+        acc_ours = sum(o.correct for o in ours) / len(ours)
+        acc_ref = sum(ref.acc) / len(ref.acc)
+        same_pred = sum(o.correct == bool(a) for o, a in zip(ours, ref.acc, strict=True))
+        rows.append((fmt, len(diffs), t_ours, ref.seconds, max(diffs), acc_ours, acc_ref, same_pred, greedy_diff))
+    print(f"\n{args.task}, {len(examples)} examples, batch {args.batch_size}, "
+          f"model {lm.name} ({lm.dtype}, {lm.device})")
+    print(f"{'format':6} {'requests':>8} {'promptgap s':>11} {'lm-eval s':>9} {'speed-up':>8} "
+          f"{'max |dLL|':>10} {'acc ours':>9} {'acc lm-eval':>11} {'same correct':>12} {'greedy differs':>14}")
+    for fmt, n, t_o, t_r, d, a_o, a_r, same, gd in rows:
+        print(f"{fmt:6} {n:8d} {t_o:11.1f} {t_r:9.1f} {t_r / t_o:7.2f}x {d:10.2e} {a_o:9.4f} {a_r:11.4f} "
+              f"{same:6d}/{len(examples)} {gd:14d}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,195 @@
+"""The promptgap command line: ``list`` and ``eval`` (one model x task x condition, scored by the shared scorer)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from harness.errors import UserError
+
+log = logging.getLogger("promptgap")
+
+SPLITS = ("test", "dev", "train", "all")
+
+
+def _parse_settings(pairs: list[str]) -> dict:
+    """``key=value`` pairs; values are read as JSON when they parse (numbers, booleans), else as text."""
+    out = {}
+    for p in pairs:
+        if "=" not in p:
+            raise UserError(f"--set {p!r}: expected key=value, e.g. --set instruction='Answer briefly.'")
+        k, v = p.split("=", 1)
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
+def write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
+    """Write all rows or nothing: a temp file in the same folder, renamed into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            for r in rows:
+                f.write(json.dumps(r) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from harness.models import KNOWN_MODELS
+    from harness.registry import OPTIMIZER_GROUP, TASK_GROUP, load, names
+
+    console = Console()
+    t = Table(title="tasks (--task; or a path to a TOML spec)")
+    t.add_column("name")
+    t.add_column("kind")
+    t.add_column("what")
+    for n in names(TASK_GROUP):
+        cls = load(TASK_GROUP, n, "task")
+        t.add_row(n, cls.kind, cls.summary)
+    console.print(t)
+    c = Table(title="conditions (--condition)")
+    c.add_column("name")
+    c.add_column("what")
+    for n in names(OPTIMIZER_GROUP):
+        c.add_row(n, load(OPTIMIZER_GROUP, n, "condition").summary)
+    console.print(c)
+    m = Table(title="models (--model; or any hub id or local folder)")
+    m.add_column("name")
+    m.add_column("what")
+    for n, what in KNOWN_MODELS.items():
+        m.add_row(n, what)
+    console.print(m)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from harness.models import load_model, resolve_source
+    from harness.registry import get_optimizer, get_task
+    from harness.scorer import Scorer
+    from optimizers.base import FitContext
+
+    if args.limit is not None and args.limit < 1:
+        raise UserError(f"--limit {args.limit}: give a positive number of examples")
+    # every name is checked before anything slow happens
+    task = get_task(args.task, data_dir=args.data_dir)
+    condition = get_optimizer(args.condition)(**_parse_settings(args.set))
+    if args.model.endswith(".gguf") or Path(args.model).expanduser().exists():
+        resolve_source(args.model)
+
+    if args.split == "all":
+        examples = task.all_examples()
+        train, dev, split_hash = (), (), "file-order"
+        from harness.data import ids_hash
+
+        split_hash = "all:" + ids_hash([e.id for e in examples])
+    else:
+        split = task.split(args.seed)
+        examples, train, dev, split_hash = split.part(args.split), split.train, split.dev, split.hash
+    examples = list(examples[: args.limit])
+    if not examples:
+        raise UserError(f"task {task.name}: the {args.split} split is empty; raise its size or add data")
+
+    lm = load_model(args.model, device=args.device, dtype=args.dtype)
+    scorer = Scorer(lm, batch_size=args.batch_size)
+    t0 = time.perf_counter()
+    artifact = condition.fit(FitContext(lm=lm, task=task, train=tuple(train), dev=tuple(dev), scorer=scorer,
+                                        seed=args.seed))
+    t_fit = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    scores = scorer.score(artifact, examples, task.kind, desc=f"scoring {args.condition} on {task.name}")
+    t_score = time.perf_counter() - t0
+    common = {"model": lm.name, "task": task.name, "condition": args.condition, "split": args.split,
+              "split_hash": split_hash, "format": artifact.format}
+    write_jsonl_atomic(args.out, [{**s.to_json(), **common} for s in scores])
+    if args.artifact_out:
+        artifact.save(args.artifact_out)
+
+    n = len(scores)
+    acc = sum(s.correct for s in scores) / n
+    nll = sum(s.gold_nll for s in scores) / n
+    metric = "greedy exact match" if task.kind == "continuation" else "accuracy"
+    print(f"{task.name} / {args.condition} / {lm.name} [{artifact.format}] {args.split} n={n} "
+          f"split_hash={split_hash}")
+    print(f"{metric}: {acc:.4f}   mean gold NLL: {nll:.4f}   (fit {t_fit:.1f}s, scoring {t_score:.1f}s)")
+    print(f"wrote {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="promptgap",
+        description="Is prompt work worth it for this model and task? Scores prompt conditions "
+        "through one shared log-likelihood scorer on identical splits.",
+    )
+    ap.add_argument("-v", "--verbose", action="store_true", help="log diagnostics to stderr")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("list", help="show tasks, conditions and models").set_defaults(func=cmd_list)
+
+    e = sub.add_parser("eval", help="fit one condition and score it on one split, one JSON line per example",
+                       description="Fit a condition on the task's train/dev split and score the chosen split. "
+                       "Example: promptgap eval --task winogrande --data-dir ../shared/data/winogrande "
+                       "--condition base-raw --split all --out results/wg.jsonl")
+    e.add_argument("--model", default="smollm2-135m-instruct", help="model name, hub id or local folder "
+                   "(default: the embedded smollm2-135m-instruct)")
+    e.add_argument("--task", required=True, help="task name (see `promptgap list`) or path to a TOML task spec")
+    e.add_argument("--condition", required=True, help="condition name (see `promptgap list`)")
+    e.add_argument("--split", choices=SPLITS, default="test",
+                   help="which part to score; 'all' = the task's evaluation file in file order, no fitting data")
+    e.add_argument("--limit", type=int, default=None, help="score only the first N examples of the split")
+    e.add_argument("--data-dir", type=Path, default=None, help="local data folder (default: packaged data or hub)")
+    e.add_argument("--seed", type=int, default=0, help="split and fitting seed (default 0)")
+    e.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a condition setting, e.g. --set instruction='Answer yes or no.' (repeatable)")
+    e.add_argument("--batch-size", type=int, default=32)
+    e.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    e.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16")
+    e.add_argument("--artifact-out", type=Path, default=None, help="also save the prompt artifact to this folder")
+    e.add_argument("--out", type=Path, required=True, help="JSONL file to write (written whole, or not at all)")
+    e.set_defaults(func=cmd_eval)
+    return ap
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    _quiet_libraries()
+    try:
+        return args.func(args)
+    except UserError as e:
+        print(f"promptgap: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("promptgap: interrupted; nothing was written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

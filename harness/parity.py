@@ -1,0 +1,89 @@
+"""lm-evaluation-harness as an independent reference: its own task code and HFLM, on the same model and rows.
+
+Used by the parity tests and the scoring benchmark. lm-eval builds the prompts from its
+own YAML task definitions (here pointed at local files, since the hub is offline), so a
+formatting difference between promptgap and lm-eval shows up as a score difference.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.models import LoadedModel
+
+
+@dataclass
+class ReferenceResult:
+    """Per document (file order): the per-request (loglik, greedy) pairs and lm-eval's acc."""
+
+    lls: list[list[float]]
+    greedy: list[list[bool]]
+    acc: list[float]
+    seconds: float
+
+
+def _task_yaml(name: str) -> Path:
+    import lm_eval
+
+    root = Path(lm_eval.__file__).parent / "tasks"
+    return {"winogrande": root / "winogrande" / "default.yaml",
+            "boolq": root / "super_glue" / "boolq" / "default.yaml"}[name]
+
+
+def _boolq_as_super_glue(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The local BoolQ file split the title out of SuperGLUE's "title -- passage"; put it back."""
+    return [{"question": r["question"],
+             "passage": f"{r['title']} -- {r['passage']}" if r.get("title") else r["passage"],
+             "idx": r["idx"], "label": int(bool(r["answer"]))} for r in rows]
+
+
+def lm_eval_reference(lm: LoadedModel, task: str, data_file: Path, limit: int | None = None,
+                      chat: bool = False, batch_size: int = 32) -> ReferenceResult:
+    """Run lm-eval's own ``task`` (winogrande or boolq) with HFLM on the first ``limit`` rows of ``data_file``."""
+    import time
+
+    from lm_eval import evaluator
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    rows = [json.loads(line) for line in Path(data_file).read_text().splitlines() if line.strip()]
+    if limit is not None:
+        rows = rows[:limit]
+    if task == "boolq":
+        rows = _boolq_as_super_glue(rows)
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / "validation.jsonl"
+        local.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        cfg = load_yaml(_task_yaml(task))
+        cfg.pop("tag", None)
+        cfg.update(task=f"promptgap_ref_{task}", dataset_path="json", dataset_name=None,
+                   dataset_kwargs={"data_files": {"validation": str(local)}},
+                   training_split=None, validation_split="validation")
+        hflm = HFLM(pretrained=lm.model, tokenizer=lm.tokenizer, batch_size=batch_size, device=str(lm.device))
+        # time only the scoring call, as the benchmark times only our scorer's
+        spent = [0.0]
+        scoring = hflm.loglikelihood
+
+        def timed(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return scoring(*args, **kwargs)
+            finally:
+                spent[0] += time.perf_counter() - t0
+
+        hflm.loglikelihood = timed
+        out = evaluator.simple_evaluate(model=hflm, tasks=[cfg], task_manager=TaskManager(),
+                                        apply_chat_template=chat, log_samples=True, bootstrap_iters=0)
+        seconds = spent[0]
+    samples = sorted(out["samples"][cfg["task"]], key=lambda s: s["doc_id"])
+    return ReferenceResult(
+        lls=[[float(r[0][0]) for r in s["resps"]] for s in samples],
+        greedy=[[bool(r[0][1]) for r in s["resps"]] for s in samples],
+        acc=[float(s["acc"]) for s in samples],
+        seconds=seconds,
+    )

@@ -1,0 +1,30 @@
+"""Rich progress bars for long loops, written to stderr so stdout stays clean for results."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+console = Console(stderr=True)
+
+
+def enabled() -> bool:
+    return os.environ.get("PROMPTGAP_PROGRESS", "1") != "0"
+
+
+@contextmanager
+def bar(description: str, total: int) -> Iterator[Progress.advance]:
+    """Yield ``advance(n)``; the bar disappears when the loop ends."""
+    if not enabled() or total <= 0:
+        yield lambda n=1: None
+        return
+    with Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True,
+    ) as p:
+        task = p.add_task(description, total=total)
+        yield lambda n=1: p.advance(task, n)

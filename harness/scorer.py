@@ -1,0 +1,307 @@
+"""The one shared scorer: every condition's test numbers come out of ``Scorer.score``.
+
+Contract (lm-eval's ``loglikelihood``): for each (context, continuation) token request,
+the summed log-probability of the continuation, its token count, and whether greedy
+decoding would produce it. Numerically it matches lm-eval's HFLM; it is faster because
+work that requests share is done once:
+
+1. all input sequences go into a prefix tree (a radix tree: chains without branches are
+   one node), so every distinct prefix token runs through the model exactly once. A chat
+   header, an instruction or demos shared by all requests is the root; the two contexts
+   of a WinoGrande example share a node up to the option; BoolQ's choices share the input;
+2. nodes run level by level, batched by length; a node's past is its ancestors' saved
+   key/value slices, so nothing is recomputed;
+3. only the positions that predict continuation tokens go through the LM head.
+
+Rows of different lengths are padded; an explicit 4D attention mask hides padded keys
+and explicit position ids keep rotary/absolute positions exact.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from harness.artifact import PromptArtifact
+from harness.data import Example, TaskKind
+from harness.models import LoadedModel
+from harness.progress import bar
+from harness.render import Renderer, TokenRequest
+
+
+@dataclass(frozen=True)
+class Loglik:
+    loglik: float
+    n_tokens: int
+    greedy: bool
+
+
+@dataclass
+class ExampleScore:
+    """One line of an ``eval`` JSONL file."""
+
+    example_id: str
+    choice_loglik: list[float]
+    choice_ntokens: list[int]
+    choice_greedy: list[bool]
+    gold: int
+    pred: int
+    correct: bool
+    gold_nll: float
+    greedy_match: bool | None = None
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        if d["greedy_match"] is None:
+            del d["greedy_match"]
+        return d
+
+
+def example_score(example: Example, kind: TaskKind, results: Sequence[Loglik]) -> ExampleScore:
+    """Per-example metrics from the per-choice log-likelihoods (lm-eval's acc: argmax, first on ties)."""
+    lls = [r.loglik for r in results]
+    pred = max(range(len(lls)), key=lambda i: (lls[i], -i))
+    if kind == "continuation":
+        r = results[0]
+        return ExampleScore(example.id, lls, [r.n_tokens], [r.greedy], example.gold, 0, r.greedy,
+                            -r.loglik / r.n_tokens, greedy_match=r.greedy)
+    log_z = max(lls) + math.log(sum(math.exp(x - max(lls)) for x in lls))
+    return ExampleScore(example.id, lls, [r.n_tokens for r in results], [r.greedy for r in results], example.gold, pred,
+                        pred == example.gold, log_z - lls[example.gold])
+
+
+@dataclass(eq=False)
+class _Node:
+    """A run of tokens shared by every input below it; ``start`` is its first position."""
+
+    start: int
+    tokens: tuple[int, ...]
+    parent: _Node | None = field(repr=False)
+    children: list[_Node] = field(default_factory=list, repr=False)
+    # (offset in this node, request index, target token): positions whose logits are read here
+    reads: list[tuple[int, int, int]] = field(default_factory=list, repr=False)
+    size: int = 0  # tokens in this node's subtree
+
+    @property
+    def end(self) -> int:
+        return self.start + len(self.tokens)
+
+
+def _lcp(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def build_tree(seqs: list[tuple[int, ...]]) -> tuple[_Node, list[_Node]]:
+    """Radix tree of ``seqs``; returns the root and, per sequence, the node it ends in."""
+    order = sorted(range(len(seqs)), key=lambda u: seqs[u])
+    ends: list[_Node | None] = [None] * len(seqs)
+    root = _Node(0, (), None)
+    stack = [(root, order, 0)]  # (node to fill, its members in sorted order, node start)
+    while stack:
+        node, members, start = stack.pop()
+        first, last = seqs[members[0]], seqs[members[-1]]
+        # sorted order: the lcp of the first and last member is the lcp of all
+        end = min(_lcp(first, last), min(len(seqs[m]) for m in members))
+        node.tokens = first[start:end]
+        rest = []
+        for m in members:
+            if len(seqs[m]) == end:
+                ends[m] = node
+            else:
+                rest.append(m)
+        i = 0
+        while i < len(rest):  # children: runs of members sharing the next token
+            j = i
+            while j < len(rest) and seqs[rest[j]][end] == seqs[rest[i]][end]:
+                j += 1
+            child = _Node(end, (), node)
+            node.children.append(child)
+            stack.append((child, rest[i:j], end))
+            i = j
+    return root, ends  # type: ignore[return-value]
+
+
+class Scorer:
+    """Log-likelihoods of continuations under one frozen model, each distinct prefix computed once."""
+
+    def __init__(self, lm: LoadedModel, batch_size: int = 32) -> None:
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        self.lm = lm
+        self.batch_size = batch_size
+        self.renderer = Renderer(lm.tokenizer)
+        self.base = lm.model.base_model  # the decoder stack without the LM head
+        self.head = lm.model.get_output_embeddings()
+        cfg = lm.model.config.get_text_config()
+        self.softcap = getattr(cfg, "final_logit_softcapping", None)
+        self.max_len = getattr(cfg, "max_position_embeddings", None)
+
+    # --- the public entry points -------------------------------------------
+    def score(self, artifact: PromptArtifact, examples: Sequence[Example], kind: TaskKind,
+              desc: str = "scoring") -> list[ExampleScore]:
+        per_example = self.renderer.requests(artifact, examples)
+        flat = [r for reqs in per_example for r in reqs]
+        results = self.loglikelihood(flat, desc=desc)
+        out, k = [], 0
+        for ex, reqs in zip(examples, per_example, strict=True):
+            out.append(example_score(ex, kind, results[k : k + len(reqs)]))
+            k += len(reqs)
+        return out
+
+    @torch.no_grad()
+    def loglikelihood(self, requests: Sequence[TokenRequest], desc: str = "scoring") -> list[Loglik]:
+        if not requests:
+            return []
+        # lm-eval feeds (context + continuation)[:-1] and reads the last len(continuation) positions
+        seq_of: dict[tuple[int, ...], int] = {}
+        seqs: list[tuple[int, ...]] = []
+        for r in requests:
+            if not r.context or not r.continuation:
+                raise ValueError("a request needs a non-empty context and continuation")
+            s = (r.context + r.continuation)[:-1]
+            if s not in seq_of:
+                seq_of[s] = len(seqs)
+                seqs.append(s)
+        if self.max_len and max(map(len, seqs)) >= self.max_len:
+            raise ValueError(f"a request is longer than the model's {self.max_len} positions")
+
+        root, ends = build_tree(seqs)
+        for ri, r in enumerate(requests):
+            node = ends[seq_of[(r.context + r.continuation)[:-1]]]
+            for j in range(len(r.continuation) - 1, -1, -1):  # walk up from the last position
+                pos = len(r.context) - 1 + j
+                while node.start > pos:
+                    node = node.parent
+                node.reads.append((pos - node.start, ri, r.continuation[j]))
+        self._sizes(root)
+
+        self._sum = [0.0] * len(requests)
+        self._count = [0] * len(requests)
+        self._greedy = [True] * len(requests)
+        with bar(desc, sum(len(r.continuation) for r in requests)) as advance:
+            self._advance = advance
+            # level by level; a node's saved keys/values cover its whole prefix, so they
+            # are needed only by its children and are dropped once those have run
+            kv_of: dict[_Node, torch.Tensor] = {}
+            level = [root] if root.tokens else root.children
+            while level:
+                kv_of = self._run_level(level, kv_of)
+                level = [c for n in level for c in n.children]
+        return [Loglik(s, n, g) for s, n, g in zip(self._sum, self._count, self._greedy, strict=True)]
+
+    # --- running -------------------------------------------------------------
+    @staticmethod
+    def _sizes(root: _Node) -> None:
+        order, stack = [], [root]
+        while stack:
+            n = stack.pop()
+            order.append(n)
+            stack.extend(n.children)
+        for n in reversed(order):
+            n.size = len(n.tokens) + sum(c.size for c in n.children)
+
+    def _run_level(self, nodes: list[_Node], kv_of: dict[_Node, torch.Tensor]) -> dict[_Node, torch.Tensor]:
+        """Run ``nodes`` (whose parents are done) in length-sorted batches.
+
+        Returns, for each node with children, its prefix's keys/values as one tensor
+        [layers, 2, kv_heads, node.end, head_dim].
+        """
+        out: dict[_Node, torch.Tensor] = {}
+        ordered = sorted(nodes, key=lambda n: len(n.tokens))
+        for start in range(0, len(ordered), self.batch_size):
+            batch = ordered[start : start + self.batch_size]
+            past = self._stack_past([kv_of.get(n.parent) for n in batch], [n.start for n in batch])
+            valid, kv, hidden = self._forward([list(n.tokens) for n in batch], past, [n.start for n in batch])
+            self._read(hidden, batch)
+            n_past = 0 if past is None else past[1].shape[1]
+            for row, n in enumerate(batch):
+                if n.children:  # the row's past is right-aligned, so its whole prefix is one slice
+                    a, b = n_past - n.start, n_past + len(n.tokens)
+                    out[n] = torch.stack([torch.stack((k[row, :, a:b], v[row, :, a:b])) for k, v in kv])
+        return out
+
+    def _stack_past(self, parents: list[torch.Tensor | None], lens: list[int]):
+        """Per-row past = the row's parent prefix keys/values, left-padded to one width.
+
+        Returns (per-layer (keys, values) [rows, kv_heads, width, head_dim], valid [rows, width]) or None.
+        """
+        width = max(lens)
+        if width == 0:
+            return None
+        dev = self.lm.device
+        valid = torch.zeros(len(parents), width, dtype=torch.bool, device=dev)
+        ref = next(p for p in parents if p is not None)
+        layers, _, kv_heads, _, head_dim = ref.shape
+        past = ref.new_empty(layers, 2, len(parents), kv_heads, width, head_dim)
+        for i, p in enumerate(parents):
+            pad = width - lens[i]
+            valid[i, pad:] = True
+            past[:, :, i, :, :pad] = 0  # masked, but garbage could be NaN, and NaN survives masking
+            if p is not None:
+                past[:, :, i, :, pad:] = p
+        return [(past[layer, 0], past[layer, 1]) for layer in range(layers)], valid
+
+    def _read(self, hidden: torch.Tensor, batch: list[_Node]) -> None:
+        """LM head only at continuation-predicting positions; accumulate sums, counts, greedy flags."""
+        rows, offs, targets, owners = [], [], [], []
+        for row, node in enumerate(batch):
+            for off, ri, tok in node.reads:
+                rows.append(row)
+                offs.append(off)
+                targets.append(tok)
+                owners.append(ri)
+        if not rows:
+            return
+        dev = hidden.device
+        h = hidden[torch.tensor(rows, device=dev), torch.tensor(offs, device=dev)]
+        logits = self.head(h)
+        if self.softcap:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        tgt = torch.tensor(targets, device=dev)
+        tok_lp = logp.gather(1, tgt[:, None])[:, 0].tolist()
+        hit = (logp.argmax(dim=-1) == tgt).tolist()
+        for ri, lp, g in zip(owners, tok_lp, hit, strict=True):
+            self._sum[ri] += lp
+            self._count[ri] += 1
+            self._greedy[ri] = self._greedy[ri] and g
+        self._advance(len(rows))
+
+    def _forward(self, rows: list[list[int]], past=None, offsets: list[int] | None = None):
+        """Run right-padded ``rows`` after an optional per-row past (from ``_stack_past``).
+
+        Returns (key-valid mask, per-layer (keys, values) including the past, final hidden states).
+        """
+        from transformers import DynamicCache
+
+        dev = self.lm.device
+        width = max(len(r) for r in rows)
+        ids = torch.zeros(len(rows), width, dtype=torch.long)
+        valid = torch.zeros(len(rows), width, dtype=torch.bool)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+            valid[i, : len(r)] = True
+        ids, valid = ids.to(dev), valid.to(dev)
+        start = torch.tensor(offsets or [0] * len(rows), dtype=torch.long, device=dev)
+        positions = start[:, None] + torch.arange(width, device=dev)[None, :]
+        past_kv, past_valid = past if past is not None else (None, None)
+        n_past = 0 if past_valid is None else past_valid.shape[1]
+        key_valid = valid if past_valid is None else torch.cat([past_valid, valid], dim=1)
+        q = torch.arange(width, device=dev)[:, None] + n_past  # each query's index among the keys
+        k = torch.arange(n_past + width, device=dev)[None, :]
+        allowed = (k <= q)[None] & key_valid[:, None, :]
+        allowed |= (k == q)[None]  # a padded query attends to itself, so no row is all -inf
+        mask = torch.zeros(allowed.shape, dtype=self.lm.dtype, device=dev)
+        mask.masked_fill_(~allowed, torch.finfo(self.lm.dtype).min)
+        cache = DynamicCache(ddp_cache_data=past_kv, config=self.lm.model.config)
+        out = self.base(input_ids=ids, attention_mask=mask[:, None], position_ids=positions,
+                        past_key_values=cache, use_cache=True)
+        kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+        return key_valid, kv, out.last_hidden_state

@@ -1,0 +1,1 @@
+"""Built-in tasks; each module holds one task."""

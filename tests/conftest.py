@@ -1,0 +1,35 @@
+"""Shared fixtures: the real embedded model (loaded once per session) and the real task data in ../shared/data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("PROMPTGAP_PROGRESS", "0")
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.exists():
+        pytest.skip(f"real task data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def lm():
+    from harness.models import load_model
+
+    return load_model()
+
+
+@pytest.fixture(scope="session")
+def scorer(lm):
+    from harness.scorer import Scorer
+
+    return Scorer(lm, batch_size=32)

@@ -1,0 +1,82 @@
+"""The renderer: prompt text for raw and chat formats, lm-eval's pair encoding, BOS and system-role handling."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+
+from harness.artifact import PromptArtifact
+from harness.data import Example
+from harness.errors import UserError
+from harness.render import Renderer
+
+SMOL_HEADER = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+EX = Example("x", contexts=("Passage.\nQuestion: is it?\nAnswer:",), continuations=("no", "yes"), gold=1)
+
+
+@pytest.fixture(scope="module")
+def renderer(lm) -> Renderer:
+    return Renderer(lm.tokenizer)
+
+
+def test_raw_text(renderer) -> None:
+    art = PromptArtifact(instruction="Answer yes or no.", demos=["D1 yes", "D2 no"])
+    reqs = renderer.text_requests(art, EX)
+    body = "Answer yes or no.\n\nD1 yes\n\nD2 no\n\nPassage.\nQuestion: is it?\nAnswer:"
+    assert [r.context for r in reqs] == [body] * 2
+    assert [r.continuation for r in reqs] == [" no", " yes"]
+
+
+def test_chat_text_is_the_template_with_the_user_turn_and_no_delimiter(renderer) -> None:
+    art = PromptArtifact(format="chat", instruction="Answer yes or no.")
+    reqs = renderer.text_requests(art, EX)
+    expected = (SMOL_HEADER + "<|im_start|>user\nAnswer yes or no.\n\nPassage.\nQuestion: is it?\nAnswer:<|im_end|>\n"
+                "<|im_start|>assistant\n")
+    assert reqs[0].context == expected
+    assert [r.continuation for r in reqs] == ["no", "yes"]  # lm-eval drops the delimiter under chat
+
+
+def test_system_role_and_template_without_one(lm) -> None:
+    art = PromptArtifact(format="chat", instruction="Be brief.", instruction_role="system")
+    smol = Renderer(lm.tokenizer).text_requests(art, EX)[0].context
+    assert smol.startswith("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nPassage.")
+    gemma_like = copy.deepcopy(lm.tokenizer)
+    gemma_like.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+        "{% endif %}<start_of_turn>{{ m['role'] }}\n{{ m['content'] }}<end_of_turn>\n{% endfor %}"
+        "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
+    folded = Renderer(gemma_like).text_requests(art, EX)[0].context
+    assert folded == ("<start_of_turn>user\nBe brief.\n\nPassage.\nQuestion: is it?\nAnswer:<end_of_turn>\n"
+                      "<start_of_turn>model\n")
+
+
+def test_encode_pair_moves_trailing_space_and_splits_the_whole(renderer) -> None:
+    tok = renderer.tok
+    pair = renderer.encode_pair("Here are two antonyms hot and ", "cold")
+    assert tok.decode(pair.context) == "Here are two antonyms hot and"
+    assert tok.decode(pair.continuation) == " cold"
+    assert list(pair.context + pair.continuation) == tok.encode("Here are two antonyms hot and cold")
+
+
+def test_no_second_bos(renderer) -> None:
+    tok = renderer.tok
+    text = tok.bos_token + "user\nhi"
+    ids = renderer.encode(text)
+    assert ids.count(tok.bos_token_id) == 1 and ids[0] == tok.bos_token_id
+
+
+def test_artifact_round_trip_and_bad_files(tmp_path: Path) -> None:
+    art = PromptArtifact(format="chat", instruction="Do it.", demos=["a b"], condition="handwritten", meta={"k": 1})
+    folder = art.save(tmp_path / "art")
+    assert PromptArtifact.load(folder) == art
+    with pytest.raises(UserError, match="holds no artifact.json"):
+        PromptArtifact.load(tmp_path / "nothing")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "artifact.json").write_text(json.dumps({"format": "raw", "colour": "red"}))
+    with pytest.raises(UserError, match="not a valid artifact"):
+        PromptArtifact.load(tmp_path / "bad")
+    with pytest.raises(UserError, match="use raw or chat"):
+        PromptArtifact(format="markdown")  # type: ignore[arg-type]

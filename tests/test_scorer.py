@@ -1,0 +1,116 @@
+"""The shared scorer against an independent, naive computation: one full forward pass per request."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from harness.artifact import PromptArtifact
+from harness.data import Example
+from harness.render import TokenRequest
+from harness.scorer import Loglik, Scorer, example_score
+from tasks.antonyms import Antonyms
+from tasks.winogrande import WinoGrande
+
+
+def naive(lm, requests: list[TokenRequest]) -> list[tuple[float, bool]]:
+    """What lm-eval's HFLM does, written out plainly: no batching, no prefix sharing."""
+    out = []
+    with torch.no_grad():
+        for r in requests:
+            ids = torch.tensor([list(r.context + r.continuation)[:-1]])
+            logp = torch.log_softmax(lm.model(input_ids=ids).logits[0].float(), dim=-1)
+            rows = logp[len(r.context) - 1 :]
+            tgt = torch.tensor(r.continuation)
+            out.append((float(rows.gather(1, tgt[:, None]).sum()), bool((rows.argmax(-1) == tgt).all())))
+    return out
+
+
+def flat_requests(scorer: Scorer, artifact: PromptArtifact, examples) -> list[TokenRequest]:
+    return [r for reqs in scorer.renderer.requests(artifact, examples) for r in reqs]
+
+
+@pytest.fixture(scope="module")
+def antonyms():
+    return Antonyms().split(0)
+
+
+def test_matches_naive_forward_with_shared_instruction_and_demos(lm, scorer, antonyms) -> None:
+    # instruction + demos in a chat template: a deep prefix tree with a long shared root
+    art = PromptArtifact(format="chat", instruction="Give the opposite word.",
+                         demos=[e.solved_text() for e in antonyms.train[:2]])
+    reqs = flat_requests(scorer, art, antonyms.test[:10])
+    ours = scorer.loglikelihood(reqs)
+    ref = naive(lm, reqs)
+    for o, (ll, greedy) in zip(ours, ref, strict=True):
+        assert abs(o.loglik - ll) < 1e-4
+        assert o.greedy == greedy
+        assert o.n_tokens > 0
+
+
+def test_matches_naive_forward_winogrande_raw(lm, scorer) -> None:
+    from pathlib import Path
+
+    examples = WinoGrande(Path(__file__).parent / "fixtures" / "winogrande").all_examples()
+    reqs = flat_requests(scorer, PromptArtifact(), examples)
+    for o, (ll, greedy) in zip(scorer.loglikelihood(reqs), naive(lm, reqs), strict=True):
+        assert abs(o.loglik - ll) < 1e-4 and o.greedy == greedy
+
+
+def test_prefix_and_duplicate_requests(lm, scorer) -> None:
+    """A request whose input is a prefix of another's, and an exact duplicate, still score independently."""
+    enc = scorer.renderer.encode_pair
+    reqs = [enc("The cat sat on the", " mat"), enc("The cat sat on the", " mat and purred"),
+            enc("The cat sat on the mat and", " purred"), enc("The cat sat on the", " mat"),
+            enc("A dog", " barked loudly")]
+    for o, (ll, greedy) in zip(scorer.loglikelihood(reqs), naive(lm, reqs), strict=True):
+        assert abs(o.loglik - ll) < 1e-4 and o.greedy == greedy
+
+
+def test_batch_size_invariance(lm, shared_data) -> None:
+    examples = WinoGrande(shared_data / "winogrande").all_examples()[:16]
+    art = PromptArtifact(format="chat", instruction="Pick the option that makes sense.")
+    one = Scorer(lm, batch_size=1).score(art, examples, "multiple_choice")
+    many = Scorer(lm, batch_size=32).score(art, examples, "multiple_choice")
+    diffs = [abs(a - b) for x, y in zip(one, many, strict=True)
+             for a, b in zip(x.choice_loglik, y.choice_loglik, strict=True)]
+    assert max(diffs) < 1e-4
+
+
+def test_greedy_flag_follows_the_models_own_argmax(lm, scorer) -> None:
+    ctx = scorer.renderer.encode("The capital of France is")
+    ids, greedy_tokens = list(ctx), []
+    with torch.no_grad():
+        for _ in range(3):  # the model's own greedy continuation, one token at a time
+            nxt = int(lm.model(input_ids=torch.tensor([ids])).logits[0, -1].argmax())
+            greedy_tokens.append(nxt)
+            ids.append(nxt)
+    own = TokenRequest(tuple(ctx), tuple(greedy_tokens))
+    other = TokenRequest(tuple(ctx), tuple(greedy_tokens[:2]) + ((greedy_tokens[2] + 1) % 49152,))
+    got = scorer.loglikelihood([own, other])
+    assert got[0].greedy is True
+    assert got[1].greedy is False
+    assert got[0].loglik > got[1].loglik
+
+
+def test_example_metrics_by_hand() -> None:
+    ex = Example("e", contexts=("q",), continuations=("a", "b"), gold=1)
+    s = example_score(ex, "multiple_choice", [Loglik(-1.0, 1, True), Loglik(-2.0, 2, False)])
+    assert s.pred == 0 and s.correct is False
+    # cross-entropy of the gold choice under a softmax over the summed log-likelihoods
+    assert s.gold_nll == pytest.approx(math.log(math.exp(-1) + math.exp(-2)) + 2.0)
+    tie = example_score(ex, "multiple_choice", [Loglik(-1.0, 1, True), Loglik(-1.0, 1, True)])
+    assert tie.pred == 0  # lm-eval's argmax takes the first on ties
+    cont = Example("c", contexts=("q",), continuations=("x",), gold=0)
+    c = example_score(cont, "continuation", [Loglik(-6.0, 3, True)])
+    assert c.gold_nll == pytest.approx(2.0) and c.greedy_match is True and c.correct is True
+
+
+def test_empty_and_invalid_requests(scorer) -> None:
+    assert scorer.loglikelihood([]) == []
+    with pytest.raises(ValueError):
+        scorer.loglikelihood([TokenRequest((), (5,))])
+    with pytest.raises(ValueError):
+        Scorer(scorer.lm, batch_size=0)
