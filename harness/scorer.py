@@ -223,14 +223,12 @@ class Scorer:
         out: dict[_Node, torch.Tensor] = {}
         ordered = sorted(nodes, key=lambda n: len(n.tokens))
         for batch in self._batches(ordered):
-            past = self._stack_past([kv_of.get(n.parent) for n in batch], [n.start for n in batch])
-            valid, kv, hidden = self._forward([list(n.tokens) for n in batch], past, [n.start for n in batch])
+            buf, n_past, hidden = self._forward([list(n.tokens) for n in batch],
+                                                [kv_of.get(n.parent) for n in batch], [n.start for n in batch])
             self._read(hidden, batch)
-            n_past = 0 if past is None else past[1].shape[1]
             for row, n in enumerate(batch):
                 if n.children:  # the row's past is right-aligned, so its whole prefix is one slice
-                    a, b = n_past - n.start, n_past + len(n.tokens)
-                    out[n] = torch.stack([torch.stack((k[row, :, a:b], v[row, :, a:b])) for k, v in kv])
+                    out[n] = buf[:, :, row, :, n_past - n.start : n_past + len(n.tokens)].clone()
         return out
 
     def _batches(self, ordered: list[_Node]) -> list[list[_Node]]:
@@ -244,7 +242,7 @@ class Scorer:
         for n in ordered:
             width = len(n.tokens)  # sorted ascending: the newest node is the widest
             rows = len(out[-1]) + 1 if out else 0
-            if out and rows <= 8 * self.batch_size and rows * width <= self.batch_tokens \
+            if out and rows <= 2 * self.batch_size and rows * width <= self.batch_tokens \
                     and rows * width <= 1.1 * (real + width):
                 out[-1].append(n)
                 real += width
@@ -252,27 +250,6 @@ class Scorer:
                 out.append([n])
                 real = width
         return out
-
-    def _stack_past(self, parents: list[torch.Tensor | None], lens: list[int]):
-        """Per-row past = the row's parent prefix keys/values, left-padded to one width.
-
-        Returns (per-layer (keys, values) [rows, kv_heads, width, head_dim], valid [rows, width]) or None.
-        """
-        width = max(lens)
-        if width == 0:
-            return None
-        dev = self.lm.device
-        valid = torch.zeros(len(parents), width, dtype=torch.bool, device=dev)
-        ref = next(p for p in parents if p is not None)
-        layers, _, kv_heads, _, head_dim = ref.shape
-        past = ref.new_empty(layers, 2, len(parents), kv_heads, width, head_dim)
-        for i, p in enumerate(parents):
-            pad = width - lens[i]
-            valid[i, pad:] = True
-            past[:, :, i, :, :pad] = 0  # masked, but garbage could be NaN, and NaN survives masking
-            if p is not None:
-                past[:, :, i, :, pad:] = p
-        return [(past[layer, 0], past[layer, 1]) for layer in range(layers)], valid
 
     def _read(self, hidden: torch.Tensor, batch: list[_Node]) -> None:
         """LM head only at continuation-predicting positions; accumulate sums, counts, greedy flags."""
@@ -290,44 +267,92 @@ class Scorer:
         logits = self.head(h)
         if self.softcap:
             logits = torch.tanh(logits / self.softcap) * self.softcap
-        logp = torch.log_softmax(logits.float(), dim=-1)
+        logits = logits.float()
+        # log p(target) = logit - logsumexp: no full log-softmax table is written
         tgt = torch.tensor(targets, device=dev)
-        tok_lp = logp.gather(1, tgt[:, None])[:, 0].tolist()
-        hit = (logp.argmax(dim=-1) == tgt).tolist()
+        tok_lp = torch.log_softmax(logits, dim=-1).gather(1, tgt[:, None])[:, 0].tolist()
+        hit = (logits.argmax(dim=-1) == tgt).tolist()
         for ri, lp, g in zip(owners, tok_lp, hit, strict=True):
             self._sum[ri] += lp
             self._count[ri] += 1
             self._greedy[ri] = self._greedy[ri] and g
         self._advance(len(rows))
 
-    def _forward(self, rows: list[list[int]], past=None, offsets: list[int] | None = None):
-        """Run right-padded ``rows`` after an optional per-row past (from ``_stack_past``).
+    def _forward(self, rows: list[list[int]], parents: list[torch.Tensor | None], starts: list[int]):
+        """Run right-padded ``rows``, each after its parent's saved prefix (left-padded to one width).
 
-        Returns (key-valid mask, per-layer (keys, values) including the past, final hidden states).
+        Keys/values live in one buffer [layers, 2, rows, kv_heads, past + width, head_dim]: the
+        past is copied in once and each layer writes its new keys in place (no per-layer concat).
+        Returns (buffer, past width, final hidden states).
         """
-        from transformers import DynamicCache
-
         dev = self.lm.device
         width = max(len(r) for r in rows)
+        n_past = max(starts)
         ids = torch.zeros(len(rows), width, dtype=torch.long)
-        valid = torch.zeros(len(rows), width, dtype=torch.bool)
+        key_valid = torch.zeros(len(rows), n_past + width, dtype=torch.bool)
         for i, r in enumerate(rows):
             ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-            valid[i, : len(r)] = True
-        ids, valid = ids.to(dev), valid.to(dev)
-        start = torch.tensor(offsets or [0] * len(rows), dtype=torch.long, device=dev)
-        positions = start[:, None] + torch.arange(width, device=dev)[None, :]
-        past_kv, past_valid = past if past is not None else (None, None)
-        n_past = 0 if past_valid is None else past_valid.shape[1]
-        key_valid = valid if past_valid is None else torch.cat([past_valid, valid], dim=1)
+            key_valid[i, n_past - starts[i] : n_past + len(r)] = True
+        ids, key_valid = ids.to(dev), key_valid.to(dev)
+        positions = torch.tensor(starts, device=dev)[:, None] + torch.arange(width, device=dev)[None, :]
+
+        cfg = self.lm.model.config.get_text_config()
+        kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        buf = torch.empty(cfg.num_hidden_layers, 2, len(rows), kv_heads, n_past + width, head_dim,
+                          dtype=self.lm.dtype, device=dev)
+        for i, p in enumerate(parents):
+            pad = n_past - starts[i]
+            buf[:, :, i, :, :pad] = 0  # masked, but garbage could be NaN, and NaN survives masking
+            if p is not None:
+                buf[:, :, i, :, pad:n_past] = p
+
         q = torch.arange(width, device=dev)[:, None] + n_past  # each query's index among the keys
         k = torch.arange(n_past + width, device=dev)[None, :]
         allowed = (k <= q)[None] & key_valid[:, None, :]
         allowed |= (k == q)[None]  # a padded query attends to itself, so no row is all -inf
         mask = torch.zeros(allowed.shape, dtype=self.lm.dtype, device=dev)
         mask.masked_fill_(~allowed, torch.finfo(self.lm.dtype).min)
-        cache = DynamicCache(ddp_cache_data=past_kv, config=self.lm.model.config)
+        cache = _BufferCache(buf, n_past)
         out = self.base(input_ids=ids, attention_mask=mask[:, None], position_ids=positions,
                         past_key_values=cache, use_cache=True)
-        kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
-        return key_valid, kv, out.last_hidden_state
+        return buf, n_past, out.last_hidden_state
+
+
+def _buffer_cache_classes():
+    """A transformers Cache over a preallocated buffer (defined lazily: transformers imports slowly)."""
+    from transformers.cache_utils import Cache, DynamicLayer
+
+    class BufferLayer(DynamicLayer):
+        def __init__(self, keys: torch.Tensor, values: torch.Tensor, filled: int) -> None:
+            super().__init__()
+            self.buf_keys, self.buf_values, self.filled = keys, values, filled
+            self.keys, self.values = keys[:, :, :filled], values[:, :, :filled]
+            self.dtype, self.device, self.is_initialized = keys.dtype, keys.device, True
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            end = self.filled + key_states.shape[-2]
+            self.buf_keys[:, :, self.filled : end] = key_states
+            self.buf_values[:, :, self.filled : end] = value_states
+            self.filled = end
+            self.keys, self.values = self.buf_keys[:, :, :end], self.buf_values[:, :, :end]
+            return self.keys, self.values
+
+        def get_seq_length(self) -> int:
+            return self.filled
+
+    class BufferCache(Cache):
+        def __init__(self, buf: torch.Tensor, filled: int) -> None:
+            super().__init__(layers=[BufferLayer(buf[i, 0], buf[i, 1], filled) for i in range(buf.shape[0])])
+
+    return BufferCache
+
+
+_BUFFER_CACHE = None
+
+
+def _BufferCache(buf: torch.Tensor, filled: int):  # noqa: N802 - stands in for a class
+    global _BUFFER_CACHE
+    if _BUFFER_CACHE is None:
+        _BUFFER_CACHE = _buffer_cache_classes()
+    return _BUFFER_CACHE(buf, filled)
