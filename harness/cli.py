@@ -130,6 +130,27 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from harness.report import write_report
+    from harness.runner import Runner
+
+    runner = Runner(args.config, run_id=args.run_id, resume=args.resume, only=args.only,
+                    results_root=args.results)
+    run_dir = runner.run()
+    print(f"results: {run_dir}")
+    print(f"report:  {write_report(run_dir, args.reports)}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from harness.report import write_report
+
+    if not (args.run_dir / "config.json").exists():
+        raise UserError(f"{args.run_dir} is not a run folder (no config.json); give results/<run-id>")
+    print(f"report: {write_report(args.run_dir, args.reports)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="promptgap",
@@ -162,6 +183,22 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--artifact-out", type=Path, default=None, help="also save the prompt artifact to this folder")
     e.add_argument("--out", type=Path, required=True, help="JSONL file to write (written whole, or not at all)")
     e.set_defaults(func=cmd_eval)
+
+    r = sub.add_parser("run", help="run a config's comparison matrix into results/<run-id>/ and write its report",
+                       description="Run models x tasks x seeds x conditions from a TOML config. "
+                       "Example: promptgap run configs/quickstart.toml")
+    r.add_argument("config", type=Path, help="the TOML run config (see configs/)")
+    r.add_argument("--run-id", default=None, help="name of the run folder (default: <config name>-<UTC time>)")
+    r.add_argument("--resume", action="store_true", help="continue a run: finished cells are kept, not recomputed")
+    r.add_argument("--only", nargs="+", default=None, metavar="CONDITION", help="run only these conditions")
+    r.add_argument("--results", type=Path, default=Path("results"), help="results root (default results/)")
+    r.add_argument("--reports", type=Path, default=Path("reports"), help="reports root (default reports/)")
+    r.set_defaults(func=cmd_run)
+
+    rp = sub.add_parser("report", help="(re)write the markdown report of a run folder")
+    rp.add_argument("run_dir", type=Path, help="results/<run-id>")
+    rp.add_argument("--reports", type=Path, default=Path("reports"), help="reports root (default reports/)")
+    rp.set_defaults(func=cmd_report)
     return ap
 
 

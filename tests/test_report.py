@@ -1,0 +1,304 @@
+"""The run report: a synthetic run folder with per-example values chosen so that every reported number is known."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import harness.report as report
+from harness.data import ids_hash
+from harness.report import write_report
+
+N_BOOT = 500
+N_TEST = 30
+RUN_ID = "synth"
+# the fraction of the ceiling's per-example log-likelihood gain each condition gets (R on loglik, exactly)
+SHARE = {"base-chat": 0.0, "half": 0.5, "most": 0.75, "broken": 0.25, "soft": 1.0}
+# examples 0..k-1 of each seed's test split are correct: R on accuracy = (k - 10) / (25 - 10)
+CORRECT_UPTO = {"base-chat": 10, "half": 17, "most": 22, "broken": 12, "soft": 25}
+TEXTS = ["half", "most", "broken"]
+ERROR = "RuntimeError: synthetic failure in seed 1"
+
+
+def gold_nll(cond: str, i: int, seed: int) -> float:
+    # multiples of 1/64: sums and halvings are exact in floating point, so R is exactly SHARE in every replicate
+    base = 1 + ((i + seed) % 7) / 8
+    gain = 0.25 + ((i + 2 * seed) % 5) / 16
+    return base - SHARE[cond] * gain
+
+
+def _write(path: Path, data: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def _split_hash(ids: dict[str, list[str]]) -> str:
+    # as harness.data.Split.hash: the hash of the three parts' hashes
+    return ids_hash([f"{p}={ids_hash(ids[p])}" for p in ("train", "dev", "test")])
+
+
+def make_run(root: Path, *, seeds: tuple[int, ...] = (0, 1), ceiling: str | None = "soft",
+             failures: dict[tuple[str, int], str] | None = None) -> Path:
+    """A run folder as the runner writes it: model "org/tiny", task "antonyms", conditions of SHARE."""
+    failures = {("broken", 1): ERROR} if failures is None else failures
+    run = root / "results" / RUN_ID
+    conditions = list(SHARE)
+    _write(run / "config.json", {
+        "run": {"name": "synth", "seeds": list(seeds), "n_boot": 10_000},
+        "models": ["org/tiny"], "tasks": [{"name": "antonyms", "data_dir": None, "sizes": None}],
+        "conditions": {c: {"optimizer": "handwritten" if c in TEXTS else c, "settings": {}} for c in conditions},
+        "ratio": {"base": "base-chat", "texts": TEXTS, "ceiling": ceiling},
+    })
+    _write(run / "manifest.json", {
+        "run_id": RUN_ID, "command": "promptgap run configs/synth.toml --run-id synth",
+        "started": "2025-01-01T00:00:00", "finished": "2025-01-01T00:10:00", "git_commit": "abc123",
+        "versions": {"promptgap": "0.1.0", "python": "3.11.9", "torch": "2.13.0"},
+        "machine": {"platform": "Linux", "cpu_count": 2, "device": "cpu", "dtype": "float32"},
+    })
+    summary = []
+    for seed in seeds:
+        pool = [f"ex-{k}" for k in range(80)]
+        random.Random(seed).shuffle(pool)
+        ids = {"train": pool[:10], "dev": pool[10:15], "test": pool[15:15 + N_TEST]}
+        split_hash = _split_hash(ids)
+        _write(run / "splits" / "antonyms" / f"seed-{seed}.json",
+               {"task": "antonyms", "seed": seed, "hash": split_hash, **ids})
+        for cond in conditions:
+            cell_dir = run / "cells" / "org--tiny" / "antonyms" / f"seed-{seed}" / cond
+            cell = {"model": "org/tiny", "task": "antonyms", "condition": cond, "optimizer": cond, "seed": seed,
+                    "split_hash": split_hash, "settings": {}, "n_train": 10, "n_dev": 5,
+                    "fit_train_ids_hash": ids_hash(ids["train"]), "fit_dev_ids_hash": ids_hash(ids["dev"]),
+                    "fit_seconds": 0.1, "score_seconds": 0.2, "instruction_role": "user"}
+            error = failures.get((cond, seed))
+            if error:
+                cell.update(status="error", error=error, n=0, accuracy=None, gold_nll=None, format=None,
+                            test_scored=0)
+            else:
+                lines = []
+                for i, ex in enumerate(ids["test"]):
+                    nll, correct = gold_nll(cond, i, seed), i < CORRECT_UPTO[cond]
+                    # the ExampleScore.to_json() fields plus the runner's common fields
+                    lines.append({"example_id": ex, "choice_loglik": [-nll, -nll - (1 if correct else -1)],
+                                  "choice_ntokens": [1, 1], "choice_greedy": [correct, not correct], "gold": 0,
+                                  "pred": 0 if correct else 1, "correct": correct, "gold_nll": nll,
+                                  "model": "org/tiny", "task": "antonyms", "condition": cond, "split": "test",
+                                  "split_hash": split_hash, "format": "chat"})
+                cell_dir.mkdir(parents=True, exist_ok=True)
+                (cell_dir / "scores.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+                cell.update(status="ok", error=None, n=N_TEST, format="chat", bos_count=1, test_scored=1,
+                            accuracy=sum(x["correct"] for x in lines) / N_TEST,
+                            gold_nll=sum(x["gold_nll"] for x in lines) / N_TEST)
+                meta: dict = {}
+                if cond == "soft":
+                    meta = {"nearest_tokens": [[" cold", " opposite"], [" word", "|pipe"]], "n_virtual_tokens": 2}
+                if cond == "most":
+                    meta = {"proposals": ["Opposite:", "Give the antonym."]}
+                _write(cell_dir / "artifact" / "artifact.json", {
+                    "format": "chat", "instruction": "" if cond in ("base-chat", "soft") else f"Antonym ({cond}):",
+                    "demos": ["hot -> cold"] if cond == "half" else [], "instruction_role": "user",
+                    "condition": cond, "meta": meta})
+                if cond == "soft":
+                    _write(cell_dir / "log.json", {"selected_on": "dev", "curves": [
+                        {"step": s, "train_loss": 2.0 / (s + 1), "dev_loss": 2.2 / (s + 1), "dev_accuracy": 0.1 * s}
+                        for s in range(5)]})
+            _write(cell_dir / "cell.json", cell)
+            summary.append({k: cell.get(k) for k in
+                            ("model", "task", "condition", "seed", "split_hash", "n", "accuracy", "gold_nll",
+                             "format", "status")} | {"condition": cond})
+    with open(run / "summary.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(summary[0]))
+        w.writeheader()
+        w.writerows(summary)
+    return run
+
+
+def build(tmp_path: Path, **kwargs) -> tuple[str, Path]:
+    reports = tmp_path / "reports"
+    md = write_report(make_run(tmp_path, **kwargs), reports, n_boot=N_BOOT)
+    assert md == reports / f"{RUN_ID}.md"
+    return md.read_text(), reports
+
+
+def check_line(md: str, title: str) -> str:
+    lines = [x for x in md.splitlines() if x.startswith("- ") and f"**{title}" in x]
+    assert len(lines) == 1, title
+    return lines[0]
+
+
+def table_row(md: str, first_cell: str) -> str:
+    rows = [x for x in md.splitlines() if x.startswith(f"| {first_cell} |")]
+    assert rows, first_cell
+    return rows[0]
+
+
+def section(md: str, heading: str) -> str:
+    start = md.index(f"\n## {heading}")
+    end = md.find("\n## ", start + 1)
+    return md[start:end if end > 0 else None]
+
+
+CHECKS = ["Train, dev and test ids are disjoint", "Every cell used its seed's split",
+          "The test split was scored exactly once", "No fitting step received test ids",
+          "Every condition in the ratio rendered in the same format family", "A single BOS per request",
+          "The ceiling's settings were chosen on dev", "Every cell of the matrix succeeded",
+          "Reported numbers match the per-example scores"]
+
+
+def test_report_numbers_match_hand_computation(tmp_path) -> None:
+    md, reports = build(tmp_path)
+    order = [md.index(f"\n## {h}") for h in ("Verdict", "Conditions", "Gap-recovered ratio R", "Figures",
+                                              "Final prompts", "Setup", "Validity checklist")]
+    assert order == sorted(order)
+    assert "Models: org/tiny; tasks: antonyms; seeds: 0, 1; 30 test examples per seed" in md
+
+    # verdict: "most" gets 3/4 of the ceiling's gain on every example, so R = 0.75 in every replicate (> 0.5);
+    # "half" gets exactly 1/2, so R's interval is [0.5, 0.5], which contains 0.5: inconclusive
+    verdict = section(md, "Verdict")
+    assert ("**most** against the ceiling **soft**: **text-closes-gap**: the readable prompt recovers most"
+            in verdict)
+    assert "R on gold log-likelihood = 0.750 [0.750, 0.750]" in verdict
+    assert "**half** against the ceiling **soft**: **inconclusive**" in verdict
+    assert "R on gold log-likelihood = 0.500 [0.500, 0.500]" in verdict
+    assert f"**broken**: no verdict; its cell did not succeed for every seed (seed 1: error ({ERROR}))" in verdict
+
+    # R on accuracy by hand: (17 - 10) / (25 - 10) and (22 - 10) / (25 - 10), same in both seeds
+    ratio = section(md, "Gap-recovered ratio R")
+    assert re.search(r"\| half \| 0\.500 \[0\.500, 0\.500\] \(percentile\) \| 0\.467 \[", ratio)
+    assert re.search(r"\| most \| 0\.750 \[0\.750, 0\.750\] \(percentile\) \| 0\.800 \[", ratio)
+    assert "| broken | undefined: the condition did not succeed for every seed" in ratio
+
+    # the table: means and differences by hand from the synthetic values
+    def mean_nll(cond: str) -> float:
+        return float(np.mean([gold_nll(cond, i, s) for s in (0, 1) for i in range(N_TEST)]))
+
+    base_row = table_row(md, "base-chat (base)")
+    assert "| chat | 0.3333 [" in base_row and f"| {mean_nll('base-chat'):.4f} |" in base_row
+    most_row = table_row(md, "most (text)")
+    assert "| 0.7333 [" in most_row  # 22/30
+    assert "| +0.4000 [" in most_row  # (22 - 10) / 30
+    assert f"| {mean_nll('base-chat') - mean_nll('most'):+.4f} [" in most_row
+    # McNemar pooled over the 2 seeds: 12 examples per seed right only for "most", none the other way
+    assert f"| {2 * 0.5**24:.3g} (b=24, c=0) |" in most_row
+    assert "| 2 × 30 | ok |" in most_row
+
+    # the failed cell: a row with its error, and the full message below the table; not in the statistics
+    broken_row = table_row(md, "broken (text)")
+    assert f"| 1/2 seeds ok | error (seed 1): {ERROR} |" in broken_row
+    assert "seed 1, broken: **error** (`cells/org--tiny/antonyms/seed-1/broken`)" in md
+
+    # prompts, meta and setup
+    prompts = section(md, "Final prompts")
+    assert "```text\nAntonym (half):\n```" in prompts and "```text\nhot -> cold\n```" in prompts
+    assert '| 0 | `" cold"`, `" opposite"` |' in prompts and r'`"\|pipe"`' in prompts
+    assert '1. `Opposite:`' in prompts and "`n_virtual_tokens`: `2`" in prompts
+    setup = section(md, "Setup")
+    assert "```bash\npromptgap run configs/synth.toml --run-id synth\n```" in setup
+    assert "| antonyms | 0 | 10 | 5 | 30 |" in setup and "| torch | 2.13.0 |" in setup
+
+    # checklist: everything holds except that one cell failed
+    for title in CHECKS:
+        assert check_line(md, title).startswith("- ❌" if title.startswith("Every cell of the matrix") else "- ✅")
+    assert "org/tiny / antonyms / seed 1 / broken: error" in md
+
+    # figures: PNGs that the markdown links to; nothing temporary left behind
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+    assert len(links) == 2 and any(x.endswith("soft-curves.png") for x in links)
+    for link in links:
+        assert (reports / link).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in reports.iterdir()) == [RUN_ID, f"{RUN_ID}.md"]
+
+
+def test_clean_run_checklist_all_pass(tmp_path) -> None:
+    md, _ = build(tmp_path, failures={})
+    for title in CHECKS:
+        assert check_line(md, title).startswith("- ✅"), check_line(md, title)
+    assert "**broken** against the ceiling **soft**" in md  # every text gets its verdict now
+
+
+def _edit_json(path: Path, **changes) -> None:
+    data = json.loads(path.read_text())
+    data.update(changes)
+    path.write_text(json.dumps(data))
+
+
+def _test_id_in_train(run: Path) -> str:
+    path = run / "splits" / "antonyms" / "seed-0.json"
+    split = json.loads(path.read_text())
+    _edit_json(path, train=split["train"] + [split["test"][0]])
+    return split["test"][0]
+
+
+def _split_hash_mismatch(run: Path) -> str:
+    _edit_json(run / "cells" / "org--tiny" / "antonyms" / "seed-1" / "half" / "cell.json", split_hash="0" * 16)
+    return "seed 1 / half: split_hash 0000000000000000"
+
+
+def _mixed_formats(run: Path) -> str:
+    for seed in (0, 1):
+        cell = run / "cells" / "org--tiny" / "antonyms" / f"seed-{seed}" / "most"
+        _edit_json(cell / "cell.json", format="raw")
+        lines = [json.loads(x) | {"format": "raw"} for x in (cell / "scores.jsonl").read_text().splitlines()]
+        (cell / "scores.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return "mixed formats: chat: base-chat, half, broken, soft; raw: most"
+
+
+@pytest.mark.parametrize(("corrupt", "title"), [
+    (_test_id_in_train, "Train, dev and test ids are disjoint"),
+    (_split_hash_mismatch, "Every cell used its seed's split"),
+    (_mixed_formats, "Every condition in the ratio rendered in the same format family"),
+])
+def test_checklist_catches_corruption(tmp_path, corrupt, title) -> None:
+    run = make_run(tmp_path, failures={})
+    evidence = corrupt(run)
+    md = write_report(run, tmp_path / "reports", n_boot=N_BOOT).read_text()
+    assert check_line(md, title).startswith("- ❌")
+    items = section(md, "Validity checklist")
+    problems = items[items.index(title):].split("\n- ")[0]
+    assert evidence in problems
+
+
+def test_no_ceiling_says_r_cannot_be_computed(tmp_path) -> None:
+    md, reports = build(tmp_path, ceiling=None, seeds=(0,))  # one seed: BCa intervals where defined
+    verdict = section(md, "Verdict")
+    assert "**R cannot be computed**: the config names no ceiling condition" in verdict
+    assert "No verdict is given." in verdict
+    # the differences from base are still stated: "most" gains 3/4 of the (unused) ceiling gain per example
+    gain = np.mean([gold_nll("base-chat", i, 0) - gold_nll("most", i, 0) for i in range(N_TEST)])
+    assert f"- most (text): gold log-likelihood {gain:+.4f} [" in verdict
+    assert "(clearly higher than the base); accuracy +0.4000 [" in verdict
+    assert f"McNemar p = {2 * 0.5**12:.3g})" in verdict
+    assert "R is **undefined** for every text condition: the config names no ceiling" in md
+    assert not re.search(r"R\b[^|\n]*= \d", md)  # no number is given for R anywhere
+    assert check_line(md, "The ceiling's settings were chosen on dev").startswith("- ➖ n/a")
+    assert (reports / RUN_ID).is_dir()
+
+
+def test_failed_role_condition_says_why(tmp_path) -> None:
+    md, _ = build(tmp_path, failures={("base-chat", 0): "ValueError: bad base"})
+    assert ("**R cannot be computed**: the base 'base-chat' did not succeed for every seed "
+            "(seed 0: error (ValueError: bad base))") in md
+    assert "| Δ accuracy vs base [CI] |" in md and "| +0.4000 [" not in md  # no differences without a base
+    md, _ = build(tmp_path, failures={("soft", 1): "OSError: disk full"})
+    assert "**R cannot be computed**: the ceiling 'soft' did not succeed for every seed" in md
+    assert check_line(md, "The ceiling's settings were chosen on dev").startswith("- ❌")
+
+
+def test_failure_leaves_previous_report_whole(tmp_path, monkeypatch) -> None:
+    md, reports = build(tmp_path)
+    before = {p.relative_to(reports): p.read_bytes() for p in reports.rglob("*") if p.is_file()}
+
+    def boom(*args, **kwargs) -> None:
+        raise RuntimeError("figure failed")
+
+    monkeypatch.setattr(report, "_curves_figure", boom)
+    with pytest.raises(RuntimeError, match="figure failed"):
+        write_report(tmp_path / "results" / RUN_ID, reports, n_boot=N_BOOT)
+    after = {p.relative_to(reports): p.read_bytes() for p in reports.rglob("*") if p.is_file()}
+    assert after == before  # the old report and figures, byte for byte; no temp files
+    assert not [p for p in reports.iterdir() if p.name.startswith(".")]

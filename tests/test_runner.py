@@ -1,0 +1,117 @@
+"""The run matrix: config checks before any model, atomic cells, identical splits, kill-and-resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.config import load_config
+from harness.errors import UserError
+from harness.runner import Runner
+
+TINY = """
+[run]
+name = "tiny"
+seeds = [0]
+n_boot = 200
+
+[[tasks]]
+name = "antonyms"
+sizes = { train = 5, dev = 5, test = 12 }
+
+[conditions.base-raw]
+[conditions.base-chat]
+[conditions.handwritten]
+format = "chat"
+[conditions.terse]
+optimizer = "handwritten"
+instruction = "Opposite:"
+format = "chat"
+
+[ratio]
+base = "base-chat"
+texts = ["handwritten", "terse"]
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "c.toml") -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+@pytest.mark.parametrize(("edit", "needle"), [
+    (("[run]", "[run]\ncolour = 1"), "unknown key(s) colour"),
+    (("seeds = [0]", "seeds = []"), "seeds = []"),
+    (('texts = ["handwritten", "terse"]', 'texts = ["handwritten"]\nceiling = "soft-prompt"'),
+     "ceiling 'soft-prompt' is not a condition of this run"),
+    (("[conditions.base-raw]", "[conditions.base-raw]\nfoo = 2"), "unknown setting(s) foo"),
+    (('name = "antonyms"', 'name = "nosuch"'), "unknown task 'nosuch'"),
+    (("[conditions.terse]\noptimizer = \"handwritten\"", "[conditions.terse]\noptimizer = \"nosuch\""),
+     "unknown condition 'nosuch'"),
+])
+def test_config_errors_before_any_model(tmp_path, edit, needle) -> None:
+    with pytest.raises(UserError) as e:
+        load_config(write(tmp_path, TINY.replace(*edit)))
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_ratio_needs_two_conditions(tmp_path) -> None:
+    one = TINY.split("[conditions.base-chat]")[0] + '[ratio]\nbase = "base-raw"\ntexts = ["base-raw"]\n'
+    with pytest.raises(UserError, match="only 1"):
+        load_config(write(tmp_path, one))
+
+
+def test_run_writes_whole_cells_on_identical_splits(tmp_path) -> None:
+    run_dir = Runner(write(tmp_path, TINY), run_id="r", results_root=tmp_path / "results").run()
+    cells = sorted(run_dir.glob("cells/*/*/seed-0/*/cell.json"))
+    assert [c.parent.name for c in cells] == ["base-chat", "base-raw", "handwritten", "terse"]
+    split = json.loads((run_dir / "splits" / "antonyms" / "seed-0.json").read_text())
+    assert len(split["test"]) == 12 and not set(split["test"]) & (set(split["train"]) | set(split["dev"]))
+    for c in cells:
+        cell = json.loads(c.read_text())
+        assert cell["status"] == "ok" and cell["split_hash"] == split["hash"] and cell["test_scored"] == 1
+        rows = [json.loads(x) for x in (c.parent / "scores.jsonl").read_text().splitlines()]
+        assert [r["example_id"] for r in rows] == split["test"]
+        assert cell["accuracy"] == pytest.approx(sum(r["correct"] for r in rows) / 12)
+    summary = (run_dir / "summary.csv").read_text().splitlines()
+    assert summary[0].startswith("model,task,condition,seed,split_hash,n,accuracy,gold_nll") and len(summary) == 5
+    with pytest.raises(UserError, match="exists; pass --resume"):
+        Runner(write(tmp_path, TINY), run_id="r", results_root=tmp_path / "results").run()
+
+
+def test_killed_run_resumes_without_recomputing(tmp_path) -> None:
+    config = write(tmp_path, TINY)
+    env = {**os.environ, "PROMPTGAP_PROGRESS": "0"}
+    argv = [sys.executable, "-m", "harness.cli", "run", str(config), "--run-id", "k", "--results",
+            str(tmp_path / "results"), "--reports", str(tmp_path / "reports")]
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cells = tmp_path / "results" / "k" / "cells"
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list(cells.glob("**/cell.json"))) < 2:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)  # in the middle of the third cell, or between cells
+    proc.wait()
+    done_before = {p.parent.name: (p.parent / "scores.jsonl").read_bytes() for p in cells.glob("**/cell.json")}
+    mtimes = {p.parent.name: p.stat().st_mtime_ns for p in cells.glob("**/cell.json")}
+    assert 2 <= len(done_before) < 4
+
+    resumed = subprocess.run([*argv, "--resume"], env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    after = {p.parent.name: p for p in cells.glob("**/cell.json")}
+    assert len(after) == 4 and not list(cells.glob("**/.*.tmp-*"))
+    for name, scores in done_before.items():  # finished cells were not recomputed
+        assert after[name].stat().st_mtime_ns == mtimes[name]
+        assert (after[name].parent / "scores.jsonl").read_bytes() == scores
+
+    clean = Runner(config, run_id="clean", results_root=tmp_path / "results").run()
+    for p in after.values():  # the resumed run equals a run that was never killed
+        assert (p.parent / "scores.jsonl").read_bytes() == \
+            (clean / "cells" / p.relative_to(cells).parent / "scores.jsonl").read_bytes()
