@@ -23,6 +23,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import torch
 
 from harness.artifact import PromptArtifact
@@ -128,21 +129,27 @@ def build_tree(seqs: list[tuple[int, ...]]) -> tuple[_Node, list[_Node]]:
     return root, ends  # type: ignore[return-value]
 
 
+# a forward pass's fixed cost in tokens' worth of work (measured on CPU: a pass of ~50 one-token
+# rows took as long as ~100 tokens in a wide pass)
+PASS_COST = 64
+
+
 class Scorer:
     """Log-likelihoods of continuations under one frozen model, each distinct prefix computed once."""
 
     def __init__(self, lm: LoadedModel, batch_size: int = 32, batch_tokens: int | None = None) -> None:
-        """``batch_size`` bounds rows per forward pass; ``batch_tokens`` bounds padded tokens per pass.
+        """``batch_size`` sets the size of a forward pass; results do not depend on it.
 
-        Tree nodes are short (often a few tokens), so a pass of ``batch_size`` rows alone would be
-        too small to use the hardware well; rows are added up to ``batch_tokens`` padded tokens
-        (default: 64 per row of ``batch_size``, at least one row). Results do not depend on either.
+        Tree nodes are short (often a few tokens), so a pass of ``batch_size`` rows would be too
+        small to use the hardware well: a pass holds up to ``batch_tokens`` padded tokens (default
+        64 per unit of ``batch_size``) in up to ``8 * batch_size`` rows.
         """
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         self.lm = lm
         self.batch_size = batch_size
         self.batch_tokens = batch_tokens or 64 * batch_size
+        self.max_rows = 8 * batch_size  # bounds the key/value buffer of a pass of narrow nodes
         self.renderer = Renderer(lm.tokenizer)
         self.base = lm.model.base_model  # the decoder stack without the LM head
         self.head = lm.model.get_output_embeddings()
@@ -232,24 +239,32 @@ class Scorer:
         return out
 
     def _batches(self, ordered: list[_Node]) -> list[list[_Node]]:
-        """Cut length-sorted nodes into passes of at most ``batch_tokens`` padded tokens.
+        """Cut width-sorted nodes into passes that minimise padded tokens plus a fixed cost per pass.
 
-        A pass also stops growing when padding would exceed a tenth of its tokens: wide passes
-        use the hardware well, but padded tokens cost as much as real ones.
+        A pass costs its padded tokens (rows x widest row) plus ``PASS_COST`` tokens' worth of work
+        that does not shrink with its size (every layer's weights are read once per pass, and every
+        op is dispatched once). Splitting a level only where widths jump is therefore not enough:
+        many narrow passes waste more than some padding does. Contiguous groups of the sorted nodes
+        are optimal for this cost; dynamic programming finds the best cut, with at most
+        ``batch_tokens`` padded tokens and ``max_rows`` rows per pass.
         """
+        n = len(ordered)
+        widths = np.array([len(x.tokens) for x in ordered], dtype=np.float64)
+        best = np.zeros(n + 1)  # best[j]: cost of the first j nodes
+        cut = np.zeros(n + 1, dtype=np.int64)
+        for j in range(1, n + 1):
+            w = widths[j - 1]  # the widest of any group ending at j
+            lo = max(0, j - min(self.max_rows, max(1, int(self.batch_tokens // w))))
+            starts = np.arange(lo, j)
+            costs = best[lo:j] + (j - starts) * w
+            k = int(np.argmin(costs))
+            best[j], cut[j] = costs[k] + PASS_COST, lo + k
         out: list[list[_Node]] = []
-        real = 0
-        for n in ordered:
-            width = len(n.tokens)  # sorted ascending: the newest node is the widest
-            rows = len(out[-1]) + 1 if out else 0
-            if out and rows <= 2 * self.batch_size and rows * width <= self.batch_tokens \
-                    and rows * width <= 1.1 * (real + width):
-                out[-1].append(n)
-                real += width
-            else:
-                out.append([n])
-                real = width
-        return out
+        j = n
+        while j > 0:
+            out.append(ordered[cut[j] : j])
+            j = int(cut[j])
+        return out[::-1]
 
     def _read(self, hidden: torch.Tensor, batch: list[_Node]) -> None:
         """LM head only at continuation-predicting positions; accumulate sums, counts, greedy flags."""
