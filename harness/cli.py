@@ -51,7 +51,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from harness.models import KNOWN_MODELS
-    from harness.registry import OPTIMIZER_GROUP, TASK_GROUP, load, names
+    from harness.registry import OPTIMIZER_GROUP, TASK_GROUP, load, names, origin
 
     console = Console()
     t = Table(title="tasks (--task; or a path to a TOML spec)")
@@ -65,8 +65,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     c = Table(title="conditions (--condition)")
     c.add_column("name")
     c.add_column("what")
+    c.add_column("package")
     for n in names(OPTIMIZER_GROUP):
-        c.add_row(n, load(OPTIMIZER_GROUP, n, "condition").summary)
+        c.add_row(n, load(OPTIMIZER_GROUP, n, "condition").summary, origin(n))
     console.print(c)
     m = Table(title="models (--model; or any hub id or local folder)")
     m.add_column("name")
@@ -81,7 +82,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from harness.models import load_model, resolve_source
     from harness.registry import get_optimizer, get_task
     from harness.scorer import Scorer
-    from optimizers.base import FitContext
+    from optimizers.base import fit_condition
 
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit {args.limit}: give a positive number of examples")
@@ -107,8 +108,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     lm = load_model(args.model, device=args.device, dtype=args.dtype)
     scorer = Scorer(lm, batch_size=args.batch_size)
     t0 = time.perf_counter()
-    artifact = condition.fit(FitContext(lm=lm, task=task, train=tuple(train), dev=tuple(dev), scorer=scorer,
-                                        seed=args.seed))
+    artifact = fit_condition(condition, lm, task, train, dev, scorer, args.seed, owner=f"condition {args.condition}")
     t_fit = time.perf_counter() - t0
     t0 = time.perf_counter()
     scores = scorer.score(artifact, examples, task.kind, desc=f"scoring {args.condition} on {task.name}")

@@ -39,3 +39,10 @@ def get_task(name: str, data_dir: str | Path | None = None):
 
 def get_optimizer(name: str):
     return load(OPTIMIZER_GROUP, name, "condition")
+
+
+def origin(name: str, group: str = OPTIMIZER_GROUP) -> str:
+    """The installed distribution that registers ``name`` (``promptgap`` for built-ins), for error messages."""
+    ep = _entries(group).get(name)
+    dist = getattr(ep, "dist", None)
+    return f"{dist.name} {dist.version}" if dist is not None else "an unknown package"

@@ -35,7 +35,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from harness.artifact import PromptArtifact
+from rich.markup import escape
+
 from harness.config import RunConfig, load_config
 from harness.data import Split, ids_hash
 from harness.errors import UserError
@@ -187,10 +188,11 @@ class Runner:
         return cell.exists() and json.loads(cell.read_text()).get("status") == "ok"
 
     def _run_cell(self, lm, scorer, task, split: Split, seed: int, condition: str) -> None:
-        from harness.registry import get_optimizer
-        from optimizers.base import FitContext
+        from harness.registry import get_optimizer, origin
+        from optimizers.base import fit_condition
 
         spec = self.cfg.conditions[condition]
+        owner = f"condition {condition} ({spec.optimizer}, from {origin(spec.optimizer)})"
         final = self.cell_dir(lm.name, task.name, seed, condition)
         final.parent.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{condition}.tmp-"))
@@ -204,12 +206,9 @@ class Runner:
         try:
             optimizer = get_optimizer(spec.optimizer)(**spec.settings)
             t0 = time.perf_counter()
-            artifact = optimizer.fit(FitContext(lm=lm, task=task, train=split.train, dev=split.dev, scorer=scorer,
-                                                seed=seed, workdir=work))
+            artifact = fit_condition(optimizer, lm, task, split.train, split.dev, scorer, seed, workdir=work,
+                                     owner=owner)
             cell["fit_seconds"] = round(time.perf_counter() - t0, 2)
-            if not isinstance(artifact, PromptArtifact):
-                raise UserError(f"condition {condition} ({spec.optimizer}) returned {type(artifact).__name__}, "
-                                f"not a PromptArtifact")
             t0 = time.perf_counter()
             scores = scorer.score(artifact, split.test, task.kind, desc=label)
             cell["score_seconds"] = round(time.perf_counter() - t0, 2)
@@ -235,9 +234,10 @@ class Runner:
             raise
         except Exception as e:  # a failing condition is reported in its cell; the matrix goes on
             log.debug("cell %s failed", label, exc_info=True)
-            cell.update(status="error", error=f"{type(e).__name__}: {e}", n=0, accuracy=None, gold_nll=None,
+            message = str(e) if str(e).startswith(owner) else f"{owner}: {type(e).__name__}: {e}"
+            cell.update(status="error", error=message, n=0, accuracy=None, gold_nll=None,
                         format=None, traceback=traceback.format_exc(limit=8))
-            console.print(f"[red]failed[/] {label}: {cell['error']}")
+            console.print(f"[red]failed[/] {label}: {escape(cell['error'])}")
         write_json(work / "cell.json", cell)  # last: a folder with cell.json is complete
         if final.exists():
             shutil.rmtree(final)
