@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any
 
 # before dspy (and litellm) are imported: no disk cache under ~, no cost-map download at import
-os.environ.setdefault("DSPY_CACHEDIR", tempfile.mkdtemp(prefix="promptgap-dspy-cache-"))
+# (the cache is switched off below, so this folder is never even created)
+os.environ.setdefault("DSPY_CACHEDIR", os.path.join(tempfile.gettempdir(), f"promptgap-dspy-cache-{os.getpid()}"))
 os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
 
 import dspy  # noqa: E402
