@@ -336,6 +336,34 @@ def proposer_lm(name: str, ctx: Any, seed: int, max_tokens: int, timeout: float)
 
 
 # --- running a search ------------------------------------------------------------------------
+@contextlib.contextmanager
+def captured_output(buffer: io.StringIO):
+    """DSPy's prints, log lines and tqdm bars go to ``buffer`` (kept in log.json), not the terminal.
+
+    stdout holds results here, and stderr holds promptgap's own progress bar.
+    """
+    from unittest import mock
+
+    import tqdm.std
+
+    dspy_logger = logging.getLogger("dspy")
+    handler = logging.StreamHandler(buffer)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    old_handlers = dspy_logger.handlers[:]
+    tqdm_init = tqdm.std.tqdm.__init__
+
+    def quiet_init(self, *args, **kwargs):  # a bar DSPy explicitly shows writes to stdout, captured too
+        kwargs.setdefault("disable", True)
+        tqdm_init(self, *args, **kwargs)
+
+    dspy_logger.handlers = [handler]
+    try:
+        with contextlib.redirect_stdout(buffer), mock.patch.object(tqdm.std.tqdm, "__init__", quiet_init):
+            yield
+    finally:
+        dspy_logger.handlers = old_handlers
+
+
 @dataclass
 class Search:
     """What a condition hands the driver: how to compile, how many candidates to expect."""
@@ -373,9 +401,8 @@ def run_search(ctx: Any, search: Search) -> PromptArtifact:
         devset = [to_dspy(e) for e in ctx.dev]
         lm, engine = proposer_lm(search.proposer or "local", ctx, search.seed, search.proposer_max_tokens,
                                  search.proposer_timeout)
-        captured = io.StringIO()  # DSPy prints and draws tqdm bars on stdout, which holds results here
-        with dspy.context(lm=lm, adapter=LenientAdapter(), num_threads=1, max_errors=1), \
-                contextlib.redirect_stdout(captured):
+        captured = io.StringIO()
+        with dspy.context(lm=lm, adapter=LenientAdapter(), num_threads=1, max_errors=1), captured_output(captured):
             try:
                 compiled = search.compile(student, trainset, devset, lm)
             except Exception:
