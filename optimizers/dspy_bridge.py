@@ -452,26 +452,27 @@ def _proposals(search: Search, book: ScoreBook, compiled: Any) -> list[dict[str,
 
 
 # --- the optimizers ----------------------------------------------------------------------------
-def compile_fewshot(method: str, max_bootstrapped: int, max_labeled: int, num_candidates: int) -> Callable:
+# each takes the condition's settings, the derived seed and the log's info dict, and returns
+# compile(program, trainset, devset, proposer_lm) -> compiled program
+def compile_fewshot(s: Any, seed: int, info: dict) -> Callable:
     def run(student, trainset, devset, lm):
-        if method == "labeled":
-            return dspy.LabeledFewShot(k=max_labeled).compile(student, trainset=trainset)
-        if method == "bootstrap":
-            return dspy.BootstrapFewShot(metric=metric, max_bootstrapped_demos=max_bootstrapped,
-                                         max_labeled_demos=max_labeled, max_errors=1).compile(student,
-                                                                                             trainset=trainset)
-        return dspy.BootstrapFewShotWithRandomSearch(
-            metric=metric, max_bootstrapped_demos=max_bootstrapped, max_labeled_demos=max_labeled,
-            num_candidate_programs=num_candidates, num_threads=1, max_errors=1,
-        ).compile(student, trainset=trainset, valset=devset)
+        # these optimizers take no seed: the seed reaches them through the order of trainset
+        if s.dspy_optimizer == "labeled":
+            return dspy.LabeledFewShot(k=s.max_labeled_demos).compile(student, trainset=trainset)
+        budget = {"metric": metric, "max_bootstrapped_demos": s.max_bootstrapped_demos,
+                  "max_labeled_demos": s.max_labeled_demos, "max_errors": 1}
+        if s.dspy_optimizer == "bootstrap":
+            return dspy.BootstrapFewShot(**budget).compile(student, trainset=trainset)
+        return dspy.BootstrapFewShotWithRandomSearch(**budget, num_candidate_programs=s.num_candidates,
+                                                     num_threads=1).compile(student, trainset=trainset, valset=devset)
     return run
 
 
-def compile_copro(breadth: int, depth: int, temperature: float, info: dict) -> Callable:
+def compile_copro(s: Any, seed: int, info: dict) -> Callable:
     def run(student, trainset, devset, lm):
         # COPRO scores candidates on the set it is given: dev, so the choice is made on held-out data
-        best = dspy.COPRO(prompt_model=lm, metric=metric, breadth=breadth, depth=depth,
-                          init_temperature=temperature).compile(
+        best = dspy.COPRO(prompt_model=lm, metric=metric, breadth=s.breadth, depth=s.depth,
+                          init_temperature=s.temperature).compile(
             student, trainset=devset, eval_kwargs={"num_threads": 1, "display_progress": False})
         info["proposed_output_prefixes"] = sorted({c["prefix"] for c in best.candidate_programs})
         info["proposed_instructions"] = [c["instruction"] for c in best.candidate_programs]
@@ -479,9 +480,7 @@ def compile_copro(breadth: int, depth: int, temperature: float, info: dict) -> C
     return run
 
 
-def compile_mipro(settings: Any, seed: int, info: dict) -> Callable:
-    s = settings
-
+def compile_mipro(s: Any, seed: int, info: dict) -> Callable:
     class Recording(dspy.MIPROv2):
         def _propose_instructions(self, *args, **kwargs):
             found = super()._propose_instructions(*args, **kwargs)

@@ -59,6 +59,13 @@ class DSPySettings(Settings):
     def max_demos(self) -> int:
         return max(self.max_bootstrapped_demos, self.max_labeled_demos)
 
+    def dspy_optimizer_name(self) -> str:
+        raise NotImplementedError
+
+    def expected_candidates(self) -> int:
+        """Prompts the search should score on dev: the progress bar's length."""
+        raise NotImplementedError
+
 
 @dataclass
 class ProposingSettings(DSPySettings):
@@ -97,6 +104,12 @@ class FewShotSettings(DSPySettings):
             raise UserError(f"condition {self.owner}: max_bootstrapped_demos and max_labeled_demos are both 0, so "
                             f"there is no demo to choose; give either 1 or more")
 
+    def dspy_optimizer_name(self) -> str:
+        return self.dspy_optimizer
+
+    def expected_candidates(self) -> int:
+        return self.num_candidates + 3 if self.dspy_optimizer == "bootstrap-random-search" else 1
+
 
 @dataclass
 class CoproSettings(ProposingSettings):
@@ -115,6 +128,12 @@ class CoproSettings(ProposingSettings):
             raise UserError(f"condition {self.owner}: COPRO searches the instruction only; leave out "
                             f"max_bootstrapped_demos and max_labeled_demos (or use dspy-mipro)")
 
+    def dspy_optimizer_name(self) -> str:
+        return "COPRO"
+
+    def expected_candidates(self) -> int:
+        return self.breadth * self.depth
+
 
 @dataclass
 class MiproSettings(ProposingSettings):
@@ -129,11 +148,17 @@ class MiproSettings(ProposingSettings):
         self.at_least("num_candidates", 1)
         self.at_least("num_trials", 1)
 
+    def dspy_optimizer_name(self) -> str:
+        return "MIPROv2"
+
+    def expected_candidates(self) -> int:
+        return self.num_trials + 1
+
 
 class DSPyCondition(Optimizer):
     """Shared fit: check the data against the budget, then hand a Search to the bridge."""
 
-    dspy_optimizer: ClassVar[str]
+    compile_with: ClassVar[str]  # the bridge function that builds the compile step from the settings
 
     def fit(self, ctx: FitContext) -> PromptArtifact:
         s: DSPySettings = self.settings  # type: ignore[assignment]
@@ -145,73 +170,36 @@ class DSPyCondition(Optimizer):
                             f"{len(ctx.train)} examples; lower max_bootstrapped_demos/max_labeled_demos")
         from optimizers import dspy_bridge as bridge  # imports dspy: only here, so other commands stay fast
 
-        fmt = s.format or ("chat" if ctx.lm.has_chat_template else "raw")
         seed = bridge.stable_seed(self.name, ctx.seed)
-        info: dict[str, Any] = {"dspy_optimizer": self.dspy_optimizer_name(), "settings": s.__dict__.copy()}
-        search = bridge.Search(condition=self.name, fmt=fmt, instruction=self.start_instruction(ctx), seed=seed,
-                               expected_candidates=self.expected_candidates(), compile=self.compiler(bridge, seed,
-                                                                                                    info),
-                               info=info)
-        if isinstance(s, ProposingSettings):
+        info: dict[str, Any] = {"dspy_optimizer": s.dspy_optimizer_name(), "settings": dict(s.__dict__)}
+        proposing = isinstance(s, ProposingSettings)
+        search = bridge.Search(
+            condition=self.name, fmt=s.format or ("chat" if ctx.lm.has_chat_template else "raw"),
+            instruction=(s.instruction or ctx.task.instruction) if proposing else "", seed=seed,
+            expected_candidates=s.expected_candidates(), compile=getattr(bridge, self.compile_with)(s, seed, info),
+            info=info)
+        if proposing:
             search.proposer, search.proposer_max_tokens = s.proposer, s.proposer_max_tokens
             search.proposer_timeout = s.proposer_timeout
         return bridge.run_search(ctx, search)
-
-    def dspy_optimizer_name(self) -> str:
-        return self.dspy_optimizer
-
-    def start_instruction(self, ctx: FitContext) -> str:
-        s = self.settings
-        return (getattr(s, "instruction", None) or ctx.task.instruction) if isinstance(s, ProposingSettings) else ""
-
-    def expected_candidates(self) -> int:
-        return 1
-
-    def compiler(self, bridge: Any, seed: int, info: dict[str, Any]) -> Any:
-        raise NotImplementedError
 
 
 class DSPyFewShot(DSPyCondition):
     name = "dspy-fewshot"
     summary = "DSPy-chosen demos, no instruction (BootstrapFewShotWithRandomSearch; scored by the shared scorer)"
     settings_class = FewShotSettings
-
-    def dspy_optimizer_name(self) -> str:
-        return self.settings.dspy_optimizer  # type: ignore[attr-defined]
-
-    def expected_candidates(self) -> int:
-        s: FewShotSettings = self.settings  # type: ignore[assignment]
-        return s.num_candidates + 3 if s.dspy_optimizer == "bootstrap-random-search" else 1
-
-    def compiler(self, bridge: Any, seed: int, info: dict[str, Any]) -> Any:
-        s: FewShotSettings = self.settings  # type: ignore[assignment]
-        return bridge.compile_fewshot(s.dspy_optimizer, s.max_bootstrapped_demos, s.max_labeled_demos,
-                                      s.num_candidates)
+    compile_with = "compile_fewshot"
 
 
 class DSPyCopro(DSPyCondition):
     name = "dspy-copro"
     summary = "a DSPy COPRO-searched instruction, no demos (proposals by the local model unless proposer is set)"
     settings_class = CoproSettings
-    dspy_optimizer = "COPRO"
-
-    def expected_candidates(self) -> int:
-        s: CoproSettings = self.settings  # type: ignore[assignment]
-        return s.breadth * s.depth
-
-    def compiler(self, bridge: Any, seed: int, info: dict[str, Any]) -> Any:
-        s: CoproSettings = self.settings  # type: ignore[assignment]
-        return bridge.compile_copro(s.breadth, s.depth, s.temperature, info)
+    compile_with = "compile_copro"
 
 
 class DSPyMipro(DSPyCondition):
     name = "dspy-mipro"
     summary = "a DSPy MIPROv2-searched instruction and demos (proposals by the local model unless proposer is set)"
     settings_class = MiproSettings
-    dspy_optimizer = "MIPROv2"
-
-    def expected_candidates(self) -> int:
-        return self.settings.num_trials + 1  # type: ignore[attr-defined]
-
-    def compiler(self, bridge: Any, seed: int, info: dict[str, Any]) -> Any:
-        return bridge.compile_mipro(self.settings, seed, info)
+    compile_with = "compile_mipro"
