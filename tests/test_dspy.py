@@ -154,3 +154,20 @@ def test_import_is_lazy_and_offline(tmp_path) -> None:
     assert out.returncode == 0, out.stderr[-2000:]
     cache_dir = out.stdout.strip().splitlines()[-1]
     assert not cache_dir.startswith(str(tmp_path)) and not (tmp_path / ".dspy_cache").exists()
+
+
+def test_lenient_adapter_keeps_raw_text_and_parses_good_output() -> None:
+    import dspy
+
+    from optimizers.dspy_bridge import LenientAdapter
+
+    sig = dspy.Signature("basic_instruction -> proposed_instruction, proposed_prefix_for_output_field")
+    adapter = LenientAdapter()
+    junk = "Sure! Here is a better instruction:\nName the opposite word."
+    assert adapter.parse(sig, junk) == {"proposed_instruction": junk, "proposed_prefix_for_output_field": ""}
+    half = "[[ ## proposed_prefix_for_output_field ## ]]\nAnswer:\nnot a field header"
+    assert adapter.parse(sig, half) == {"proposed_prefix_for_output_field": "Answer:\nnot a field header",
+                                        "proposed_instruction": ""}
+    good = "[[ ## proposed_instruction ## ]]\nBe brief.\n\n[[ ## proposed_prefix_for_output_field ## ]]\nAnswer:"
+    assert adapter.parse(sig, good) == {"proposed_instruction": "Be brief.",
+                                        "proposed_prefix_for_output_field": "Answer:"}
