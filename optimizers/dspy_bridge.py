@@ -438,8 +438,10 @@ def run_search(ctx: Any, search: Search) -> PromptArtifact:
 
 def _proposals(search: Search, book: ScoreBook, compiled: Any) -> list[dict[str, Any]]:
     """Every instruction the optimizer considered, in order, with the best dev score of a prompt holding it."""
-    texts = list(dict.fromkeys(search.info.pop("proposed_instructions", [])
-                               + [c.instruction for c in book.candidates]))
+    # as the program holds them: a signature strips each line's leading whitespace
+    proposed = [dspy.Signature(SIGNATURE).with_instructions(t).instructions if t.strip() else ""
+                for t in search.info.pop("proposed_instructions", [])]
+    texts = list(dict.fromkeys(proposed + [c.instruction for c in book.candidates]))
     out = []
     for t in texts:
         scored = [c.dev_score for c in book.candidates if c.instruction == t]
