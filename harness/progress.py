@@ -18,13 +18,17 @@ def enabled() -> bool:
 
 @contextmanager
 def bar(description: str, total: int) -> Iterator[Progress.advance]:
-    """Yield ``advance(n)``; the bar disappears when the loop ends."""
+    """Yield ``advance(n, description=None)``; the bar disappears when the loop ends."""
     if not enabled() or total <= 0:
-        yield lambda n=1: None
+        yield lambda n=1, description=None: None
         return
     with Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True,
     ) as p:
         task = p.add_task(description, total=total)
-        yield lambda n=1: p.advance(task, n)
+
+        def advance(n: int = 1, description: str | None = None) -> None:
+            p.update(task, advance=n, **({"description": description} if description else {}))
+
+        yield advance
