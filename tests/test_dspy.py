@@ -15,7 +15,7 @@ from harness.artifact import PromptArtifact
 from harness.config import load_config
 from harness.errors import UserError
 from harness.registry import get_optimizer, get_task
-from optimizers.base import FitContext
+from optimizers.base import FitContext, TaskInfo
 from tasks.base import SplitSizes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,7 +26,8 @@ MIPRO_TINY = {"num_candidates": 2, "num_trials": 2, "max_bootstrapped_demos": 1,
 
 def fit_ctx(lm, scorer, task, sizes: SplitSizes, workdir: Path, seed: int = 0) -> FitContext:
     split = task.split(seed, sizes)
-    return FitContext(lm=lm, task=task, train=split.train, dev=split.dev, scorer=scorer, seed=seed, workdir=workdir)
+    return FitContext(lm=lm, task=TaskInfo.of(task), train=split.train, dev=split.dev, scorer=scorer, seed=seed,
+                      workdir=workdir)
 
 
 def replay_on_dev(ctx: FitContext, condition: str, workdir: Path) -> list[float]:
