@@ -18,13 +18,19 @@ def enabled() -> bool:
 
 @contextmanager
 def bar(description: str, total: int) -> Iterator[Progress.advance]:
-    """Yield ``advance(n)``; the bar disappears when the loop ends."""
+    """Yield ``advance(n, note=None)``; a note (e.g. the current loss) replaces the description after it.
+    The bar disappears when the loop ends."""
     if not enabled() or total <= 0:
-        yield lambda n=1: None
+        yield lambda n=1, note=None: None
         return
     with Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True,
     ) as p:
         task = p.add_task(description, total=total)
-        yield lambda n=1: p.advance(task, n)
+        def advance(n: int = 1, note: str | None = None) -> None:
+            if note is not None:
+                p.update(task, description=f"{description}: {note}")
+            p.advance(task, n)
+
+        yield advance
