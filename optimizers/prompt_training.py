@@ -353,7 +353,7 @@ class PromptTrainer:
         seed = ctx.seed
         gen = torch.Generator().manual_seed(seed)
         vectors = init_vectors(lm, trial.init, trial.length, self.text_ids, gen)
-        n = vectors.shape[0]
+        n = trial.length = vectors.shape[0]
         if self.kind == "soft":
             param = vectors.clone().to(lm.device).requires_grad_(True)
             template = self.artifact(vectors)
@@ -397,7 +397,7 @@ class PromptTrainer:
             loss = task_loss(ctx.task.kind, [ctx.train[i] for i in batch], local, loglik,
                              [len(flat[j].continuation) for j in req_index])
             if not torch.isfinite(loss):
-                raise TrialDiverged(f"loss became {float(loss)} at step {step} (lr {trial.lr}); lower the lr")
+                raise TrialDiverged(f"loss became {loss.item()} at step {step} (lr {trial.lr}); lower the lr")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if s.grad_clip:
@@ -420,7 +420,6 @@ class PromptTrainer:
                     if since >= s.patience:
                         advance(s.steps - step)
                         break
-        trial.length = n
         trial.artifact = self.artifact(best_tensor)
         return trial
 
