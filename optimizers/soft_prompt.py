@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from harness.artifact import PromptArtifact
 from harness.errors import UserError
@@ -10,14 +11,21 @@ from optimizers.base import FitContext, Optimizer
 from optimizers.prompt_training import PromptTrainer, PromptTrainingSettings, nearest_tokens, project
 
 
-class SoftPrompt(Optimizer):
+class _Trained(Optimizer):
+    """A condition whose artifact is a trained prompt tensor of ``kind`` ("soft" or "prefix")."""
+
+    kind: ClassVar[str]
+
+    def fit(self, ctx: FitContext) -> PromptArtifact:
+        art, _ = PromptTrainer(ctx, self.settings, self.kind, self.name).fit()  # type: ignore[arg-type]
+        return art
+
+
+class SoftPrompt(_Trained):
     name = "soft-prompt"
     summary = "trained input-embedding vectors (model frozen), swept over length x lr x init and selected on dev"
     settings_class = PromptTrainingSettings
-
-    def fit(self, ctx: FitContext) -> PromptArtifact:
-        art, _ = PromptTrainer(ctx, self.settings, "soft", self.name).fit()  # type: ignore[arg-type]
-        return art
+    kind = "soft"
 
 
 @dataclass
@@ -33,14 +41,11 @@ class PrefixTuningSettings(PromptTrainingSettings):
                             f"every token, so only start is possible")
 
 
-class PrefixTuning(Optimizer):
+class PrefixTuning(_Trained):
     name = "prefix-tuning"
     summary = "trained per-layer key/value prefixes (model frozen), swept and selected on dev"
     settings_class = PrefixTuningSettings
-
-    def fit(self, ctx: FitContext) -> PromptArtifact:
-        art, _ = PromptTrainer(ctx, self.settings, "prefix", self.name).fit()  # type: ignore[arg-type]
-        return art
+    kind = "prefix"
 
 
 @dataclass

@@ -181,3 +181,18 @@ def test_projection_scores_the_nearest_tokens_exactly(lm, scorer, antonyms, tmp_
     got = [x.loglik for x in scorer.loglikelihood(reqs, prompt=proj)]
     ref = [x.loglik for x in scorer.loglikelihood(real)]
     assert max(abs(a - b) for a, b in zip(got, ref, strict=True)) < 1e-4
+
+
+def test_cli_trains_saves_and_rescores_an_artifact(capsys, tmp_path) -> None:
+    from harness.cli import main
+
+    first, again, art_dir = tmp_path / "a.jsonl", tmp_path / "b.jsonl", tmp_path / "art"
+    assert main(["eval", "--task", "antonyms", "--condition", "soft-prompt", "--set", "steps=1", "--set",
+                 "batch_size=2", "--set", "lr=0.01", "--set", "format=raw", "--limit", "4",
+                 "--artifact-out", str(art_dir), "--out", str(first)]) == 0
+    assert (art_dir / "tensors.safetensors").exists()
+    assert main(["eval", "--task", "antonyms", "--artifact", str(art_dir), "--limit", "4", "--out", str(again)]) == 0
+    assert first.read_text() == again.read_text()  # same lines, condition label included
+    assert main(["eval", "--task", "antonyms", "--artifact", str(art_dir), "--set", "lr=1", "--out",
+                 str(again)]) == 2
+    assert "--set has no effect with --artifact" in capsys.readouterr().err
