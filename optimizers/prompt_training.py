@@ -265,20 +265,26 @@ def init_vectors(lm: LoadedModel, init: str, length: int | None, text_ids: list[
 
 
 # --- readability --------------------------------------------------------------------------------------------------
-def nearest_tokens(lm: LoadedModel, soft: torch.Tensor, k: int = NEAREST_K) -> list[list[dict[str, Any]]]:
-    """For each soft vector, the ``k`` vocabulary tokens whose input embeddings are nearest by cosine."""
+def _nearest(lm: LoadedModel, soft: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cosine similarities and ids [n, k] of the vocabulary tokens whose input embeddings are nearest."""
     table = lm.model.get_input_embeddings()
     with torch.no_grad():
         weight = table(torch.arange(table.num_embeddings, device=lm.device)).float().cpu()
     sims = torch.nn.functional.normalize(soft.float(), dim=1) @ torch.nn.functional.normalize(weight, dim=1).T
     top = sims.topk(k, dim=1)
-    return [[{"token": lm.tokenizer.decode([int(t)]), "id": int(t), "cos": round(float(c), 4)}
-             for c, t in zip(cs, ts, strict=True)] for cs, ts in zip(top.values, top.indices, strict=True)]
+    return top.values, top.indices
+
+
+def nearest_tokens(lm: LoadedModel, soft: torch.Tensor, k: int = NEAREST_K) -> list[list[list]]:
+    """For each soft vector, its ``k`` nearest vocabulary tokens by cosine, as [token text, similarity] pairs."""
+    sims, ids = _nearest(lm, soft, k)
+    return [[[lm.tokenizer.decode([int(t)]), round(float(c), 4)] for c, t in zip(cs, ts, strict=True)]
+            for cs, ts in zip(sims, ids, strict=True)]
 
 
 def project(lm: LoadedModel, soft: torch.Tensor) -> tuple[list[int], torch.Tensor]:
     """Each soft vector replaced by its nearest token (cosine): the token ids and their exact embeddings."""
-    ids = [pos[0]["id"] for pos in nearest_tokens(lm, soft, k=1)]
+    ids = [int(i) for i in _nearest(lm, soft, 1)[1][:, 0]]
     table = lm.model.get_input_embeddings()
     with torch.no_grad():
         return ids, table(torch.tensor(ids, device=lm.device)).float().cpu()

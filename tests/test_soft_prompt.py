@@ -174,7 +174,9 @@ def test_projection_scores_the_nearest_tokens_exactly(lm, scorer, antonyms, tmp_
     src.save(tmp_path / "soft")
     proj = SoftProjected(artifact=str(tmp_path / "soft")).fit(_ctx(lm, scorer, antonyms))
     assert proj.meta["projected_ids"] == ids
-    assert [n[0]["id"] for n in proj.meta["soft_nearest_tokens"]] == ids
+    nearest = proj.meta["soft_nearest_tokens"]
+    assert [n[0][0] for n in nearest] == [lm.tokenizer.decode([i]) for i in ids] == proj.meta["projected_tokens"]
+    assert all(n[0][1] > 0.99 and n[0][1] >= n[1][1] for n in nearest)
     # scored exactly as the real token ids in place of the soft vectors
     reqs = flat(scorer, proj, antonyms.test[:4])
     real = [TokenRequest(tuple(ids[-1 - t] if t < 0 else t for t in r.context), r.continuation) for r in reqs]
