@@ -121,8 +121,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if condition is None:
         artifact = loaded
     else:
-        artifact = condition.fit(FitContext(lm=lm, task=task, train=tuple(train), dev=tuple(dev), scorer=scorer,
-                                            seed=args.seed))
+        with tempfile.TemporaryDirectory() as workdir:
+            artifact = condition.fit(FitContext(lm=lm, task=task, train=tuple(train), dev=tuple(dev), scorer=scorer,
+                                                seed=args.seed, workdir=Path(workdir)))
+            fit_log = Path(workdir) / "log.json"
+            fit_log = fit_log.read_text() if fit_log.exists() else None
     t_fit = time.perf_counter() - t0
     t0 = time.perf_counter()
     scores = scorer.score(artifact, examples, task.kind, desc=f"scoring {args.condition} on {task.name}")
@@ -130,6 +133,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     common = {"model": lm.name, "task": task.name, "condition": args.condition, "split": args.split,
               "split_hash": split_hash, "format": artifact.format}
     write_jsonl_atomic(args.out, [{**s.to_json(), **common} for s in scores])
+    if condition is not None and fit_log is not None:  # training curves and sweep trials, beside the output
+        args.out.with_suffix(".log.json").write_text(fit_log)
     if args.artifact_out:
         artifact.save(args.artifact_out)
 

@@ -193,6 +193,7 @@ def test_cli_trains_saves_and_rescores_an_artifact(capsys, tmp_path) -> None:
                  "batch_size=2", "--set", "lr=0.01", "--set", "format=raw", "--limit", "4",
                  "--artifact-out", str(art_dir), "--out", str(first)]) == 0
     assert (art_dir / "tensors.safetensors").exists()
+    assert (tmp_path / "a.log.json").exists()  # the training log beside the output
     assert main(["eval", "--task", "antonyms", "--artifact", str(art_dir), "--limit", "4", "--out", str(again)]) == 0
     assert first.read_text() == again.read_text()  # same lines, condition label included
     assert main(["eval", "--task", "antonyms", "--artifact", str(art_dir), "--set", "lr=1", "--out",
