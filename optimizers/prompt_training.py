@@ -418,6 +418,7 @@ class PromptTrainer:
                 trial.curve.append({"step": step, "train_loss": sum(recent) / len(recent), "dev_loss": dev_loss,
                                     "dev_accuracy": dev_acc})
                 recent = []
+                log.info("%s n=%d lr=%g %s step %d: %s", self.condition, n, trial.lr, trial.init, step, trial.curve[-1])
                 if self._better(dev_loss, dev_acc, best):
                     best, best_tensor, since = (dev_loss, dev_acc), snapshot(), 0
                     trial.best_step, trial.best_dev_loss, trial.best_dev_accuracy = step, dev_loss, dev_acc
