@@ -1,4 +1,4 @@
-"""PromptArtifact: everything a condition may put in front of the task input, and how it is saved."""
+"""PromptArtifact: what a condition puts in front of the task input (text and trained tensors); saving and loading."""
 
 from __future__ import annotations
 
@@ -6,15 +6,22 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
+
+import torch
 
 from harness.errors import UserError
 
 Format = Literal["raw", "chat"]
 FORMATS: tuple[str, ...] = ("raw", "chat")
+# where a soft prompt's vectors go (the renderer's job): before everything (BOS, chat header; PEFT's prompt
+# tuning), as a block right before the task input (inside the chat user turn), or in place of a marker word
+PLACEMENTS: tuple[str, ...] = ("start", "before_input", "marker")
 ARTIFACT_FILE = "artifact.json"
+TENSOR_FILE = "tensors.safetensors"
+TENSOR_FIELDS = ("soft_prompt", "prefix_kv")
 
 
 @dataclass
@@ -27,6 +34,12 @@ class PromptArtifact:
     each separated by a blank line. ``instruction_role`` puts the instruction in the user
     turn (default; it works for templates without a system role such as Gemma's) or in a
     system turn.
+
+    Trained prompts add tensors (kept on CPU in float32; the scorer moves them to the model):
+    ``soft_prompt`` [n_virtual, hidden] holds input-embedding vectors placed by ``placement``
+    (for ``marker``, they replace the text ``marker`` in the task's context); ``prefix_kv``
+    [layers, 2 (key, value), kv_heads, n_prefix, head_dim] holds per-layer keys/values that
+    come before every token (real tokens then start at position n_prefix, as in PEFT).
     """
 
     format: Format = "raw"
@@ -35,6 +48,18 @@ class PromptArtifact:
     instruction_role: Literal["user", "system"] = "user"
     condition: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
+    placement: str = "start"
+    marker: str = ""
+    soft_prompt: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    prefix_kv: torch.Tensor | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def n_soft(self) -> int:
+        return 0 if self.soft_prompt is None else int(self.soft_prompt.shape[0])
+
+    @property
+    def n_prefix(self) -> int:
+        return 0 if self.prefix_kv is None else int(self.prefix_kv.shape[3])
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
@@ -43,13 +68,37 @@ class PromptArtifact:
             raise UserError(f"instruction_role {self.instruction_role!r} is unknown; use user or system")
         if not isinstance(self.instruction, str) or not all(isinstance(d, str) for d in self.demos):
             raise UserError(f"artifact of {self.condition or 'a condition'}: instruction and demos must be text")
+        if self.placement not in PLACEMENTS:
+            raise UserError(f"placement {self.placement!r} is unknown; use one of {', '.join(PLACEMENTS)}")
+        if self.placement == "marker" and self.soft_prompt is not None and not self.marker.strip():
+            raise UserError("placement marker needs the marker text the soft prompt replaces; set marker")
+        if self.soft_prompt is not None and (self.soft_prompt.ndim != 2 or self.soft_prompt.shape[0] < 1):
+            raise UserError(f"soft_prompt must be [n_virtual >= 1, hidden], got {tuple(self.soft_prompt.shape)}")
+        if self.prefix_kv is not None and (self.prefix_kv.ndim != 5 or self.prefix_kv.shape[1] != 2
+                                           or self.prefix_kv.shape[3] < 1):
+            raise UserError(f"prefix_kv must be [layers, 2, kv_heads, n_prefix >= 1, head_dim], "
+                            f"got {tuple(self.prefix_kv.shape)}")
+        for name in TENSOR_FIELDS:  # one home for the tensors: CPU float32, detached
+            t = getattr(self, name)
+            if t is not None:
+                setattr(self, name, t.detach().to("cpu", torch.float32).contiguous())
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON part (everything but the tensors, which go to ``TENSOR_FILE``)."""
+        return asdict(replace(self, soft_prompt=None, prefix_kv=None), dict_factory=lambda kv: {
+            k: v for k, v in kv if k not in TENSOR_FIELDS})
 
     def save(self, folder: str | Path) -> Path:
         """Write the artifact into ``folder`` atomically (a temp folder renamed into place)."""
         folder = Path(folder)
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
-        (tmp / ARTIFACT_FILE).write_text(json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n")
+        (tmp / ARTIFACT_FILE).write_text(json.dumps(self.to_json(), indent=2, ensure_ascii=False) + "\n")
+        tensors = {name: getattr(self, name) for name in TENSOR_FIELDS if getattr(self, name) is not None}
+        if tensors:
+            from safetensors.torch import save_file
+
+            save_file(tensors, str(tmp / TENSOR_FILE), metadata={"condition": self.condition})
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(tmp, folder)
@@ -62,6 +111,10 @@ class PromptArtifact:
             raise UserError(f"{folder} holds no {ARTIFACT_FILE}; give a folder written by a promptgap run")
         try:
             data = json.loads(path.read_text())
+            if (Path(folder) / TENSOR_FILE).exists():
+                from safetensors.torch import load_file
+
+                data.update(load_file(str(Path(folder) / TENSOR_FILE)))
             return cls(**data)
-        except (json.JSONDecodeError, TypeError) as e:
+        except (json.JSONDecodeError, TypeError, OSError, ValueError) as e:
             raise UserError(f"{path} is not a valid artifact ({e}); re-run the condition that wrote it") from None

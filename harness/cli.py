@@ -82,13 +82,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from harness.models import load_model, resolve_source
     from harness.registry import get_optimizer, get_task
     from harness.scorer import Scorer
-    from optimizers.base import fit_condition
+    from optimizers.base import check_artifact, fit_condition
 
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit {args.limit}: give a positive number of examples")
     # every name is checked before anything slow happens
     task = get_task(args.task, data_dir=args.data_dir)
-    condition = get_optimizer(args.condition)(**_parse_settings(args.set))
+    if args.artifact is not None:
+        from harness.artifact import PromptArtifact
+
+        if args.set:
+            raise UserError("--set has no effect with --artifact (a saved artifact is scored as it is); drop one")
+        loaded = PromptArtifact.load(args.artifact)
+        args.condition = args.condition or loaded.condition or "artifact"
+        condition = None
+    elif args.condition is None:
+        raise UserError("give --condition NAME (see `promptgap list`), or --artifact DIR to score a saved artifact")
+    else:
+        condition = get_optimizer(args.condition)(**_parse_settings(args.set))
     if args.model.endswith(".gguf") or Path(args.model).expanduser().exists():
         resolve_source(args.model)
 
@@ -108,7 +119,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     lm = load_model(args.model, device=args.device, dtype=args.dtype)
     scorer = Scorer(lm, batch_size=args.batch_size)
     t0 = time.perf_counter()
-    artifact = fit_condition(condition, lm, task, train, dev, scorer, args.seed, owner=f"condition {args.condition}")
+    if condition is None:
+        artifact = check_artifact(loaded, lm, f"artifact {args.artifact}")
+    else:
+        with tempfile.TemporaryDirectory() as workdir:
+            artifact = fit_condition(condition, lm, task, train, dev, scorer, args.seed, workdir=Path(workdir),
+                                     owner=f"condition {args.condition}")
+            fit_log = Path(workdir) / "log.json"
+            fit_log = fit_log.read_text() if fit_log.exists() else None
     t_fit = time.perf_counter() - t0
     t0 = time.perf_counter()
     scores = scorer.score(artifact, examples, task.kind, desc=f"scoring {args.condition} on {task.name}")
@@ -116,6 +134,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     common = {"model": lm.name, "task": task.name, "condition": args.condition, "split": args.split,
               "split_hash": split_hash, "format": artifact.format}
     write_jsonl_atomic(args.out, [{**s.to_json(), **common} for s in scores])
+    if condition is not None and fit_log is not None:  # training curves and sweep trials, beside the output
+        args.out.with_suffix(".log.json").write_text(fit_log)
     if args.artifact_out:
         artifact.save(args.artifact_out)
 
@@ -151,6 +171,16 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_peft(args: argparse.Namespace) -> int:
+    from harness.artifact import PromptArtifact
+    from harness.models import load_model
+    from harness.peft_export import export_peft
+
+    artifact = PromptArtifact.load(args.artifact)
+    print(f"wrote {export_peft(artifact, load_model(args.model, device='cpu'), args.out)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="promptgap",
@@ -169,7 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--model", default="smollm2-135m-instruct", help="model name, hub id or local folder "
                    "(default: the embedded smollm2-135m-instruct)")
     e.add_argument("--task", required=True, help="task name (see `promptgap list`) or path to a TOML task spec")
-    e.add_argument("--condition", required=True, help="condition name (see `promptgap list`)")
+    e.add_argument("--condition", default=None, help="condition name (see `promptgap list`); with --artifact, "
+                   "only the label written in the output")
+    e.add_argument("--artifact", type=Path, default=None, help="score this saved artifact folder (written by "
+                   "--artifact-out or a run's cells/.../artifact) instead of fitting a condition")
     e.add_argument("--split", choices=SPLITS, default="test",
                    help="which part to score; 'all' = the task's evaluation file in file order, no fitting data")
     e.add_argument("--limit", type=int, default=None, help="score only the first N examples of the split")
@@ -194,6 +227,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--results", type=Path, default=Path("results"), help="results root (default results/)")
     r.add_argument("--reports", type=Path, default=Path("reports"), help="reports root (default reports/)")
     r.set_defaults(func=cmd_run)
+
+    x = sub.add_parser("export-peft", help="write a start-placement soft prompt as a PEFT prompt-tuning adapter",
+                       description="Example: promptgap export-peft results/run/cells/.../soft-prompt/artifact "
+                       "--out adapters/antonyms")
+    x.add_argument("artifact", type=Path, help="a saved soft-prompt artifact folder")
+    x.add_argument("--model", default="smollm2-135m-instruct", help="the model it was trained on")
+    x.add_argument("--out", type=Path, required=True, help="the adapter folder to write")
+    x.set_defaults(func=cmd_export_peft)
 
     rp = sub.add_parser("report", help="(re)write the markdown report of a run folder")
     rp.add_argument("run_dir", type=Path, help="results/<run-id>")

@@ -18,9 +18,10 @@ def enabled() -> bool:
 
 @contextmanager
 def bar(description: str, total: int) -> Iterator[Progress.advance]:
-    """Yield ``advance(n, description=None)``; the bar disappears when the loop ends."""
+    """Yield ``advance(n, note=None)``; a note (e.g. the current loss) replaces the description after it.
+    The bar disappears when the loop ends."""
     if not enabled() or total <= 0:
-        yield lambda n=1, description=None: None
+        yield lambda n=1, note=None: None
         return
     with Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -28,7 +29,9 @@ def bar(description: str, total: int) -> Iterator[Progress.advance]:
     ) as p:
         task = p.add_task(description, total=total)
 
-        def advance(n: int = 1, description: str | None = None) -> None:
-            p.update(task, advance=n, **({"description": description} if description else {}))
+        def advance(n: int = 1, note: str | None = None) -> None:
+            if note is not None:
+                p.update(task, description=f"{description}: {note}")
+            p.advance(task, n)
 
         yield advance

@@ -9,8 +9,24 @@ import jinja2
 
 from harness.artifact import PromptArtifact
 from harness.data import Example
+from harness.errors import UserError
 
 BLOCK_SEP = "\n\n"  # between instruction, demos and input: lm-eval's few-shot delimiter
+# where a soft prompt sits in the text; split out before encoding, so it never reaches the tokenizer
+SLOT = "\x00soft-prompt\x00"
+
+
+def soft_id(i: int) -> int:
+    """The sentinel token id of soft vector ``i``: negative, so it can never be a real token id.
+
+    The scorer and the training forward put the artifact's vector ``i`` where this id stands; being
+    ordinary ints, sentinels share prefix-tree nodes like real tokens do.
+    """
+    return -1 - i
+
+
+def soft_ids(n: int) -> tuple[int, ...]:
+    return tuple(soft_id(i) for i in range(n))
 
 
 @dataclass(frozen=True)
@@ -35,11 +51,27 @@ class Renderer:
 
     # --- text ------------------------------------------------------------------
     def body(self, artifact: PromptArtifact, context: str) -> str:
-        """The user-visible text: instruction, demos and the example's context."""
+        """The user-visible text: instruction, demos, a ``before_input`` soft prompt (as a block of its own)
+        and the example's context (where a ``marker`` soft prompt replaces the marker text)."""
         blocks = [artifact.instruction] if artifact.instruction and artifact.instruction_role == "user" else []
         blocks += artifact.demos
+        if artifact.n_soft and artifact.placement == "before_input":
+            blocks.append(SLOT)
+        if artifact.n_soft and artifact.placement == "marker":
+            context = self.replace_marker(context, artifact.marker)
         blocks.append(context)
         return BLOCK_SEP.join(blocks)
+
+    @staticmethod
+    def replace_marker(context: str, marker: str) -> str:
+        """``marker`` (with the space before it, so the text on both sides tokenizes as it does in the whole)
+        replaced by the soft-prompt slot; it must occur exactly once."""
+        if context.count(marker) != 1:
+            raise UserError(f"soft-prompt marker {marker!r} occurs {context.count(marker)} times in the context "
+                            f"{context[:80]!r}; it must occur exactly once (choose another marker or placement)")
+        at = context.index(marker)
+        start = at - 1 if at > 0 and context[at - 1] == " " else at
+        return context[:start] + SLOT + context[at + len(marker):]
 
     def chat(self, artifact: PromptArtifact, user: str) -> str:
         messages = [{"role": "user", "content": user}]
@@ -74,21 +106,42 @@ class Renderer:
             return self.tok.encode(text, add_special_tokens=False)
         return self.tok.encode(text)
 
-    def encode_pair(self, context: str, continuation: str) -> TokenRequest:
-        """lm-eval's _encode_pair: trailing whitespace moves to the continuation; encode the whole, then split."""
+    def encode_pair(self, context: str, continuation: str, n_soft: int = 0) -> TokenRequest:
+        """lm-eval's _encode_pair: trailing whitespace moves to the continuation; encode the whole, then split.
+
+        A context holding ``SLOT`` is cut there: the text before it is encoded as a context start (BOS
+        rule included), then come ``n_soft`` sentinel ids, then the text after it, encoded without special
+        tokens and split from the continuation by the same whole-then-split rule.
+        """
         if not context:
             raise ValueError("empty context")
         n_spaces = len(context) - len(context.rstrip())
         if n_spaces:
             continuation = context[-n_spaces:] + continuation
             context = context[:-n_spaces]
-        whole = self.encode(context + continuation)
-        ctx = self.encode(context)
+        head: list[int] = []
+        encode = self.encode
+        if SLOT in context:
+            before, context = context.split(SLOT)  # body() writes at most one slot
+            head = self.encode(before) + list(soft_ids(n_soft))
+            encode = self.encode_plain
+        whole = encode(context + continuation)
+        ctx = encode(context) if context else []
         cont = whole[len(ctx) :]
         if not cont:
             raise ValueError(f"continuation {continuation!r} tokenizes to nothing")
-        return TokenRequest(tuple(ctx), tuple(cont))
+        return TokenRequest(tuple(head + ctx), tuple(cont))
+
+    def encode_plain(self, text: str) -> list[int]:
+        """Text in the middle of a sequence: no special tokens added."""
+        return self.tok.encode(text, add_special_tokens=False)
 
     def requests(self, artifact: PromptArtifact, examples: Sequence[Example]) -> list[list[TokenRequest]]:
-        return [[self.encode_pair(r.context, r.continuation) for r in self.text_requests(artifact, e)]
-                for e in examples]
+        # "start": PEFT's prompt tuning, the vectors before every token (BOS and chat header included)
+        lead = soft_ids(artifact.n_soft) if artifact.placement == "start" else ()
+        out = []
+        for e in examples:
+            reqs = [self.encode_pair(r.context, r.continuation, artifact.n_soft)
+                    for r in self.text_requests(artifact, e)]
+            out.append([TokenRequest(lead + r.context, r.continuation) for r in reqs] if lead else reqs)
+        return out

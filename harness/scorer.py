@@ -74,6 +74,25 @@ def example_score(example: Example, kind: TaskKind, results: Sequence[Loglik]) -
                         pred == example.gold, log_z - lls[example.gold])
 
 
+def embed_tokens(model: torch.nn.Module, ids: torch.Tensor, soft: torch.Tensor | None) -> torch.Tensor:
+    """The model's input embeddings of ``ids``, with each sentinel id (negative, ``render.soft_id(i)``)
+    replaced by row ``i`` of ``soft``: how the scorer and the training forward both read a soft prompt.
+
+    Differentiable in ``soft``. Embedding modules that scale their output (Gemma) are called as the model
+    calls them, so soft vectors live in the space the model's layers read.
+    """
+    emb = model.get_input_embeddings()(ids.clamp(min=0))
+    if soft is None:
+        if bool((ids < 0).any()):
+            raise ValueError("soft-prompt sentinel ids but no soft_prompt")
+        return emb
+    is_soft = ids < 0
+    index = -1 - ids.clamp(max=-1)
+    if bool((index[is_soft] >= soft.shape[0]).any()):
+        raise ValueError(f"a sentinel id asks for a soft vector beyond the {soft.shape[0]} given")
+    return torch.where(is_soft[..., None], soft.to(emb.dtype)[index], emb)
+
+
 @dataclass(eq=False)
 class _Node:
     """A run of tokens shared by every input below it; ``start`` is its first position."""
@@ -156,13 +175,14 @@ class Scorer:
         cfg = lm.model.config.get_text_config()
         self.softcap = getattr(cfg, "final_logit_softcapping", None)
         self.max_len = getattr(cfg, "max_position_embeddings", None)
+        self._soft: torch.Tensor | None = None  # the soft vectors of the current ``loglikelihood`` call
 
     # --- the public entry points -------------------------------------------
     def score(self, artifact: PromptArtifact, examples: Sequence[Example], kind: TaskKind,
               desc: str = "scoring") -> list[ExampleScore]:
         per_example = self.renderer.requests(artifact, examples)
         flat = [r for reqs in per_example for r in reqs]
-        results = self.loglikelihood(flat, desc=desc)
+        results = self.loglikelihood(flat, desc=desc, prompt=artifact)
         out, k = [], 0
         for ex, reqs in zip(examples, per_example, strict=True):
             out.append(example_score(ex, kind, results[k : k + len(reqs)]))
@@ -170,9 +190,16 @@ class Scorer:
         return out
 
     @torch.no_grad()
-    def loglikelihood(self, requests: Sequence[TokenRequest], desc: str = "scoring") -> list[Loglik]:
+    def loglikelihood(self, requests: Sequence[TokenRequest], desc: str = "scoring",
+                      prompt: PromptArtifact | None = None) -> list[Loglik]:
+        """``prompt`` supplies trained tensors: soft vectors for the requests' sentinel ids, and a key/value
+        prefix that comes before every request (a virtual parent of the tree's root)."""
         if not requests:
             return []
+        n_prefix = prompt.n_prefix if prompt is not None else 0
+        self._soft = None
+        if prompt is not None and prompt.soft_prompt is not None:
+            self._soft = prompt.soft_prompt.to(self.lm.device, self.lm.dtype)
         # lm-eval feeds (context + continuation)[:-1] and reads the last len(continuation) positions
         seq_of: dict[tuple[int, ...], int] = {}
         seqs: list[tuple[int, ...]] = []
@@ -183,8 +210,10 @@ class Scorer:
             if s not in seq_of:
                 seq_of[s] = len(seqs)
                 seqs.append(s)
-        if self.max_len and max(map(len, seqs)) >= self.max_len:
+        if self.max_len and n_prefix + max(map(len, seqs)) >= self.max_len:
             raise ValueError(f"a request is longer than the model's {self.max_len} positions")
+        if self._soft is None and any(t < 0 for s in seqs for t in s):
+            raise ValueError("requests hold soft-prompt sentinel ids but no soft_prompt was given")
 
         root, ends = build_tree(seqs)
         for ri, r in enumerate(requests):
@@ -204,6 +233,8 @@ class Scorer:
             # level by level; a node's saved keys/values cover its whole prefix, so they
             # are needed only by its children and are dropped once those have run
             kv_of: dict[_Node, torch.Tensor] = {}
+            if n_prefix:
+                kv_of = self._prefix_root(root, prompt.prefix_kv)
             level = [root] if root.tokens else root.children
             while level:
                 kv_of = self._run_level(level, kv_of)
@@ -211,6 +242,22 @@ class Scorer:
         return [Loglik(s, n, g) for s, n, g in zip(self._sum, self._count, self._greedy, strict=True)]
 
     # --- running -------------------------------------------------------------
+    def _prefix_root(self, root: _Node, prefix_kv: torch.Tensor) -> dict[_Node, torch.Tensor]:
+        """Make a key/value prefix the past of the whole tree: every node moves ``n_prefix`` positions
+        right (real tokens start at position n_prefix, as in PEFT's prefix tuning)."""
+        n_prefix = prefix_kv.shape[3]
+        stack = [root]
+        while stack:
+            n = stack.pop()
+            n.start += n_prefix
+            stack.extend(n.children)
+        parent = root
+        if root.tokens:  # the root runs first, so its parent holds the prefix
+            parent = _Node(0, (), None)
+            parent.children.append(root)
+            root.parent = parent
+        return {parent: prefix_kv.to(self.lm.device, self.lm.dtype)}
+
     @staticmethod
     def _sizes(root: _Node) -> None:
         order, stack = [], [root]
@@ -329,7 +376,11 @@ class Scorer:
         mask = torch.zeros(allowed.shape, dtype=self.lm.dtype, device=dev)
         mask.masked_fill_(~allowed, torch.finfo(self.lm.dtype).min)
         cache = _BufferCache(buf, n_past)
-        out = self.base(input_ids=ids, attention_mask=mask[:, None], position_ids=positions,
+        if self._soft is None:
+            inputs = {"input_ids": ids}
+        else:
+            inputs = {"inputs_embeds": embed_tokens(self.lm.model, ids, self._soft)}
+        out = self.base(**inputs, attention_mask=mask[:, None], position_ids=positions,
                         past_key_values=cache, use_cache=True)
         return buf, n_past, out.last_hidden_state
 

@@ -393,7 +393,7 @@ def run_search(ctx: Any, search: Search) -> PromptArtifact:
 
         def on_candidate(c: Candidate) -> None:
             best[0] = max(best[0], c.dev_score)
-            advance(1, description=f"{search.condition}: candidates on dev, best {best[0]:.3f}")
+            advance(1, note=f"best {best[0]:.3f}")
 
         book = ScoreBook(ctx, search.fmt, search.condition, on_candidate)
         student = ScoredProgram(book, search.instruction)

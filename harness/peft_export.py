@@ -1,0 +1,54 @@
+"""Export of a soft prompt as a PEFT prompt-tuning adapter, so the trained ceiling can be used outside promptgap."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from harness.artifact import PromptArtifact
+from harness.errors import UserError
+from harness.models import LoadedModel
+
+
+def export_peft(artifact: PromptArtifact, lm: LoadedModel, folder: str | Path) -> Path:
+    """Write ``folder`` as PEFT writes a prompt-tuning adapter (adapter_config.json, adapter_model.safetensors).
+
+    Only the ``start`` placement has a PEFT equivalent: PEFT puts the vectors before every input token.
+    The adapter sees whatever ids it is given, so for a chat-format artifact apply the chat template first
+    (``meta.format`` in the config says which).
+    """
+    from peft import PromptTuningConfig, TaskType
+    from safetensors.torch import save_file
+
+    if artifact.soft_prompt is None:
+        raise UserError(f"artifact of {artifact.condition or 'a condition'} holds no soft prompt; export a "
+                        f"soft-prompt artifact")
+    if artifact.placement != "start":
+        raise UserError(f"a soft prompt with placement {artifact.placement!r} has no PEFT form (PEFT prepends "
+                        f"before every token); train with placement = \"start\" to export")
+    cfg = lm.model.config.get_text_config()
+    if artifact.soft_prompt.shape[1] != cfg.hidden_size:
+        raise UserError(f"the soft prompt's width {artifact.soft_prompt.shape[1]} is not model {lm.name}'s "
+                        f"{cfg.hidden_size}; export with the model it was trained on")
+    config = PromptTuningConfig(
+        task_type=TaskType.CAUSAL_LM, num_virtual_tokens=artifact.n_soft, token_dim=cfg.hidden_size,
+        num_transformer_submodules=1, num_attention_heads=cfg.num_attention_heads, num_layers=cfg.num_hidden_layers,
+        base_model_name_or_path=lm.name,
+    )
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
+    try:
+        config.save_pretrained(str(tmp))
+        # the key PEFT's get_peft_model_state_dict writes for prompt tuning
+        save_file({"prompt_embeddings": artifact.soft_prompt.contiguous()}, str(tmp / "adapter_model.safetensors"),
+                  metadata={"format": "pt", "promptgap_format": artifact.format})
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder

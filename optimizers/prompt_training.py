@@ -1,0 +1,467 @@
+"""Training prompt tensors with the model frozen: the differentiable forward, the trial loop, the dev-selected sweep.
+
+Shared by ``soft-prompt`` (input-embedding vectors), ``prefix-tuning`` (per-layer key/value prefixes) and
+``soft-projected``. The forward reads the same rendered token ids as the scorer (``Renderer.requests``, with
+sentinel ids where soft vectors go) and embeds them with the scorer's own ``embed_tokens``, so the training
+loss and the test score are the same function of the artifact (tests check this to 1e-4).
+
+Speed: the token run every training sequence shares before the first trainable position (for a soft prompt
+inside the chat user turn: the whole system prompt and user header) is run once without gradients and
+reused as every batch's past keys/values.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from harness.artifact import FORMATS, PLACEMENTS, PromptArtifact
+from harness.data import Example, TaskKind
+from harness.errors import UserError
+from harness.models import LoadedModel
+from harness.progress import bar
+from harness.render import TokenRequest
+from harness.scorer import embed_tokens
+from optimizers.base import FitContext, Settings
+
+log = logging.getLogger(__name__)
+
+INITS = ("text", "vocab", "random")
+SELECT_ON = ("loss", "accuracy")
+NEAREST_K = 5
+
+
+class TrialDiverged(Exception):
+    """A trial's loss became NaN or infinite; the sweep records it and goes on."""
+
+
+# --- settings -----------------------------------------------------------------------------------------------------
+def _as_list(value: Any) -> list:
+    return list(value) if isinstance(value, list | tuple) else [value]
+
+
+@dataclass
+class PromptTrainingSettings(Settings):
+    """Settings of the trained conditions. ``length``, ``lr`` and ``init`` take one value or a list: the sweep
+    is their product, every trial is trained on train and the winner is chosen on dev."""
+
+    length: int | list[int] | None = None  # virtual tokens; None: the init text's token count (8 without text)
+    lr: float | list[float] = field(default_factory=lambda: [0.003, 0.03])
+    init: str | list[str] = "text"  # text (init_text's embeddings), vocab (sampled tokens), random (per-dim stats)
+    init_text: str | None = None  # None: the task's hand-written instruction (for placement marker: the marker)
+    placement: str = "before_input"  # soft prompt only: start, before_input or marker
+    marker: str | None = None  # placement marker: the text replaced (None: the task's own marker)
+    format: str | None = None  # None: chat if the model has a chat template, else raw
+    steps: int = 60  # optimizer steps per trial
+    batch_size: int = 16  # examples per step
+    eval_every: int = 10  # steps between dev evaluations (the overfitting curve, early stopping)
+    patience: int = 3  # dev evaluations without improvement before a trial stops
+    grad_clip: float = 1.0  # max gradient norm; 0 turns clipping off
+    select_on: str = "loss"  # dev metric for checkpoints and the sweep winner: loss (gold NLL) or accuracy
+
+    def __post_init__(self) -> None:
+        who = "prompt training"
+        lengths = _as_list(self.length)
+        if any(n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1) for n in lengths):
+            raise UserError(f"{who}: length {self.length!r}; give a whole number >= 1 (or a list of them)")
+        lrs = _as_list(self.lr)
+        if not lrs or any(isinstance(x, bool) or not isinstance(x, int | float) or not x > 0 or not math.isfinite(x)
+                          for x in lrs):
+            raise UserError(f"{who}: lr {self.lr!r}; give a learning rate > 0 (or a list of them)")
+        if not _as_list(self.init) or any(i not in INITS for i in _as_list(self.init)):
+            raise UserError(f"{who}: init {self.init!r} is unknown; use {', '.join(INITS)} (or a list)")
+        if self.init_text is not None and not self.init_text.strip():
+            raise UserError(f"{who}: init_text is empty; give text or leave it out (the task's instruction)")
+        if self.placement not in PLACEMENTS:
+            raise UserError(f"{who}: placement {self.placement!r} is unknown; use {', '.join(PLACEMENTS)}")
+        if self.format is not None and self.format not in FORMATS:
+            raise UserError(f"{who}: format {self.format!r} is unknown; use raw or chat")
+        for key in ("steps", "batch_size", "eval_every", "patience"):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise UserError(f"{who}: {key} = {v!r}; give a whole number >= 1")
+        if isinstance(self.grad_clip, bool) or not isinstance(self.grad_clip, int | float) or self.grad_clip < 0:
+            raise UserError(f"{who}: grad_clip = {self.grad_clip!r}; give a number >= 0 (0: no clipping)")
+        if self.select_on not in SELECT_ON:
+            raise UserError(f"{who}: select_on {self.select_on!r} is unknown; use loss or accuracy")
+
+    def grid(self) -> list[dict[str, Any]]:
+        return [{"length": n, "lr": float(lr), "init": i}
+                for n, lr, i in itertools.product(_as_list(self.length), _as_list(self.lr), _as_list(self.init))]
+
+
+# --- the differentiable forward -----------------------------------------------------------------------------------
+def _common_prefix(seqs: Sequence[Sequence[int]]) -> int:
+    n = min(len(s) for s in seqs)
+    i = 0
+    while i < n and all(s[i] == seqs[0][i] for s in seqs):
+        i += 1
+    return i
+
+
+def model_shape(lm: LoadedModel) -> tuple[int, int, int]:
+    """(layers, kv_heads, head_dim): the shape of a key/value prefix."""
+    cfg = lm.model.config.get_text_config()
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    return cfg.num_hidden_layers, kv_heads, head_dim
+
+
+def _cache(past: torch.Tensor | None, rows: int):
+    """A transformers DynamicCache holding ``past`` [layers, 2, kv_heads, n, head_dim] for ``rows`` rows."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    if past is not None:
+        for layer in range(past.shape[0]):
+            k, v = (past[layer, j].unsqueeze(0).expand(rows, -1, -1, -1) for j in (0, 1))
+            cache.update(k, v, layer)
+    return cache
+
+
+def run_embeds(lm: LoadedModel, embeds: torch.Tensor, lengths: Sequence[int], past: torch.Tensor | None):
+    """Run right-padded rows of input embeddings after a shared ``past`` (positions continue after it).
+
+    Returns (final hidden states [rows, width, hidden], the new keys/values [layers, 2, rows, kv_heads, width,
+    head_dim]). An explicit 4D mask hides padded keys, as in the scorer.
+    """
+    rows, width = embeds.shape[:2]
+    dev = embeds.device
+    n_past = 0 if past is None else past.shape[3]
+    valid = torch.arange(width, device=dev)[None, :] < torch.tensor(list(lengths), device=dev)[:, None]
+    q = torch.arange(width, device=dev)[:, None] + n_past
+    k = torch.arange(n_past + width, device=dev)[None, :]
+    key_valid = torch.cat([torch.ones(rows, n_past, dtype=torch.bool, device=dev), valid], dim=1)
+    allowed = ((k <= q)[None] & key_valid[:, None, :]) | (k == q)[None]
+    mask = torch.zeros(allowed.shape, dtype=embeds.dtype, device=dev)
+    mask.masked_fill_(~allowed, torch.finfo(embeds.dtype).min)
+    positions = (torch.arange(width, device=dev) + n_past)[None, :].expand(rows, -1)
+    cache = _cache(past, rows)
+    out = lm.model.base_model(inputs_embeds=embeds, attention_mask=mask[:, None], position_ids=positions,
+                              past_key_values=cache, use_cache=True)
+    new = torch.stack([torch.stack([layer.keys[:, :, n_past:], layer.values[:, :, n_past:]])
+                       for layer in cache.layers])
+    return out.last_hidden_state, new
+
+
+def kv_of_embeds(lm: LoadedModel, vectors: torch.Tensor) -> torch.Tensor:
+    """Keys/values [layers, 2, kv_heads, n, head_dim] of a run of input vectors at positions 0..n-1."""
+    _, new = run_embeds(lm, vectors[None], [vectors.shape[0]], None)
+    return new[:, :, 0]
+
+
+def logits_at(lm: LoadedModel, hidden: torch.Tensor) -> torch.Tensor:
+    logits = lm.model.get_output_embeddings()(hidden)
+    softcap = getattr(lm.model.config.get_text_config(), "final_logit_softcapping", None)
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    return logits.float()
+
+
+class PromptForward:
+    """Summed log-likelihoods of token requests as a differentiable function of the prompt tensors.
+
+    ``requests`` are the renderer's, with sentinel ids for a soft prompt. The token run all requests share
+    before the first trainable position is computed once (no gradients) and reused as a past.
+    """
+
+    def __init__(self, lm: LoadedModel, requests: Sequence[TokenRequest], n_prefix: int = 0) -> None:
+        self.lm = lm
+        self.requests = list(requests)
+        self.seqs = [(r.context + r.continuation)[:-1] for r in self.requests]
+        self.n_prefix = n_prefix
+        # the shared head; each row keeps a token of its own
+        self.n_head = min(_common_prefix(self.seqs), min(map(len, self.seqs)) - 1)
+        head = self.seqs[0][: self.n_head]
+        # the head up to the first trainable position (none after a prefix) is computed once, without gradients;
+        # the rest of the head runs once per step at batch size 1, its keys/values shared by the batch's rows
+        self.n_frozen = 0 if n_prefix else next((i for i, t in enumerate(head) if t < 0), self.n_head)
+        self.frozen_head: torch.Tensor | None = None
+        if self.n_frozen:
+            with torch.no_grad():
+                ids = torch.tensor([head[: self.n_frozen]], device=lm.device)
+                self.frozen_head = kv_of_embeds(lm, embed_tokens(lm.model, ids, None)[0])
+
+    def loglik(self, index: Sequence[int], soft: torch.Tensor | None = None,
+               prefix_kv: torch.Tensor | None = None) -> torch.Tensor:
+        """Summed continuation log-likelihood of requests ``index`` (a tensor with gradients)."""
+        lm, dev = self.lm, self.lm.device
+        soft = None if soft is None else soft.to(dev, lm.dtype)
+        past = self.frozen_head if prefix_kv is None else prefix_kv.to(dev, lm.dtype)
+        if self.n_head > self.n_frozen:
+            ids = torch.tensor([self.seqs[0][self.n_frozen : self.n_head]], device=dev)
+            _, head = run_embeds(lm, embed_tokens(lm.model, ids, soft), [ids.shape[1]], past)
+            past = head[:, :, 0] if past is None else torch.cat([past, head[:, :, 0]], dim=3)
+        rows = [self.seqs[i][self.n_head :] for i in index]
+        width = max(map(len, rows))
+        ids = torch.zeros(len(rows), width, dtype=torch.long)
+        for r, row in enumerate(rows):
+            ids[r, : len(row)] = torch.tensor(row)
+        embeds = embed_tokens(lm.model, ids.to(dev), soft)
+        hidden, _ = run_embeds(lm, embeds, [len(r) for r in rows], past)
+        where_row, where_pos, targets, owner = [], [], [], []
+        for r, i in enumerate(index):
+            req = self.requests[i]
+            for j, tok in enumerate(req.continuation):
+                where_row.append(r)
+                where_pos.append(len(req.context) - 1 + j - self.n_head)
+                targets.append(tok)
+                owner.append(r)
+        h = hidden[torch.tensor(where_row, device=dev), torch.tensor(where_pos, device=dev)]
+        logp = torch.log_softmax(logits_at(lm, h), dim=-1)
+        tok_lp = logp.gather(1, torch.tensor(targets, device=dev)[:, None])[:, 0]
+        return torch.zeros(len(index), device=dev, dtype=tok_lp.dtype).index_add(0, torch.tensor(owner, device=dev),
+                                                                                tok_lp)
+
+
+def task_loss(kind: TaskKind, examples: Sequence[Example], spans: Sequence[tuple[int, int]],
+              loglik: torch.Tensor, n_tokens: Sequence[int]) -> torch.Tensor:
+    """The loss the test metric rewards: for multiple choice, cross-entropy of the gold choice under a softmax
+    over the choices' summed log-likelihoods; for continuations, the gold continuation's mean token NLL."""
+    losses = []
+    for ex, (a, b) in zip(examples, spans, strict=True):
+        if kind == "continuation":
+            losses.append(-loglik[a] / n_tokens[a])
+        else:
+            losses.append(torch.logsumexp(loglik[a:b], 0) - loglik[a + ex.gold])
+    return torch.stack(losses).mean()
+
+
+# --- initialization -----------------------------------------------------------------------------------------------
+def init_text_ids(lm: LoadedModel, text: str) -> list[int]:
+    """The token ids of an init text as it reads in the middle of a prompt; an error when there are none."""
+    ids = lm.tokenizer.encode(text, add_special_tokens=False)
+    if not ids:
+        raise UserError(f"init_text {text!r} tokenizes to nothing; give text with at least one token")
+    return ids
+
+
+def init_vectors(lm: LoadedModel, init: str, length: int | None, text_ids: list[int] | None,
+                 gen: torch.Generator) -> torch.Tensor:
+    """Starting vectors [length, hidden] (float32, CPU): a text's embeddings (cut, or filled up with sampled
+    vocabulary tokens as Lester et al. do), sampled vocabulary tokens, or draws from the embedding table's
+    per-dimension mean and standard deviation."""
+    table = lm.model.get_input_embeddings()
+    weight = table.weight.detach().float().cpu()
+    if init == "text":
+        assert text_ids is not None
+        n = length or len(text_ids)
+        ids = text_ids[:n] + torch.randint(0, weight.shape[0], (max(0, n - len(text_ids)),), generator=gen).tolist()
+    elif init == "vocab":
+        ids = torch.randint(0, weight.shape[0], (length or 8,), generator=gen).tolist()
+    else:
+        n = length or 8
+        noise = torch.randn(n, weight.shape[1], generator=gen)
+        return weight.mean(0) + noise * weight.std(0)
+    with torch.no_grad():  # through the module: embedding scales (Gemma) included
+        return table(torch.tensor(ids, device=lm.device)).float().cpu()
+
+
+# --- readability --------------------------------------------------------------------------------------------------
+def _nearest(lm: LoadedModel, soft: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cosine similarities and ids [n, k] of the vocabulary tokens whose input embeddings are nearest."""
+    table = lm.model.get_input_embeddings()
+    with torch.no_grad():
+        weight = table(torch.arange(table.num_embeddings, device=lm.device)).float().cpu()
+    sims = torch.nn.functional.normalize(soft.float(), dim=1) @ torch.nn.functional.normalize(weight, dim=1).T
+    top = sims.topk(k, dim=1)
+    return top.values, top.indices
+
+
+def nearest_tokens(lm: LoadedModel, soft: torch.Tensor, k: int = NEAREST_K) -> list[list[list]]:
+    """For each soft vector, its ``k`` nearest vocabulary tokens by cosine, as [token text, similarity] pairs."""
+    sims, ids = _nearest(lm, soft, k)
+    return [[[lm.tokenizer.decode([int(t)]), round(float(c), 4)] for c, t in zip(cs, ts, strict=True)]
+            for cs, ts in zip(sims, ids, strict=True)]
+
+
+def project(lm: LoadedModel, soft: torch.Tensor) -> tuple[list[int], torch.Tensor]:
+    """Each soft vector replaced by its nearest token (cosine): the token ids and their exact embeddings."""
+    ids = [int(i) for i in _nearest(lm, soft, 1)[1][:, 0]]
+    table = lm.model.get_input_embeddings()
+    with torch.no_grad():
+        return ids, table(torch.tensor(ids, device=lm.device)).float().cpu()
+
+
+# --- trials and the sweep -----------------------------------------------------------------------------------------
+@dataclass
+class Trial:
+    length: int | None
+    lr: float
+    init: str
+    status: str = "ok"
+    error: str | None = None
+    best_step: int | None = None
+    best_dev_loss: float | None = None
+    best_dev_accuracy: float | None = None
+    curve: list[dict[str, Any]] = field(default_factory=list)
+    artifact: PromptArtifact | None = field(default=None, repr=False)
+
+    def record(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "artifact"}
+
+
+class PromptTrainer:
+    """Trains one kind of prompt tensor ("soft" or "prefix") for a FitContext, sweeping the settings' grid."""
+
+    def __init__(self, ctx: FitContext, settings: PromptTrainingSettings, kind: str, condition: str) -> None:
+        if kind not in ("soft", "prefix"):
+            raise ValueError(kind)
+        self.ctx, self.s, self.kind, self.condition = ctx, settings, kind, condition
+        lm = ctx.lm
+        self.format = settings.format or ("chat" if lm.has_chat_template else "raw")
+        if self.format == "chat" and not lm.has_chat_template:
+            raise UserError(f"condition {condition}: model {lm.name} has no chat template; set format = \"raw\"")
+        self.placement = settings.placement if kind == "soft" else "start"
+        self.marker = ""
+        if self.placement == "marker":
+            self.marker = settings.marker or getattr(ctx.task, "marker", "") or ""
+            if not self.marker:
+                raise UserError(f"condition {condition}: placement marker, but task {ctx.task.name} names no marker; "
+                                f"set marker = \"<a word of the task's template>\"")
+        text = settings.init_text
+        if text is None:
+            text = (" " + self.marker) if self.placement == "marker" else ctx.task.instruction
+        self.text_ids = init_text_ids(lm, text) if "text" in _as_list(settings.init) else None
+        if not ctx.train:
+            raise UserError(f"condition {condition}: no training examples; give the task a train split")
+        if not ctx.dev:
+            raise UserError(f"condition {condition}: no dev examples to select on; give the task a dev split")
+
+    # --- one trial ------------------------------------------------------------------------------------------------
+    def artifact(self, tensor: torch.Tensor, meta: dict[str, Any] | None = None) -> PromptArtifact:
+        if self.kind == "soft":
+            return PromptArtifact(format=self.format, placement=self.placement, marker=self.marker,
+                                  soft_prompt=tensor, condition=self.condition, meta=meta or {})
+        return PromptArtifact(format=self.format, prefix_kv=tensor, condition=self.condition, meta=meta or {})
+
+    def _dev_eval(self, tensor: torch.Tensor) -> tuple[float, float]:
+        """Dev loss (mean gold NLL) and accuracy, from the shared scorer: the same numbers test scoring gives."""
+        scores = self.ctx.scorer.score(self.artifact(tensor), self.ctx.dev, self.ctx.task.kind, desc="dev")
+        return (sum(s.gold_nll for s in scores) / len(scores), sum(s.correct for s in scores) / len(scores))
+
+    def _better(self, loss: float, acc: float, best: tuple[float, float] | None) -> bool:
+        if best is None:
+            return True
+        if self.s.select_on == "accuracy":
+            return (acc, -loss) > (best[1], -best[0])
+        return loss < best[0]
+
+    def train_trial(self, trial: Trial, advance) -> Trial:
+        ctx, s, lm = self.ctx, self.s, self.ctx.lm
+        seed = ctx.seed
+        gen = torch.Generator().manual_seed(seed)
+        vectors = init_vectors(lm, trial.init, trial.length, self.text_ids, gen)
+        n = trial.length = vectors.shape[0]
+        if self.kind == "soft":
+            param = vectors.clone().to(lm.device).requires_grad_(True)
+            template = self.artifact(vectors)
+        else:
+            with torch.no_grad():
+                param = kv_of_embeds(lm, vectors.to(lm.device, lm.dtype)).float().clone().requires_grad_(True)
+            template = self.artifact(param.detach())
+        per_example = ctx.scorer.renderer.requests(template, ctx.train)
+        flat = [r for reqs in per_example for r in reqs]
+        spans, k = [], 0
+        for reqs in per_example:
+            spans.append((k, k + len(reqs)))
+            k += len(reqs)
+        fwd = PromptForward(lm, flat, n_prefix=n if self.kind == "prefix" else 0)
+        opt = torch.optim.Adam([param], lr=trial.lr)
+        order = list(range(len(ctx.train)))
+        rng = random.Random(seed)
+        batches: list[list[int]] = []
+
+        def snapshot() -> torch.Tensor:
+            return param.detach().float().cpu().clone()
+
+        dev_loss, dev_acc = self._dev_eval(snapshot())
+        best, best_tensor, since = (dev_loss, dev_acc), snapshot(), 0
+        trial.curve.append({"step": 0, "train_loss": None, "dev_loss": dev_loss, "dev_accuracy": dev_acc})
+        trial.best_step, trial.best_dev_loss, trial.best_dev_accuracy = 0, dev_loss, dev_acc
+        recent: list[float] = []
+        for step in range(1, s.steps + 1):
+            if not batches:
+                rng.shuffle(order)
+                batches = [order[i : i + s.batch_size] for i in range(0, len(order), s.batch_size)]
+            batch = batches.pop(0)
+            req_index = [j for i in batch for j in range(*spans[i])]
+            loglik = fwd.loglik(req_index, soft=param if self.kind == "soft" else None,
+                                prefix_kv=param if self.kind == "prefix" else None)
+            local, pos = [], 0
+            for i in batch:
+                a, b = spans[i]
+                local.append((pos, pos + b - a))
+                pos += b - a
+            loss = task_loss(ctx.task.kind, [ctx.train[i] for i in batch], local, loglik,
+                             [len(flat[j].continuation) for j in req_index])
+            if not torch.isfinite(loss):
+                raise TrialDiverged(f"loss became {loss.item()} at step {step} (lr {trial.lr}); lower the lr")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if s.grad_clip:
+                torch.nn.utils.clip_grad_norm_([param], s.grad_clip)
+            opt.step()
+            if not bool(torch.isfinite(param).all()):
+                raise TrialDiverged(f"the prompt tensor became non-finite at step {step} (lr {trial.lr}); lower the lr")
+            recent.append(loss.item())
+            advance(1, f"{self.condition} n={n} lr={trial.lr:g} {trial.init}: loss {recent[-1]:.3f}")
+            if step % s.eval_every == 0 or step == s.steps:
+                dev_loss, dev_acc = self._dev_eval(snapshot())
+                trial.curve.append({"step": step, "train_loss": sum(recent) / len(recent), "dev_loss": dev_loss,
+                                    "dev_accuracy": dev_acc})
+                recent = []
+                log.info("%s n=%d lr=%g %s step %d: %s", self.condition, n, trial.lr, trial.init, step, trial.curve[-1])
+                if self._better(dev_loss, dev_acc, best):
+                    best, best_tensor, since = (dev_loss, dev_acc), snapshot(), 0
+                    trial.best_step, trial.best_dev_loss, trial.best_dev_accuracy = step, dev_loss, dev_acc
+                else:
+                    since += 1
+                    if since >= s.patience:
+                        advance(s.steps - step)
+                        break
+        trial.artifact = self.artifact(best_tensor)
+        return trial
+
+    # --- the sweep ------------------------------------------------------------------------------------------------
+    def fit(self) -> tuple[PromptArtifact, dict[str, Any]]:
+        """Every trial of the grid on train, the winner by the dev metric; returns it and the log (log.json)."""
+        trials = [Trial(**g) for g in self.s.grid()]
+        with bar(f"training {self.condition}", self.s.steps * len(trials)) as advance:
+            for t in trials:
+                try:
+                    self.train_trial(t, advance)
+                except TrialDiverged as e:
+                    t.status, t.error = "diverged", str(e)
+                    log.warning("%s: trial length=%s lr=%s init=%s diverged: %s", self.condition, t.length, t.lr,
+                                t.init, e)
+        ok = [t for t in trials if t.status == "ok"]
+        if not ok:
+            raise UserError(f"condition {self.condition}: every trial diverged ({trials[0].error}); lower lr")
+        key = ((lambda t: (-t.best_dev_accuracy, t.best_dev_loss)) if self.s.select_on == "accuracy"
+               else (lambda t: t.best_dev_loss))
+        winner = min(ok, key=key)  # the first of equals: grid order
+        art = winner.artifact
+        assert art is not None
+        meta: dict[str, Any] = {"n_virtual_tokens": winner.length, "lr": winner.lr, "init": winner.init,
+                                "best_step": winner.best_step, "dev_loss": winner.best_dev_loss,
+                                "dev_accuracy": winner.best_dev_accuracy}
+        if self.kind == "soft":
+            assert art.soft_prompt is not None
+            meta["nearest_tokens"] = nearest_tokens(self.ctx.lm, art.soft_prompt)
+        art.meta = meta
+        record = {"selected_on": "dev", "select_metric": self.s.select_on, "kind": self.kind,
+                  "winner": winner.record(), "curves": winner.curve, "trials": [t.record() for t in trials],
+                  "n_train": len(self.ctx.train), "n_dev": len(self.ctx.dev)}
+        if self.ctx.workdir is not None:
+            from harness.runner import write_json
+
+            write_json(self.ctx.workdir / "log.json", record)
+        return art, record

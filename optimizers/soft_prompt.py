@@ -1,0 +1,85 @@
+"""The ceiling conditions: a trained soft prompt, trained key/value prefixes, and a soft prompt projected to tokens."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from harness.artifact import PromptArtifact
+from harness.errors import UserError
+from optimizers.base import FitContext, Optimizer
+from optimizers.prompt_training import PromptTrainer, PromptTrainingSettings, nearest_tokens, project
+
+
+class _Trained(Optimizer):
+    """A condition whose artifact is a trained prompt tensor of ``kind`` ("soft" or "prefix")."""
+
+    kind: ClassVar[str]
+
+    def fit(self, ctx: FitContext) -> PromptArtifact:
+        art, _ = PromptTrainer(ctx, self.settings, self.kind, self.name).fit()  # type: ignore[arg-type]
+        return art
+
+
+class SoftPrompt(_Trained):
+    name = "soft-prompt"
+    summary = "trained input-embedding vectors (model frozen), swept over length x lr x init and selected on dev"
+    settings_class = PromptTrainingSettings
+    kind = "soft"
+
+
+@dataclass
+class PrefixTuningSettings(PromptTrainingSettings):
+    """As the soft prompt's, but the prefix always comes before every token (PEFT's prefix tuning)."""
+
+    placement: str = "start"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.placement != "start":
+            raise UserError(f"condition prefix-tuning: placement {self.placement!r}; a key/value prefix comes before "
+                            f"every token, so only start is possible")
+
+
+class PrefixTuning(_Trained):
+    name = "prefix-tuning"
+    summary = "trained per-layer key/value prefixes (model frozen), swept and selected on dev"
+    settings_class = PrefixTuningSettings
+    kind = "prefix"
+
+
+@dataclass
+class SoftProjectedSettings(PromptTrainingSettings):
+    artifact: str | None = None  # a saved soft-prompt artifact folder to project, instead of training one
+
+
+class SoftProjected(Optimizer):
+    """Trains a soft prompt exactly as ``soft-prompt`` does (same settings and seed give the same tensor) and
+    replaces each vector by its nearest vocabulary token (cosine). The artifact keeps those tokens' own embedding
+    rows, so the scorer reads exactly the token ids listed in ``meta.projected_ids``; no re-tokenization."""
+
+    name = "soft-projected"
+    summary = "a soft prompt with each vector replaced by its nearest real token (how much gain survives as text)"
+    settings_class = SoftProjectedSettings
+
+    def fit(self, ctx: FitContext) -> PromptArtifact:
+        s: SoftProjectedSettings = self.settings  # type: ignore[assignment]
+        if s.artifact is not None:
+            soft = PromptArtifact.load(s.artifact)
+            if soft.soft_prompt is None:
+                raise UserError(f"condition {self.name}: {s.artifact} holds no soft prompt; give a soft-prompt "
+                                f"artifact folder")
+        else:
+            soft, _ = PromptTrainer(ctx, s, "soft", self.name).fit()
+        assert soft.soft_prompt is not None
+        if soft.soft_prompt.shape[1] != ctx.lm.model.get_input_embeddings().embedding_dim:
+            raise UserError(f"condition {self.name}: the soft prompt's width {soft.soft_prompt.shape[1]} is not "
+                            f"model {ctx.lm.name}'s; project a soft prompt trained on this model")
+        ids, rows = project(ctx.lm, soft.soft_prompt)
+        meta = {"projected_ids": ids, "projected_tokens": [ctx.lm.tokenizer.decode([i]) for i in ids],
+                "projected_text": ctx.lm.tokenizer.decode(ids),
+                "soft_nearest_tokens": nearest_tokens(ctx.lm, soft.soft_prompt),
+                "source": s.artifact or "trained here with the soft-prompt settings",
+                **{k: v for k, v in soft.meta.items() if k != "nearest_tokens"}}
+        return PromptArtifact(format=soft.format, placement=soft.placement, marker=soft.marker, soft_prompt=rows,
+                              condition=self.name, meta=meta)
