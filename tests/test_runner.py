@@ -115,3 +115,50 @@ def test_killed_run_resumes_without_recomputing(tmp_path) -> None:
     for p in after.values():  # the resumed run equals a run that was never killed
         assert (p.parent / "scores.jsonl").read_bytes() == \
             (clean / "cells" / p.relative_to(cells).parent / "scores.jsonl").read_bytes()
+
+
+SOFT = """
+[run]
+name = "soft"
+n_boot = 200
+
+[[tasks]]
+name = "antonyms"
+sizes = { train = 8, dev = 4, test = 10 }
+
+[conditions.base-chat]
+[conditions.soft-prompt]
+lr = 0.01
+steps = 40
+batch_size = 4
+eval_every = 10
+"""
+
+
+def test_killed_in_the_middle_of_training_resumes_to_the_same_result(tmp_path) -> None:
+    config = write(tmp_path, SOFT)
+    env = {**os.environ, "PROMPTGAP_PROGRESS": "0"}
+    argv = [sys.executable, "-m", "harness.cli", "run", str(config), "--run-id", "k", "--results",
+            str(tmp_path / "results"), "--reports", str(tmp_path / "reports")]
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    seed_dir = tmp_path / "results" / "k" / "cells" / "smollm2-135m-instruct" / "antonyms" / "seed-0"
+    deadline = time.time() + 600
+    while time.time() < deadline and not list(seed_dir.glob(".soft-prompt.tmp-*")):
+        time.sleep(0.05)
+    time.sleep(3)  # training is under way: the base cell is done and the soft prompt's folder is open
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (seed_dir / "base-chat" / "cell.json").exists() and not (seed_dir / "soft-prompt").exists()
+    base_scores = (seed_dir / "base-chat" / "scores.jsonl").read_bytes()
+    base_mtime = (seed_dir / "base-chat" / "cell.json").stat().st_mtime_ns
+
+    resumed = subprocess.run([*argv, "--resume"], env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert (seed_dir / "base-chat" / "cell.json").stat().st_mtime_ns == base_mtime
+    assert (seed_dir / "base-chat" / "scores.jsonl").read_bytes() == base_scores
+    assert not list(seed_dir.glob(".*.tmp-*"))
+
+    clean = Runner(config, run_id="clean", results_root=tmp_path / "results").run()
+    clean_dir = clean / "cells" / "smollm2-135m-instruct" / "antonyms" / "seed-0"
+    for name in ("base-chat", "soft-prompt"):  # the resumed run equals a run that was never killed
+        assert (seed_dir / name / "scores.jsonl").read_bytes() == (clean_dir / name / "scores.jsonl").read_bytes()
