@@ -213,11 +213,12 @@ class Runner:
             scores = scorer.score(artifact, split.test, task.kind, desc=label)
             cell["score_seconds"] = round(time.perf_counter() - t0, 2)
             cell["test_scored"] += 1
-            first = scorer.renderer.requests(artifact, split.test[:1])[0][0]
+            # soft-prompt slots (negative ids) may stand before the BOS ("start" placement): not tokens
+            first = [t for t in scorer.renderer.requests(artifact, split.test[:1])[0][0].context if t >= 0]
             bos = getattr(lm.tokenizer, "bos_token_id", None)
             # a doubled BOS shows as a run of them at the start (chat templates may reuse the id later)
             lead = 0
-            while bos is not None and lead < len(first.context) and first.context[lead] == bos:
+            while bos is not None and lead < len(first) and first[lead] == bos:
                 lead += 1
             cell["bos_count"] = lead
             common = {"model": lm.name, "task": task.name, "condition": condition, "split": "test",
