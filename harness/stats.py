@@ -68,7 +68,7 @@ METRICS = ("accuracy", "loglik")
 DEFAULT_N_BOOT = 10_000
 RECOVERY_THRESHOLD = 0.5  # "the text recovers most of the gap" means R > this, with confidence
 METRIC_LABELS = {
-    "loglik": ("gold log-likelihood", "nats per example, higher is better"),
+    "loglik": ("gold log-likelihood", "minus the gold NLL in nats, per token for continuation tasks; higher is better"),
     "accuracy": ("accuracy", "fraction correct"),
 }
 # cells of the per-chunk count matrix: bounds memory (~16 MB of float64) whatever n_boot and the data size are
