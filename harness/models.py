@@ -45,6 +45,14 @@ class LoadedModel:
     def has_chat_template(self) -> bool:
         return bool(getattr(self.tokenizer, "chat_template", None))
 
+    @property
+    def kv_shape(self) -> tuple[int, int, int]:
+        """(layers, kv_heads, head_dim): the shape of the model's keys/values per token (a key/value prefix's too)."""
+        cfg = self.model.config.get_text_config()
+        kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        return cfg.num_hidden_layers, kv_heads, head_dim
+
 
 def cache_root() -> Path:
     return Path(os.environ.get("PROMPTGAP_CACHE", Path.home() / ".cache" / "promptgap"))

@@ -358,10 +358,8 @@ class Scorer:
         ids, key_valid = ids.to(dev), key_valid.to(dev)
         positions = torch.tensor(starts, device=dev)[:, None] + torch.arange(width, device=dev)[None, :]
 
-        cfg = self.lm.model.config.get_text_config()
-        kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
-        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        buf = torch.empty(cfg.num_hidden_layers, 2, len(rows), kv_heads, n_past + width, head_dim,
+        layers, kv_heads, head_dim = self.lm.kv_shape
+        buf = torch.empty(layers, 2, len(rows), kv_heads, n_past + width, head_dim,
                           dtype=self.lm.dtype, device=dev)
         for i, p in enumerate(parents):
             pad = n_past - starts[i]

@@ -99,11 +99,9 @@ def check_artifact(artifact: Any, lm: LoadedModel, owner: str) -> PromptArtifact
     if artifact.format == "chat" and not lm.has_chat_template:
         raise UserError(f"{owner} returned a chat-format artifact, but model {lm.name} has no chat template; "
                         f"use format='raw'")
-    cfg = lm.model.config.get_text_config()
-    kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    expected = {"soft_prompt": (None, cfg.hidden_size),
-                "prefix_kv": (cfg.num_hidden_layers, 2, kv_heads, None, head_dim)}
+    layers, kv_heads, head_dim = lm.kv_shape
+    expected = {"soft_prompt": (None, lm.model.get_input_embeddings().embedding_dim),
+                "prefix_kv": (layers, 2, kv_heads, None, head_dim)}
     for name, shape in expected.items():
         t = getattr(artifact, name, None)
         if t is None:

@@ -106,14 +106,6 @@ def _common_prefix(seqs: Sequence[Sequence[int]]) -> int:
     return i
 
 
-def model_shape(lm: LoadedModel) -> tuple[int, int, int]:
-    """(layers, kv_heads, head_dim): the shape of a key/value prefix."""
-    cfg = lm.model.config.get_text_config()
-    kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    return cfg.num_hidden_layers, kv_heads, head_dim
-
-
 def _cache(past: torch.Tensor | None, rows: int):
     """A transformers DynamicCache holding ``past`` [layers, 2, kv_heads, n, head_dim] for ``rows`` rows."""
     from transformers import DynamicCache
