@@ -87,11 +87,17 @@ def test_run_writes_whole_cells_on_identical_splits(tmp_path) -> None:
         Runner(write(tmp_path, TINY), run_id="r", results_root=tmp_path / "results").run()
 
 
-def test_killed_run_resumes_without_recomputing(tmp_path) -> None:
-    config = write(tmp_path, TINY)
+def run_command(config: Path, tmp_path: Path) -> tuple[list[str], dict[str, str]]:
+    """`promptgap run CONFIG --run-id k` in a subprocess, writing under ``tmp_path``."""
     env = {**os.environ, "PROMPTGAP_PROGRESS": "0"}
     argv = [sys.executable, "-m", "harness.cli", "run", str(config), "--run-id", "k", "--results",
             str(tmp_path / "results"), "--reports", str(tmp_path / "reports")]
+    return argv, env
+
+
+def test_killed_run_resumes_without_recomputing(tmp_path) -> None:
+    config = write(tmp_path, TINY)
+    argv, env = run_command(config, tmp_path)
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     cells = tmp_path / "results" / "k" / "cells"
     deadline = time.time() + 300
@@ -137,9 +143,7 @@ eval_every = 10
 
 def test_killed_in_the_middle_of_training_resumes_to_the_same_result(tmp_path) -> None:
     config = write(tmp_path, SOFT)
-    env = {**os.environ, "PROMPTGAP_PROGRESS": "0"}
-    argv = [sys.executable, "-m", "harness.cli", "run", str(config), "--run-id", "k", "--results",
-            str(tmp_path / "results"), "--reports", str(tmp_path / "reports")]
+    argv, env = run_command(config, tmp_path)
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     seed_dir = tmp_path / "results" / "k" / "cells" / "smollm2-135m-instruct" / "antonyms" / "seed-0"
     deadline = time.time() + 600
