@@ -154,7 +154,7 @@ def logits_at(lm: LoadedModel, hidden: torch.Tensor) -> torch.Tensor:
     softcap = getattr(lm.model.config.get_text_config(), "final_logit_softcapping", None)
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
-    return logits.float()
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16/fp16 up, float64 kept
 
 
 class PromptForward:
