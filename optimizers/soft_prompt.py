@@ -33,9 +33,17 @@ class PrefixTuningSettings(PromptTrainingSettings):
     """As the soft prompt's, but the prefix always comes before every token (PEFT's prefix tuning)."""
 
     placement: str = "start"
+    # Li & Liang's reparameterisation: the prefix is the output of an MLP with this many hidden units
+    # (None: the prefix's keys/values are trained directly)
+    reparam_hidden: int | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.reparam_hidden is not None and (isinstance(self.reparam_hidden, bool)
+                                                or not isinstance(self.reparam_hidden, int)
+                                                or self.reparam_hidden < 1):
+            raise UserError(f"condition prefix-tuning: reparam_hidden {self.reparam_hidden!r}; give a whole number "
+                            f">= 1 (e.g. 512), or leave it out to train the keys/values directly")
         if self.placement != "start":
             raise UserError(f"condition prefix-tuning: placement {self.placement!r}; a key/value prefix comes before "
                             f"every token, so only start is possible")

@@ -79,6 +79,29 @@ def test_batch_size_invariance(lm, shared_data) -> None:
     assert max(diffs) < 1e-4
 
 
+def test_parallel_workers_are_deterministic_and_match_one_thread(lm, shared_data) -> None:
+    # on a multi-threaded CPU a level's passes run on single-threaded workers; which worker runs which
+    # pass must not change a number, and the one-thread path (no workers) must agree to rounding
+    examples = WinoGrande(shared_data / "winogrande").all_examples()[:24]
+    art = PromptArtifact(format="chat")
+    scorer = Scorer(lm, batch_size=2)  # many small passes per level, so both workers are busy
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        first = scorer.score(art, examples, "multiple_choice")
+        second = scorer.score(art, examples, "multiple_choice")
+        assert torch.get_num_threads() == 2  # the workers' one-thread setting does not leak out
+        torch.set_num_threads(1)
+        serial = scorer.score(art, examples, "multiple_choice")
+    finally:
+        torch.set_num_threads(threads)
+    assert [x.choice_loglik for x in first] == [x.choice_loglik for x in second]
+    assert [x.choice_greedy for x in first] == [x.choice_greedy for x in second]
+    diffs = [abs(a - b) for x, y in zip(first, serial, strict=True)
+             for a, b in zip(x.choice_loglik, y.choice_loglik, strict=True)]
+    assert max(diffs) < 1e-4
+
+
 def test_greedy_flag_follows_the_models_own_argmax(lm, scorer) -> None:
     ctx = scorer.renderer.encode("The capital of France is")
     ids, greedy_tokens = list(ctx), []

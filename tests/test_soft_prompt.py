@@ -127,6 +127,19 @@ def test_prefix_tuning_trains(lm, scorer, antonyms) -> None:
     assert art.prefix_kv is not None and art.prefix_kv.shape == (30, 2, 3, 3, 64) and art.soft_prompt is None
 
 
+def test_prefix_reparameterisation_trains_an_mlp_and_keeps_its_output(lm, scorer, antonyms) -> None:
+    settings = dict(lr=0.01, steps=3, batch_size=8, eval_every=1, patience=5, init="vocab", length=3,
+                    reparam_hidden=32)
+    art, record = PromptTrainer(_ctx(lm, scorer, antonyms, n_train=4), PrefixTuning(**settings).settings, "prefix",
+                                "prefix-tuning").fit()
+    assert art.prefix_kv.shape == (30, 2, 3, 3, 64) and art.meta["reparam_hidden"] == 32
+    losses = [p["train_loss"] for p in record["curves"][1:]]
+    assert losses[-1] < losses[0]  # one batch holds every train example: each step descends on the same loss
+    # the kept prefix is the MLP's output at the dev-best step: the scorer gives the logged dev loss
+    dev = scorer.score(art, antonyms.dev[:3], "continuation")
+    assert abs(sum(s.gold_nll for s in dev) / 3 - record["winner"]["best_dev_loss"]) < 1e-9
+
+
 @pytest.mark.parametrize("settings, message", [
     ({"length": 0}, "length 0"),
     ({"lr": 0}, "lr 0"),
@@ -146,6 +159,8 @@ def test_bad_input_at_fit_start(lm, scorer, antonyms) -> None:
         init_text_ids(lm, "")
     with pytest.raises(UserError, match="only start is possible"):
         PrefixTuning(placement="marker")
+    with pytest.raises(UserError, match="reparam_hidden 0"):
+        PrefixTuning(reparam_hidden=0)
     wino = WinoGrande(Path(__file__).parent / "fixtures" / "winogrande")
     ctx = FitContext(lm=lm, task=TaskInfo.of(wino), train=wino.all_examples()[:2], dev=wino.all_examples()[2:3],
                      scorer=scorer, seed=0)
