@@ -18,7 +18,7 @@ from typing import ClassVar
 
 from harness.data import Example, Split
 from harness.errors import UserError
-from tasks.base import Row, SplitSizes, Task, read_rows, require, split_from_pool
+from tasks.base import Row, SplitSizes, Task, require, split_from_pool
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +55,10 @@ class Antonyms(Task):
         if self.data_dir is None:
             # as_file gives a real path even when the package is installed zipped
             with resources.as_file(resources.files("tasks") / "data" / self.packaged_file) as path:
-                yield from read_rows(path, fieldnames=HEADERLESS)
+                yield from self.read_rows(path, fieldnames=HEADERLESS)
             return
         path = self.local_file(*self.local_files)
-        yield from read_rows(path, fieldnames=HEADERLESS if path.name == self.local_files[0] else None)
+        yield from self.read_rows(path, fieldnames=HEADERLESS if path.name == self.local_files[0] else None)
 
     def all_examples(self) -> list[Example]:
         """Every pair in file order; a repeated pair keeps its first row (with a warning)."""

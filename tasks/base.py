@@ -44,6 +44,7 @@ class Task(ABC):
 
     def __init__(self, data_dir: str | Path | None = None) -> None:
         self.data_dir = Path(data_dir) if data_dir is not None else None
+        self._sources: dict[str, dict[str, Any]] = {}  # what examples were read from (the run's manifest)
         if self.data_dir is not None and not self.data_dir.exists():
             raise UserError(f"task {self.name}: data directory {self.data_dir} does not exist; "
                             f"pass an existing --data-dir")
@@ -81,6 +82,29 @@ class Task(ABC):
             return carve(examples, seed, sizes)
         except UserError as e:
             raise UserError(f"task {self.name}: {e}") from None
+
+    # --- reading, with provenance ------------------------------------------------------------------------------
+    def read_rows(self, path: Path, fieldnames: list[str] | None = None) -> Iterator[tuple[Row, str]]:
+        """``read_rows`` of ``path``, remembering the file for ``provenance``."""
+        if path.exists():
+            self._sources[str(path.resolve())] = {"kind": "file"}
+        return read_rows(path, fieldnames)
+
+    def hub_rows(self, dataset: str, config: str | None, split: str,
+                 convert: Callable[[Row], Row] = lambda r: r) -> Iterator[tuple[Row, str]]:
+        """``hub_rows``, remembering the dataset, its revision and fingerprint for ``provenance``."""
+        return hub_rows(self.name, dataset, config, split, convert, record=self._sources)
+
+    def provenance(self) -> dict[str, Any]:
+        """What this task's examples were read from: each data file with its size and sha256, or each hub dataset
+        with its fingerprint. Complete once a split (or ``all_examples``) has been built."""
+        from harness.provenance import file_record
+
+        out: dict[str, Any] = {"task": self.name, "class": f"{type(self).__module__}.{type(self).__qualname__}",
+                               "data_dir": str(self.data_dir.resolve()) if self.data_dir else None, "sources": []}
+        for where, info in sorted(self._sources.items()):
+            out["sources"].append(file_record(where) if info["kind"] == "file" else {"hub": where, **info})
+        return out
 
     def local_file(self, *candidates: str) -> Path:
         """The first of ``candidates`` that exists in ``data_dir``."""
@@ -147,8 +171,12 @@ def read_rows(path: Path, fieldnames: list[str] | None = None) -> Iterator[tuple
 
 
 def hub_rows(task: str, dataset: str, config: str | None, split: str,
-             convert: Callable[[Row], Row] = lambda r: r) -> Iterator[tuple[Row, str]]:
-    """Rows of a Hugging Face hub dataset, with a clear error when the hub cannot be reached."""
+             convert: Callable[[Row], Row] = lambda r: r,
+             record: dict[str, dict[str, Any]] | None = None) -> Iterator[tuple[Row, str]]:
+    """Rows of a Hugging Face hub dataset, with a clear error when the hub cannot be reached.
+
+    ``record`` (a task's sources) gets the dataset's name, split, and the fingerprint the datasets library
+    computes from its files, so a run's manifest pins what was read."""
     if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
         log.info("hub is offline; trying the local datasets cache for %s", dataset)
     try:
@@ -161,5 +189,9 @@ def hub_rows(task: str, dataset: str, config: str | None, split: str,
             f"{'/' + config if config else ''} [{split}] from the hub ({type(e).__name__}); "
             f"pass --data-dir with local files instead"
         ) from None
+    if record is not None:
+        record[f"{dataset}{'/' + config if config else ''}[{split}]"] = {
+            "kind": "hub", "fingerprint": getattr(ds, "_fingerprint", None), "rows": len(ds),
+            "files": [f.get("filename") for f in (ds.cache_files or [])]}
     for i, row in enumerate(ds):
         yield convert(dict(row)), f"{dataset}[{split}]#{i}"

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 from harness.data import Example, Split
 from harness.errors import UserError
-from tasks.base import Row, SplitSizes, Task, hub_rows, read_rows, require, split_from_pool
+from tasks.base import Row, SplitSizes, Task, require, split_from_pool
 
 HUB_DATASET = "aps/super_glue"
 HUB_CONFIG = "boolq"
@@ -73,12 +73,12 @@ class BoolQ(Task):
         )
 
     def _hub(self, split: str) -> list[Example]:
-        return self.examples_from(hub_rows(self.name, HUB_DATASET, HUB_CONFIG, split,
+        return self.examples_from(self.hub_rows(HUB_DATASET, HUB_CONFIG, split,
                                            convert=lambda r: hub_to_local(r, split)))
 
     def all_examples(self) -> list[Example]:
         if self.data_dir is not None:
-            return self.examples_from(read_rows(self.local_file(*self.eval_files)))
+            return self.examples_from(self.read_rows(self.local_file(*self.eval_files)))
         return self._hub("validation")
 
     def make_split(self, seed: int, sizes: SplitSizes) -> Split:

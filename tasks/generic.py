@@ -29,7 +29,7 @@ from typing import Any
 
 from harness.data import Example, Split
 from harness.errors import UserError
-from tasks.base import Row, SplitSizes, Task, read_rows, require, split_from_pool
+from tasks.base import Row, SplitSizes, Task, require, split_from_pool
 
 REQUIRED_KEYS = ("name", "data", "template", "label_field")
 OPTIONAL_KEYS = ("dev_data", "choices", "choices_field", "id_field", "delimiter", "instruction", "summary", "sizes")
@@ -180,6 +180,7 @@ class SpecTask(Task):
         self.summary = spec.summary or f"{spec.name}: multiple choice from {spec.data} (spec {spec.path.name})"
         super().__init__(data_dir)
         self.base = self.data_dir if self.data_dir is not None else spec.path.parent
+        self._sources[str(spec.path.resolve())] = {"kind": "file"}  # the spec defines the prompts: pin it too
 
     @classmethod
     def from_toml(cls, path: str | Path, data_dir: str | Path | None = None) -> SpecTask:
@@ -246,7 +247,7 @@ class SpecTask(Task):
                        delimiter=self.spec.delimiter, fields=row)
 
     def _examples(self, rel: str) -> list[Example]:
-        examples = self.examples_from(read_rows(self.base / rel))
+        examples = self.examples_from(self.read_rows(self.base / rel))
         if self.spec.id_field is not None:
             seen: set[str] = set()
             for e in examples:

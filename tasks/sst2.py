@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 from harness.data import Example, Split
 from harness.errors import UserError
-from tasks.base import Row, SplitSizes, Task, hub_rows, read_rows, require
+from tasks.base import Row, SplitSizes, Task, require
 
 HUB_DATASET = "nyu-mll/glue"
 HUB_CONFIG = "sst2"
@@ -55,10 +55,10 @@ class SST2(Task):
         if self.data_dir is None:
             split = "train" if part == "train" else "validation"
             # the hub rows carry GLUE's idx; it matches the local row number for the dev file
-            yield from hub_rows(self.name, HUB_DATASET, HUB_CONFIG, split, convert=lambda r: {**r, "part": part})
+            yield from self.hub_rows(HUB_DATASET, HUB_CONFIG, split, convert=lambda r: {**r, "part": part})
             return
         path = self.local_file(*(self.train_files if part == "train" else self.dev_files))
-        for n, (row, where) in enumerate(read_rows(path)):
+        for n, (row, where) in enumerate(self.read_rows(path)):
             yield {**row, "part": part, "idx": row.get("idx", n)}, where
 
     def all_examples(self) -> list[Example]:

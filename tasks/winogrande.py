@@ -6,7 +6,7 @@ from typing import ClassVar
 
 from harness.data import Example, Split
 from harness.errors import UserError
-from tasks.base import Row, SplitSizes, Task, hub_rows, read_rows, require
+from tasks.base import Row, SplitSizes, Task, require
 
 
 class WinoGrande(Task):
@@ -43,8 +43,8 @@ class WinoGrande(Task):
 
     def _rows(self, part: str):
         if self.data_dir is not None:
-            return read_rows(self.local_file(*(self.train_files if part == "train" else self.dev_files)))
-        return hub_rows(self.name, "allenai/winogrande", "winogrande_xl", part)
+            return self.read_rows(self.local_file(*(self.train_files if part == "train" else self.dev_files)))
+        return self.hub_rows("allenai/winogrande", "winogrande_xl", part)
 
     def all_examples(self) -> list[Example]:
         return self.examples_from(self._rows("validation"))

@@ -1,0 +1,102 @@
+"""The one atomic writer: a file or a folder appears whole under its final name, or not at all.
+
+Everything promptgap writes for a reader (run folders, reports, artifacts, `eval` output, the model cache) goes
+through here, so a process killed at any moment leaves either the previous version or the new one, never half of
+one. Files get the usual modes (0666 and 0777 less the umask): ``tempfile`` creates 0600/0700, which would leave
+results readable only by their owner.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+TEMP_MARK = ".tmp-"  # in the name of every temporary file and folder made here (hidden: they start with ".")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_atomic(path: str | Path, data: str | bytes) -> Path:
+    """Write ``data`` to ``path``: a temp file in the same folder, renamed into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}{TEMP_MARK}")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def json_text(data: Any) -> str:
+    return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+
+
+def write_json(path: str | Path, data: Any) -> Path:
+    return write_atomic(path, json_text(data))
+
+
+def write_jsonl(path: str | Path, rows: Iterable[Any]) -> Path:
+    return write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+@contextmanager
+def atomic_dir(final: str | Path, keep_existing: bool = False) -> Iterator[Path]:
+    """Yield an empty temp folder beside ``final``; when the block ends normally it becomes ``final``.
+
+    A previous ``final`` is replaced (moved aside first and put back if the rename fails), unless
+    ``keep_existing``: then a ``final`` that appeared meanwhile (another process built the same thing) wins
+    and the temp folder is dropped. If the block raises, the temp folder is removed and ``final`` is untouched.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}{TEMP_MARK}"))
+    os.chmod(tmp, 0o777 & ~_umask())
+    try:
+        yield tmp
+        if final.exists():
+            if keep_existing:
+                shutil.rmtree(tmp, ignore_errors=True)
+                return
+            old = final.parent / f".{final.name}{TEMP_MARK}old-{uuid.uuid4().hex[:8]}"
+            os.replace(final, old)
+            try:
+                os.replace(tmp, final)
+            except BaseException:
+                os.replace(old, final)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def clear_temporaries(folder: Path) -> int:
+    """Remove the temp files and folders a killed writer left below ``folder``; returns how many."""
+    n = 0
+    for p in sorted(folder.glob(f"**/.*{TEMP_MARK}*"), key=lambda p: len(p.parts)):
+        if not p.exists():
+            continue
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        n += 1
+    return n
