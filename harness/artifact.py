@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
+from harness.atomic import atomic_dir, write_json
 from harness.errors import UserError
 
 Format = Literal["raw", "chat"]
@@ -91,17 +89,13 @@ class PromptArtifact:
     def save(self, folder: str | Path) -> Path:
         """Write the artifact into ``folder`` atomically (a temp folder renamed into place)."""
         folder = Path(folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
-        (tmp / ARTIFACT_FILE).write_text(json.dumps(self.to_json(), indent=2, ensure_ascii=False) + "\n")
-        tensors = {name: getattr(self, name) for name in TENSOR_FIELDS if getattr(self, name) is not None}
-        if tensors:
-            from safetensors.torch import save_file
+        with atomic_dir(folder) as tmp:
+            write_json(tmp / ARTIFACT_FILE, self.to_json())
+            tensors = {name: getattr(self, name) for name in TENSOR_FIELDS if getattr(self, name) is not None}
+            if tensors:
+                from safetensors.torch import save_file
 
-            save_file(tensors, str(tmp / TENSOR_FILE), metadata={"condition": self.condition})
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
+                save_file(tensors, str(tmp / TENSOR_FILE), metadata={"condition": self.condition})
         return folder
 
     @classmethod

@@ -69,6 +69,7 @@ def atomic_dir(final: str | Path, keep_existing: bool = False) -> Iterator[Path]
     os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
+        _normal_modes(tmp)
         if final.exists():
             if keep_existing:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -86,6 +87,14 @@ def atomic_dir(final: str | Path, keep_existing: bool = False) -> Iterator[Path]
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _normal_modes(folder: Path) -> None:
+    """What other libraries wrote into the folder (safetensors writes 0600) gets the usual modes too."""
+    mask = _umask()
+    for p in folder.rglob("*"):
+        if not p.is_symlink():
+            os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
 
 
 def clear_temporaries(folder: Path) -> int:

@@ -32,20 +32,6 @@ def _parse_settings(pairs: list[str]) -> dict:
     return out
 
 
-def write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
-    """Write all rows or nothing: a temp file in the same folder, renamed into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            for r in rows:
-                f.write(json.dumps(r) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def cmd_list(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -79,8 +65,10 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from harness.atomic import write_json, write_jsonl
     from harness.models import load_model, resolve_source
     from harness.registry import get_optimizer, get_task
+    from harness.run_folder import score_lines
     from harness.scorer import Scorer
     from optimizers.base import check_artifact, fit_condition
 
@@ -118,24 +106,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     lm = load_model(args.model, device=args.device, dtype=args.dtype)
     scorer = Scorer(lm, batch_size=args.batch_size)
-    t0 = time.perf_counter()
+    fit_log, t_fit = None, 0.0
     if condition is None:
         artifact = check_artifact(loaded, lm, f"artifact {args.artifact}")
     else:
         with tempfile.TemporaryDirectory() as workdir:
-            artifact = fit_condition(condition, lm, task, train, dev, scorer, args.seed, workdir=Path(workdir),
-                                     owner=f"condition {args.condition}")
-            fit_log = Path(workdir) / "log.json"
-            fit_log = fit_log.read_text() if fit_log.exists() else None
-    t_fit = time.perf_counter() - t0
+            fit = fit_condition(condition, lm, task, train, dev, scorer, args.seed, workdir=Path(workdir),
+                                owner=f"condition {args.condition}")
+        artifact, fit_log, t_fit = fit.artifact, fit.log, fit.seconds
     t0 = time.perf_counter()
     scores = scorer.score(artifact, examples, task.kind, desc=f"scoring {args.condition} on {task.name}")
     t_score = time.perf_counter() - t0
     common = {"model": lm.name, "task": task.name, "condition": args.condition, "split": args.split,
               "split_hash": split_hash, "format": artifact.format}
-    write_jsonl_atomic(args.out, [{**s.to_json(), **common} for s in scores])
-    if condition is not None and fit_log is not None:  # training curves and sweep trials, beside the output
-        args.out.with_suffix(".log.json").write_text(fit_log)
+    write_jsonl(args.out, score_lines(scores, common))
+    if fit_log is not None:  # training curves and sweep trials, beside the output
+        write_json(args.out.with_suffix(".log.json"), fit_log)
     if args.artifact_out:
         artifact.save(args.artifact_out)
 
@@ -165,10 +151,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from harness.report import write_report
 
-    if not (args.run_dir / "config.json").exists():
-        raise UserError(f"{args.run_dir} is not a run folder (no config.json); give results/<run-id>")
     print(f"report: {write_report(args.run_dir, args.reports)}")
     return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from harness.audit import audit, print_audit
+
+    result = audit(args.run_dir, report=args.report)
+    print_audit(result)
+    return 0 if result.passed else 1
 
 
 def cmd_export_peft(args: argparse.Namespace) -> int:
@@ -240,6 +232,15 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("run_dir", type=Path, help="results/<run-id>")
     rp.add_argument("--reports", type=Path, default=Path("reports"), help="reports root (default reports/)")
     rp.set_defaults(func=cmd_report)
+
+    ck = sub.add_parser("check", help="audit a run folder: re-derive every validity claim from its files",
+                        description="Re-derive every claim of a run from its files (splits, evidence, scores, "
+                        "records, provenance). Exit 0 when every item holds, 1 naming each item that fails. "
+                        "Example: promptgap check results/quickstart-example")
+    ck.add_argument("run_dir", type=Path, help="results/<run-id>")
+    ck.add_argument("--report", type=Path, default=None, help="the run's markdown report, checked for staleness "
+                    "(default: reports/<run-id>.md when it exists)")
+    ck.set_defaults(func=cmd_check)
     return ap
 
 

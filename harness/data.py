@@ -50,6 +50,13 @@ class Example:
         cont = self.continuations[i if len(self.continuations) > 1 else 0]
         return ctx, cont
 
+    @property
+    def content_key(self) -> str:
+        """The gold context and answer, white space folded, hashed: the same question with the same answer under
+        two ids is one example (a leak when the two ids sit in different parts of a split)."""
+        ctx, cont = self.choice(self.gold)
+        return ids_hash([" ".join(ctx.split()), " ".join(cont.split())])
+
     def solved_text(self) -> str:
         """The example with its gold answer filled in: how it reads as a few-shot demo."""
         ctx, cont = self.choice(self.gold)

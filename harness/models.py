@@ -6,13 +6,12 @@ import importlib.metadata
 import inspect
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from harness.atomic import atomic_dir
 from harness.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -117,16 +116,10 @@ def embedded_folder() -> Path:
         del config.quantization_config
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(gguf_model.state_dict())
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".building-"))
-    try:
+    # a half-built folder is never taken for a cache hit; a folder another process finished first is kept
+    with atomic_dir(target, keep_existing=True) as tmp:
         plain.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        tmp.rename(target)  # atomic: a half-built folder is never taken for a cache hit
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not (target / "config.json").exists():
-            raise
     return target
 
 

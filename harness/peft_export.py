@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from harness.artifact import PromptArtifact
+from harness.atomic import atomic_dir
 from harness.errors import UserError
 from harness.models import LoadedModel
 
@@ -38,17 +36,9 @@ def export_peft(artifact: PromptArtifact, lm: LoadedModel, folder: str | Path) -
         base_model_name_or_path=lm.name,
     )
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
-    try:
+    with atomic_dir(folder) as tmp:
         config.save_pretrained(str(tmp))
         # the key PEFT's get_peft_model_state_dict writes for prompt tuning
         save_file({"prompt_embeddings": artifact.soft_prompt.contiguous()}, str(tmp / "adapter_model.safetensors"),
                   metadata={"format": "pt", "promptgap_format": artifact.format})
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return folder

@@ -26,6 +26,7 @@ LIBRARIES = ("promptgap", "torch", "transformers", "tokenizers", "lm_eval", "dsp
 # files that define a model's numbers: weights, config and tokenizer (not READMEs or licences)
 MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".gguf", ".json", ".model", ".txt", ".tiktoken")
 MAX_CHANGED_LISTED = 20
+OUTPUT_FOLDERS = (":(exclude)reports", ":(exclude)results")  # what promptgap writes: not code
 
 
 def now() -> str:
@@ -95,7 +96,7 @@ def code_state(root: Path = PACKAGE_ROOT) -> dict[str, Any]:
     """promptgap's version, and when it runs from a git checkout, the commit and whether the tree is dirty.
 
     Dirty means tracked files differ from the commit or untracked, unignored files exist: the commit alone
-    does not reproduce what ran.
+    does not reproduce what ran. promptgap's own output folders (reports/, results/) do not count.
     """
     state: dict[str, Any] = {"version": _version("promptgap"), "commit": None, "dirty": None, "changed": []}
     top = _git("rev-parse", "--show-toplevel", root=root)
@@ -103,7 +104,7 @@ def code_state(root: Path = PACKAGE_ROOT) -> dict[str, Any]:
         state["source"] = "installed package (not a git checkout)"
         return state
     commit = _git("rev-parse", "HEAD", root=root)
-    status = _git("status", "--porcelain", "--untracked-files=normal", root=root)
+    status = _git("status", "--porcelain", "--untracked-files=normal", "--", ".", *OUTPUT_FOLDERS, root=root)
     state["commit"] = commit.strip() if commit else None
     if status is not None:
         changed = [line[3:] for line in status.splitlines() if line.strip()]

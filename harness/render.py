@@ -43,11 +43,46 @@ class TextRequest:
     continuation: str
 
 
+class Ledger:
+    """What the renderer turned into tokens while it recorded: the harness's evidence of what a condition read
+    during fit, and of how each test request was built (not what the condition says about itself).
+
+    Every path from examples to tokens goes through ``Renderer.requests`` (the scorer's ``score`` and the
+    training forward alike), so this sees every example a condition scores or trains on through the harness.
+    Scorer calls with bare token requests name no example; ``bare_calls`` counts them.
+    """
+
+    def __init__(self, tokenizer, keep_requests: bool = False) -> None:
+        self.reads: dict[str, dict] = {}  # example id -> {"content": content key, "times": n}
+        self.bare_calls = 0
+        self.keep_requests = keep_requests
+        self.requests: list[dict] = []
+        self.bos_id = getattr(tokenizer, "bos_token_id", None)
+        prefix = self.bos_id if self.bos_id is not None else getattr(tokenizer, "eos_token_id", None)
+        # lm-eval's HFLM adds no BOS to text that already starts with the prefix token's text
+        self.prefix_text = tokenizer.decode([prefix]) if prefix is not None else None
+
+    def saw(self, example: Example, texts: Sequence[TextRequest], tokens: Sequence[TokenRequest]) -> None:
+        entry = self.reads.setdefault(example.id, {"content": example.content_key, "times": 0})
+        entry["times"] += 1
+        if not self.keep_requests:
+            return
+        for choice, (text, req) in enumerate(zip(texts, tokens, strict=True)):
+            real = [t for t in req.context if t >= 0]  # soft-prompt slots may stand before the BOS
+            lead = 0
+            while self.bos_id is not None and lead < len(real) and real[lead] == self.bos_id:
+                lead += 1
+            self.requests.append({"example_id": example.id, "choice": choice, "bos": lead,
+                                  "text_bos": bool(self.prefix_text) and text.context.startswith(self.prefix_text),
+                                  "n_context": len(req.context), "n_continuation": len(req.continuation)})
+
+
 class Renderer:
     """Renders prompts for one tokenizer, exactly as lm-eval's HFLM would tokenize them."""
 
     def __init__(self, tokenizer) -> None:
         self.tok = tokenizer
+        self.ledger: Ledger | None = None  # set while the scorer records (Scorer.recording)
 
     # --- text ------------------------------------------------------------------
     def body(self, artifact: PromptArtifact, context: str) -> str:
@@ -141,7 +176,11 @@ class Renderer:
         lead = soft_ids(artifact.n_soft) if artifact.placement == "start" else ()
         out = []
         for e in examples:
-            reqs = [self.encode_pair(r.context, r.continuation, artifact.n_soft)
-                    for r in self.text_requests(artifact, e)]
-            out.append([TokenRequest(lead + r.context, r.continuation) for r in reqs] if lead else reqs)
+            texts = self.text_requests(artifact, e)
+            reqs = [self.encode_pair(r.context, r.continuation, artifact.n_soft) for r in texts]
+            if lead:
+                reqs = [TokenRequest(lead + r.context, r.continuation) for r in reqs]
+            if self.ledger is not None:
+                self.ledger.saw(e, texts, reqs)
+            out.append(reqs)
         return out

@@ -15,24 +15,22 @@ The report is written atomically: the markdown and the figure folder are built u
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
-import math
-import os
 import re
-import shutil
-import tempfile
-import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from harness import provenance
 from harness.artifact import PromptArtifact
-from harness.data import Example, Split, ids_hash
+from harness.atomic import atomic_dir, write_atomic
+from harness.audit import Audit, audit, item_lines
 from harness.errors import UserError
+from harness.figures import curves_figure, metrics_figure
+from harness.run_folder import Cell, Run, is_number, load_run
 from harness.stats import (
     DEFAULT_N_BOOT,
     METRIC_LABELS,
@@ -45,9 +43,6 @@ from harness.stats import (
 
 log = logging.getLogger(__name__)
 
-PARTS = ("train", "dev", "test")
-MARKS = {"pass": "✅", "fail": "❌", "n/a": "➖ n/a"}
-MAX_PROBLEMS = 12  # problems listed per checklist item; the rest are counted
 VERDICT_WORDS = {
     "text-closes-gap": f"the readable prompt recovers most of the ceiling's gain: R is above {RECOVERY_THRESHOLD} "
                        f"with confidence",
@@ -57,189 +52,6 @@ VERDICT_WORDS = {
                     "ceiling's gain",
     "neither": "neither the ceiling nor the readable prompt clearly improves on the base",
 }
-
-
-# --- the run folder --------------------------------------------------------------------------------------------------
-@dataclass
-class Cell:
-    """One (model, task, seed, condition) cell as found on disk; ``status`` is the runner's, or missing/invalid."""
-
-    model: str
-    task: str
-    seed: int
-    condition: str
-    path: Path | None = None
-    info: dict[str, Any] = field(default_factory=dict)
-    status: str = "missing"
-    error: str | None = None
-    records: list[dict[str, Any]] = field(default_factory=list)
-    artifact: PromptArtifact | None = None
-    log: dict[str, Any] | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
-    @property
-    def label(self) -> str:
-        return f"{self.model} / {self.task} / seed {self.seed} / {self.condition}"
-
-
-@dataclass
-class SplitFile:
-    task: str
-    seed: int
-    path: Path
-    ids: dict[str, list[str]]  # train/dev/test ids as written; a malformed part is an empty list
-    hash: str | None  # the hash the file states
-    malformed: list[str] = field(default_factory=list)
-
-    @property
-    def split(self) -> Split:
-        """A ``Split`` of placeholder examples with these ids, so the hashes come from ``Split`` itself."""
-        def part(name: str) -> tuple[Example, ...]:
-            return tuple(Example(str(i), ("",), ("",), 0) for i in self.ids[name])
-        return Split(part("train"), part("dev"), part("test"))
-
-
-@dataclass
-class Run:
-    dir: Path
-    run_id: str
-    config: dict[str, Any]
-    manifest: dict[str, Any]
-    models: list[str]
-    tasks: list[str]
-    seeds: list[int]
-    conditions: list[str]
-    base: str | None
-    texts: list[str]
-    ceiling: str | None
-    splits: dict[tuple[str, int], SplitFile]
-    cells: dict[tuple[str, str, int, str], Cell]  # every expected cell (missing ones included), in matrix order
-    extra_cells: list[Cell]  # cells on disk outside the config's matrix
-    summary: list[dict[str, str]] | None  # summary.csv rows, None when the file is missing
-
-    def cell(self, model: str, task: str, seed: int, condition: str) -> Cell:
-        return self.cells[(model, task, seed, condition)]
-
-    def role(self, condition: str) -> str | None:
-        if condition == self.base:
-            return "base"
-        if condition == self.ceiling:
-            return "ceiling"
-        if condition in self.texts:
-            return "text"
-        return None
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"{path}: cannot be read as JSON ({e}); the run folder is damaged") from None
-
-
-def _visible(path: Path, root: Path) -> bool:
-    # hidden names are the runner's temp folders of unfinished cells
-    return not any(p.startswith(".") for p in path.relative_to(root).parts)
-
-
-def _load_cell(path: Path) -> Cell | None:
-    try:
-        info = json.loads((path / "cell.json").read_text())
-        cell = Cell(str(info["model"]), str(info["task"]), int(info["seed"]), str(info["condition"]), path, info)
-    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-        log.warning("%s: unreadable cell.json (%s); ignored", path, e)
-        return None
-    cell.status = str(info.get("status") or "missing")
-    cell.error = info.get("error")
-    if (path / "log.json").exists():
-        try:
-            cell.log = json.loads((path / "log.json").read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            log.warning("%s: unreadable log.json (%s); its curves are not drawn", path, e)
-    if (path / "artifact").exists():
-        try:
-            cell.artifact = PromptArtifact.load(path / "artifact")
-        except UserError as e:
-            log.warning("%s", e)
-    if not cell.ok:
-        return cell
-    # a cell the runner calls ok but whose scores cannot be read is not usable for the statistics
-    try:
-        lines = (path / "scores.jsonl").read_text().splitlines()
-        cell.records = [json.loads(x) for x in lines if x.strip()]
-    except (OSError, json.JSONDecodeError) as e:
-        cell.status, cell.error = "invalid", f"scores.jsonl cannot be read ({e})"
-    return cell
-
-
-def _load_split(path: Path) -> SplitFile | None:
-    try:
-        data = json.loads(path.read_text())
-        task, seed = str(data["task"]), int(data["seed"])
-    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-        log.warning("%s: unreadable split file (%s); ignored", path, e)
-        return None
-    ids: dict[str, list[str]] = {}
-    malformed = []
-    for part in PARTS:
-        v = data.get(part)
-        ids[part] = [str(x) for x in v] if isinstance(v, list) else []
-        if not isinstance(v, list):
-            malformed.append(part)
-    return SplitFile(task, seed, path, ids, data.get("hash"), malformed)
-
-
-def _ordered(names: Iterable[str], preferred: Sequence[str]) -> list[str]:
-    """Unique names, those in ``preferred`` first in its order, the rest in first-seen order."""
-    seen = list(dict.fromkeys(names))
-    return [n for n in preferred if n in seen] + [n for n in seen if n not in preferred]
-
-
-def load_run(run_dir: Path) -> Run:
-    """Read a run folder: config, manifest, splits, every cell of the config's matrix (missing ones marked)."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.json").exists():
-        raise UserError(f"{run_dir} is not a run folder (no config.json); give results/<run-id>")
-    config = _read_json(run_dir / "config.json")
-    manifest = _read_json(run_dir / "manifest.json") if (run_dir / "manifest.json").exists() else {}
-    ratio = config.get("ratio") or {}
-    conditions = list(config.get("conditions") or {})
-
-    splits: dict[tuple[str, int], SplitFile] = {}
-    for path in sorted(run_dir.glob("splits/*/seed-*.json")):
-        if _visible(path, run_dir) and (sf := _load_split(path)) is not None:
-            splits[(sf.task, sf.seed)] = sf
-    found: dict[tuple[str, str, int, str], Cell] = {}
-    for path in sorted(run_dir.glob("cells/*/*/seed-*/*/cell.json")):
-        if _visible(path, run_dir) and (c := _load_cell(path.parent)) is not None:
-            found[(c.model, c.task, c.seed, c.condition)] = c
-
-    # a task given as a spec path in the config is named by the spec inside the run, so tasks come from the run
-    config_tasks = [str(t.get("name")) for t in config.get("tasks", [])]
-    tasks = _ordered([t for t, _ in splits] + [k[1] for k in found], config_tasks)
-    models = [str(m) for m in config.get("models", [])]
-    seeds = [int(s) for s in (config.get("run") or {}).get("seeds", [])]
-    cells: dict[tuple[str, str, int, str], Cell] = {}
-    for m in models:
-        for t in tasks:
-            for s in seeds:
-                for c in conditions:
-                    cells[(m, t, s, c)] = found.pop((m, t, s, c), None) or Cell(
-                        m, t, s, c, error="no cell.json: not run, or the run stopped before this cell")
-    for c in found.values():
-        log.warning("%s: cell outside the config's matrix; not reported", c.path)
-
-    summary = None
-    if (run_dir / "summary.csv").exists():
-        with open(run_dir / "summary.csv", newline="") as f:
-            summary = list(csv.DictReader(f))
-    return Run(dir=run_dir, run_id=run_dir.name, config=config, manifest=manifest, models=models, tasks=tasks,
-               seeds=seeds, conditions=conditions, base=ratio.get("base"), texts=list(ratio.get("texts") or []),
-               ceiling=ratio.get("ceiling"), splits=splits, cells=cells, extra_cells=list(found.values()),
-               summary=summary)
 
 
 # --- the analysis of one (model, task) -------------------------------------------------------------------------------
@@ -283,12 +95,12 @@ def _analyze_group(run: Run, model: str, task: str, n_boot: int) -> Group:
     else:
         r_reason = None
     has_base = base in usable
-    per_token = any("greedy_match" in r for c in usable for x in cells[c] for r in x.records[:1])
+    per_token = any("greedy_match" in r for c in usable for x in cells[c] for r in x.lines[:1])
     group = Group(model, task, cells, usable, None, has_base, r_reason, per_token=per_token)
     if not usable:
         group.stats_error = "no condition succeeded for every seed"
         return group
-    records = {c: {x.seed: x.records for x in cells[c]} for c in usable}
+    records = {c: {x.seed: x.lines for x in cells[c]} for c in usable}
     ref = base if has_base else usable[0]
     if len(records) == 1:
         # the statistics need a second condition; a copy of the only one gives its mean and interval unchanged
@@ -366,13 +178,26 @@ def _role_name(run: Run, c: str) -> str:
 
 
 # --- sections --------------------------------------------------------------------------------------------------------
-def _header(run: Run) -> list[str]:
+def _header(run: Run, stamp: dict[str, Any], result: Audit) -> list[str]:
     tests = sorted({len(sf.ids["test"]) for sf in run.splits.values()})
     n_test = ", ".join(f"{n}" for n in tests) if tests else "unknown"
     line = (f"Models: {', '.join(run.models) or 'none'}; tasks: {', '.join(run.tasks) or 'none'}; "
             f"seeds: {', '.join(map(str, run.seeds)) or 'none'}; {n_test} test examples per seed; "
             f"{len(run.conditions)} conditions ({', '.join(run.conditions)}).")
-    return [f"# promptgap report: {run.run_id}", "", line, ""]
+    invocations = run.manifest.get("invocations") or []
+    ran = "; ".join(dict.fromkeys(provenance.code_label(i.get("code")) for i in invocations)) or "not recorded"
+    out = [f"# promptgap report: {run.run_id}", "", f"<!-- promptgap-report {json.dumps(stamp)} -->", "", line, "",
+           f"Written {stamp['written']} by {provenance.code_label(stamp['code'])}, from the run folder; its cells "
+           f"were computed by {ran}.", ""]
+    dirty = sorted({f for i in invocations if (i.get("code") or {}).get("dirty") for f in i["code"].get("changed")
+                    or []})
+    if dirty:
+        out += [f"**This run was made from a code tree with uncommitted changes** ({', '.join(dirty[:8])}"
+                f"{', …' if len(dirty) > 8 else ''}): its commit alone does not reproduce it.", ""]
+    if not result.passed:
+        out += [f"**The validity audit fails** ({', '.join(i.title for i in result.failed)}): read the checklist "
+                f"at the end before any number here.", ""]
+    return out
 
 
 def _verdict_section(run: Run, groups: list[Group]) -> list[str]:
@@ -430,7 +255,7 @@ def _conditions_section(run: Run, groups: list[Group]) -> list[str]:
         rows = []
         for c in run.conditions:
             cells = g.cells[c]
-            formats = sorted({str(x.info.get("format")) for x in cells if x.ok})
+            formats = sorted({str(x.record.format) for x in cells if x.ok and x.record is not None})
             fmt = ", ".join(formats) or "—"
             if c in g.usable and a is not None:
                 acc, ll = a.metrics["accuracy"].conditions[c], a.metrics["loglik"].conditions[c]
@@ -493,15 +318,12 @@ def _conditions_section(run: Run, groups: list[Group]) -> list[str]:
             out += ["Per seed, from each cell.json (accuracy / mean gold NLL):", ""]
             per_seed = []
             for c in run.conditions:
-                per_seed.append([c] + [f"{_num(x.info['accuracy'])} / {_num(x.info['gold_nll'])}"
-                                       if x.ok and _is_num(x.info.get("accuracy")) and _is_num(x.info.get("gold_nll"))
+                per_seed.append([c] + [f"{_num(x.record.accuracy)} / {_num(x.record.gold_nll)}"
+                                       if x.ok and x.record is not None and is_number(x.record.accuracy)
+                                       and is_number(x.record.gold_nll)
                                        else x.status for x in g.cells[c]])
             out += _table(["condition"] + [f"seed {s}" for s in run.seeds], per_seed) + [""]
     return out
-
-
-def _is_num(x: Any) -> bool:
-    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def _ratio_section(run: Run, groups: list[Group]) -> list[str]:
@@ -554,7 +376,8 @@ def _figures_section(run: Run, groups: list[Group], fig_dir: Path, link_dir: str
         out += [f"### {g.name}", ""]
         if g.analysis is not None:
             name = _file_name(g.model, g.task) + "-metrics.png"
-            _metrics_figure(run, g, fig_dir / name)
+            metrics_figure(fig_dir / name, g.name, g.analysis, g.usable, [run.role(c) for c in g.usable],
+                           _ll_unit(g), g.has_base)
             out += [f"![accuracy and gold log-likelihood per condition, {g.name}]({link_dir}/{quote(name)})", "",
                     "Means with 95% bootstrap intervals (the table's); conditions that succeeded for every seed; "
                     "grey: base (also the dashed line), blue: text, orange: ceiling, green: other.", ""]
@@ -565,79 +388,10 @@ def _figures_section(run: Run, groups: list[Group], fig_dir: Path, link_dir: str
             if not logs:
                 continue
             name = _file_name(g.model, g.task, c) + "-curves.png"
-            _curves_figure(f"{g.name} / {c}", logs, fig_dir / name)
+            curves_figure(f"{g.name} / {c}", logs, fig_dir / name)
             out += [f"![training curves of {c}, {g.name}]({link_dir}/{quote(name)})", "",
                     f"{c}: train and dev loss (and dev accuracy) per step from log.json, one colour per seed.", ""]
     return out
-
-
-def _new_figure(width: float, height: float) -> Any:
-    from matplotlib.figure import Figure
-
-    # a Figure without pyplot: no global backend or state, Agg renders it on savefig
-    return Figure(figsize=(width, height), layout="constrained")
-
-
-def _save(fig: Any, path: Path) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    FigureCanvasAgg(fig)
-    fig.savefig(path, format="png", dpi=110)
-
-
-def _metrics_figure(run: Run, g: Group, path: Path) -> None:
-    a = g.analysis
-    assert a is not None
-    conds = g.usable
-    colours = {"base": "0.55", "text": "tab:blue", "ceiling": "tab:orange", None: "tab:green"}
-    fig = _new_figure(max(6.0, 1.6 * len(conds) + 2), 3.6)
-    axes = fig.subplots(1, 2)
-    for ax, metric, label in ((axes[0], "accuracy", "accuracy"),
-                              (axes[1], "loglik", f"mean gold log-likelihood ({_ll_unit(g)})")):
-        ests = [a.metrics[metric].conditions[c].mean for c in conds]
-        vals = [e.value for e in ests]
-        # an interval may not contain its estimate (BCa); bars cannot be negative
-        err = [[max(0.0, e.value - e.ci.lo) for e in ests], [max(0.0, e.ci.hi - e.value) for e in ests]]
-        x = list(range(len(conds)))
-        # points, not bars: log-likelihoods are negative and bars from 0 would hide the differences
-        for i, c in enumerate(conds):
-            ax.errorbar([i], [vals[i]], yerr=[[err[0][i]], [err[1][i]]], fmt="o", capsize=5, markersize=7,
-                        color=colours[run.role(c)])
-        ax.set_xlim(-0.6, len(conds) - 0.4)
-        ax.grid(axis="y", alpha=0.3)
-        if g.has_base:
-            ax.axhline(a.metrics[metric].conditions[a.base].mean.value, color="0.3", linestyle="--", linewidth=1)
-        ax.set_xticks(x, conds, rotation=20, ha="right")
-        ax.set_ylabel(label)
-        ax.set_title(f"{label.split(' (')[0]}, {a.n_seeds} seed(s) × {a.n_examples}", fontsize=9)
-    fig.suptitle(g.name, fontsize=10)
-    _save(fig, path)
-
-
-def _curves_figure(title: str, logs: list[tuple[int, list[dict[str, Any]]]], path: Path) -> None:
-    has_acc = any(_is_num(p.get("dev_accuracy")) for _, curve in logs for p in curve)
-    fig = _new_figure(9.0 if has_acc else 5.5, 3.4)
-    axes = fig.subplots(1, 2 if has_acc else 1, squeeze=False)[0]
-    for i, (seed, curve) in enumerate(logs):
-        colour = f"C{i % 10}"
-        for key, style in (("train_loss", "-"), ("dev_loss", "--")):
-            pts = [(p["step"], p[key]) for p in curve if _is_num(p.get("step")) and _is_num(p.get(key))]
-            if pts:
-                axes[0].plot(*zip(*pts, strict=True), style, color=colour, label=f"seed {seed} {key}")
-        if has_acc:
-            pts = [(p["step"], p["dev_accuracy"]) for p in curve
-                   if _is_num(p.get("step")) and _is_num(p.get("dev_accuracy"))]
-            if pts:
-                axes[1].plot(*zip(*pts, strict=True), "-o", color=colour, markersize=3, label=f"seed {seed}")
-    axes[0].set_xlabel("step")
-    axes[0].set_ylabel("loss")
-    axes[0].legend(fontsize=7)
-    if has_acc:
-        axes[1].set_xlabel("step")
-        axes[1].set_ylabel("dev accuracy")
-        axes[1].legend(fontsize=7)
-    fig.suptitle(title, fontsize=10)
-    _save(fig, path)
 
 
 def _meta_lines(meta: dict[str, Any]) -> list[str]:
@@ -717,12 +471,12 @@ def _prompts_section(run: Run, groups: list[Group]) -> list[str]:
 
 
 def _setup_section(run: Run) -> list[str]:
-    out = ["## Setup", "", f"Models: {', '.join(run.models)}.", "", "Splits (ids in splits/; hashes of the ordered "
-           "ids, `harness.data.ids_hash`; the split hash combines the three):", ""]
+    out = ["## Setup", "", f"Models: {', '.join(run.models)}.", "", "Splits (ids and content keys in splits/; hashes "
+           "of the ordered ids, `harness.data.ids_hash`; the split hash combines the three):", ""]
     rows = []
     for (task, seed), sf in sorted(run.splits.items(), key=lambda kv: (run.tasks.index(kv[0][0])
                                                                        if kv[0][0] in run.tasks else 0, kv[0][1])):
-        h = sf.split.hashes
+        h = sf.part_hashes()
         rows.append([task, seed, len(sf.ids["train"]), len(sf.ids["dev"]), len(sf.ids["test"]), sf.hash,
                      h["train"], h["dev"], h["test"]])
     out += _table(["task", "seed", "train", "dev", "test", "split hash", "train ids hash", "dev ids hash",
@@ -732,373 +486,96 @@ def _setup_section(run: Run) -> list[str]:
     out += _table(["condition", "role", "optimizer", "settings"],
                   [[c, run.role(c) or "—", conds[c].get("optimizer", c),
                     _code(json.dumps(conds[c].get("settings") or {}, ensure_ascii=False))] for c in run.conditions])
+    return out + [""] + _provenance_lines(run)
+
+
+def _short(digest: Any) -> str:
+    return f"`{str(digest)[:16]}`" if digest else "—"
+
+
+def _provenance_lines(run: Run) -> list[str]:
+    """Where every number came from: the code of each invocation, the model files, the data files, the machine."""
     m = run.manifest
-    out += ["", "Environment (manifest.json):" if m else "Environment: **manifest.json is missing**.", ""]
-    if m:
-        versions = m.get("versions") or {}
-        machine = m.get("machine") or {}
-        out += _table(["", "value"],
-                      [["run id", m.get("run_id", "—")], ["git commit", m.get("git_commit") or "—"],
-                       ["started", m.get("started", "—")], ["finished", m.get("finished") or "not recorded"],
-                       *([["resumed", ", ".join(m["resumed"])]] if m.get("resumed") else []),
-                       *[[k, v] for k, v in versions.items()], *[[f"machine {k}", v] for k, v in machine.items()]])
-        out += ["", "To reproduce:", "", *_fenced(str(m.get("command", "(not recorded)")), "bash"), ""]
-        if m.get("config"):
-            out += [f"Config file: `{m['config']}` (resolved copy in `config.json`).", ""]
+    if not m:
+        return ["Provenance: **manifest.json is missing**.", ""]
+    out = ["Code that computed the cells (one row per `promptgap run` invocation):", ""]
+    out += _table(["started", "finished", "code", "uncommitted changes"],
+                  [[inv.get("started", "—"), inv.get("finished") or "not recorded (stopped?)",
+                    provenance.code_label(inv.get("code")), ", ".join((inv.get("code") or {}).get("changed") or [])
+                    or "none"] for inv in m.get("invocations") or []])
+    out += ["", "Models (content hashes: sha256, first 16 hex digits; full values in manifest.json):", ""]
+    rows = []
+    for name, rec in (m.get("models") or {}).items():
+        file = rec.get("file") or {}
+        files = (rec.get("folder") or {}).get("files") or {}
+        weights = {k: v for k, v in files.items() if k.endswith((".safetensors", ".bin", ".gguf"))}
+        source = rec.get("source", "—")
+        if rec.get("package"):
+            source += f" ({rec['package']} {rec.get('package_version')})"
+        if rec.get("revision"):
+            source += f", revision {rec['revision']}"
+        quant = rec.get("quantization") or {}
+        tok = rec.get("tokenizer") or {}
+        rows.append([name, source, Path(file["path"]).name if file.get("path") else ", ".join(weights) or "—",
+                     _short(file.get("sha256") or next(iter(weights.values()), {}).get("sha256")),
+                     quant.get("file_type") or "—", f"{rec.get('dtype')} on {rec.get('device')}",
+                     f"BOS {tok.get('bos_token')!r}, added by the tokenizer: {tok.get('adds_bos')}"])
+    out += _table(["model", "source", "file", "sha256", "quantization", "ran as", "tokenizer"], rows) if rows \
+        else ["No model recorded."]
+    out += ["", "Data files:", ""]
+    rows = [[task, src.get("path") or src.get("hub"), src.get("bytes") or src.get("rows") or "—",
+             _short(src.get("sha256") or src.get("fingerprint"))]
+            for task, rec in (m.get("tasks") or {}).items() for src in rec.get("sources") or []]
+    out += _table(["task", "file", "bytes (rows)", "sha256 (fingerprint)"], rows) if rows else ["None recorded."]
+    versions = m.get("versions") or {}
+    machine = m.get("machine") or {}
+    out += ["", "Libraries and machine (first invocation):", ""]
+    out += _table(["", "value"], [*[[k, v] for k, v in versions.items()],
+                                  *[[f"machine {k}", v] for k, v in machine.items()]])
+    out += ["", "To reproduce:", "", *_fenced(str(m.get("command", "(not recorded)")), "bash"), ""]
+    if m.get("config"):
+        out += [f"Config file: `{m['config']}` (resolved copy in `config.json`).", ""]
     return out
 
 
-# --- the validity checklist ------------------------------------------------------------------------------------------
-@dataclass
-class Check:
-    title: str
-    status: str  # pass, fail or n/a
-    evidence: str
-    problems: list[str] = field(default_factory=list)
-
-
-def _verdict_of(problems: list[str], passed: str, title: str, checked: str) -> Check:
-    """``passed`` is the evidence when nothing is wrong; otherwise what was checked and how many problems, listed."""
-    if problems:
-        return Check(title, "fail", f"{checked}: {len(problems)} problem(s)", problems)
-    return Check(title, "pass", passed)
-
-
-def _ok_cells(run: Run) -> list[Cell]:
-    return [c for c in run.cells.values() if c.ok]
-
-
-def _check_disjoint(run: Run) -> Check:
-    problems = []
-    for (task, seed), sf in run.splits.items():
-        where = f"{task} seed {seed}"
-        problems += [f"{where}: {p} is missing or not a list" for p in sf.malformed]
-        owner: dict[str, str] = {}
-        for part in PARTS:
-            for i in sf.ids[part]:
-                if i in owner:
-                    problems.append(f"{where}: id {i!r} is in {owner[i]} and in {part}"
-                                    if owner[i] != part else f"{where}: id {i!r} repeats in {part}")
-                else:
-                    owner[i] = part
-    missing = [f"{t} seed {s}: no split file" for t in run.tasks for s in run.seeds if (t, s) not in run.splits]
-    sizes = sorted({tuple(len(sf.ids[p]) for p in PARTS) for sf in run.splits.values()})
-    return _verdict_of(missing + problems, f"{len(run.splits)} split file(s), train/dev/test sizes "
-                       f"{', '.join('/'.join(map(str, s)) for s in sizes)}; no id in two parts or twice in one",
-                       "Train, dev and test ids are disjoint",
-                       f"the ids of {len(run.splits)} split file(s) compared across and within train, dev and test")
-
-
-def _check_split_hashes(run: Run) -> Check:
-    problems = []
-    for sf in run.splits.values():
-        if sf.hash != sf.split.hash:
-            problems.append(f"{sf.path.relative_to(run.dir)}: states hash {sf.hash} but its ids hash to "
-                            f"{sf.split.hash}")
-    n = 0
-    for m in run.models:
-        for t in run.tasks:
-            for s in run.seeds:
-                sf = run.splits.get((t, s))
-                got: dict[str, list[str]] = {}
-                for c in run.conditions:
-                    cell = run.cell(m, t, s, c)
-                    if cell.status == "missing":
-                        continue
-                    n += 1
-                    h = cell.info.get("split_hash")
-                    got.setdefault(str(h), []).append(c)
-                    if sf is None:
-                        problems.append(f"{cell.label}: no split file for its task and seed")
-                    elif h != sf.hash:
-                        problems.append(f"{cell.label}: split_hash {h} but the split file's hash is {sf.hash}")
-                    bad = sorted({str(r.get("split_hash")) for r in cell.records} - {str(h)})
-                    if bad:
-                        problems.append(f"{cell.label}: scores.jsonl lines carry split_hash {', '.join(bad)}, "
-                                        f"cell.json {h}")
-                if len(got) > 1:
-                    problems.append(f"{m} / {t} / seed {s}: conditions use different splits: "
-                                    + "; ".join(f"{h}: {', '.join(cs)}" for h, cs in got.items()))
-    return _verdict_of(problems, f"{len(run.splits)} split file(s) re-hashed from their ids; {n} cell(s) and their "
-                       f"scores.jsonl lines carry their split file's hash, shared by all conditions of a "
-                       f"(model, task, seed)", "Every cell used its seed's split, the same for all conditions",
-                       f"{len(run.splits)} split file(s) re-hashed from their ids and compared with the split_hash of "
-                       f"{n} cell(s) and their scores.jsonl lines")
-
-
-def _check_test_once(run: Run) -> Check:
-    problems = []
-    n = 0
-    for cell in run.cells.values():
-        if cell.status == "missing":
-            continue
-        scored = cell.info.get("test_scored")
-        if not cell.ok:
-            if not isinstance(scored, int) or scored > 1:
-                problems.append(f"{cell.label} ({cell.status}): test_scored = {scored!r}")
-            continue
-        n += 1
-        sf = run.splits.get((cell.task, cell.seed))
-        test = sf.ids["test"] if sf else None
-        ids = [str(r.get("example_id")) for r in cell.records]
-        if scored != 1:
-            problems.append(f"{cell.label}: test_scored = {scored!r}, not 1")
-        if not (len(ids) == cell.info.get("n") == (len(test) if test is not None else None)):
-            problems.append(f"{cell.label}: {len(ids)} scores.jsonl lines, n = {cell.info.get('n')}, "
-                            f"{len(test) if test is not None else 'no'} test ids")
-        if test is not None and (len(set(ids)) != len(ids) or set(ids) != set(test)):
-            problems.append(f"{cell.label}: the scored example ids are not exactly the test ids, each once")
-    return _verdict_of(problems, f"{n} ok cell(s): test_scored = 1, and scores.jsonl holds each test id of the "
-                       f"split exactly once (lines = n = test size)",
-                       "The test split was scored exactly once per condition",
-                       f"test_scored, n, scores.jsonl lines and their example ids of {n} ok cell(s) against the "
-                       f"split's test ids")
-
-
-def _check_fit_ids(run: Run) -> Check:
-    problems = []
-    n = 0
-    for cell in run.cells.values():
-        if cell.status == "missing":
-            continue
-        sf = run.splits.get((cell.task, cell.seed))
-        if sf is None:
-            problems.append(f"{cell.label}: no split file to compare with")
-            continue
-        n += 1
-        for part in ("train", "dev"):
-            got, want = cell.info.get(f"fit_{part}_ids_hash"), ids_hash(sf.ids[part])
-            if got != want:
-                problems.append(f"{cell.label}: fit_{part}_ids_hash = {got} but the split's {part} ids hash to {want}")
-    return _verdict_of(problems, f"{n} cell(s): the ids given to fitting hash to the split's train and dev ids, "
-                       f"which the first check shows hold no test id", "No fitting step received test ids",
-                       f"fit_train_ids_hash and fit_dev_ids_hash of {n} cell(s) against the hashes of their split's "
-                       f"train and dev ids")
-
-
-def _check_formats(run: Run) -> Check:
-    """The conditions compared in R must share a format family; other conditions (e.g. base-raw beside
-    base-chat) are there to show what the format itself does, and are listed, not judged."""
-    problems = []
-    summary = []
-    compared = [c for c in run.conditions if run.role(c)] or run.conditions
-    others = [c for c in run.conditions if c not in compared]
-    for m in run.models:
-        for t in run.tasks:
-            by_fmt: dict[str, list[str]] = {}
-            for c in compared:
-                for s in run.seeds:
-                    cell = run.cell(m, t, s, c)
-                    if not cell.ok:
-                        continue
-                    fmt = str(cell.info.get("format"))
-                    if c not in by_fmt.setdefault(fmt, []):
-                        by_fmt[fmt].append(c)
-                    bad = sorted({str(r.get("format")) for r in cell.records} - {fmt})
-                    if bad:
-                        problems.append(f"{cell.label}: scores.jsonl lines in format {', '.join(bad)}, cell.json "
-                                        f"{fmt}")
-            if len(by_fmt) > 1:
-                problems.append(f"{m} / {t}: mixed formats: "
-                                + "; ".join(f"{f}: {', '.join(cs)}" for f, cs in by_fmt.items()))
-            elif by_fmt:
-                summary.append(f"{m} / {t}: all {next(iter(by_fmt))}")
-    if others:
-        summary.append(f"not in the ratio, not judged: {', '.join(others)}")
-    return _verdict_of(problems, "; ".join(summary) or "no ok cells", "Every condition in the ratio rendered in the "
-                       "same format family", "the format of every ok cell (cell.json and scores.jsonl) of the "
-                       "ratio's conditions, per (model, task)")
-
-
-def _check_bos(run: Run) -> Check:
-    problems = []
-    counts = set()
-    cells = _ok_cells(run)
-    for cell in cells:
-        b = cell.info.get("bos_count")
-        counts.add(b)
-        if not isinstance(b, int) or b > 1:
-            problems.append(f"{cell.label}: bos_count = {b!r}")
-    return _verdict_of(problems, f"{len(cells)} ok cell(s), bos_count in {sorted(map(str, counts))} (BOS tokens at "
-                       f"the start of the first scored request's context)", "A single BOS per request",
-                       f"bos_count of {len(cells)} ok cell(s)")
-
-
-def _check_same_tokens(run: Run) -> Check:
-    """Per-token NLLs and summed log-likelihoods are only comparable when each gold continuation is the same
-    tokens in every compared condition; raw and chat formats tokenize continuations differently (lm-eval drops
-    the delimiter under chat, and the template's trailing newline joins the continuation)."""
-    title = "Gold continuations have the same token counts in every condition of the ratio"
-    compared = [c for c in run.conditions if run.role(c)] or run.conditions
-    problems, checked = [], 0
-    for m in run.models:
-        for t in run.tasks:
-            for s in run.seeds:
-                counts: dict[str, dict[str, list[int]]] = {}
-                for c in compared:
-                    cell = run.cell(m, t, s, c)
-                    if cell.ok:
-                        counts[c] = {r["example_id"]: r.get("choice_ntokens") for r in cell.records}
-                if len(counts) < 2:
-                    continue
-                first, *rest = counts
-                for c in rest:
-                    differ = [i for i, n in counts[c].items() if counts[first].get(i) != n]
-                    checked += len(counts[c])
-                    if differ:
-                        problems.append(f"{m} / {t} / seed {s}: {c} vs {first}: {len(differ)} example(s) differ, "
-                                        f"e.g. {differ[0]}")
-    return _verdict_of(problems, f"{checked} example(s) compared: equal token counts", title,
-                       "choice_ntokens per example across the ratio's conditions")
-
-
-def _check_ceiling_dev(run: Run) -> Check:
-    title = "The ceiling's settings were chosen on dev"
-    if run.ceiling is None:
-        return Check(title, "n/a", "the config names no ceiling")
-    problems = []
-    cells = [c for c in run.cells.values() if c.condition == run.ceiling]
-    for cell in cells:
-        if not cell.ok:
-            problems.append(f"{cell.label}: {cell.status}; nothing to check")
-        elif cell.log is None:
-            problems.append(f"{cell.label}: no log.json")
-        elif cell.log.get("selected_on") != "dev":
-            problems.append(f"{cell.label}: log.json selected_on = {cell.log.get('selected_on')!r}")
-    return _verdict_of(problems, f"{len(cells)} cell(s) of {run.ceiling!r}: log.json says selected_on = \"dev\"",
-                       title, f"log.json selected_on of {len(cells)} cell(s) of {run.ceiling!r}")
-
-
-def _check_complete(run: Run) -> Check:
-    bad = [f"{c.label}: {c.status}" + (f" ({c.error})" if c.error else "") for c in run.cells.values() if not c.ok]
-    return _verdict_of(bad, f"all {len(run.cells)} cell(s) of models × tasks × seeds × conditions are ok",
-                       "Every cell of the matrix succeeded (statistics use only conditions ok in every seed)",
-                       f"{len(run.cells) - len(bad)} of {len(run.cells)} cell(s) of models × tasks × seeds × "
-                       f"conditions ok")
-
-
-def _check_numbers(run: Run) -> Check:
-    problems = []
-    cells = _ok_cells(run)
-    rows = {(r.get("model"), r.get("task"), r.get("seed"), r.get("condition")): r for r in run.summary or []}
-    for cell in cells:
-        recs = cell.records
-        if not recs:
-            problems.append(f"{cell.label}: scores.jsonl is empty")
-            continue
-        try:
-            acc = sum(bool(r["correct"]) for r in recs) / len(recs)
-            nll = sum(float(r["gold_nll"]) for r in recs) / len(recs)
-        except (KeyError, TypeError, ValueError) as e:
-            problems.append(f"{cell.label}: scores.jsonl lacks a field ({e})")
-            continue
-        for key, want in (("accuracy", acc), ("gold_nll", nll)):
-            got = cell.info.get(key)
-            if not _is_num(got) or abs(got - want) > 1e-9 * max(1.0, abs(want)):
-                problems.append(f"{cell.label}: cell.json {key} = {got} but scores.jsonl gives {want:.6f}")
-        wrong = {k for r in recs for k in ("model", "task", "condition") if k in r and r[k] != getattr(cell, k)}
-        if wrong:
-            problems.append(f"{cell.label}: scores.jsonl lines name another {', '.join(sorted(wrong))}")
-    if run.summary is None:
-        problems.append("summary.csv is missing")
-    else:
-        for cell in run.cells.values():
-            if cell.status == "missing":
-                continue
-            row = rows.get((cell.model, cell.task, str(cell.seed), cell.condition))
-            if row is None:
-                problems.append(f"{cell.label}: no summary.csv row")
-                continue
-            for key in ("status", "split_hash", "format", "n"):
-                want = cell.info.get(key)
-                if str(row.get(key) or "") != ("" if want is None else str(want)):
-                    problems.append(f"{cell.label}: summary.csv {key} = {row.get(key)!r}, cell.json {want!r}")
-            for key in ("accuracy", "gold_nll"):
-                want = cell.info.get(key)
-                try:
-                    same = (not row.get(key) and want is None) or abs(float(row[key]) - float(want)) <= 1e-9
-                except (TypeError, ValueError):
-                    same = False
-                if not same:
-                    problems.append(f"{cell.label}: summary.csv {key} = {row.get(key)!r}, cell.json {want!r}")
-    return _verdict_of(problems, f"{len(cells)} ok cell(s): cell.json accuracy and mean gold NLL equal the means of "
-                       f"their scores.jsonl lines, and summary.csv repeats cell.json",
-                       "Reported numbers match the per-example scores",
-                       "cell.json accuracy and gold NLL against the means of scores.jsonl, and summary.csv against "
-                       "cell.json")
-
-
-def checklist(run: Run) -> list[Check]:
-    """The validity checks, each computed from the run folder."""
-    return [_check_disjoint(run), _check_split_hashes(run), _check_test_once(run), _check_fit_ids(run),
-            _check_formats(run), _check_bos(run), _check_same_tokens(run), _check_ceiling_dev(run),
-            _check_complete(run), _check_numbers(run)]
-
-
-def _checklist_section(checks: list[Check]) -> list[str]:
-    out = ["## Validity checklist", "", "Computed from the run folder when this report was written.", ""]
-    for ch in checks:
-        out.append(f"- {MARKS[ch.status]} **{ch.title}**: {ch.evidence}.")
-        for p in ch.problems[:MAX_PROBLEMS]:
-            out.append(f"  - {p}")
-        if len(ch.problems) > MAX_PROBLEMS:
-            out.append(f"  - … and {len(ch.problems) - MAX_PROBLEMS} more")
+def _checklist_section(result: Audit) -> list[str]:
+    out = ["## Validity checklist", "",
+           f"`promptgap check {result.run_id}` when this report was written: **{result.summary()}**. Each item is "
+           f"re-derived from the run folder's files; items marked \"reported by the condition\" rest on what the "
+           f"condition said, checked against the split and against what it read.", ""]
+    for item in result.items:
+        out += item_lines(item)
     return out + [""]
 
 
 # --- writing ---------------------------------------------------------------------------------------------------------
 def render_report(run: Run, fig_dir: Path, n_boot: int) -> str:
     """The markdown of the report; figures are drawn into ``fig_dir`` and linked as ``<run-id>/<file>``."""
+    result = audit(run, with_report=False)
+    stamp = {"run_id": run.run_id, "written": provenance.now(),
+             "code": {k: v for k, v in provenance.code_state().items() if k in ("version", "commit", "dirty")}}
     groups = [_analyze_group(run, m, t, n_boot) for m in run.models for t in run.tasks]
     link_dir = quote(run.run_id)
-    lines = (_header(run) + _verdict_section(run, groups) + _conditions_section(run, groups)
+    lines = (_header(run, stamp, result) + _verdict_section(run, groups) + _conditions_section(run, groups)
              + _ratio_section(run, groups) + _figures_section(run, groups, fig_dir, link_dir)
-             + _prompts_section(run, groups) + _setup_section(run) + _checklist_section(checklist(run)))
+             + _prompts_section(run, groups) + _setup_section(run) + _checklist_section(result))
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
 def write_report(run_dir: Path, reports_dir: Path = Path("reports"), n_boot: int | None = None) -> Path:
     """Write ``reports_dir/<run-id>.md`` and its figures in ``reports_dir/<run-id>/``; return the markdown's path.
 
-    ``n_boot`` defaults to the run config's ``run.n_boot`` (else the stats module's default). Both outputs are built
-    under temporary names and renamed into place, replacing any previous report of the run.
+    ``n_boot`` defaults to the run config's ``run.n_boot`` (else the stats module's default). The figures are drawn
+    into a temp folder and the markdown is rendered before anything is replaced, so a failure leaves the previous
+    report whole.
     """
     run = load_run(Path(run_dir))
     if n_boot is None:
         n_boot = int((run.config.get("run") or {}).get("n_boot") or DEFAULT_N_BOOT)
     reports_dir = Path(reports_dir)
-    reports_dir.mkdir(parents=True, exist_ok=True)
-    md_path, fig_dir = reports_dir / f"{run.run_id}.md", reports_dir / run.run_id
-    tmp_fig = Path(tempfile.mkdtemp(dir=reports_dir, prefix=f".{run.run_id}.tmp-"))
-    fd, tmp_name = tempfile.mkstemp(dir=reports_dir, prefix=f".{run.run_id}.md.", suffix=".tmp")
-    tmp_md = Path(tmp_name)
-    old_fig: Path | None = None
-    # mkstemp/mkdtemp create private files; a report is meant to be read, so use the usual umask modes
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp_md.chmod(0o666 & ~umask)
-    tmp_fig.chmod(0o777 & ~umask)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(render_report(run, tmp_fig, n_boot))
-        if fig_dir.exists():
-            old_fig = reports_dir / f".{run.run_id}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(fig_dir, old_fig)
-        try:
-            os.replace(tmp_fig, fig_dir)
-            os.replace(tmp_md, md_path)
-        except BaseException:
-            # put the previous figures back, so the previous report stays whole
-            if old_fig is not None:
-                if fig_dir.exists():
-                    shutil.rmtree(fig_dir, ignore_errors=True)
-                os.replace(old_fig, fig_dir)
-                old_fig = None
-            raise
-    finally:
-        tmp_md.unlink(missing_ok=True)
-        shutil.rmtree(tmp_fig, ignore_errors=True)
-        if old_fig is not None:
-            shutil.rmtree(old_fig, ignore_errors=True)
+    md_path = reports_dir / f"{run.run_id}.md"
+    with atomic_dir(reports_dir / run.run_id) as fig_dir:
+        text = render_report(run, fig_dir, n_boot)
+    write_atomic(md_path, text)
     log.info("report written: %s", md_path)
     return md_path

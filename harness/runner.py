@@ -1,34 +1,15 @@
 """The comparison matrix: models x tasks x seeds x conditions, each cell fitted and scored once, resumably.
 
-Layout of ``results/<run-id>/`` (read by the report):
-
-    config.json                 the resolved config
-    manifest.json               command, versions, machine, times
-    splits/<task>/seed-<s>.json the split's ordered ids and hash
-    cells/<model>/<task>/seed-<s>/<condition>/
-        cell.json               the cell's numbers and checks (written last)
-        scores.jsonl            one line per test example (the `eval` schema)
-        artifact/artifact.json  the prompt artifact
-        log.json                training/search logs, if the condition wrote any
-    summary.csv                 one row per cell
-
-A cell is built in a hidden temp folder and renamed into place when complete, so a run
-killed at any moment leaves only whole cells; ``--resume`` keeps them and redoes the rest.
+The run folder's layout and every write into it belong to ``harness.run_folder``; this module decides what runs,
+in which order, and records the evidence the audit (``harness.audit``) re-derives: what each condition read while
+fitting, how often each test example was scored, and how every test request was built.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import logging
-import os
-import platform
 import shlex
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
 import traceback
 from datetime import UTC, datetime
@@ -37,55 +18,14 @@ from typing import Any
 
 from rich.markup import escape
 
+from harness import provenance
 from harness.config import RunConfig, load_config
 from harness.data import Split, ids_hash
 from harness.errors import UserError
 from harness.progress import console
+from harness.run_folder import CellKey, CellRecord, Evidence, RunFolder, SplitRecord, score_lines, summarize
 
 log = logging.getLogger(__name__)
-
-SUMMARY_FIELDS = ["model", "task", "condition", "seed", "split_hash", "n", "accuracy", "gold_nll", "format", "status"]
-
-
-def slug(name: str) -> str:
-    return name.replace("/", "--")
-
-
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json(path: Path, data: Any) -> None:
-    write_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-
-
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for pkg in ("promptgap", "torch", "transformers", "lm_eval", "dspy", "peft", "numpy", "scipy"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            pass
-    return out
-
-
-def _git_commit() -> str | None:
-    try:
-        root = Path(__file__).resolve().parents[1]
-        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.TimeoutExpired):
-        return None
 
 
 class Runner:
@@ -99,7 +39,7 @@ class Runner:
         if resume and not run_id:
             raise UserError("--resume needs the --run-id of the run to continue")
         self.run_id = run_id or f"{self.cfg.name}-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}"
-        self.run_dir = results_root / self.run_id
+        self.folder = RunFolder(Path(results_root) / self.run_id)
         self.resume = resume
         self.only = only
         for name in only or []:
@@ -107,55 +47,44 @@ class Runner:
                 raise UserError(f"--only {name}: not a condition of this config; conditions: "
                                 f"{', '.join(self.cfg.conditions)}")
         self.command = command or shlex.join(["promptgap", *sys.argv[1:]])
+        self.code = provenance.code_state()
 
-    # --- the folder ------------------------------------------------------------
+    @property
+    def run_dir(self) -> Path:
+        return self.folder.root
+
+    # --- preparing the folder ------------------------------------------------------------------------------
     def _prepare(self) -> None:
         config_json = self.cfg.to_json()
-        if self.run_dir.exists():
+        if self.folder.exists():
             if not self.resume:
                 raise UserError(f"{self.run_dir} exists; pass --resume to continue it or choose another --run-id")
-            old = json.loads((self.run_dir / "config.json").read_text())
-            if old != config_json:
+            if self.folder.read_json("config.json") != config_json:
                 raise UserError(f"{self.config_path} changed since run {self.run_id} started; "
                                 f"resume with the same config or start a new --run-id")
         elif self.resume:
             raise UserError(f"--resume: no run folder {self.run_dir}; drop --resume to start it")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(self.run_dir / "config.json", config_json)
-        manifest_path = self.run_dir / "manifest.json"
-        manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {
+        self.folder.write_config(config_json)
+        invocation = {"started": provenance.now(), "command": self.command, "code": self.code,
+                      "versions": provenance.versions(), "machine": provenance.machine()}
+        manifest = self.folder.read_manifest() or {
             "run_id": self.run_id, "command": self.command, "config": str(self.config_path),
-            "started": datetime.now(UTC).isoformat(timespec="seconds"), "git_commit": _git_commit(),
-            "versions": _versions(),
-            "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count()},
-        }
-        manifest.setdefault("resumed", [])
-        if self.resume:
-            manifest["resumed"].append(datetime.now(UTC).isoformat(timespec="seconds"))
+            "started": invocation["started"], "code": self.code, "versions": invocation["versions"],
+            "machine": invocation["machine"], "models": {}, "tasks": {}, "invocations": []}
+        if manifest["invocations"] and manifest["invocations"][-1]["code"].get("commit") != self.code.get("commit"):
+            log.warning("resuming %s with other code (%s) than it started with (%s); the audit will say so",
+                        self.run_id, provenance.code_label(self.code), provenance.code_label(manifest["code"]))
+        manifest["invocations"].append(invocation)
         self.manifest = manifest
-        write_json(manifest_path, manifest)
-        # a cell killed half-way leaves only its hidden temp folder: clear those
-        for stale in (self.run_dir / "cells").glob("**/.*.tmp-*"):
-            shutil.rmtree(stale, ignore_errors=True)
+        self.folder.write_manifest(manifest)
+        self.folder.clear_unfinished()  # temp folders of cells a killed run was building
 
-    def _split(self, task, task_cfg, seed: int) -> Split:
+    def _split(self, task: Any, task_cfg: Any, seed: int) -> Split:
         split = task.split(seed, task_cfg.split_sizes(task.default_sizes))
-        path = self.run_dir / "splits" / slug(task.name) / f"seed-{seed}.json"
-        record = {"task": task.name, "seed": seed, "hash": split.hash,
-                  **{p: [e.id for e in split.part(p)] for p in ("train", "dev", "test")}}
-        if path.exists():
-            old = json.loads(path.read_text())
-            if old["hash"] != split.hash:
-                raise UserError(f"task {task.name} seed {seed}: the split changed since the run started "
-                                f"({old['hash']} -> {split.hash}); the data files differ; start a new run")
-        else:
-            write_json(path, record)
+        self.folder.record_split(SplitRecord.of(task.name, seed, split))
         return split
 
-    def cell_dir(self, model: str, task: str, seed: int, condition: str) -> Path:
-        return self.run_dir / "cells" / slug(model) / slug(task) / f"seed-{seed}" / condition
-
-    # --- running -----------------------------------------------------------------
+    # --- running -------------------------------------------------------------------------------------------
     def run(self) -> Path:
         from harness.models import load_model
         from harness.registry import get_task
@@ -164,93 +93,82 @@ class Runner:
         self._prepare()
         tasks = [(get_task(t.name, data_dir=t.data_dir), t) for t in self.cfg.tasks]
         splits = {(task.name, seed): self._split(task, t, seed) for task, t in tasks for seed in self.cfg.seeds}
+        for task, _ in tasks:  # the files the splits were read from, hashed
+            self.manifest["tasks"][task.name] = task.provenance()
+        self.folder.write_manifest(self.manifest)
         conditions = [c for c in self.cfg.conditions if not self.only or c in self.only]
         t_run = time.perf_counter()
         for model_name in self.cfg.models:
-            todo = [(task, seed, c) for task, _ in tasks for seed in self.cfg.seeds for c in conditions
-                    if not self._done(model_name, task.name, seed, c)]
+            todo = [CellKey(model_name, task.name, seed, c) for task, _ in tasks for seed in self.cfg.seeds
+                    for c in conditions]
+            todo = [k for k in todo if not self.folder.finished(k)]
             if not todo:
                 continue
             lm = load_model(model_name, device=self.cfg.run["device"], dtype=self.cfg.run["dtype"])
-            self.manifest["machine"].update(device=str(lm.device), dtype=str(lm.dtype).removeprefix("torch."))
+            self.manifest["models"][model_name] = provenance.model_record(model_name, lm)
+            self.folder.write_manifest(self.manifest)
             scorer = Scorer(lm, batch_size=self.cfg.run["batch_size"])
-            for task, seed, c in todo:
-                self._run_cell(lm, scorer, task, splits[(task.name, seed)], seed, c)
-                self._write_summary()
-        self._write_summary()
-        self.manifest["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
-        self.manifest["seconds_this_invocation"] = round(time.perf_counter() - t_run, 1)
-        write_json(self.run_dir / "manifest.json", self.manifest)
+            by_name = {task.name: task for task, _ in tasks}
+            for key in todo:
+                self._run_cell(lm, scorer, by_name[key.task], splits[(key.task, key.seed)], key)
+                self.folder.write_summary()
+        self.folder.write_summary()
+        self.manifest["invocations"][-1].update(finished=provenance.now(),
+                                                seconds=round(time.perf_counter() - t_run, 1))
+        self.manifest["finished"] = self.manifest["invocations"][-1]["finished"]
+        self.folder.write_manifest(self.manifest)
         return self.run_dir
 
-    def _done(self, model: str, task: str, seed: int, condition: str) -> bool:
-        cell = self.cell_dir(model, task, seed, condition) / "cell.json"
-        return cell.exists() and json.loads(cell.read_text()).get("status") == "ok"
+    def _run_cell(self, lm: Any, scorer: Any, task: Any, split: Split, key: CellKey) -> None:
+        import torch
 
-    def _run_cell(self, lm, scorer, task, split: Split, seed: int, condition: str) -> None:
         from harness.registry import get_optimizer, origin
         from optimizers.base import fit_condition
 
-        spec = self.cfg.conditions[condition]
-        owner = f"condition {condition} ({spec.optimizer}, from {origin(spec.optimizer)})"
-        final = self.cell_dir(lm.name, task.name, seed, condition)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{condition}.tmp-"))
-        cell: dict[str, Any] = {
-            "model": lm.name, "task": task.name, "condition": condition, "optimizer": spec.optimizer, "seed": seed,
-            "split_hash": split.hash, "settings": spec.settings, "n_train": len(split.train), "n_dev": len(split.dev),
-            "fit_train_ids_hash": ids_hash([e.id for e in split.train]),
-            "fit_dev_ids_hash": ids_hash([e.id for e in split.dev]), "test_scored": 0,
-        }
-        label = f"{lm.name} / {task.name} / seed {seed} / {condition}"
-        try:
-            optimizer = get_optimizer(spec.optimizer)(**spec.settings)
-            t0 = time.perf_counter()
-            artifact = fit_condition(optimizer, lm, task, split.train, split.dev, scorer, seed, workdir=work,
-                                     owner=owner)
-            cell["fit_seconds"] = round(time.perf_counter() - t0, 2)
-            t0 = time.perf_counter()
-            scores = scorer.score(artifact, split.test, task.kind, desc=label)
-            cell["score_seconds"] = round(time.perf_counter() - t0, 2)
-            cell["test_scored"] += 1
-            # soft-prompt slots (negative ids) may stand before the BOS ("start" placement): not tokens
-            first = [t for t in scorer.renderer.requests(artifact, split.test[:1])[0][0].context if t >= 0]
-            bos = getattr(lm.tokenizer, "bos_token_id", None)
-            # a doubled BOS shows as a run of them at the start (chat templates may reuse the id later)
-            lead = 0
-            while bos is not None and lead < len(first) and first[lead] == bos:
-                lead += 1
-            cell["bos_count"] = lead
-            common = {"model": lm.name, "task": task.name, "condition": condition, "split": "test",
-                      "split_hash": split.hash, "format": artifact.format}
-            write_atomic(work / "scores.jsonl", "".join(json.dumps({**s.to_json(), **common}) + "\n" for s in scores))
-            artifact.save(work / "artifact")
-            n = len(scores)
-            cell.update(status="ok", error=None, n=n, accuracy=sum(s.correct for s in scores) / n,
-                        gold_nll=sum(s.gold_nll for s in scores) / n, format=artifact.format,
-                        instruction_role=artifact.instruction_role)
-            console.print(f"[green]done[/] {label}: accuracy {cell['accuracy']:.4f}, gold NLL {cell['gold_nll']:.4f}")
-        except (KeyboardInterrupt, SystemExit):
-            shutil.rmtree(work, ignore_errors=True)
-            raise
-        except Exception as e:  # a failing condition is reported in its cell; the matrix goes on
-            log.debug("cell %s failed", label, exc_info=True)
-            message = str(e) if str(e).startswith(owner) else f"{owner}: {type(e).__name__}: {e}"
-            cell.update(status="error", error=message, n=0, accuracy=None, gold_nll=None,
-                        format=None, traceback=traceback.format_exc(limit=8))
-            console.print(f"[red]failed[/] {label}: {escape(cell['error'])}")
-        write_json(work / "cell.json", cell)  # last: a folder with cell.json is complete
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(work, final)
-
-    def _write_summary(self) -> None:
-        rows = []
-        for cell_json in sorted((self.run_dir / "cells").glob("*/*/seed-*/*/cell.json")):
-            c = json.loads(cell_json.read_text())
-            rows.append({k: c.get(k) for k in SUMMARY_FIELDS})
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=SUMMARY_FIELDS)
-        w.writeheader()
-        w.writerows(rows)
-        write_atomic(self.run_dir / "summary.csv", buf.getvalue())
+        spec = self.cfg.conditions[key.condition]
+        owner = f"condition {key.condition} ({spec.optimizer}, from {origin(spec.optimizer)})"
+        record = CellRecord(key=key, optimizer=spec.optimizer, settings=spec.settings, split_hash=split.hash,
+                            n_train=len(split.train), n_dev=len(split.dev), device=str(lm.device),
+                            dtype=str(lm.dtype).removeprefix("torch."), threads=torch.get_num_threads(),
+                            code={k: self.code.get(k) for k in ("version", "commit", "dirty")})
+        evidence = Evidence()
+        with self.folder.new_cell(key) as cell:
+            try:
+                optimizer = get_optimizer(spec.optimizer)(**spec.settings)
+                with scorer.recording() as reads:  # every example the condition reads through the harness
+                    try:
+                        fit = fit_condition(optimizer, lm, task, split.train, split.dev, scorer, key.seed,
+                                            workdir=cell.workdir, owner=owner)
+                    finally:
+                        evidence.fit_reads, evidence.fit_bare_calls = reads.reads, reads.bare_calls
+                evidence.selection = fit.selection
+                if fit.selection is not None:
+                    record.selection = {"metric": fit.selection["metric"], "n": len(fit.selection["ids"]),
+                                        "ids_hash": ids_hash(fit.selection["ids"]), "reported_by": "condition"}
+                record.fit_seconds = round(fit.seconds, 2)
+                cell.log(fit.log)
+                t0 = time.perf_counter()
+                with scorer.recording(keep_requests=True) as seen:
+                    scores = scorer.score(fit.artifact, split.test, task.kind, desc=key.label)
+                record.score_seconds = round(time.perf_counter() - t0, 2)
+                evidence.test_reads, evidence.requests = seen.reads, seen.requests
+                lines = score_lines(scores, {"model": lm.name, "task": task.name, "condition": key.condition,
+                                             "split": "test", "split_hash": split.hash,
+                                             "format": fit.artifact.format})
+                cell.scores(lines)
+                cell.artifact(fit.artifact)
+                record.status, record.format = "ok", fit.artifact.format
+                record.instruction_role = fit.artifact.instruction_role
+                for k, v in summarize(lines).items():
+                    setattr(record, k, v)
+                console.print(f"[green]done[/] {key.label}: accuracy {record.accuracy:.4f}, "
+                              f"gold NLL {record.gold_nll:.4f}")
+            except Exception as e:  # a failing condition is reported in its cell; the matrix goes on
+                log.debug("cell %s failed", key.label, exc_info=True)
+                record.status = "error"
+                record.error = str(e) if str(e).startswith(owner) else f"{owner}: {type(e).__name__}: {e}"
+                record.traceback = traceback.format_exc(limit=8)
+                console.print(f"[red]failed[/] {key.label}: {escape(record.error)}")
+            record.finished = provenance.now()
+            cell.evidence(evidence)
+            cell.finish(record)  # cell.json last; the folder appears when the block ends

@@ -33,7 +33,7 @@ from harness.artifact import PromptArtifact
 from harness.data import Example, TaskKind
 from harness.models import LoadedModel
 from harness.progress import bar
-from harness.render import Renderer, TokenRequest
+from harness.render import Ledger, Renderer, TokenRequest
 
 
 @dataclass(frozen=True)
@@ -182,22 +182,42 @@ class Scorer:
         self._pool: ThreadPoolExecutor | None = None
 
     # --- the public entry points -------------------------------------------
+    @contextlib.contextmanager
+    def recording(self, keep_requests: bool = False):
+        """Record every example rendered (scored, or rendered for training) inside the block: ``with
+        scorer.recording() as ledger``. The harness wraps each fit and each test scoring in one; with
+        ``keep_requests`` the ledger also keeps each request's BOS evidence."""
+        if self.renderer.ledger is not None:
+            raise RuntimeError("the scorer is already recording")
+        ledger = Ledger(self.lm.tokenizer, keep_requests)
+        self.renderer.ledger = ledger
+        try:
+            yield ledger
+        finally:
+            self.renderer.ledger = None
+
     def score(self, artifact: PromptArtifact, examples: Sequence[Example], kind: TaskKind,
               desc: str = "scoring") -> list[ExampleScore]:
         per_example = self.renderer.requests(artifact, examples)
         flat = [r for reqs in per_example for r in reqs]
-        results = self.loglikelihood(flat, desc=desc, prompt=artifact)
+        results = self._loglikelihood(flat, desc=desc, prompt=artifact)
         out, k = [], 0
         for ex, reqs in zip(examples, per_example, strict=True):
             out.append(example_score(ex, kind, results[k : k + len(reqs)]))
             k += len(reqs)
         return out
 
-    @torch.no_grad()
     def loglikelihood(self, requests: Sequence[TokenRequest], desc: str = "scoring",
                       prompt: PromptArtifact | None = None) -> list[Loglik]:
         """``prompt`` supplies trained tensors: soft vectors for the requests' sentinel ids, and a key/value
         prefix that comes before every request (a virtual parent of the tree's root)."""
+        if self.renderer.ledger is not None:  # bare token requests: no example to record
+            self.renderer.ledger.bare_calls += 1
+        return self._loglikelihood(requests, desc, prompt)
+
+    @torch.no_grad()
+    def _loglikelihood(self, requests: Sequence[TokenRequest], desc: str = "scoring",
+                       prompt: PromptArtifact | None = None) -> list[Loglik]:
         if not requests:
             return []
         n_prefix = prompt.n_prefix if prompt is not None else 0

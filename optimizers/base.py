@@ -9,7 +9,9 @@ returns against the model before anything is scored.
 from __future__ import annotations
 
 import logging
+import time
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
@@ -50,7 +52,13 @@ class TaskInfo:
 
 @dataclass
 class FitContext:
-    """Everything a condition may use. It never holds the test split."""
+    """Everything a condition may use. It never holds the test split.
+
+    A condition hands the harness what only it knows through two calls: ``report_log(record)`` (its curves,
+    trials, candidates: the harness writes them as the cell's log.json) and ``report_selection(ids, metric)``
+    (which examples and which metric chose its result; the audit checks the ids and labels the claim as
+    reported by the condition). Files it writes into ``workdir`` are kept in the cell's ``files/`` folder.
+    """
 
     lm: LoadedModel
     task: TaskInfo
@@ -58,8 +66,24 @@ class FitContext:
     dev: tuple[Example, ...]
     scorer: Scorer
     seed: int
-    workdir: Path | None = None  # where a condition may write logs and checkpoints
+    workdir: Path | None = None  # a folder of the condition's own, for files it wants kept (or scratch)
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("promptgap.optimizer"))
+    reported_log: dict[str, Any] | None = field(default=None, repr=False)
+    reported_selection: dict[str, Any] | None = field(default=None, repr=False)
+
+    def report_log(self, record: dict[str, Any]) -> None:
+        """The condition's log (anything JSON): curves, trials, candidates. The harness writes it as log.json."""
+        if not isinstance(record, dict):
+            raise UserError(f"report_log takes a dict (JSON object), not {type(record).__name__}")
+        self.reported_log = record
+
+    def report_selection(self, ids: Sequence[str], metric: str) -> None:
+        """The examples (by id) and the metric the condition chose its result on, e.g.
+        ``ctx.report_selection([e.id for e in ctx.dev], "dev gold NLL")``. Call it once the choice is made."""
+        ids = [str(i) for i in ids]
+        if not ids:
+            raise UserError("report_selection: no example ids; give the ids the choice was made on")
+        self.reported_selection = {"ids": ids, "metric": str(metric)}
 
 
 @dataclass
@@ -116,10 +140,25 @@ def check_artifact(artifact: Any, lm: LoadedModel, owner: str) -> PromptArtifact
     return artifact
 
 
+@dataclass
+class Fit:
+    """A fitted condition: its checked artifact and what it reported through the context."""
+
+    artifact: PromptArtifact
+    log: dict[str, Any] | None  # FitContext.report_log
+    selection: dict[str, Any] | None  # FitContext.report_selection
+    seconds: float
+
+
 def fit_condition(optimizer: Optimizer, lm: LoadedModel, task: Any, train: tuple[Example, ...],
                   dev: tuple[Example, ...], scorer: Scorer, seed: int, workdir: Path | None = None,
-                  owner: str | None = None) -> PromptArtifact:
-    """The one way the harness runs a condition: a context without the test split, then the artifact checked."""
+                  owner: str | None = None) -> Fit:
+    """The one way the harness runs a condition: a context without the test split, then the artifact checked.
+    (The runner wraps this in ``scorer.recording()`` to keep evidence of what the condition read.)"""
     ctx = FitContext(lm=lm, task=TaskInfo.of(task), train=tuple(train), dev=tuple(dev), scorer=scorer, seed=seed,
                      workdir=workdir)
-    return check_artifact(optimizer.fit(ctx), lm, owner or f"condition {optimizer.name}")
+    t0 = time.perf_counter()
+    artifact = optimizer.fit(ctx)
+    seconds = time.perf_counter() - t0
+    artifact = check_artifact(artifact, lm, owner or f"condition {optimizer.name}")
+    return Fit(artifact, ctx.reported_log, ctx.reported_selection, seconds)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import os
 import re
@@ -420,19 +419,20 @@ def run_search(ctx: Any, search: Search) -> PromptArtifact:
     log.info("%s: best dev %s %.4f over %d candidates", search.condition, metric_name(book.kind), dev_score,
              len(book.candidates))
     proposals = _proposals(search, book, compiled)
-    summary = {"dspy_optimizer": search.info.get("dspy_optimizer"), "seed": search.seed, "selected_on": "dev",
+    summary = {"dspy_optimizer": search.info.get("dspy_optimizer"), "seed": search.seed,
                "dev_metric": metric_name(book.kind), "dev_score": dev_score, "demo_ids": list(demo_ids)}
     meta = {**summary, "proposer": search.proposer, **({"proposals": proposals} if search.proposer else {})}
     artifact = book.artifact(instruction, demo_ids, meta)
     if workdir is not None:
         compiled.save(str(workdir / PROGRAM_FILE))
-        logj = {"condition": search.condition, **search.info, **summary, "proposer": search.proposer,
-                "fit_seconds": round(time.perf_counter() - t0, 2),
-                "candidates": [c.__dict__ | {"demo_ids": list(c.demo_ids)} for c in book.candidates],
-                "proposals": proposals,
-                "proposer_generations": [g.__dict__ for g in (engine.generations if engine else [])],
-                "dspy_stdout": captured.getvalue()[-20000:]}
-        (workdir / "log.json").write_text(json.dumps(logj, indent=2, ensure_ascii=False) + "\n")
+    ctx.report_log({"condition": search.condition, **search.info, **summary, "proposer": search.proposer,
+                    "fit_seconds": round(time.perf_counter() - t0, 2),
+                    "candidates": [c.__dict__ | {"demo_ids": list(c.demo_ids)} for c in book.candidates],
+                    "proposals": proposals,
+                    "proposer_generations": [g.__dict__ for g in (engine.generations if engine else [])],
+                    "dspy_stdout": captured.getvalue()[-20000:]})
+    # every candidate DSPy compared was scored on all of dev (its valset); demos come from train
+    ctx.report_selection([e.id for e in ctx.dev], f"dev {metric_name(book.kind)}")
     return artifact
 
 

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 INITS = ("text", "vocab", "random")
 SELECT_ON = ("loss", "accuracy")
+SELECT_LABELS = {"loss": "gold NLL", "accuracy": "accuracy (ties by gold NLL)"}
 NEAREST_K = 5
 
 
@@ -482,11 +483,10 @@ class PromptTrainer:
             assert art.soft_prompt is not None
             meta["nearest_tokens"] = nearest_tokens(self.ctx.lm, art.soft_prompt)
         art.meta = meta
-        record = {"selected_on": "dev", "select_metric": self.s.select_on, "kind": self.kind,
+        record = {"select_metric": self.s.select_on, "kind": self.kind,
                   "winner": winner.record(), "curves": winner.curve, "trials": [t.record() for t in trials],
                   "n_train": len(self.ctx.train), "n_dev": len(self.ctx.dev)}
-        if self.ctx.workdir is not None:
-            from harness.runner import write_json
-
-            write_json(self.ctx.workdir / "log.json", record)
+        self.ctx.report_log(record)
+        # checkpoints and the sweep's winner were chosen by these examples (every dev evaluation scores all of dev)
+        self.ctx.report_selection([e.id for e in self.ctx.dev], f"dev {SELECT_LABELS[self.s.select_on]}")
         return art, record

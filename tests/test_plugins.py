@@ -30,6 +30,7 @@ format = "chat"
 [conditions.paraphrase-search]
 candidates = 2
 [conditions.peeks-at-test]
+[conditions.scores-test]
 [conditions.malformed]
 [conditions.raises]
 
@@ -66,7 +67,8 @@ def test_plugin_runs_in_the_matrix_and_rule_breakers_fail_alone(plugin_env, tmp_
     out = promptgap(plugin_env, "run", "c.toml", "--run-id", "p", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     rows = {r["condition"]: r for r in csv.DictReader((tmp_path / "results" / "p" / "summary.csv").open())}
-    assert {c for c, r in rows.items() if r["status"] == "ok"} == {"base-chat", "handwritten", "paraphrase-search"}
+    assert {c for c, r in rows.items() if r["status"] == "ok"} == {"base-chat", "handwritten", "paraphrase-search",
+                                                                   "scores-test"}
     # the plugin's test numbers come from the same split as the built-ins'
     assert len({rows[c]["split_hash"] for c in rows}) == 1 and rows["paraphrase-search"]["n"] == "10"
 
@@ -80,7 +82,16 @@ def test_plugin_runs_in_the_matrix_and_rule_breakers_fail_alone(plugin_env, tmp_
     assert "soft_prompt of shape [3, 7]; model smollm2-135m-instruct needs [n, 576]" in error("malformed")
     assert "RuntimeError: the search diverged" in error("raises")
 
+    # a plugin that scores the test split while fitting runs to the end, but the audit catches it, by name
+    assert rows["scores-test"]["status"] == "ok"
+    check = promptgap(plugin_env, "check", "results/p", cwd=tmp_path)
+    assert check.returncode == 1, check.stdout
+    assert "FAIL No test example was read while fitting" in check.stdout
+    assert "seed 0 / scores-test: read 10 test example(s) while fitting" in check.stdout
+    assert sum("while fitting, e.g." in line for line in check.stdout.splitlines()) == 1  # that cell alone
+
     report = (tmp_path / "reports" / "p.md").read_text()
+    assert "**The validity audit fails** (No test example was read while fitting)" in report
     assert "| paraphrase-search (text) |" in report
     tried = json.loads((tmp_path / "results" / "p" / "cells" / "smollm2-135m-instruct" / "antonyms" / "seed-0" /
                         "paraphrase-search" / "artifact" / "artifact.json").read_text())["meta"]["tried"]

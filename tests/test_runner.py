@@ -77,10 +77,14 @@ def test_run_writes_whole_cells_on_identical_splits(tmp_path) -> None:
     assert len(split["test"]) == 12 and not set(split["test"]) & (set(split["train"]) | set(split["dev"]))
     for c in cells:
         cell = json.loads(c.read_text())
-        assert cell["status"] == "ok" and cell["split_hash"] == split["hash"] and cell["test_scored"] == 1
+        assert cell["status"] == "ok" and cell["split_hash"] == split["hash"]
         rows = [json.loads(x) for x in (c.parent / "scores.jsonl").read_text().splitlines()]
         assert [r["example_id"] for r in rows] == split["test"]
         assert cell["accuracy"] == pytest.approx(sum(r["correct"] for r in rows) / 12)
+        # the scorer's own record: each test example rendered once at test time, none of them while fitting
+        evidence = json.loads((c.parent / "evidence.json").read_text())
+        assert {i: r["times"] for i, r in evidence["test_reads"].items()} == dict.fromkeys(split["test"], 1)
+        assert not set(evidence["fit_reads"]) & set(split["test"])
     summary = (run_dir / "summary.csv").read_text().splitlines()
     assert summary[0].startswith("model,task,condition,seed,split_hash,n,accuracy,gold_nll") and len(summary) == 5
     with pytest.raises(UserError, match="exists; pass --resume"):

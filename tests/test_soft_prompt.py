@@ -107,11 +107,13 @@ def _ctx(lm, scorer, antonyms, tmp_path=None, n_train: int = 6) -> FitContext:
 def test_training_lowers_train_loss_and_is_deterministic(lm, scorer, antonyms, tmp_path) -> None:
     # one batch holds every train example, so each step descends on the same loss
     settings = dict(lr=0.01, steps=3, batch_size=8, eval_every=1, patience=5)
-    art, record = PromptTrainer(_ctx(lm, scorer, antonyms, tmp_path), SoftPrompt(**settings).settings, "soft",
-                                "soft-prompt").fit()
+    ctx = _ctx(lm, scorer, antonyms, tmp_path)
+    art, record = PromptTrainer(ctx, SoftPrompt(**settings).settings, "soft", "soft-prompt").fit()
     losses = [p["train_loss"] for p in record["curves"][1:]]
     assert losses[-1] < losses[0]
-    assert record["selected_on"] == "dev" and (tmp_path / "log.json").exists()
+    # handed to the harness, not written by the condition: the log, and the dev ids it chose the checkpoint on
+    assert ctx.reported_log is record and not list(tmp_path.iterdir())
+    assert ctx.reported_selection == {"ids": [e.id for e in antonyms.dev[:3]], "metric": "dev gold NLL"}
     assert len(art.meta["nearest_tokens"]) == art.n_soft == len(init_text_ids(lm, Antonyms.instruction))
     # the artifact is the dev-best checkpoint: its dev loss is the logged one
     dev = scorer.score(art, antonyms.dev[:3], "continuation")

@@ -1,0 +1,608 @@
+"""The validity audit (`promptgap check`): every claim a run makes, re-derived from the files of its run folder.
+
+Threat model: a buggy condition, a bug in promptgap, or an edited run folder (not a malicious plugin). Each item
+recomputes its claim from what the harness recorded at the boundary (split files with content keys, the evidence
+of what each condition read while fitting and how each test request was built, the per-example scores) rather
+than from a flag someone set. Items that only the condition can know (what it selected on) are labelled
+"reported by the condition"; the audit still checks them against the split and against what the condition read.
+
+An item is ``pass``, ``fail``, ``warn`` (true but worth a reader's attention: a failed cell, a dirty code tree, a
+report older than its run) or ``n/a``. The audit passes when no item fails.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from harness import provenance
+from harness.run_folder import PARTS, Cell, Run, is_number, load_run
+
+MAX_PROBLEMS = 12  # problems printed per item; the rest are counted
+TOLERANCE = 1e-9  # relative: recomputed means and per-line values are the same floats, summed in the same order
+REPORT_STAMP = re.compile(r"<!-- promptgap-report (\{.*?\}) -->")
+
+
+@dataclass
+class Item:
+    title: str
+    status: str  # pass, fail, warn, n/a
+    evidence: str  # what was derived, from which files
+    problems: list[str] = field(default_factory=list)
+    reported: bool = False  # the claim rests on what the condition reported
+
+    @property
+    def source(self) -> str:
+        return "reported by the condition, checked against the files" if self.reported else "re-derived from files"
+
+
+@dataclass
+class Audit:
+    run_id: str
+    items: list[Item]
+
+    @property
+    def passed(self) -> bool:
+        return not self.failed
+
+    @property
+    def failed(self) -> list[Item]:
+        return [i for i in self.items if i.status == "fail"]
+
+    def summary(self) -> str:
+        if self.passed:
+            warns = [i for i in self.items if i.status == "warn"]
+            return f"passed: {len(self.items)} items" + (f", {len(warns)} with warnings" if warns else "")
+        return f"FAILED: {', '.join(i.title for i in self.failed)}"
+
+
+def _item(title: str, problems: list[str], passed: str, checked: str, warnings: Iterable[str] = (),
+          reported: bool = False) -> Item:
+    """``passed`` is the evidence when nothing is wrong; otherwise what was checked and the problems, listed."""
+    warnings = list(warnings)
+    if problems:
+        return Item(title, "fail", f"{checked}: {len(problems)} problem(s)", problems + warnings, reported)
+    if warnings:
+        return Item(title, "warn", passed, warnings, reported)
+    return Item(title, "pass", passed, [], reported)
+
+
+def _close(a: Any, b: Any) -> bool:
+    return is_number(a) and is_number(b) and abs(a - b) <= TOLERANCE * max(1.0, abs(b))
+
+
+def _test_ids(run: Run, cell: Cell) -> list[str] | None:
+    sf = run.splits.get((cell.key.task, cell.key.seed))
+    return sf.ids["test"] if sf else None
+
+
+def _test_content(run: Run, cell: Cell) -> set[str]:
+    sf = run.splits.get((cell.key.task, cell.key.seed))
+    return set(sf.content["test"]) if sf and sf.content else set()
+
+
+def _present(run: Run) -> list[Cell]:
+    return [c for c in run.cells.values() if c.status != "missing"]
+
+
+# --- the items -----------------------------------------------------------------------------------------------------
+def check_splits(run: Run) -> Item:
+    problems = []
+    for sf in run.splits.values():
+        if sf.hash != sf.computed_hash():
+            problems.append(f"splits/{sf.task}/seed-{sf.seed}.json states hash {sf.hash} but its ids hash to "
+                            f"{sf.computed_hash()}")
+        if sf.content is not None and any(len(sf.content[p]) != len(sf.ids[p]) for p in PARTS):
+            problems.append(f"splits/{sf.task}/seed-{sf.seed}.json: a content key list is not as long as its ids")
+    problems += [f"{t} seed {s}: no split file" for t in run.tasks for s in run.seeds if (t, s) not in run.splits]
+    n = 0
+    for m in run.models:
+        for t in run.tasks:
+            for s in run.seeds:
+                sf = run.splits.get((t, s))
+                hashes: dict[str, list[str]] = {}
+                for c in run.conditions:
+                    cell = run.cell(m, t, s, c)
+                    if cell.record is None:
+                        continue
+                    n += 1
+                    h = cell.record.split_hash
+                    hashes.setdefault(h, []).append(c)
+                    if sf is not None and h != sf.hash:
+                        problems.append(f"{cell.label}: split_hash {h} but the split file's hash is {sf.hash}")
+                    bad = sorted({str(x.get("split_hash")) for x in cell.lines} - {h})
+                    if bad:
+                        problems.append(f"{cell.label}: scores.jsonl lines carry split_hash {', '.join(bad)}, "
+                                        f"cell.json {h}")
+                if len(hashes) > 1:
+                    problems.append(f"{m} / {t} / seed {s}: conditions used different splits: "
+                                    + "; ".join(f"{h}: {', '.join(cs)}" for h, cs in hashes.items()))
+    return _item("Every cell used its seed's split, the same for all conditions", problems,
+                 f"{len(run.splits)} split file(s) re-hashed from their ids; the {n} cell(s) and their scores.jsonl "
+                 f"lines carry that hash", f"{len(run.splits)} split file(s) and {n} cell(s)")
+
+
+def check_disjoint(run: Run) -> Item:
+    problems, warnings = [], []
+    for (task, seed), sf in run.splits.items():
+        where = f"{task} seed {seed}"
+        owner: dict[str, str] = {}
+        for part in PARTS:
+            for i in sf.ids[part]:
+                if i in owner:
+                    problems.append(f"{where}: id {i!r} is in {owner[i]} and in {part}" if owner[i] != part
+                                    else f"{where}: id {i!r} repeats in {part}")
+                else:
+                    owner[i] = part
+        if sf.content is None:
+            warnings.append(f"{where}: the split file records no content keys (written by an older promptgap); "
+                            f"only ids were compared")
+            continue
+        content_owner: dict[str, tuple[str, str]] = {}
+        for part in PARTS:
+            for i, key in zip(sf.ids[part], sf.content[part], strict=False):
+                first = content_owner.setdefault(key, (part, i))
+                if first[0] != part:
+                    problems.append(f"{where}: {part} example {i!r} has the same context and answer as "
+                                    f"{first[0]} example {first[1]!r}")
+    sizes = sorted({tuple(len(sf.ids[p]) for p in PARTS) for sf in run.splits.values()})
+    return _item("Train, dev and test are disjoint by id and by content", problems,
+                 f"{len(run.splits)} split file(s), train/dev/test sizes "
+                 f"{', '.join('/'.join(map(str, s)) for s in sizes) or 'none'}: no id in two parts or twice in one, "
+                 f"no context and answer (content key) in two parts", f"the ids and content keys of "
+                 f"{len(run.splits)} split file(s)", warnings)
+
+
+def check_fit_reads(run: Run) -> Item:
+    problems, warnings = [], []
+    n = 0
+    for cell in _present(run):
+        test = set(_test_ids(run, cell) or [])
+        content = _test_content(run, cell)
+        if cell.evidence is None:
+            problems.append(f"{cell.label}: no evidence.json; what the condition read while fitting is unknown")
+            continue
+        n += 1
+        reads = cell.evidence.fit_reads
+        leaked = sorted(i for i in reads if i in test)
+        if leaked:
+            problems.append(f"{cell.label}: read {len(leaked)} test example(s) while fitting, e.g. {leaked[0]!r}")
+        by_content = sorted(i for i, r in reads.items() if i not in test and r.get("content") in content)
+        if by_content:
+            problems.append(f"{cell.label}: read {len(by_content)} example(s) with a test example's context and "
+                            f"answer under another id while fitting, e.g. {by_content[0]!r}")
+        if cell.evidence.fit_bare_calls:
+            warnings.append(f"{cell.label}: {cell.evidence.fit_bare_calls} scorer call(s) with bare token requests "
+                            f"name no example and cannot be checked")
+    return _item("No test example was read while fitting", problems,
+                 f"{n} cell(s): every example the harness rendered for a condition during fit (evidence.json "
+                 f"fit_reads, recorded by the scorer and renderer) is outside the test split, by id and by content",
+                 f"evidence.json fit_reads of {n} cell(s) against the test ids and content keys", warnings)
+
+
+def check_test_once(run: Run) -> Item:
+    problems = []
+    n = 0
+    for cell in run.ok_cells():
+        test = _test_ids(run, cell)
+        if test is None:
+            problems.append(f"{cell.label}: no split file to compare with")
+            continue
+        n += 1
+        ids = [str(x.get("example_id")) for x in cell.lines]
+        counts = Counter(ids)
+        dup = [i for i, k in counts.items() if k > 1]
+        if dup:
+            problems.append(f"{cell.label}: scores.jsonl holds {len(dup)} example(s) more than once, e.g. {dup[0]!r}")
+        if set(ids) != set(test):
+            problems.append(f"{cell.label}: scores.jsonl's example ids are not the split's test ids "
+                            f"({len(set(ids) - set(test))} extra, {len(set(test) - set(ids))} missing)")
+        if cell.evidence is None:
+            problems.append(f"{cell.label}: no evidence.json; how often each test example was scored is unknown")
+            continue
+        reads = cell.evidence.test_reads
+        twice = [i for i, r in reads.items() if r.get("times") != 1]
+        if twice:
+            problems.append(f"{cell.label}: {len(twice)} example(s) rendered {reads[twice[0]].get('times')} times "
+                            f"while scoring test, e.g. {twice[0]!r}")
+        if set(reads) != set(test):
+            problems.append(f"{cell.label}: the examples scored at test time are not the split's test ids "
+                            f"({len(set(reads) - set(test))} extra, {len(set(test) - set(reads))} missing)")
+    return _item("Each test example was scored exactly once per cell", problems,
+                 f"{n} ok cell(s): the scorer rendered each test id once at test time (evidence.json test_reads) "
+                 f"and scores.jsonl holds each test id once", f"test_reads and scores.jsonl ids of {n} ok cell(s)")
+
+
+def check_bos(run: Run) -> Item:
+    """lm-eval's rule (HFLM.tok_encode): the tokenizer's own default, except that text already starting with the
+    BOS text gets none added. So a request leads with exactly one BOS when its text starts with the BOS text or
+    the tokenizer adds one, and with none otherwise."""
+    problems = []
+    n_requests = 0
+    counts: Counter[int] = Counter()
+    models = (run.manifest.get("models") or {})
+    for cell in run.ok_cells():
+        facts = (models.get(cell.key.model) or {}).get("tokenizer")
+        if not facts or "adds_bos" not in facts:
+            problems.append(f"{cell.label}: manifest.json records no tokenizer facts for {cell.key.model}")
+            continue
+        if cell.evidence is None:
+            problems.append(f"{cell.label}: no evidence.json; the requests' BOS tokens are unknown")
+            continue
+        per_example = Counter(str(r.get("example_id")) for r in cell.evidence.requests)
+        for line in cell.lines:
+            want = len(line.get("choice_loglik") or [])
+            got = per_example.get(str(line.get("example_id")), 0)
+            if got != want:
+                problems.append(f"{cell.label}: example {line.get('example_id')!r} has {got} request(s) in "
+                                f"evidence.json for {want} choice(s)")
+        for r in cell.evidence.requests:
+            n_requests += 1
+            bos = r.get("bos")
+            counts[bos] += 1
+            want = 1 if (r.get("text_bos") or facts["adds_bos"]) else 0
+            if bos != want:
+                problems.append(f"{cell.label}: example {r.get('example_id')!r} choice {r.get('choice')}: {bos} "
+                                f"leading BOS token(s), lm-eval's rule gives {want}")
+    seen = ", ".join(f"{k} BOS: {v}" for k, v in sorted(counts.items()))
+    return _item("Every request has the BOS count lm-eval's rule gives", problems,
+                 f"{n_requests} test request(s) of {len(run.ok_cells())} ok cell(s) ({seen or 'none'}), each as "
+                 f"the tokenizer's default (manifest.json) and the text's own BOS decide",
+                 f"the leading BOS tokens of {n_requests} request(s) (evidence.json) against lm-eval's rule")
+
+
+def _recompute(line: dict[str, Any]) -> dict[str, Any]:
+    lls = [float(x) for x in line["choice_loglik"]]
+    gold = int(line["gold"])
+    if "greedy_match" in line:  # a continuation: one choice, per-token NLL, correct = greedy exact match
+        greedy = bool(all(line["choice_greedy"]))
+        return {"pred": 0, "correct": greedy, "greedy_match": greedy,
+                "gold_nll": -lls[0] / int(line["choice_ntokens"][0])}
+    pred = max(range(len(lls)), key=lambda i: (lls[i], -i))  # lm-eval's argmax: first on ties
+    top = max(lls)
+    log_z = top + math.log(sum(math.exp(x - top) for x in lls))
+    return {"pred": pred, "correct": pred == gold, "gold_nll": log_z - lls[gold]}
+
+
+def check_numbers(run: Run) -> Item:
+    problems = []
+    rows = {(r.get("model"), r.get("task"), r.get("seed"), r.get("condition")): r for r in run.summary or []}
+    n_lines = 0
+    for cell in run.ok_cells():
+        rec = cell.record
+        assert rec is not None
+        bad_lines = []
+        for line in cell.lines:
+            n_lines += 1
+            try:
+                want = _recompute(line)
+            except (KeyError, TypeError, ValueError, IndexError, ZeroDivisionError) as e:
+                bad_lines.append(f"example {line.get('example_id')!r}: fields missing or malformed ({e})")
+                continue
+            for k, v in want.items():
+                if not (_close(line.get(k), v) if k == "gold_nll" else line.get(k) == v):
+                    bad_lines.append(f"example {line.get('example_id')!r}: {k} = {line.get(k)!r}, its choice "
+                                     f"log-likelihoods give {v!r}")
+        problems += [f"{cell.label}: {p}" for p in bad_lines[:3]]
+        if len(bad_lines) > 3:
+            problems.append(f"{cell.label}: … {len(bad_lines) - 3} more line(s) inconsistent")
+        n = len(cell.lines)
+        if n == 0:
+            problems.append(f"{cell.label}: scores.jsonl is empty")
+            continue
+        want_acc = sum(bool(x.get("correct")) for x in cell.lines) / n
+        try:
+            want_nll = sum(float(x["gold_nll"]) for x in cell.lines) / n
+        except (KeyError, TypeError, ValueError):
+            want_nll = math.nan
+        if rec.n != n:
+            problems.append(f"{cell.label}: cell.json n = {rec.n}, scores.jsonl has {n} lines")
+        for k, want in (("accuracy", want_acc), ("gold_nll", want_nll)):
+            if not _close(getattr(rec, k), want):
+                problems.append(f"{cell.label}: cell.json {k} = {getattr(rec, k)!r}, scores.jsonl gives {want:.6f}")
+        for k in ("model", "task", "condition"):
+            wrong = {x.get(k) for x in cell.lines} - {getattr(cell.key, k)}
+            if wrong:
+                problems.append(f"{cell.label}: scores.jsonl lines name {k} {', '.join(map(str, wrong))}")
+        formats = {x.get("format") for x in cell.lines}
+        if formats != {rec.format}:
+            problems.append(f"{cell.label}: scores.jsonl formats {sorted(map(str, formats))}, cell.json {rec.format}")
+    if run.summary is None:
+        problems.append("summary.csv is missing")
+    else:
+        for cell in _present(run):
+            rec = cell.record
+            assert rec is not None
+            row = rows.get((rec.key.model, rec.key.task, str(rec.key.seed), rec.key.condition))
+            if row is None:
+                problems.append(f"{cell.label}: no summary.csv row")
+                continue
+            for k in ("status", "split_hash", "format", "n"):
+                want = getattr(rec, k)
+                if (row.get(k) or "") != ("" if want is None else str(want)):
+                    problems.append(f"{cell.label}: summary.csv {k} = {row.get(k)!r}, cell.json {want!r}")
+            for k in ("accuracy", "gold_nll"):
+                want = getattr(rec, k)
+                try:
+                    same = (not row.get(k) and want is None) or _close(float(row[k]), want)
+                except (TypeError, ValueError):
+                    same = False
+                if not same:
+                    problems.append(f"{cell.label}: summary.csv {k} = {row.get(k)!r}, cell.json {want!r}")
+        extra = set(rows) - {(c.key.model, c.key.task, str(c.key.seed), c.key.condition) for c in _present(run)}
+        problems += [f"summary.csv row {' / '.join(map(str, k))} has no cell" for k in sorted(extra, key=str)]
+    return _item("Every summary number recomputes from the per-example scores", problems,
+                 f"{n_lines} scores.jsonl line(s) of {len(run.ok_cells())} ok cell(s): pred, correct and gold NLL "
+                 f"recomputed from each line's choice log-likelihoods; cell.json n, accuracy and mean gold NLL are "
+                 f"their means; summary.csv repeats cell.json", "scores.jsonl lines, cell.json and summary.csv")
+
+
+def check_records(run: Run) -> Item:
+    problems, warnings = list(run.problems), []
+    conditions = run.config.get("conditions") or {}
+    for cell in run.cells.values():
+        if cell.record is None:
+            problems.append(f"{cell.label}: missing (not run, or the run stopped before it)")
+            continue
+        problems += [f"{cell.label}: {p}" for p in cell.problems]
+        spec = conditions.get(cell.key.condition) or {}
+        if cell.record.optimizer != spec.get("optimizer"):
+            problems.append(f"{cell.label}: cell.json optimizer {cell.record.optimizer!r}, config "
+                            f"{spec.get('optimizer')!r}")
+        if cell.record.settings != (spec.get("settings") or {}):
+            problems.append(f"{cell.label}: cell.json settings {cell.record.settings} differ from the config's "
+                            f"{spec.get('settings')}")
+        if cell.record.status not in ("ok", "error"):
+            problems.append(f"{cell.label}: status {cell.record.status!r}")
+        elif not cell.ok:
+            warnings.append(f"{cell.label}: {cell.status}" + (f" ({cell.error})" if cell.error else ""))
+    problems += [f"{c.path}: a cell outside the config's matrix ({c.label})" for c in run.extra_cells]
+    present = len(_present(run))
+    return _item("Cell records agree with the config, and every cell of the matrix has one", problems,
+                 f"{present} of {len(run.cells)} cell(s) of models × tasks × seeds × conditions recorded, each with "
+                 f"the config's optimizer and settings" + (f"; {len(warnings)} failed (listed; failed cells are "
+                                                           f"excluded from the statistics)" if warnings else ""),
+                 f"{present} cell record(s) against config.json", warnings)
+
+
+def check_selection(run: Run) -> Item:
+    title = "Searched and trained conditions selected on dev"
+    problems, notes = [], []
+    n = 0
+    for cell in run.ok_cells():
+        sel = cell.evidence.selection if cell.evidence else None
+        if sel is None:
+            if cell.key.condition == run.ceiling:
+                problems.append(f"{cell.label}: the ceiling reported no selection (FitContext.report_selection)")
+            continue
+        n += 1
+        sf = run.splits.get((cell.key.task, cell.key.seed))
+        if sf is None:
+            continue
+        ids = [str(i) for i in sel.get("ids") or []]
+        where = Counter(next((p for p in PARTS if i in set(sf.ids[p])), "outside the split") for i in ids)
+        reads = cell.evidence.fit_reads if cell.evidence else {}
+        unread = [i for i in ids if i not in reads]
+        if where.get("test"):
+            problems.append(f"{cell.label}: reports selecting on {where['test']} test example(s)")
+        if unread:
+            problems.append(f"{cell.label}: reports selecting on {len(unread)} example(s) it never read while "
+                            f"fitting, e.g. {unread[0]!r}")
+        if cell.key.condition == run.ceiling and set(where) != {"dev"}:
+            problems.append(f"{cell.label}: the ceiling reports selecting on "
+                            + ", ".join(f"{k}: {v}" for k, v in where.items()) + ", not on dev")
+        notes.append(f"{cell.key.condition}: {sel.get('metric')} on " + ", ".join(f"{v} {k}" for k, v in where.items()))
+    if n == 0 and not problems:
+        return Item(title, "n/a", "no condition reported a selection (base and hand-written conditions select "
+                    "nothing)", reported=True)
+    summary = "; ".join(dict.fromkeys(notes))
+    return _item(title, problems, f"{n} cell(s) reported what they selected on: {summary}; every reported id is a "
+                 f"split id the condition read while fitting (evidence.json)", f"the selections {n} cell(s) reported",
+                 reported=True)
+
+
+def _compared(run: Run) -> list[str]:
+    return [c for c in run.conditions if run.role(c)] or run.conditions
+
+
+def check_formats(run: Run) -> Item:
+    """The conditions compared in R must share a format family; others (base-raw beside base-chat) show what the
+    format itself does, and are listed, not judged."""
+    problems, summary = [], []
+    compared = _compared(run)
+    for m in run.models:
+        for t in run.tasks:
+            by_fmt: dict[str, list[str]] = {}
+            for c in compared:
+                for s in run.seeds:
+                    cell = run.cell(m, t, s, c)
+                    if cell.ok and cell.record is not None and c not in by_fmt.setdefault(str(cell.record.format), []):
+                        by_fmt[str(cell.record.format)].append(c)
+            if len(by_fmt) > 1:
+                problems.append(f"{m} / {t}: mixed formats: " + "; ".join(f"{f}: {', '.join(cs)}"
+                                                                         for f, cs in by_fmt.items()))
+            elif by_fmt:
+                summary.append(f"{m} / {t}: all {next(iter(by_fmt))}")
+    others = [c for c in run.conditions if c not in compared]
+    if others:
+        summary.append(f"not in the ratio, not judged: {', '.join(others)}")
+    return _item("Every condition in the ratio rendered in the same format family", problems,
+                 "; ".join(summary) or "no ok cells", "the format of every ok cell of the ratio's conditions")
+
+
+def check_same_tokens(run: Run) -> Item:
+    """Per-token NLLs and summed log-likelihoods compare only when each gold continuation is the same tokens in
+    every compared condition; raw and chat tokenize continuations differently."""
+    problems, checked = [], 0
+    for m in run.models:
+        for t in run.tasks:
+            for s in run.seeds:
+                counts = {c: {x.get("example_id"): x.get("choice_ntokens") for x in run.cell(m, t, s, c).lines}
+                          for c in _compared(run) if run.cell(m, t, s, c).ok}
+                if len(counts) < 2:
+                    continue
+                first, *rest = counts
+                for c in rest:
+                    differ = [i for i, k in counts[c].items() if counts[first].get(i) != k]
+                    checked += len(counts[c])
+                    if differ:
+                        problems.append(f"{m} / {t} / seed {s}: {c} vs {first}: {len(differ)} example(s) differ, "
+                                        f"e.g. {differ[0]}")
+    return _item("Gold continuations have the same token counts in every condition of the ratio", problems,
+                 f"{checked} example(s) compared: equal token counts", "choice_ntokens across the ratio's conditions")
+
+
+def check_device(run: Run) -> Item:
+    problems, summary = [], []
+    for m in run.models:
+        for t in run.tasks:
+            used = {(c.record.device, c.record.dtype) for c in run.ok_cells()
+                    if c.key.model == m and c.key.task == t and c.record is not None}
+            if len(used) > 1:
+                problems.append(f"{m} / {t}: test scores from " + ", ".join(f"{d} {dt}" for d, dt in sorted(
+                    used, key=str)))
+            elif used:
+                d, dt = next(iter(used))
+                summary.append(f"{m} / {t}: {d}, {dt}")
+    return _item("Test scores of one model and task come from one device and dtype", problems,
+                 "; ".join(summary) or "no ok cells", "device and dtype of the ok cells")
+
+
+def check_provenance(run: Run) -> Item:
+    m = run.manifest
+    problems, warnings = [], []
+    if not m:
+        return _item("Provenance is recorded", ["manifest.json is missing"], "", "manifest.json")
+    for key in ("code", "versions", "machine", "models", "tasks", "invocations"):
+        if not m.get(key):
+            problems.append(f"manifest.json has no {key}")
+    for name in run.models:
+        rec = (m.get("models") or {}).get(name)
+        if rec is None:
+            if any(c.record is not None for c in run.cells.values() if c.key.model == name):
+                problems.append(f"model {name}: not in manifest.json")
+            continue
+        hashed = [f for f in (rec.get("file"), *((rec.get("folder") or {}).get("files") or {}).values())
+                  if isinstance(f, dict) and f.get("sha256")]
+        if not hashed and rec.get("source") != "hub":
+            problems.append(f"model {name}: no file content hash recorded")
+        if rec.get("error") or (rec.get("folder") or {}).get("error"):
+            warnings.append(f"model {name}: {rec.get('error') or rec['folder']['error']}")
+    for task in run.tasks:
+        rec = (m.get("tasks") or {}).get(task)
+        if rec is None:
+            problems.append(f"task {task}: not in manifest.json")
+            continue
+        for src in rec.get("sources") or []:
+            path = src.get("path")
+            if not path:
+                continue
+            if not Path(path).exists():
+                warnings.append(f"task {task}: data file {path} is gone; its recorded sha256 is {src['sha256'][:16]}")
+            elif provenance.file_sha256(path) != src.get("sha256"):
+                warnings.append(f"task {task}: data file {path} changed since the run (sha256 differs)")
+        if not rec.get("sources"):
+            warnings.append(f"task {task}: no data sources recorded (a task that reads its rows without "
+                            f"Task.read_rows / Task.hub_rows)")
+    codes = {provenance.code_label(inv.get("code")) for inv in m.get("invocations") or []}
+    cell_codes = {(c.record.code or {}).get("commit") for c in _present(run) if c.record is not None}
+    for inv in m.get("invocations") or []:
+        if (inv.get("code") or {}).get("dirty"):
+            changed = ", ".join((inv["code"].get("changed") or [])[:5])
+            warnings.append(f"run at {inv.get('started')} was made from a tree with uncommitted changes "
+                            f"({changed}): the commit alone does not reproduce it")
+    if len(cell_codes) > 1:
+        warnings.append(f"cells were computed by {len(cell_codes)} different commits: "
+                        + ", ".join(sorted(str(c)[:12] for c in cell_codes)))
+    return _item("Provenance is recorded: code, libraries, machine, model and data file hashes", problems,
+                 f"manifest.json: code {'; '.join(sorted(codes)) or 'not recorded'}; {len(m.get('models') or {})} "
+                 f"model(s) and {len(m.get('tasks') or {})} task(s) with content hashes; data files re-hashed",
+                 "manifest.json", warnings)
+
+
+def report_stamp(text: str) -> dict[str, Any] | None:
+    match = REPORT_STAMP.search(text)
+    if match is None:
+        return None
+    try:
+        return json.loads(match.group(1))
+    except ValueError:
+        return None
+
+
+def check_report(run: Run, report: Path) -> Item:
+    title = "The report is current"
+    if not report.exists():
+        return Item(title, "n/a", f"no report at {report}")
+    stamp = report_stamp(report.read_text(encoding="utf-8"))
+    if stamp is None:
+        return _item(title, [], "", "", [f"{report} does not record the code that wrote it (written by an older "
+                                         f"promptgap); regenerate it with `promptgap report {run.dir}`"])
+    warnings = []
+    run_code = ((run.manifest.get("invocations") or [{}])[-1].get("code") or {})
+    rep_code = stamp.get("code") or {}
+    if rep_code.get("commit") != run_code.get("commit"):
+        older = (provenance.is_ancestor(rep_code["commit"], run_code["commit"])
+                 if rep_code.get("commit") and run_code.get("commit") else None)
+        warnings.append(f"{report} was written by {provenance.code_label(rep_code)}, "
+                        + ("older than " if older else "not ") + f"the code that last ran the cells "
+                        f"({provenance.code_label(run_code)}); regenerate it with `promptgap report {run.dir}`")
+    finished = [c.record.finished for c in _present(run) if c.record is not None and c.record.finished]
+    written = stamp.get("written")
+    if written and finished and datetime.fromisoformat(max(finished)) > datetime.fromisoformat(written):
+        warnings.append(f"{report} was written at {written}, before the last cell finished ({max(finished)})")
+    if rep_code.get("dirty"):
+        warnings.append(f"{report} was written from a tree with uncommitted changes")
+    return _item(title, [], f"{report}: written by {provenance.code_label(rep_code)} at {written}, after every cell",
+                 "", warnings)
+
+
+def audit(run_dir: str | Path | Run, report: Path | None = None, with_report: bool = True) -> Audit:
+    """Every item, computed from the run folder. ``report``: the markdown to check for staleness (default
+    ``reports/<run-id>.md``, when it exists); ``with_report=False`` leaves that item out (the report writer's own
+    audit)."""
+    run = run_dir if isinstance(run_dir, Run) else load_run(run_dir)
+    items = [check_records(run), check_splits(run), check_disjoint(run), check_fit_reads(run), check_test_once(run),
+             check_bos(run), check_numbers(run), check_selection(run), check_formats(run), check_same_tokens(run),
+             check_device(run), check_provenance(run)]
+    if with_report:
+        items.append(check_report(run, report or Path("reports") / f"{run.run_id}.md"))
+    return Audit(run.run_id, items)
+
+
+MARKS = {"pass": "✅", "fail": "❌", "warn": "⚠️", "n/a": "➖"}
+
+
+def item_lines(item: Item) -> list[str]:
+    """An item as markdown list lines (the report's checklist and the terminal output share them)."""
+    label = " (reported by the condition)" if item.reported else ""
+    out = [f"- {MARKS[item.status]} **{item.title}**{label}: {item.evidence}."]
+    out += [f"  - {p}" for p in item.problems[:MAX_PROBLEMS]]
+    if len(item.problems) > MAX_PROBLEMS:
+        out.append(f"  - … and {len(item.problems) - MAX_PROBLEMS} more")
+    return out
+
+
+def print_audit(result: Audit) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+
+    console = Console(highlight=False, soft_wrap=True)
+    console.print(f"[bold]promptgap check {escape(result.run_id)}[/]")
+    colour = {"pass": "green", "fail": "red", "warn": "yellow", "n/a": "dim"}
+    for item in result.items:
+        console.print(f"[{colour[item.status]}]{item.status.upper():4}[/] {escape(item.title)}"
+                      + (" [dim](reported by the condition)[/]" if item.reported else ""))
+        console.print(f"     {escape(item.evidence)}", style="dim")
+        for p in item.problems[:MAX_PROBLEMS]:
+            console.print(f"     - {escape(p)}")
+        if len(item.problems) > MAX_PROBLEMS:
+            console.print(f"     - … and {len(item.problems) - MAX_PROBLEMS} more")
+    console.print(("[green]" if result.passed else "[red]") + escape(result.summary()) + "[/]")

@@ -1,0 +1,80 @@
+"""The report's figures (matplotlib, no pyplot state): condition means with intervals, and training curves."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from harness.run_folder import is_number
+from harness.stats import Analysis
+
+
+def _new_figure(width: float, height: float) -> Any:
+    from matplotlib.figure import Figure
+
+    # a Figure without pyplot: no global backend or state, Agg renders it on savefig
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def _save(fig: Any, path: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    fig.savefig(path, format="png", dpi=110)
+
+
+def metrics_figure(path: Path, title: str, a: Analysis, conds: Sequence[str], roles: Sequence[str | None],
+                   ll_unit: str, has_base: bool) -> None:
+    """Each condition's mean accuracy and gold log-likelihood with the table's intervals, coloured by role."""
+    colours = {"base": "0.55", "text": "tab:blue", "ceiling": "tab:orange", None: "tab:green"}
+    fig = _new_figure(max(6.0, 1.6 * len(conds) + 2), 3.6)
+    axes = fig.subplots(1, 2)
+    for ax, metric, label in ((axes[0], "accuracy", "accuracy"),
+                              (axes[1], "loglik", f"mean gold log-likelihood ({ll_unit})")):
+        ests = [a.metrics[metric].conditions[c].mean for c in conds]
+        vals = [e.value for e in ests]
+        # an interval may not contain its estimate (BCa); bars cannot be negative
+        err = [[max(0.0, e.value - e.ci.lo) for e in ests], [max(0.0, e.ci.hi - e.value) for e in ests]]
+        x = list(range(len(conds)))
+        # points, not bars: log-likelihoods are negative and bars from 0 would hide the differences
+        for i, role in enumerate(roles):
+            ax.errorbar([i], [vals[i]], yerr=[[err[0][i]], [err[1][i]]], fmt="o", capsize=5, markersize=7,
+                        color=colours[role])
+        ax.set_xlim(-0.6, len(conds) - 0.4)
+        ax.grid(axis="y", alpha=0.3)
+        if has_base:
+            ax.axhline(a.metrics[metric].conditions[a.base].mean.value, color="0.3", linestyle="--", linewidth=1)
+        ax.set_xticks(x, conds, rotation=20, ha="right")
+        ax.set_ylabel(label)
+        ax.set_title(f"{label.split(' (')[0]}, {a.n_seeds} seed(s) × {a.n_examples}", fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    _save(fig, path)
+
+
+def curves_figure(title: str, logs: list[tuple[int, list[dict[str, Any]]]], path: Path) -> None:
+    """Train and dev loss (and dev accuracy) per step of a trained condition's log, one colour per seed."""
+    has_acc = any(is_number(p.get("dev_accuracy")) for _, curve in logs for p in curve)
+    fig = _new_figure(9.0 if has_acc else 5.5, 3.4)
+    axes = fig.subplots(1, 2 if has_acc else 1, squeeze=False)[0]
+    for i, (seed, curve) in enumerate(logs):
+        colour = f"C{i % 10}"
+        for key, style in (("train_loss", "-"), ("dev_loss", "--")):
+            pts = [(p["step"], p[key]) for p in curve if is_number(p.get("step")) and is_number(p.get(key))]
+            if pts:
+                axes[0].plot(*zip(*pts, strict=True), style, color=colour, label=f"seed {seed} {key}")
+        if has_acc:
+            pts = [(p["step"], p["dev_accuracy"]) for p in curve
+                   if is_number(p.get("step")) and is_number(p.get("dev_accuracy"))]
+            if pts:
+                axes[1].plot(*zip(*pts, strict=True), "-o", color=colour, markersize=3, label=f"seed {seed}")
+    axes[0].set_xlabel("step")
+    axes[0].set_ylabel("loss")
+    axes[0].legend(fontsize=7)
+    if has_acc:
+        axes[1].set_xlabel("step")
+        axes[1].set_ylabel("dev accuracy")
+        axes[1].legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    _save(fig, path)
+

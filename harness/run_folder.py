@@ -1,0 +1,509 @@
+"""The run folder's one owner: its layout, the cell key, the records written there, and the one reader of them.
+
+    results/<run-id>/
+      config.json                   the resolved config (``RunConfig.to_json``)
+      manifest.json                 provenance: command, code state, versions, machine, model and data file hashes
+      summary.csv                   one row per cell (``SUMMARY_FIELDS``)
+      splits/<task>/seed-<s>.json   ``SplitRecord``: the ordered ids and content keys of train, dev and test
+      cells/<model>/<task>/seed-<s>/<condition>/    one cell, named by its ``CellKey``
+          cell.json                 ``CellRecord``, written last: a folder holding cell.json is complete
+          scores.jsonl              one line per test example (the ``eval`` schema)
+          evidence.json             ``Evidence``: what the harness saw at the boundary while fitting and scoring
+          artifact/                 the prompt artifact (artifact.json, tensors.safetensors)
+          log.json                  the condition's log, as the condition handed it over (``FitContext.report_log``)
+          files/                    the condition's working folder (``FitContext.workdir``), as it left it
+
+Every write goes through ``harness.atomic``; a cell is built in a hidden temp folder and renamed into place, so a
+run killed at any moment holds only whole cells. Nothing else in promptgap builds a path inside a run folder: the
+runner writes through ``RunFolder``, and the report, ``check`` and ``status`` read through ``load_run``.
+
+The cell key grows with the run's axes (a train size, a transfer target); ``CellKey.parts`` is the one place that
+turns a key into folder names.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from harness.artifact import PromptArtifact
+from harness.atomic import atomic_dir, clear_temporaries, write_atomic, write_json
+from harness.data import Split, ids_hash
+from harness.errors import UserError
+
+log = logging.getLogger(__name__)
+
+PARTS = ("train", "dev", "test")
+SUMMARY_FIELDS = ["model", "task", "condition", "seed", "split_hash", "n", "accuracy", "gold_nll", "format", "status"]
+CONFIG, MANIFEST, SUMMARY = "config.json", "manifest.json", "summary.csv"
+CELL, SCORES, EVIDENCE, LOG, ARTIFACT, FILES = "cell.json", "scores.jsonl", "evidence.json", "log.json", "artifact", \
+    "files"
+
+
+def slug(name: str) -> str:
+    """A model or task name as one folder name (hub ids hold a slash)."""
+    return name.replace("/", "--")
+
+
+# --- the key -------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True, order=True)
+class CellKey:
+    """What one cell is: a condition fitted and scored for one model, task and seed."""
+
+    model: str
+    task: str
+    seed: int
+    condition: str
+
+    def parts(self) -> tuple[str, ...]:
+        """The cell's folder below ``cells/``."""
+        return (slug(self.model), slug(self.task), f"seed-{self.seed}", self.condition)
+
+    @property
+    def label(self) -> str:
+        return f"{self.model} / {self.task} / seed {self.seed} / {self.condition}"
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CellKey:
+        return cls(**{f.name: (int if f.name == "seed" else str)(data[f.name]) for f in fields(cls)})
+
+
+KEY_FIELDS = tuple(f.name for f in fields(CellKey))
+CELL_GLOB = "cells/" + "/".join("*" for _ in KEY_FIELDS) + "/" + CELL
+
+
+# --- the records ---------------------------------------------------------------------------------------------------
+@dataclass
+class SplitRecord:
+    """A split as the run used it: per part the ordered example ids and their content keys (``Example.content_key``),
+    and the split hash (``Split.hash``) computed from the ids."""
+
+    task: str
+    seed: int
+    hash: str
+    ids: dict[str, list[str]]
+    content: dict[str, list[str]] | None = None  # None in run folders written before content keys were recorded
+
+    @classmethod
+    def of(cls, task: str, seed: int, split: Split) -> SplitRecord:
+        return cls(task, seed, split.hash, {p: [e.id for e in split.part(p)] for p in PARTS},
+                   {p: [e.content_key for e in split.part(p)] for p in PARTS})
+
+    def to_json(self) -> dict[str, Any]:
+        return {"task": self.task, "seed": self.seed, "hash": self.hash, **self.ids,
+                **({"content": self.content} if self.content is not None else {})}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SplitRecord:
+        ids = {}
+        for p in PARTS:
+            if not isinstance(data.get(p), list):
+                raise ValueError(f"part {p!r} is missing or not a list")
+            ids[p] = [str(x) for x in data[p]]
+        content = data.get("content")
+        if content is not None and not (isinstance(content, dict)
+                                        and all(isinstance(content.get(p), list) for p in PARTS)):
+            raise ValueError("content is not a list per part")
+        return cls(str(data["task"]), int(data["seed"]), str(data.get("hash")), ids,
+                   {p: [str(x) for x in content[p]] for p in PARTS} if content is not None else None)
+
+    def part_hashes(self) -> dict[str, str]:
+        return {p: ids_hash(self.ids[p]) for p in PARTS}
+
+    def computed_hash(self) -> str:
+        """``Split.hash`` recomputed from the ids as written."""
+        return ids_hash([f"{k}={v}" for k, v in self.part_hashes().items()])
+
+
+@dataclass
+class CellRecord:
+    """cell.json: the cell's key, what ran, its outcome and its summary numbers (means of scores.jsonl)."""
+
+    key: CellKey
+    optimizer: str
+    settings: dict[str, Any]
+    split_hash: str
+    status: str = "error"  # ok or error
+    error: str | None = None
+    traceback: str | None = None
+    n: int = 0
+    accuracy: float | None = None
+    gold_nll: float | None = None
+    format: str | None = None
+    instruction_role: str | None = None
+    n_train: int = 0
+    n_dev: int = 0
+    fit_seconds: float | None = None
+    score_seconds: float | None = None
+    device: str | None = None
+    dtype: str | None = None
+    threads: int | None = None
+    code: dict[str, Any] | None = None  # provenance.code_state() of the process that ran the cell
+    selection: dict[str, Any] | None = None  # what the condition reported selecting on (FitContext.report_selection)
+    finished: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        return {**d.pop("key"), **d}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CellRecord:
+        known = {f.name for f in fields(cls)} - {"key"}
+        rest = {k: v for k, v in data.items() if k in known}
+        return cls(key=CellKey.from_json(data), **rest)
+
+
+@dataclass
+class Evidence:
+    """What the harness itself saw at the boundary of a cell (not what the condition says about itself).
+
+    ``fit_reads``: every example the renderer turned into tokens while the condition fitted (scored, or rendered
+    for training), id -> {"content": content key, "times": n}. ``fit_bare_calls``: scorer calls with bare token
+    requests, which name no example. ``test_reads``: the same for the harness's scoring of the test split.
+    ``selection``: the ids and metric the condition said it chose on (its word, which the audit checks against
+    the split and ``fit_reads``). ``requests``: per test request, its example, choice, how many BOS tokens lead
+    its context (after any soft-prompt slots) and whether its text starts with the BOS text (lm-eval's rule then
+    adds none).
+    """
+
+    fit_reads: dict[str, dict[str, Any]] = field(default_factory=dict)
+    fit_bare_calls: int = 0
+    selection: dict[str, Any] | None = None  # as the condition reported it: {"ids": [...], "metric": ...}
+    test_reads: dict[str, dict[str, Any]] = field(default_factory=dict)
+    requests: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Evidence:
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+
+
+def score_lines(scores: Sequence[Any], common: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ``eval`` schema: each ``ExampleScore`` with the fields every line of one output shares."""
+    return [{**s.to_json(), **common} for s in scores]
+
+
+def summarize(lines: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """n, accuracy and mean gold NLL of score lines: the numbers cell.json and summary.csv state."""
+    n = len(lines)
+    return {"n": n, "accuracy": sum(bool(x["correct"]) for x in lines) / n if n else None,
+            "gold_nll": sum(float(x["gold_nll"]) for x in lines) / n if n else None}
+
+
+# --- writing -------------------------------------------------------------------------------------------------------
+class CellWriter:
+    """A cell under construction in its temp folder; whatever is written appears only if the block ends normally."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.dir = tmp
+        self.workdir = tmp / FILES
+        self.workdir.mkdir()
+
+    def scores(self, lines: Sequence[dict[str, Any]]) -> None:
+        write_atomic(self.dir / SCORES, "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines))
+
+    def artifact(self, artifact: PromptArtifact) -> None:
+        artifact.save(self.dir / ARTIFACT)
+
+    def log(self, record: dict[str, Any] | None) -> None:
+        if record is not None:
+            write_json(self.dir / LOG, record)
+
+    def evidence(self, evidence: Evidence) -> None:
+        write_atomic(self.dir / EVIDENCE, json.dumps(evidence.to_json(), ensure_ascii=False) + "\n")
+
+    def finish(self, record: CellRecord) -> None:
+        if not any(self.workdir.iterdir()):
+            self.workdir.rmdir()
+        write_json(self.dir / CELL, record.to_json())
+
+
+class RunFolder:
+    """``results/<run-id>/``: its paths, and every write into it."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    @property
+    def run_id(self) -> str:
+        return self.root.name
+
+    def exists(self) -> bool:
+        return (self.root / CONFIG).exists()
+
+    def cell_dir(self, key: CellKey) -> Path:
+        return self.root.joinpath("cells", *key.parts())
+
+    def split_path(self, task: str, seed: int) -> Path:
+        return self.root / "splits" / slug(task) / f"seed-{seed}.json"
+
+    # --- run-level files -------------------------------------------------------------------------------------
+    def read_json(self, name: str) -> Any:
+        return _read_json(self.root / name)
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        write_json(self.root / CONFIG, config)
+
+    def read_manifest(self) -> dict[str, Any] | None:
+        return self.read_json(MANIFEST) if (self.root / MANIFEST).exists() else None
+
+    def write_manifest(self, manifest: dict[str, Any]) -> None:
+        write_json(self.root / MANIFEST, manifest)
+
+    def clear_unfinished(self) -> int:
+        """Drop the temp folders of cells (and files) a killed run left; returns how many."""
+        return clear_temporaries(self.root) if self.root.exists() else 0
+
+    def record_split(self, record: SplitRecord) -> None:
+        """Write the split file, or check that the one written when the run started names the same examples."""
+        path = self.split_path(record.task, record.seed)
+        if path.exists():
+            old = SplitRecord.from_json(_read_json(path))
+            if old.hash != record.hash or (old.content is not None and old.content != record.content):
+                raise UserError(f"task {record.task} seed {record.seed}: the split changed since the run started "
+                                f"({old.hash} -> {record.hash}); the data files differ; start a new run")
+            return
+        write_json(path, record.to_json())
+
+    # --- cells -----------------------------------------------------------------------------------------------
+    def finished(self, key: CellKey) -> bool:
+        """Whether the cell is complete and ok (an errored cell is redone on resume)."""
+        path = self.cell_dir(key) / CELL
+        if not path.exists():
+            return False
+        try:
+            return json.loads(path.read_text()).get("status") == "ok"
+        except (OSError, json.JSONDecodeError):
+            return False
+
+    @contextmanager
+    def new_cell(self, key: CellKey) -> Iterator[CellWriter]:
+        """Build a cell in a temp folder; it replaces any previous cell of the key when the block ends normally."""
+        with atomic_dir(self.cell_dir(key)) as tmp:
+            yield CellWriter(tmp)
+
+    def cell_paths(self) -> list[Path]:
+        """Every complete cell folder on disk (hidden temp folders excluded)."""
+        return [p.parent for p in sorted(self.root.glob(CELL_GLOB)) if _visible(p, self.root)]
+
+    def split_paths(self) -> list[Path]:
+        return [p for p in sorted(self.root.glob("splits/*/seed-*.json")) if _visible(p, self.root)]
+
+    def write_summary(self) -> None:
+        """summary.csv from the cell records on disk: one row per cell."""
+        rows = []
+        for path in self.cell_paths():
+            try:
+                rec = CellRecord.from_json(_read_json(path / CELL))
+            except (UserError, KeyError, TypeError, ValueError) as e:
+                log.warning("%s: unreadable cell.json (%s); left out of summary.csv", path, e)
+                continue
+            d = rec.to_json()
+            rows.append({k: d.get(k) for k in SUMMARY_FIELDS})
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=SUMMARY_FIELDS, lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+        write_atomic(self.root / SUMMARY, buf.getvalue())
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: cannot be read as JSON ({e}); the run folder is damaged") from None
+
+
+def _visible(path: Path, root: Path) -> bool:
+    # hidden names are temp folders of unfinished writes
+    return not any(p.startswith(".") for p in path.relative_to(root).parts)
+
+
+# --- reading -------------------------------------------------------------------------------------------------------
+@dataclass
+class Cell:
+    """One cell of the matrix as found on disk. ``status`` is the record's, or ``missing``/``invalid``."""
+
+    key: CellKey
+    path: Path | None = None
+    record: CellRecord | None = None
+    status: str = "missing"
+    error: str | None = None
+    lines: list[dict[str, Any]] = field(default_factory=list)  # scores.jsonl
+    artifact: PromptArtifact | None = None
+    log: dict[str, Any] | None = None
+    evidence: Evidence | None = None
+    problems: list[str] = field(default_factory=list)  # files that could not be read
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def label(self) -> str:
+        return self.key.label
+
+    @property
+    def seed(self) -> int:
+        return self.key.seed
+
+    @property
+    def condition(self) -> str:
+        return self.key.condition
+
+
+def load_cell(path: Path) -> Cell | None:
+    """Read one cell folder; None when its cell.json cannot name a cell at all."""
+    try:
+        record = CellRecord.from_json(_read_json(path / CELL))
+    except (UserError, KeyError, TypeError, ValueError) as e:
+        log.warning("%s: unreadable cell.json (%s)", path, e)
+        return None
+    cell = Cell(record.key, path, record, status=record.status, error=record.error)
+    if (path / LOG).exists():
+        try:
+            cell.log = _read_json(path / LOG)
+        except UserError as e:
+            cell.problems.append(str(e))
+    if (path / ARTIFACT).exists():
+        try:
+            cell.artifact = PromptArtifact.load(path / ARTIFACT)
+        except UserError as e:
+            cell.problems.append(str(e))
+    if (path / EVIDENCE).exists():
+        try:
+            cell.evidence = Evidence.from_json(_read_json(path / EVIDENCE))
+        except (UserError, TypeError) as e:
+            cell.problems.append(f"{path / EVIDENCE}: {e}")
+    if cell.ok:
+        # a cell the runner calls ok whose scores cannot be read is not usable for the statistics
+        try:
+            cell.lines = [json.loads(x) for x in (path / SCORES).read_text().splitlines() if x.strip()]
+        except (OSError, json.JSONDecodeError) as e:
+            cell.status, cell.error = "invalid", f"scores.jsonl cannot be read ({e})"
+            cell.problems.append(f"{path / SCORES}: {e}")
+    return cell
+
+
+@dataclass
+class Run:
+    """A run folder as read: config, manifest, splits, and every cell of the config's matrix (missing ones too)."""
+
+    folder: RunFolder
+    config: dict[str, Any]
+    manifest: dict[str, Any]
+    models: list[str]
+    tasks: list[str]
+    seeds: list[int]
+    conditions: list[str]
+    base: str | None
+    texts: list[str]
+    ceiling: str | None
+    splits: dict[tuple[str, int], SplitRecord]
+    cells: dict[CellKey, Cell]  # every expected cell, in matrix order
+    extra_cells: list[Cell]  # cells on disk outside the config's matrix
+    summary: list[dict[str, str]] | None  # summary.csv rows; None when the file is missing
+    problems: list[str] = field(default_factory=list)  # files that could not be read at all
+
+    @property
+    def dir(self) -> Path:
+        return self.folder.root
+
+    @property
+    def run_id(self) -> str:
+        return self.folder.run_id
+
+    def cell(self, model: str, task: str, seed: int, condition: str) -> Cell:
+        return self.cells[CellKey(model, task, seed, condition)]
+
+    def role(self, condition: str) -> str | None:
+        if condition == self.base:
+            return "base"
+        if condition == self.ceiling:
+            return "ceiling"
+        if condition in self.texts:
+            return "text"
+        return None
+
+    def ok_cells(self) -> list[Cell]:
+        return [c for c in self.cells.values() if c.ok]
+
+
+def _ordered(names: Sequence[str], preferred: Sequence[str]) -> list[str]:
+    """Unique names, those in ``preferred`` first in its order, the rest in first-seen order."""
+    seen = list(dict.fromkeys(names))
+    return [n for n in preferred if n in seen] + [n for n in seen if n not in preferred]
+
+
+def load_run(run_dir: str | Path) -> Run:
+    """Read a run folder: config, manifest, splits, every cell of the config's matrix (missing ones marked)."""
+    folder = RunFolder(run_dir)
+    if not folder.exists():
+        raise UserError(f"{folder.root} is not a run folder (no {CONFIG}); give results/<run-id>")
+    config = folder.read_json(CONFIG)
+    manifest = folder.read_manifest() or {}
+    ratio = config.get("ratio") or {}
+    conditions = list(config.get("conditions") or {})
+    problems: list[str] = []
+
+    splits: dict[tuple[str, int], SplitRecord] = {}
+    for path in folder.split_paths():
+        try:
+            rec = SplitRecord.from_json(_read_json(path))
+        except (UserError, KeyError, TypeError, ValueError) as e:
+            problems.append(f"{path.relative_to(folder.root)}: unreadable split file ({e})")
+            continue
+        splits[(rec.task, rec.seed)] = rec
+    found: dict[CellKey, Cell] = {}
+    for path in folder.cell_paths():
+        cell = load_cell(path)
+        if cell is None:
+            problems.append(f"{path.relative_to(folder.root)}/{CELL}: unreadable, or it names no cell")
+        elif cell.path is not None and cell.path != folder.cell_dir(cell.key):
+            problems.append(f"{path.relative_to(folder.root)}: its cell.json names {cell.label}, whose folder is "
+                            f"{folder.cell_dir(cell.key).relative_to(folder.root)}")
+        else:
+            found[cell.key] = cell
+
+    # a task given as a spec path in the config is named by the spec inside the run, so tasks come from the run
+    config_tasks = [str(t.get("name")) for t in config.get("tasks", [])]
+    tasks = _ordered([t for t, _ in splits] + [k.task for k in found], config_tasks)
+    models = [str(m) for m in config.get("models", [])]
+    seeds = [int(s) for s in (config.get("run") or {}).get("seeds", [])]
+    cells: dict[CellKey, Cell] = {}
+    for m in models:
+        for t in tasks:
+            for s in seeds:
+                for c in conditions:
+                    key = CellKey(m, t, s, c)
+                    cells[key] = found.pop(key, None) or Cell(
+                        key, error="no cell.json: not run, or the run stopped before this cell")
+    summary = None
+    if (folder.root / SUMMARY).exists():
+        with open(folder.root / SUMMARY, newline="") as f:
+            summary = list(csv.DictReader(f))
+    return Run(folder=folder, config=config, manifest=manifest, models=models, tasks=tasks, seeds=seeds,
+               conditions=conditions, base=ratio.get("base"), texts=list(ratio.get("texts") or []),
+               ceiling=ratio.get("ceiling"), splits=splits, cells=cells, extra_cells=list(found.values()),
+               summary=summary, problems=problems)
+
+
+def is_number(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
