@@ -21,14 +21,11 @@ $(BIN)/promptgap: pyproject.toml
 setup: $(BIN)/promptgap
 
 demo: setup
-	$(BIN)/promptgap list
-	$(BIN)/promptgap eval --task antonyms --condition base-raw --out results/demo/base-raw.jsonl
-	$(BIN)/promptgap eval --task antonyms --condition base-chat --out results/demo/base-chat.jsonl
-	$(BIN)/promptgap eval --task antonyms --condition handwritten --out results/demo/handwritten.jsonl
+	$(BIN)/promptgap demo
 
 test: setup
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 clean:
-	rm -rf $(VENV) results/demo
+	rm -rf $(VENV)

@@ -59,6 +59,11 @@ class PromptArtifact:
     def n_prefix(self) -> int:
         return 0 if self.prefix_kv is None else int(self.prefix_kv.shape[3])
 
+    @property
+    def trainable_params(self) -> int:
+        """Numbers in the trained tensors (what training fitted and the artifact keeps)."""
+        return sum(int(t.numel()) for t in (self.soft_prompt, self.prefix_kv) if t is not None)
+
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
             raise UserError(f"prompt format {self.format!r} is unknown; use raw or chat")

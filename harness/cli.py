@@ -137,14 +137,50 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from harness.report import write_report
+    from harness.report import print_headlines, write_report
     from harness.runner import Runner
 
     runner = Runner(args.config, run_id=args.run_id, resume=args.resume, only=args.only,
                     results_root=args.results)
     run_dir = runner.run()
+    report = write_report(run_dir, args.reports)
+    print_headlines(run_dir)
     print(f"results: {run_dir}")
-    print(f"report:  {write_report(run_dir, args.reports)}")
+    print(f"report:  {report}")
+    return 0
+
+
+def packaged_config(name: str) -> Path:
+    """A config shipped inside the package (harness/configs), as a real file."""
+    from importlib import resources
+
+    return Path(str(resources.files("harness") / "configs" / name))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from harness.config import load_config, shrink
+    from harness.report import print_headlines, write_report
+    from harness.runner import Runner
+
+    path = packaged_config("demo.toml")
+    cfg = shrink(load_config(path)) if args.smoke else None
+    runner = Runner(path, run_id=args.run_id, results_root=args.results, cfg=cfg,
+                    command="promptgap demo" + (" --smoke" if args.smoke else ""))
+    run_dir = runner.run()
+    report = write_report(run_dir, args.reports)
+    print_headlines(run_dir)
+    print(f"results: {run_dir}")
+    print(f"report:  {report}  (the config: {path})")
+    return 0
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from harness.atomic import write_atomic
+
+    if args.path.exists():
+        raise UserError(f"{args.path} exists; give another path (promptgap init other.toml) or remove it")
+    write_atomic(args.path, packaged_config("starter.toml").read_text())
+    print(f"wrote {args.path}: an annotated config; edit it, then `promptgap run {args.path}`")
     return 0
 
 
@@ -219,6 +255,23 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--results", type=Path, default=Path("results"), help="results root (default results/)")
     r.add_argument("--reports", type=Path, default=Path("reports"), help="reports root (default reports/)")
     r.set_defaults(func=cmd_run)
+
+    d = sub.add_parser("demo", help="run the demo matrix offline (a few minutes), write its report, print its headline",
+                       description="Run the packaged demo config (antonyms on the embedded model: base, two "
+                       "hand-written prompts, a DSPy few-shot search and a trained soft prompt as the ceiling), "
+                       "write reports/<run-id>.md and print the headline table. Example: promptgap demo")
+    d.add_argument("--run-id", default=None, help="name of the run folder (default: demo-<UTC time>)")
+    d.add_argument("--smoke", action="store_true", help="a tiny budget (seconds, not minutes): a check that the "
+                   "path works, not a measurement")
+    d.add_argument("--results", type=Path, default=Path("results"), help="results root (default results/)")
+    d.add_argument("--reports", type=Path, default=Path("reports"), help="reports root (default reports/)")
+    d.set_defaults(func=cmd_demo)
+
+    i = sub.add_parser("init", help="write an annotated starter run config to edit",
+                       description="Example: promptgap init my-study.toml && promptgap run my-study.toml")
+    i.add_argument("path", type=Path, nargs="?", default=Path("promptgap.toml"),
+                   help="where to write it (default promptgap.toml); an existing file is never overwritten")
+    i.set_defaults(func=cmd_init)
 
     x = sub.add_parser("export-peft", help="write a start-placement soft prompt as a PEFT prompt-tuning adapter",
                        description="Example: promptgap export-peft results/run/cells/.../soft-prompt/artifact "

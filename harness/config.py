@@ -36,7 +36,8 @@ from tasks.base import SplitSizes
 
 RUN_KEYS = {"name", "models", "seeds", "n_boot", "batch_size", "device", "dtype"}
 TASK_KEYS = {"name", "data_dir", "sizes"}
-RATIO_KEYS = {"base", "texts", "ceiling"}
+RATIO_KEYS = {"base", "texts", "ceiling", "metric"}
+DECIDING = ("loglik", "accuracy")
 TOP_KEYS = {"run", "tasks", "conditions", "ratio"}
 
 
@@ -176,6 +177,10 @@ def load_config(path: str | Path) -> RunConfig:
             texts = [texts]
         ratio["texts"] = texts
         ratio.setdefault("ceiling", None)
+        ratio.setdefault("metric", "loglik")
+        if ratio["metric"] not in DECIDING:
+            raise UserError(f"config {path} [ratio]: metric {ratio['metric']!r} is unknown; use loglik (the gold "
+                            f"log-likelihood, the default) or accuracy")
         for role in ("base", "ceiling"):
             if ratio[role] is not None and ratio[role] not in conditions:
                 raise UserError(f"config {path} [ratio]: {role} {ratio[role]!r} is not a condition of this run; "
@@ -190,3 +195,21 @@ def load_config(path: str | Path) -> RunConfig:
             raise UserError(f"config {path} [ratio]: base {ratio['base']!r} also plays another role; give each "
                             f"role its own condition")
     return RunConfig(run=run, models=models, tasks=tasks, conditions=conditions, ratio=ratio)
+
+
+def shrink(cfg: RunConfig) -> RunConfig:
+    """The same matrix on a tiny budget (a smoke test of the path, not a measurement): small splits, a few
+    training steps, the smallest searches. Every changed setting is checked again."""
+    from harness.registry import get_optimizer
+
+    small = {"steps": 4, "eval_every": 2, "batch_size": 4, "num_candidates": 1, "num_trials": 1, "breadth": 2,
+             "depth": 1, "max_bootstrapped_demos": 1, "max_labeled_demos": 1}
+    for t in cfg.tasks:
+        t.sizes = {"train": 12, "dev": 6, "test": 24}
+    for c in cfg.conditions.values():
+        cls = get_optimizer(c.optimizer)
+        known = set(cls.settings_class.__dataclass_fields__)
+        c.settings.update({k: v for k, v in small.items() if k in known})
+        cls(**c.settings)
+    cfg.run["n_boot"] = min(cfg.run["n_boot"], 1000)
+    return cfg

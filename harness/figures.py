@@ -9,6 +9,7 @@ from typing import Any
 from harness.run_folder import is_number
 from harness.stats import Analysis
 
+COLOURS = {"base": "0.55", "text": "tab:blue", "ceiling": "tab:orange", None: "tab:green"}
 
 def _new_figure(width: float, height: float) -> Any:
     from matplotlib.figure import Figure
@@ -27,7 +28,7 @@ def _save(fig: Any, path: Path) -> None:
 def metrics_figure(path: Path, title: str, a: Analysis, conds: Sequence[str], roles: Sequence[str | None],
                    ll_unit: str, has_base: bool) -> None:
     """Each condition's mean accuracy and gold log-likelihood with the table's intervals, coloured by role."""
-    colours = {"base": "0.55", "text": "tab:blue", "ceiling": "tab:orange", None: "tab:green"}
+    colours = COLOURS
     fig = _new_figure(max(6.0, 1.6 * len(conds) + 2), 3.6)
     axes = fig.subplots(1, 2)
     for ax, metric, label in ((axes[0], "accuracy", "accuracy"),
@@ -45,6 +46,8 @@ def metrics_figure(path: Path, title: str, a: Analysis, conds: Sequence[str], ro
         ax.grid(axis="y", alpha=0.3)
         if has_base:
             ax.axhline(a.metrics[metric].conditions[a.base].mean.value, color="0.3", linestyle="--", linewidth=1)
+        if a.metrics[metric].chance is not None:
+            ax.axhline(a.metrics[metric].chance, color="0.5", linestyle=":", linewidth=1)
         ax.set_xticks(x, conds, rotation=20, ha="right")
         ax.set_ylabel(label)
         ax.set_title(f"{label.split(' (')[0]}, {a.n_seeds} seed(s) × {a.n_examples}", fontsize=9)
@@ -78,3 +81,50 @@ def curves_figure(title: str, logs: list[tuple[int, list[dict[str, Any]]]], path
     fig.suptitle(title, fontsize=10)
     _save(fig, path)
 
+
+
+def differences_figure(path: Path, title: str, a: Analysis, conds: Sequence[str], roles: Sequence[str | None],
+                       ll_unit: str, same_tokens: dict[str, bool]) -> None:
+    """Each condition's paired difference from the base with its interval; dotted: where chance would sit."""
+    fig = _new_figure(max(6.0, 1.6 * len(conds) + 2), 3.6)
+    axes = fig.subplots(1, 2)
+    for ax, metric, label in ((axes[0], "accuracy", "Δ accuracy"), (axes[1], "loglik", f"Δ gold log-lik ({ll_unit})")):
+        m = a.metrics[metric]
+        for i, (c, role) in enumerate(zip(conds, roles, strict=True)):
+            d = m.conditions[c].diff
+            if d is None or (metric == "loglik" and not same_tokens.get(c, True)):
+                continue  # answers tokenized differently from the base's: no comparable log-likelihood
+            ax.errorbar([i], [d.value], yerr=[[max(0.0, d.value - d.ci.lo)], [max(0.0, d.ci.hi - d.value)]],
+                        fmt="o", capsize=5, markersize=7, color=COLOURS[role])
+        ax.axhline(0, color="0.3", linestyle="--", linewidth=1)
+        if m.chance is not None:
+            ax.axhline(m.chance - m.conditions[a.base].mean.value, color="0.5", linestyle=":", linewidth=1)
+        ax.set_xlim(-0.6, len(conds) - 0.4)
+        ax.set_xticks(list(range(len(conds))), conds, rotation=20, ha="right")
+        ax.grid(axis="y", alpha=0.3)
+        ax.set_ylabel(label)
+        ax.set_title(f"{label.split(' (')[0]} vs {a.base}", fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    _save(fig, path)
+
+
+def forest_figure(path: Path, title: str, a: Analysis) -> bool:
+    """R per distinct text prompt on the deciding metric with its decision interval; False when none has an R."""
+    m = a.metrics[a.deciding]
+    rows = [(t, r) for t, r in m.ratios.items() if r.value is not None and r.decision is not None
+            and a.duplicates.get(t) not in a.texts]
+    if not rows:
+        return False
+    fig = _new_figure(6.0, 1.0 + 0.45 * len(rows))
+    ax = fig.subplots()
+    for i, (_, r) in enumerate(rows):
+        ax.errorbar([r.value], [i], xerr=[[max(0.0, r.value - r.decision.lo)], [max(0.0, r.decision.hi - r.value)]],
+                    fmt="o", capsize=4, color=COLOURS["text"])
+    for x, style in ((0, "--"), (0.5, ":"), (1, "--")):
+        ax.axvline(x, color="0.4", linestyle=style, linewidth=1)
+    ax.set_yticks(list(range(len(rows))), [t for t, _ in rows])
+    ax.invert_yaxis()
+    ax.set_xlabel(f"R on {a.deciding} (0: the base, 1: the ceiling {a.ceiling})")
+    fig.suptitle(title, fontsize=10)
+    _save(fig, path)
+    return True

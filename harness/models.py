@@ -6,7 +6,7 @@ import importlib.metadata
 import inspect
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -28,6 +28,21 @@ KNOWN_MODELS = {
 
 
 @dataclass
+class Usage:
+    """Token positions run through the model: the compute a condition spends, counted where the model runs (the
+    scorer, the training forward, the DSPy proposer's generation). Padding is not counted."""
+
+    tokens: int = 0  # positions through the decoder, forward
+    grad_tokens: int = 0  # of those, positions in passes that keep gradients (training: backward costs ~2x more)
+
+    def snapshot(self) -> Usage:
+        return Usage(self.tokens, self.grad_tokens)
+
+    def since(self, before: Usage) -> Usage:
+        return Usage(self.tokens - before.tokens, self.grad_tokens - before.grad_tokens)
+
+
+@dataclass
 class LoadedModel:
     """A frozen causal LM and its tokenizer: the handle every condition and the scorer share."""
 
@@ -36,6 +51,7 @@ class LoadedModel:
     tokenizer: object
     device: torch.device
     dtype: torch.dtype
+    usage: Usage = field(default_factory=Usage)
 
     # DSPy and friends deep-copy whatever they can reach; a model handle must never be copied
     def __deepcopy__(self, memo: dict) -> LoadedModel:

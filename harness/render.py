@@ -108,6 +108,12 @@ class Renderer:
         start = at - 1 if at > 0 and context[at - 1] == " " else at
         return context[:start] + SLOT + context[at + len(marker):]
 
+    def prompt_tokens(self, artifact: PromptArtifact) -> int:
+        """Tokens the prompt puts before each input: its instruction and demos as the body writes them, plus its
+        virtual tokens (soft vectors, key/value prefix). A cost, not an exact count of any one request."""
+        text = BLOCK_SEP.join([artifact.instruction, *artifact.demos] if artifact.instruction else artifact.demos)
+        return (len(self.encode_plain(text)) if text else 0) + artifact.n_soft + artifact.n_prefix
+
     def chat(self, artifact: PromptArtifact, user: str) -> str:
         messages = [{"role": "user", "content": user}]
         if artifact.instruction and artifact.instruction_role == "system":

@@ -19,100 +19,30 @@ import json
 import logging
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from harness import provenance
 from harness.artifact import PromptArtifact
-from harness.atomic import atomic_dir, write_atomic
+from harness.atomic import atomic_dir, write_atomic, write_json
 from harness.audit import Audit, audit, item_lines
-from harness.errors import UserError
-from harness.figures import curves_figure, metrics_figure
-from harness.run_folder import Cell, Run, is_number, load_run
+from harness.figures import curves_figure, differences_figure, forest_figure, metrics_figure
+from harness.findings import Group, analyze_group, failure, headline, headline_table, verdict_json
+from harness.run_folder import Run, is_number, load_run
 from harness.stats import (
     DEFAULT_N_BOOT,
+    FLAG_WORDS,
     METRIC_LABELS,
     RECOVERY_THRESHOLD,
     Analysis,
     Estimate,
     Interval,
-    analyze_records,
+    format_p,
 )
 
 log = logging.getLogger(__name__)
 
-VERDICT_WORDS = {
-    "text-closes-gap": f"the readable prompt recovers most of the ceiling's gain: R is above {RECOVERY_THRESHOLD} "
-                       f"with confidence",
-    "soft-only": f"the readable prompt recovers less than half of the ceiling's gain, the rest needs the soft "
-                 f"prompt: R is below {RECOVERY_THRESHOLD} with confidence",
-    "inconclusive": "the data do not settle whether the readable prompt recovers more or less than half of the "
-                    "ceiling's gain",
-    "neither": "neither the ceiling nor the readable prompt clearly improves on the base",
-}
-
-
-# --- the analysis of one (model, task) -------------------------------------------------------------------------------
-@dataclass
-class Group:
-    """One (model, task): which conditions the statistics use, the analysis, and why R may be missing."""
-
-    model: str
-    task: str
-    cells: dict[str, list[Cell]]  # condition -> its cells, one per seed
-    usable: list[str]  # conditions ok in every seed: the only ones in the statistics
-    analysis: Analysis | None
-    has_base: bool  # differences are from the configured base (else the table shows means only)
-    r_reason: str | None  # why R cannot be computed for any text condition; None when it can
-    stats_error: str | None = None
-    per_token: bool = False  # continuation task: gold NLL is per token
-
-    @property
-    def name(self) -> str:
-        return f"{self.model} / {self.task}"
-
-
-def _failure(cells: Sequence[Cell]) -> str:
-    """Why a condition is not usable: each failing seed with its status and message."""
-    return "; ".join(f"seed {c.seed}: {c.status}" + (f" ({c.error})" if c.error else "") for c in cells if not c.ok)
-
-
-def _analyze_group(run: Run, model: str, task: str, n_boot: int) -> Group:
-    cells = {c: [run.cell(model, task, s, c) for s in run.seeds] for c in run.conditions}
-    usable = [c for c in run.conditions if cells[c] and all(x.ok for x in cells[c])]
-    base, ceiling = run.base, run.ceiling
-    if base is None:
-        r_reason = "the config has no [ratio] section naming a base, so there is nothing to measure gains from"
-    elif ceiling is None:
-        r_reason = ("the config names no ceiling condition ([ratio] ceiling is unset), so there is no gap to measure "
-                    "a recovery against")
-    elif base not in usable:
-        r_reason = f"the base {base!r} did not succeed for every seed ({_failure(cells.get(base, []))})"
-    elif ceiling not in usable:
-        r_reason = f"the ceiling {ceiling!r} did not succeed for every seed ({_failure(cells.get(ceiling, []))})"
-    else:
-        r_reason = None
-    has_base = base in usable
-    per_token = any("greedy_match" in r for c in usable for x in cells[c] for r in x.lines[:1])
-    group = Group(model, task, cells, usable, None, has_base, r_reason, per_token=per_token)
-    if not usable:
-        group.stats_error = "no condition succeeded for every seed"
-        return group
-    records = {c: {x.seed: x.lines for x in cells[c]} for c in usable}
-    ref = base if has_base else usable[0]
-    if len(records) == 1:
-        # the statistics need a second condition; a copy of the only one gives its mean and interval unchanged
-        records[f"{ref} (copy)"] = records[ref]
-    use_ceiling = ceiling if r_reason is None else None
-    texts = [t for t in run.texts if t in usable] if use_ceiling else []
-    try:
-        group.analysis = analyze_records(records, base=ref, ceiling=use_ceiling, texts=texts, n_boot=n_boot)
-    except UserError as e:
-        group.stats_error = str(e)
-        group.r_reason = group.r_reason or f"the statistics could not be computed ({e})"
-    return group
 
 
 # --- formatting ------------------------------------------------------------------------------------------------------
@@ -130,6 +60,10 @@ def _est(e: Estimate, d: int = 4, signed: bool = False) -> str:
 
 def _p(p: float) -> str:
     return f"{p:.3g}"
+
+
+def _pv(p: float, g: Group, family: int = 1) -> str:
+    return format_p(p, g.analysis.n_boot, family) if g.analysis is not None else f"= {p:.3g}"
 
 
 def _cell_text(s: Any) -> str:
@@ -160,16 +94,11 @@ def _file_name(*parts: str) -> str:
     return "--".join(re.sub(r"[^A-Za-z0-9._-]+", "_", p) for p in parts)
 
 
-def _direction(e: Estimate) -> str:
-    if e.ci.lo > 0:
-        return "clearly higher than the base"
-    if e.ci.hi < 0:
-        return "clearly lower than the base"
-    return "no clear difference from the base"
+DIRECTIONS = {1: "clearly higher than the base", -1: "clearly lower than the base"}
 
 
-def _ll_unit(group: Group) -> str:
-    return "nats per token" if group.per_token else "nats per example"
+def _direction(clear: int) -> str:
+    return DIRECTIONS.get(clear, "no clear difference from the base")
 
 
 def _role_name(run: Run, c: str) -> str:
@@ -200,8 +129,22 @@ def _header(run: Run, stamp: dict[str, Any], result: Audit) -> list[str]:
     return out
 
 
+def _headline_section(run: Run, groups: list[Group]) -> list[str]:
+    out = ["## Headline", "",
+           f"R = (text − base) / (ceiling − base): the share of the ceiling's gain a readable prompt recovers. A "
+           f"verdict needs R's interval on one side of {RECOVERY_THRESHOLD}; flags say what limits it.", ""]
+    for g in groups:
+        h = headline(run, g)
+        out += [f"### {g.name}", "", h.ceiling_line, ""]
+        if h.metric is None:
+            continue
+        out += _table(*headline_table(h, lambda s: f"**{s}**")) + [""]
+        out += [f"- {n}" for n in h.notes] + ([""] if h.notes else [])
+    return out
+
+
 def _verdict_section(run: Run, groups: list[Group]) -> list[str]:
-    out = ["## Verdict", ""]
+    out = ["## Verdict in detail", ""]
     for g in groups:
         out += [f"### {g.name}", ""]
         a = g.analysis
@@ -213,17 +156,32 @@ def _verdict_section(run: Run, groups: list[Group]) -> list[str]:
                 out += [f"No statistics: {g.stats_error}.", ""]
             continue
         assert a is not None and a.ceiling is not None
+        pct = round(a.confidence * 100)
+        deciding = a.deciding
+        out += [f"Each text prompt against the ceiling **{a.ceiling}** over the base **{a.base}**, decided on "
+                f"{METRIC_LABELS[deciding][0]} ({g.ll_unit if deciding == 'loglik' else 'fraction correct'}); "
+                f"{a.n_seeds} seed(s) × {a.n_examples} test examples; {pct}% paired-bootstrap intervals "
+                f"({a.n_boot} replicates); an accuracy difference counts as clear only when the exact McNemar test "
+                f"agrees with its interval" + (", and with several seeds only when the t-interval over seeds agrees "
+                                               "too" if a.n_seeds > 1 else "") + ".", ""]
+        seen: set[str] = set()
         for t in run.texts:
-            if t not in g.usable:
-                out += [f"- **{t}**: no verdict; its cell did not succeed for every seed ({_failure(g.cells[t])}).",
-                        ""]
+            if t in seen:
                 continue
+            if t not in g.usable:
+                out.append(f"- **{t}**: no verdict; its cell did not succeed for every seed ({failure(g.cells[t])}).")
+                continue
+            twins = [x for x in a.texts if a.duplicates.get(x) == t]
+            seen.update(twins)
             v = a.verdicts[t]
-            r = a.metrics[v.metric].ratios[t]
-            r_text = (f"R on {METRIC_LABELS[v.metric][0]} = {_num(r.value, 3)} {_iv(r.ci, 3)}"
-                      if r.value is not None and r.ci is not None else f"R undefined: {r.reason}")
-            out += [f"- **{t}** against the ceiling **{a.ceiling}**: **{v.label}**: {VERDICT_WORDS[v.label]}; "
-                    f"{r_text}.", "", f"  {v.explanation}", ""]
+            name = " = ".join([t, *twins])
+            others = "; ".join(f"{METRIC_LABELS[k][0]}: {lab}" for k, lab in v.by_metric.items() if k != v.metric)
+            out.append(f"- **{name}**: **{v.label}**: {v.reason}." + (f" (Other metric, not deciding: {others}.)"
+                                                                      if others else ""))
+        out += ["", "<details><summary>The full reasoning per text prompt</summary>", ""]
+        out += [f"- {a.verdicts[t].explanation}" for t in run.texts if t in g.usable and t in a.verdicts
+                and a.duplicates.get(t) not in a.texts]
+        out += ["", "</details>", ""]
     return out
 
 
@@ -241,10 +199,18 @@ def _base_differences(run: Run, g: Group) -> list[str]:
         ll = a.metrics["loglik"].conditions[c]
         acc = a.metrics["accuracy"].conditions[c]
         assert ll.diff is not None and acc.diff is not None and acc.mcnemar is not None
-        out.append(f"- {_role_name(run, c)}: gold log-likelihood {_est(ll.diff, signed=True)} {_ll_unit(g)} "
-                   f"({_direction(ll.diff)}); accuracy {_est(acc.diff, signed=True)} ({_direction(acc.diff)}; "
-                   f"McNemar p = {_p(acc.mcnemar.p)}).")
+        ll_text = (f"gold log-likelihood {_est(ll.diff, signed=True)} {g.ll_unit} ({_direction(ll.clear)})"
+                   if g.same_tokens.get(c, True) else "gold log-likelihood not compared (its answers are other "
+                   "tokens than the base's)")
+        out.append(f"- {_role_name(run, c)}: {ll_text}; accuracy {_est(acc.diff, signed=True)} "
+                   f"({_direction(acc.clear)}; McNemar p = {_p(acc.mcnemar.p)})." + _flag_text(a, c))
     return out + [""]
+
+
+def _flag_text(a: Analysis, c: str) -> str:
+    flags = [f"{METRIC_LABELS[k][0]} {FLAG_WORDS[m.conditions[c].flag]}" for k, m in a.metrics.items()
+             if m.conditions[c].flag]
+    return f" Uninformative: {'; '.join(flags)}." if flags else ""
 
 
 def _conditions_section(run: Run, groups: list[Group]) -> list[str]:
@@ -253,6 +219,7 @@ def _conditions_section(run: Run, groups: list[Group]) -> list[str]:
         a = g.analysis
         out += [f"### {g.name}", ""]
         rows = []
+        footnote = False
         for c in run.conditions:
             cells = g.cells[c]
             formats = sorted({str(x.record.format) for x in cells if x.ok and x.record is not None})
@@ -260,44 +227,63 @@ def _conditions_section(run: Run, groups: list[Group]) -> list[str]:
             if c in g.usable and a is not None:
                 acc, ll = a.metrics["accuracy"].conditions[c], a.metrics["loglik"].conditions[c]
                 diff = g.has_base and c != a.base and acc.diff is not None and ll.diff is not None
+                comparable = g.same_tokens.get(c, True)
+                footnote |= diff and not comparable
+                same = a.duplicates.get(c)
+                flags = "; ".join([f"= {same}"] if same else [] + [
+                    f"{k}: {m.conditions[c].flag}" for k, m in a.metrics.items() if m.conditions[c].flag])
                 rows.append([
                     _role_name(run, c), fmt, _est(acc.mean), _num(-ll.mean.value),
                     _est(acc.diff, signed=True) if diff else "—",
-                    _est(ll.diff, signed=True) if diff else "—",
+                    (_est(ll.diff, signed=True) if comparable else "— †") if diff else "—",
                     f"{_p(acc.mcnemar.p)} (b={acc.mcnemar.b}, c={acc.mcnemar.c})"
                     if diff and acc.mcnemar is not None else "—",
-                    f"{a.n_seeds} × {a.n_examples}", "ok",
+                    g.costs[c].text(), flags or "—", f"{a.n_seeds} × {a.n_examples}",
                 ])
             else:
                 n_ok = sum(x.ok for x in cells)
                 status = "; ".join(f"{x.status} (seed {x.seed})" + (f": {x.error}" if x.error else "")
                                    for x in cells if not x.ok) or "excluded: " + (g.stats_error or "")
-                rows.append([_role_name(run, c), fmt, "—", "—", "—", "—", "—", f"{n_ok}/{len(cells)} seeds ok",
-                             status])
+                rows.append([_role_name(run, c), fmt, "—", "—", "—", "—", "—", g.costs[c].text(), status,
+                             f"{n_ok}/{len(cells)} seeds ok"])
         out += _table(["condition", "format", "accuracy [95% CI]", "gold NLL (mean)", "Δ accuracy vs base [CI]",
-                       "Δ gold log-lik vs base [CI]", "McNemar p vs base", "seeds × n", "status"], rows)
+                       "Δ gold log-lik vs base [CI]", "McNemar p vs base", "cost (mean over seeds)",
+                       "flags / status", "seeds × n"], rows)
         out.append("")
         notes = []
+        if footnote:
+            notes.append("† Not compared: the condition's answers are other tokens than the base's (raw and chat "
+                         "formats tokenize continuations differently), so its log-likelihood is of another string"
+                         + (" and per-token averages differ in length" if g.per_token else "") + ".")
         if a is not None:
             pct = round(a.confidence * 100)
-            notes.append(f"Intervals: {pct}% paired bootstrap over the same test examples, {a.n_boot} replicates "
-                         f"(bootstrap seed {a.seed}); BCa where defined, otherwise percentile (reasons below). "
+            notes.append(f"Intervals: {pct}%; accuracy: Wilson score interval on the pooled counts; differences and "
+                         f"log-likelihoods: paired bootstrap over the same test examples, {a.n_boot} replicates "
+                         f"(bootstrap seed {a.seed}), BCa where defined, otherwise percentile (reasons below). "
                          f"Δ = condition − base, per example, then averaged. Gold NLL and log-likelihood are in "
-                         f"{_ll_unit(g)}; log-likelihood = −NLL. McNemar: exact two-sided, b = condition right and "
+                         f"{g.ll_unit}; log-likelihood = −NLL. McNemar: exact two-sided, b = condition right and "
                          f"base wrong, c = the reverse" + (", pooled over seeds." if a.n_seeds > 1 else "."))
+            chance = a.metrics["accuracy"].chance
+            if chance is not None:
+                notes.append(f"Chance: accuracy {chance:.3f} (1/k), gold NLL {-a.metrics['loglik'].chance:.3f} "
+                             f"(ln k), over k choices per example; a condition not clearly better is flagged chance.")
+            notes.append("Cost: fit time; token positions through the model while fitting (the shared scorer, the "
+                         "training forward and the DSPy proposer; a plugin's own model calls are not counted); "
+                         "trained parameters kept; tokens the prompt adds before each input.")
             if not g.has_base:
                 notes.append(f"No differences: the base {run.base!r} did not succeed for every seed "
-                             f"({_failure(g.cells[run.base])})." if run.base in g.cells
+                             f"({failure(g.cells[run.base])})." if run.base in g.cells
                              else "No differences: the config names no base ([ratio] base).")
-            # only the intervals the table shows (not a stand-in copy's, nor differences without a base)
+            # only the bootstrap intervals the table shows (not a stand-in copy's, nor differences without a base)
             ests = [e for m in a.metrics.values() for c in g.usable
-                    for e in (m.conditions[c].mean, m.conditions[c].diff if g.has_base else None) if e is not None]
+                    for e in (m.conditions[c].mean, m.conditions[c].diff if g.has_base else None)
+                    if e is not None and e.ci.method != "wilson"]
             why: dict[str, int] = {}
             for e in ests:
                 if e.ci.note:
                     reason = e.ci.note.removeprefix("BCa not used: ")
                     why[reason] = why.get(reason, 0) + 1
-            notes += [f"Percentile instead of BCa for {k} of {len(ests)} intervals in this table: {w}."
+            notes += [f"Percentile instead of BCa for {k} of {len(ests)} bootstrap intervals in this table: {w}."
                       for w, k in why.items()]
         if g.stats_error:
             notes.append(f"Statistics: {g.stats_error}.")
@@ -329,7 +315,9 @@ def _conditions_section(run: Run, groups: list[Group]) -> list[str]:
 def _ratio_section(run: Run, groups: list[Group]) -> list[str]:
     out = ["## Gap-recovered ratio R", "",
            "R = (text − base) / (ceiling − base), from the mean per-example differences to the base; defined only "
-           "when the ceiling's gain over the base is clearly positive (the lower end of its interval is above 0).", ""]
+           "when the ceiling's gain over the base is clearly positive. p tests R = 0.5 by the interval's own method "
+           "(the interval excludes 0.5 exactly when p < 0.05); adjusted p: Holm over the distinct text prompts judged "
+           "on that metric.", ""]
     for g in groups:
         out += [f"### {g.name}", ""]
         if g.r_reason is not None:
@@ -339,31 +327,61 @@ def _ratio_section(run: Run, groups: list[Group]) -> list[str]:
         assert a is not None and a.ceiling is not None
         gains = []
         for metric in ("loglik", "accuracy"):
-            gain = a.metrics[metric].conditions[a.ceiling].diff
-            assert gain is not None
-            gains.append(f"{METRIC_LABELS[metric][0]} {_est(gain, signed=True)}")
+            c = a.metrics[metric].conditions[a.ceiling]
+            assert c.diff is not None
+            mc = f", McNemar p = {_p(c.mcnemar.p)}" if c.mcnemar is not None else ""
+            gains.append(f"{METRIC_LABELS[metric][0]} {_est(c.diff, signed=True)}{mc}"
+                         + (f" ({FLAG_WORDS[c.flag]})" if c.flag else ""))
         out += [f"Ceiling {a.ceiling!r} over base {a.base!r}: " + "; ".join(gains) + ".", ""]
         rows = []
         for t in run.texts:
             if t not in g.usable:
-                why = f"undefined: the condition did not succeed for every seed ({_failure(g.cells[t])})"
+                why = f"undefined: the condition did not succeed for every seed ({failure(g.cells[t])})"
                 rows.append([t, why, why, "—"])
                 continue
-            row = [t]
+            row = [t + (f" (= {a.duplicates[t]})" if t in a.duplicates else "")]
             for metric in ("loglik", "accuracy"):
                 r = a.metrics[metric].ratios[t]
                 if r.value is None or r.ci is None:
                     row.append(f"undefined: {r.reason}")
                     continue
-                s = f"{_num(r.value, 3)} {_iv(r.ci, 3)} ({r.ci.method})"
+                s = f"{_num(r.value, 3)} {_iv(r.ci, 3)} ({r.ci.method}), p {_pv(r.p, g)}"
+                if r.seed_t is not None:
+                    s += f"; over seeds: t {_iv(r.seed_t.ci, 3)}, p = {_p(r.seed_t.p)}"
+                if r.p_adjusted is not None and r.p_adjusted != r.decision_p:
+                    s += f"; adjusted p {_pv(r.p_adjusted, g, len(a.metrics[metric].family))}"
                 if r.n_excluded:
                     s += f"; {r.n_excluded} replicates with zero ceiling gain left out"
                 row.append(s)
             row.append(a.verdicts[t].label)
             rows.append(row)
         out += _table(["text condition", "R, gold log-likelihood [95% CI]", "R, accuracy [95% CI]",
-                       "verdict (decided on log-likelihood)"], rows) + [""]
+                       f"verdict (decided on {METRIC_LABELS[a.deciding][0]})"], rows) + [""]
+        if a.n_seeds > 1:
+            out += _per_seed_ratio(run, g)
     return out
+
+
+def _per_seed_ratio(run: Run, g: Group) -> list[str]:
+    """With several seeds: each seed's Δ and R on the deciding metric, the spread the t-interval reflects."""
+    a = g.analysis
+    assert a is not None and a.ceiling is not None
+    m = a.metrics[a.deciding]
+    header = ["seed", f"Δ ceiling ({a.ceiling})"]
+    texts = [t for t in run.texts if t in m.ratios and a.duplicates.get(t) not in a.texts]
+    header += [f"Δ {t} / R" for t in texts]
+    rows = []
+    ceiling_d = m.conditions[a.ceiling].diff_seeds
+    for i, s in enumerate(run.seeds):
+        row = [s, _num(ceiling_d.per_seed[i], 3, signed=True) if ceiling_d else "—"]
+        for t in texts:
+            d = m.conditions[t].diff_seeds
+            r = m.ratios[t].seed_t
+            row.append((_num(d.per_seed[i], 3, signed=True) if d else "—") + " / "
+                       + (_num(r.per_seed[i], 3) if r else "—"))
+        rows.append(row)
+    return [f"Per seed, on {METRIC_LABELS[a.deciding][0]} (the verdict uses the wider of the bootstrap interval and "
+            f"the t-interval over these seeds):", ""] + _table(header, rows) + [""]
 
 
 def _figures_section(run: Run, groups: list[Group], fig_dir: Path, link_dir: str) -> list[str]:
@@ -374,15 +392,30 @@ def _figures_section(run: Run, groups: list[Group], fig_dir: Path, link_dir: str
         return out + ["Figures not drawn: matplotlib is not installed (`pip install matplotlib`).", ""]
     for g in groups:
         out += [f"### {g.name}", ""]
-        if g.analysis is not None:
-            name = _file_name(g.model, g.task) + "-metrics.png"
-            metrics_figure(fig_dir / name, g.name, g.analysis, g.usable, [run.role(c) for c in g.usable],
-                           _ll_unit(g), g.has_base)
-            out += [f"![accuracy and gold log-likelihood per condition, {g.name}]({link_dir}/{quote(name)})", "",
-                    "Means with 95% bootstrap intervals (the table's); conditions that succeeded for every seed; "
-                    "grey: base (also the dashed line), blue: text, orange: ceiling, green: other.", ""]
-        else:
-            out += [f"No metrics figure: {g.stats_error}.", ""]
+        a = g.analysis
+        if a is None:
+            out += [f"No figures: {g.stats_error}.", ""]
+            continue
+        roles = [run.role(c) for c in g.usable]
+        name = _file_name(g.model, g.task) + "-metrics.png"
+        metrics_figure(fig_dir / name, g.name, a, g.usable, roles, g.ll_unit, g.has_base)
+        out += [f"![accuracy and gold log-likelihood per condition, {g.name}]({link_dir}/{quote(name)})", "",
+                "Means with 95% intervals (the table's); conditions that succeeded for every seed; grey: base (also "
+                "the dashed line), blue: text, orange: ceiling, green: other; dotted: chance.", ""]
+        if g.has_base and len(g.usable) > 1:
+            name = _file_name(g.model, g.task) + "-differences.png"
+            differences_figure(fig_dir / name, g.name, a, [c for c in g.usable if c != a.base],
+                               [run.role(c) for c in g.usable if c != a.base], g.ll_unit, g.same_tokens)
+            out += [f"![paired differences from the base, {g.name}]({link_dir}/{quote(name)})", "",
+                    f"Paired differences from the base {a.base!r} with 95% intervals; dotted: where a condition at "
+                    f"chance would sit; conditions whose answers are other tokens than the base's have no "
+                    f"log-likelihood point.", ""]
+        if a.ceiling is not None and a.texts:
+            name = _file_name(g.model, g.task) + "-ratio.png"
+            if forest_figure(fig_dir / name, g.name, a):
+                out += [f"![R per text prompt, {g.name}]({link_dir}/{quote(name)})", "",
+                        f"R on {METRIC_LABELS[a.deciding][0]} per distinct text prompt, with the interval its "
+                        f"verdict uses; lines at 0 (the base), 0.5 and 1 (the ceiling).", ""]
         for c in run.conditions:
             logs = [(x.seed, x.log.get("curves")) for x in g.cells[c] if x.log and x.log.get("curves")]
             if not logs:
@@ -554,9 +587,11 @@ def render_report(run: Run, fig_dir: Path, n_boot: int) -> str:
     result = audit(run, with_report=False)
     stamp = {"run_id": run.run_id, "written": provenance.now(),
              "code": {k: v for k, v in provenance.code_state().items() if k in ("version", "commit", "dirty")}}
-    groups = [_analyze_group(run, m, t, n_boot) for m in run.models for t in run.tasks]
+    groups = [analyze_group(run, m, t, n_boot) for m in run.models for t in run.tasks]
     link_dir = quote(run.run_id)
-    lines = (_header(run, stamp, result) + _verdict_section(run, groups) + _conditions_section(run, groups)
+    write_json(fig_dir / "verdict.json", verdict_json(run, groups, stamp, result))
+    lines = (_header(run, stamp, result) + _headline_section(run, groups) + _verdict_section(run, groups)
+             + _conditions_section(run, groups)
              + _ratio_section(run, groups) + _figures_section(run, groups, fig_dir, link_dir)
              + _prompts_section(run, groups) + _setup_section(run) + _checklist_section(result))
     return "\n".join(lines).rstrip("\n") + "\n"
@@ -579,3 +614,36 @@ def write_report(run_dir: Path, reports_dir: Path = Path("reports"), n_boot: int
     write_atomic(md_path, text)
     log.info("report written: %s", md_path)
     return md_path
+
+
+def print_headlines(run_dir: Path, n_boot: int | None = None) -> None:
+    """The headline tables in the terminal (rich): what the report's first screen says."""
+    import shutil
+
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    run = load_run(Path(run_dir))
+    n_boot = n_boot or int((run.config.get("run") or {}).get("n_boot") or DEFAULT_N_BOOT)
+    console = Console(highlight=False, width=max(120, shutil.get_terminal_size((120, 40)).columns))
+    for m in run.models:
+        for t in run.tasks:
+            h = headline(run, analyze_group(run, m, t, n_boot))
+            console.print(f"\n[bold]{escape(h.model)} / {escape(h.task)}[/]")
+            console.print(escape(h.ceiling_line.replace("**", "")))
+            if h.metric is None:
+                continue
+            header, rows = headline_table(h, lambda v: f"\0{v}\0")
+            # flags every row shares are said once, under the table
+            common = set.intersection(*(set(r[-1].split("; ")) for r in rows)) - {"—"} if rows else set()
+            table = Table(*header, show_lines=False)
+            for row in rows:
+                flags = "; ".join(f for f in row[-1].split("; ") if f not in common) or "—"
+                table.add_row(*(escape(c).replace("\0", "[bold]", 1).replace("\0", "[/]", 1)
+                                for c in [*row[:-1], flags]))
+            console.print(table)
+            if common:
+                console.print(f"Every row: {escape('; '.join(sorted(common)))}", style="dim")
+            for note in h.notes:
+                console.print(f"- {escape(note.replace('**', ''))}", style="dim")

@@ -42,7 +42,8 @@ from harness.errors import UserError
 log = logging.getLogger(__name__)
 
 PARTS = ("train", "dev", "test")
-SUMMARY_FIELDS = ["model", "task", "condition", "seed", "split_hash", "n", "accuracy", "gold_nll", "format", "status"]
+SUMMARY_FIELDS = ["model", "task", "condition", "seed", "split_hash", "n", "accuracy", "gold_nll", "format", "status",
+                  "fit_tokens", "prompt_tokens", "trainable_params", "fit_seconds", "score_seconds"]
 CONFIG, MANIFEST, SUMMARY = "config.json", "manifest.json", "summary.csv"
 CELL, SCORES, EVIDENCE, LOG, ARTIFACT, FILES = "cell.json", "scores.jsonl", "evidence.json", "log.json", "artifact", \
     "files"
@@ -146,6 +147,11 @@ class CellRecord:
     n_dev: int = 0
     fit_seconds: float | None = None
     score_seconds: float | None = None
+    fit_tokens: int | None = None  # token positions through the model while fitting (models.Usage), padding excluded
+    fit_grad_tokens: int | None = None  # of those, in passes with gradients (training)
+    score_tokens: int | None = None  # the same for scoring the test split
+    prompt_tokens: int | None = None  # tokens the prompt adds before each input: its text, plus virtual tokens
+    trainable_params: int | None = None  # numbers in the trained tensors kept (soft prompt, key/value prefix)
     device: str | None = None
     dtype: str | None = None
     threads: int | None = None

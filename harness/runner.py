@@ -33,9 +33,10 @@ class Runner:
 
     def __init__(self, config_path: str | Path, run_id: str | None = None, resume: bool = False,
                  only: list[str] | None = None, results_root: Path = Path("results"),
-                 command: str | None = None) -> None:
+                 command: str | None = None, cfg: RunConfig | None = None) -> None:
         self.config_path = Path(config_path)
-        self.cfg: RunConfig = load_config(self.config_path)  # every check happens here, before any model
+        # every check happens in load_config, before any model; ``cfg``: a config already loaded (and adjusted)
+        self.cfg: RunConfig = cfg or load_config(self.config_path)
         if resume and not run_id:
             raise UserError("--resume needs the --run-id of the run to continue")
         self.run_id = run_id or f"{self.cfg.name}-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}"
@@ -135,6 +136,7 @@ class Runner:
         with self.folder.new_cell(key) as cell:
             try:
                 optimizer = get_optimizer(spec.optimizer)(**spec.settings)
+                before = lm.usage.snapshot()
                 with scorer.recording() as reads:  # every example the condition reads through the harness
                     try:
                         fit = fit_condition(optimizer, lm, task, split.train, split.dev, scorer, key.seed,
@@ -146,11 +148,16 @@ class Runner:
                     record.selection = {"metric": fit.selection["metric"], "n": len(fit.selection["ids"]),
                                         "ids_hash": ids_hash(fit.selection["ids"]), "reported_by": "condition"}
                 record.fit_seconds = round(fit.seconds, 2)
+                spent = lm.usage.since(before)
+                record.fit_tokens, record.fit_grad_tokens = spent.tokens, spent.grad_tokens
+                record.prompt_tokens = scorer.renderer.prompt_tokens(fit.artifact)
+                record.trainable_params = fit.artifact.trainable_params
                 cell.log(fit.log)
-                t0 = time.perf_counter()
+                t0, before = time.perf_counter(), lm.usage.snapshot()
                 with scorer.recording(keep_requests=True) as seen:
                     scores = scorer.score(fit.artifact, split.test, task.kind, desc=key.label)
                 record.score_seconds = round(time.perf_counter() - t0, 2)
+                record.score_tokens = lm.usage.since(before).tokens
                 evidence.test_reads, evidence.requests = seen.reads, seen.requests
                 lines = score_lines(scores, {"model": lm.name, "task": task.name, "condition": key.condition,
                                              "split": "test", "split_hash": split.hash,

@@ -330,6 +330,7 @@ class Scorer:
                 if n.children:  # the row's past is right-aligned, so its whole prefix is one slice
                     out[n] = buf[:, :, row, :, n_past - n.start : n_past + len(n.tokens)].clone()
 
+        self.lm.usage.tokens += sum(len(n.tokens) for n in nodes)  # here, not in the workers: no shared counter
         passes = self._batches(sorted(nodes, key=lambda n: len(n.tokens)))
         if self._pool is None:
             for batch in passes:

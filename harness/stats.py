@@ -34,6 +34,13 @@ reported when the ceiling's gain is clearly positive, i.e. the lower bound of it
 no ratio; they are left out of R's interval and counted in ``RatioStats.n_excluded``. Replicates with a negative
 ceiling gain are kept (they widen the interval, as they should).
 
+Proportions, seeds, multiplicity
+--------------------------------
+Accuracy means get Wilson score intervals on the pooled counts (never [0, 0] at 0/n). With several seeds, every
+difference and every R also gets a t-interval over the per-seed values (``SeedT``); decisions use the wider of it
+and the bootstrap interval. R's test of 0.5 has a p-value from the same bootstrap and method as its interval; the
+distinct text conditions judged on a metric are one family, Holm-corrected (statsmodels' ``multipletests``).
+
 McNemar
 -------
 For accuracy, each non-base condition against the base: ``b`` = examples the condition gets right and the base gets
@@ -48,17 +55,20 @@ Caveats a reader should know
   pooled McNemar counts a shared example once per seed (its p is then optimistic). The per-seed numbers are exact.
 * With few seeds (2-3), resampling seeds says little about between-seed variance; read the per-seed spread too.
 
-The verdict rules are in ``verdict``'s docstring.
+The verdict rules are in ``verdict``'s docstring; ``ConditionStats.clear`` says when a difference is clear (for
+accuracy the interval and the exact McNemar test must agree), ``ConditionStats.flag`` when a metric cannot inform.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import scipy.stats
 from scipy.special import ndtr, ndtri
 from scipy.stats import binomtest
 
@@ -80,7 +90,8 @@ _TINY = 1e-12
 # --- results ---------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Interval:
-    """A two-sided confidence interval; ``method`` is "bca" or "percentile", ``note`` says why BCa was not used."""
+    """A two-sided confidence interval; ``method`` is "bca", "percentile", "wilson" (a proportion) or "t" (over
+    seeds); ``note`` says why BCa was not used."""
 
     lo: float
     hi: float
@@ -89,6 +100,10 @@ class Interval:
 
     def contains(self, x: float) -> bool:
         return self.lo <= x <= self.hi
+
+    @property
+    def width(self) -> float:
+        return self.hi - self.lo
 
 
 @dataclass(frozen=True)
@@ -108,6 +123,18 @@ class SeedSpread:
     std: float
     min: float
     max: float
+
+
+@dataclass(frozen=True)
+class SeedT:
+    """A t-interval over per-seed values (two or more seeds): the between-seed spread that a hierarchical bootstrap
+    over a few seeds underestimates. ``p`` is the two-sided one-sample t-test against ``null``."""
+
+    per_seed: list[float]
+    value: float
+    ci: Interval
+    null: float
+    p: float
 
 
 @dataclass(frozen=True)
@@ -133,7 +160,14 @@ class McNemar:
 
 @dataclass(frozen=True)
 class ConditionStats:
-    """One condition under one metric. ``diff`` is condition minus base (None for the base itself)."""
+    """One condition under one metric. ``diff`` is condition minus base (None for the base itself).
+
+    ``clear`` is +1 when the condition is clearly above the base, -1 clearly below, 0 otherwise: the difference's
+    interval excludes 0, and for accuracy the exact McNemar test agrees (p < 1 - confidence), and with several seeds
+    the t-interval over seeds excludes 0 too. ``flag`` names a metric that cannot inform: "floor" (0 on every
+    example), "saturated" (1 on every example) or "chance" (not clearly better than chance: 1/k for accuracy,
+    -ln k for the gold log-likelihood of k choices).
+    """
 
     name: str
     mean: Estimate
@@ -141,11 +175,22 @@ class ConditionStats:
     seeds: SeedSpread | None = None  # per-seed means, only with several seeds
     diff_seeds: SeedSpread | None = None  # per-seed differences from the base, only with several seeds
     mcnemar: McNemar | None = None  # accuracy only, non-base conditions
+    diff_t: SeedT | None = None  # t-interval of the per-seed differences from the base, only with several seeds
+    clear: int = 0
+    flag: str | None = None
+    vs_ceiling: Estimate | None = None  # condition minus ceiling, for conditions other than base and ceiling
+    beats_ceiling: bool = False  # clearly above the ceiling, by the same rule as ``clear``
 
 
 @dataclass(frozen=True)
 class RatioStats:
-    """R for one text condition; ``value`` is None (and ``reason`` set) when R is undefined."""
+    """R for one text condition; ``value`` is None (and ``reason`` set) when R is undefined.
+
+    ``p`` tests R = 0.5 (two-sided) by the same bootstrap and method as ``ci``, so ``ci`` excludes 0.5 exactly when
+    ``p`` < 1 - confidence. With several seeds ``seed_t`` is the t-interval over per-seed R; ``decision`` is the
+    wider of the two intervals and ``decision_p`` the larger p. ``p_adjusted`` is ``decision_p`` after Holm's
+    correction over the family of distinct text conditions judged on this metric (None outside the family).
+    """
 
     text: str
     value: float | None
@@ -153,6 +198,11 @@ class RatioStats:
     percentile: Interval | None
     reason: str | None
     n_excluded: int  # bootstrap replicates with a ceiling gain of exactly 0, left out of the intervals
+    p: float | None = None
+    seed_t: SeedT | None = None
+    decision: Interval | None = None
+    decision_p: float | None = None
+    p_adjusted: float | None = None
 
 
 @dataclass(frozen=True)
@@ -160,18 +210,26 @@ class MetricAnalysis:
     metric: str
     conditions: dict[str, ConditionStats]
     ratios: dict[str, RatioStats]  # by text condition; empty without a ceiling
-    ceiling_gain_clear: bool | None  # lower bound of the ceiling's gain > 0; None without a ceiling
+    ceiling_gain_clear: bool | None  # the ceiling is clearly above the base (ConditionStats.clear); None without one
+    chance: float | None = None  # the chance level on this metric's scale, when the task has one
+    family: list[str] = dataclasses.field(default_factory=list)  # the texts whose R is tested, Holm-corrected
 
 
 @dataclass(frozen=True)
 class Verdict:
-    """The verdict for one text condition, decided on ``metric``; ``by_metric`` applies the same rules per metric."""
+    """The verdict for one text condition, decided on ``metric``; ``by_metric`` applies the same rules per metric.
+
+    ``reason`` is the rule that fired, in one sentence; ``n_needed`` (inconclusive only) is roughly how many test
+    examples per seed would shrink R's interval to exclude 0.5, from the observed variance (None when no number of
+    examples would, or R is undefined)."""
 
     text: str
     label: str
     metric: str
     by_metric: dict[str, str]
     explanation: str
+    reason: str = ""
+    n_needed: int | None = None
 
 
 @dataclass(frozen=True)
@@ -186,6 +244,9 @@ class Analysis:
     confidence: float
     metrics: dict[str, MetricAnalysis]
     verdicts: dict[str, Verdict]  # by text condition; empty without a ceiling
+    duplicates: dict[str, str] = dataclasses.field(default_factory=dict)  # condition -> the earlier one it equals
+    deciding: str = "loglik"
+    correction: str = "holm"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -361,11 +422,13 @@ def _percentile(reps: np.ndarray, alpha: float) -> Interval:
     return Interval(float(lo), float(hi), "percentile")
 
 
-def _bca(theta: float, reps: np.ndarray, loo: np.ndarray, alpha: float) -> Interval | str:
-    """BCa interval, or the reason it is undefined. ``loo`` holds the leave-one-example-out estimates."""
+def _bca_params(theta: float, reps: np.ndarray, loo: np.ndarray | None) -> tuple[float, float] | str:
+    """BCa's bias correction z0 and acceleration, or the reason BCa is undefined. ``loo``: leave-one-out estimates."""
     scale = max(1.0, abs(theta))
     if np.ptp(reps) <= _TINY * scale:
         return "all bootstrap replicates are equal"
+    if loo is None:
+        return "no jackknife estimates"
     if loo.size < 3 or not np.all(np.isfinite(loo)):
         return "the jackknife is undefined (too few examples, or a leave-one-out estimate has a zero denominator)"
     if np.ptp(loo) <= _TINY * scale:
@@ -376,7 +439,15 @@ def _bca(theta: float, reps: np.ndarray, loo: np.ndarray, alpha: float) -> Inter
     p0 = (np.sum(reps < theta) + np.sum(reps <= theta)) / (2 * reps.size)
     if not 0 < p0 < 1:
         return "the estimate lies outside the bootstrap distribution"
-    z0 = float(ndtri(p0))
+    return float(ndtri(p0)), accel
+
+
+def _bca(theta: float, reps: np.ndarray, loo: np.ndarray | None, alpha: float) -> Interval | str:
+    """BCa interval, or the reason it is undefined."""
+    params = _bca_params(theta, reps, loo)
+    if isinstance(params, str):
+        return params
+    z0, accel = params
     z = ndtri(np.array([alpha / 2, 1 - alpha / 2]))
     shrink = 1 - accel * (z0 + z)
     if np.any(shrink <= 0):
@@ -388,10 +459,43 @@ def _bca(theta: float, reps: np.ndarray, loo: np.ndarray, alpha: float) -> Inter
     return Interval(float(lo), float(hi), "bca")
 
 
+def _p_value(theta: float, reps: np.ndarray, loo: np.ndarray | None, ci: Interval, null: float) -> float:
+    """Two-sided bootstrap p-value of ``null``, by the method of ``ci``: the smallest 1 - confidence at which that
+    interval would exclude ``null`` (so ``ci`` excludes it exactly when p < 1 - its confidence).
+
+    Percentile: twice the smaller tail of the replicates beyond ``null`` (mid-rank for ties). BCa: the BCa map from
+    nominal levels to quantile levels, inverted at the replicates' distribution function at ``null``."""
+    tail = (np.sum(reps < null) + np.sum(reps <= null)) / (2 * reps.size)
+    if ci.method == "bca":
+        params = _bca_params(theta, reps, loo)
+        if not isinstance(params, str):
+            z0, accel = params
+            w = float(ndtri(min(max(tail, 0.5 / reps.size), 1 - 0.5 / reps.size))) - z0
+            tail = float(ndtr(w / (1 + accel * w) - z0))
+    # below one replicate in reps.size the bootstrap cannot resolve p: report that bound, not 0
+    return float(min(1.0, max(2 * min(tail, 1 - tail), 1 / reps.size)))
+
+
+def _seed_t(values: np.ndarray, null: float, alpha: float) -> SeedT | None:
+    """t-interval and one-sample t-test of per-seed values (None with fewer than two finite values)."""
+    if values.size < 2 or not np.all(np.isfinite(values)):
+        return None
+    m, sd, k = float(values.mean()), float(values.std(ddof=1)), values.size
+    if sd <= _TINY * max(1.0, abs(m)):
+        return SeedT([float(v) for v in values], m, Interval(m, m, "t"), null, 1.0 if m == null else 0.0)
+    half = float(scipy.stats.t.ppf(1 - alpha / 2, k - 1)) * sd / math.sqrt(k)
+    p = float(2 * scipy.stats.t.sf(abs(m - null) / (sd / math.sqrt(k)), k - 1))
+    return SeedT([float(v) for v in values], m, Interval(m - half, m + half, "t"), null, p)
+
+
+def wilson(k: int, n: int, confidence: float) -> Interval:
+    """Wilson's score interval for a proportion k/n: never [0, 0] at k = 0, unlike a bootstrap of all-zero data."""
+    ci = binomtest(int(k), int(n)).proportion_ci(confidence_level=confidence, method="wilson")
+    return Interval(float(ci.low), float(ci.high), "wilson")
+
+
 def _estimate(theta: float, reps: np.ndarray, loo: np.ndarray | None, alpha: float, why_not: str | None) -> Estimate:
     pct = _percentile(reps, alpha)
-    if why_not is None and loo is None:
-        why_not = "no jackknife estimates"
     bca = why_not if why_not is not None else _bca(theta, reps, loo, alpha)
     ci = bca if isinstance(bca, Interval) else dataclasses.replace(pct, note=f"BCa not used: {bca}")
     return Estimate(float(theta), ci, pct)
@@ -429,6 +533,10 @@ def _fmt_ci(est: Estimate) -> str:
     return f"{est.value:+.3f} [{est.ci.lo:+.3f}, {est.ci.hi:+.3f}]"
 
 
+def _fmt_iv(iv: Interval) -> str:
+    return f"[{iv.lo:+.3f}, {iv.hi:+.3f}]"
+
+
 # --- the analysis ----------------------------------------------------------------------------------------------------
 def analyze(
     scores: Mapping[str, Mapping[str, Any]],
@@ -439,27 +547,38 @@ def analyze(
     n_boot: int = DEFAULT_N_BOOT,
     seed: int = 0,
     confidence: float = 0.95,
+    chance: Mapping[str, float] | None = None,
+    deciding: str | None = None,
 ) -> Analysis:
     """Means, differences from ``base``, R against ``ceiling`` for each text condition, McNemar tests and verdicts.
 
     ``scores[metric][condition]`` is a ``(n_seeds, n_examples)`` matrix (or 1-D for one seed), metrics from
     ``METRICS`` (as ``score_matrices`` returns). ``texts`` defaults to every condition other than base and ceiling.
-    Without a ceiling there are no ratios and no verdicts. Same inputs and ``seed`` -> same numbers.
+    ``chance`` gives the chance level per metric on its own scale (multiple choice with k choices: accuracy 1/k,
+    log-likelihood -ln k, averaged over examples), which flags conditions no better than chance. ``deciding`` is the
+    metric verdicts are decided on (default: log-likelihood when given). Without a ceiling there are no ratios and
+    no verdicts. Same inputs and ``seed`` -> same numbers.
     """
     data, names, texts = _check(scores, base, ceiling, texts, n_boot, confidence)
+    deciding = deciding or ("loglik" if "loglik" in data else "accuracy")
+    if deciding not in data:
+        raise UserError(f"deciding metric {deciding!r} was not scored; use one of {', '.join(data)}")
     alpha = 1 - confidence
     n_seeds, n = next(iter(data[next(iter(data))].values())).shape
     why_not = "several seeds: the hierarchical bootstrap reports percentile intervals" if n_seeds > 1 else None
     others = [c for c in names if c != base]
+    rivals = [c for c in names if c not in (base, ceiling)] if ceiling is not None else []
 
-    # one column per (metric, condition mean) and per (metric, per-example difference from the base); the
-    # differences are bootstrapped directly so that they keep full precision when the conditions are close
+    # one column per (metric, condition mean), per (metric, per-example difference from the base) and from the
+    # ceiling; differences are bootstrapped directly so that they keep full precision when conditions are close
     cols: dict[tuple[str, str, str], np.ndarray] = {}
     for metric, by_cond in data.items():
         for cond in names:
             cols[(metric, "mean", cond)] = by_cond[cond]
         for cond in others:
             cols[(metric, "diff", cond)] = by_cond[cond] - by_cond[base]
+        for cond in rivals:
+            cols[(metric, "vs_ceiling", cond)] = by_cond[cond] - by_cond[ceiling]
     keys = list(cols)
     reps = _replicate_means(np.stack([cols[k] for k in keys], axis=-1), n_boot, np.random.default_rng(seed))
     rep = {k: reps[:, j] for j, k in enumerate(keys)}
@@ -468,45 +587,92 @@ def analyze(
         x = cols[key]
         return _estimate(float(x.mean()), rep[key], _loo_means(x) if n_seeds == 1 else None, alpha, why_not)
 
+    def clear(metric: str, est: Estimate, x: np.ndarray, ref: np.ndarray) -> tuple[int, McNemar | None, SeedT | None]:
+        """+1/-1 when every rule says the difference ``est`` (of ``x`` - ``ref``) is clear, else 0."""
+        sign = 1 if est.ci.lo > 0 else -1 if est.ci.hi < 0 else 0
+        mc = _mcnemar(x, ref) if metric == "accuracy" else None
+        if mc is not None and not mc.p < alpha:
+            sign = 0  # the interval and the exact test must agree before a difference in accuracy is clear
+        st = _seed_t((x - ref).mean(axis=1), 0.0, alpha) if n_seeds > 1 else None
+        if st is not None and not (st.ci.lo > 0 if sign > 0 else st.ci.hi < 0 if sign < 0 else False):
+            sign = 0  # with several seeds, the between-seed spread must agree too
+        return sign, mc, st
+
     metrics: dict[str, MetricAnalysis] = {}
     for metric, by_cond in data.items():
+        level = (chance or {}).get(metric)
         conds: dict[str, ConditionStats] = {}
         for cond in names:
-            is_base = cond == base
-            conds[cond] = ConditionStats(
-                name=cond,
-                mean=estimate((metric, "mean", cond)),
-                diff=None if is_base else estimate((metric, "diff", cond)),
-                seeds=_spread(by_cond[cond]),
-                diff_seeds=None if is_base else _spread(cols[(metric, "diff", cond)]),
-                mcnemar=_mcnemar(by_cond[cond], by_cond[base]) if metric == "accuracy" and not is_base else None,
-            )
+            x = by_cond[cond]
+            mean = estimate((metric, "mean", cond))
+            if metric == "accuracy":  # a proportion: Wilson's interval on the pooled counts
+                mean = dataclasses.replace(mean, ci=wilson(int(x.sum()), x.size, confidence))
+            stats = ConditionStats(name=cond, mean=mean, seeds=_spread(x), flag=_flag(metric, x, mean, level))
+            if cond != base:
+                diff = estimate((metric, "diff", cond))
+                sign, mc, st = clear(metric, diff, x, by_cond[base])
+                stats = dataclasses.replace(stats, diff=diff, diff_seeds=_spread(cols[(metric, "diff", cond)]),
+                                            mcnemar=mc, diff_t=st, clear=sign)
+            if cond in rivals:
+                vs = estimate((metric, "vs_ceiling", cond))
+                stats = dataclasses.replace(stats, vs_ceiling=vs,
+                                            beats_ceiling=clear(metric, vs, x, by_cond[ceiling])[0] > 0)
+            conds[cond] = stats
         ratios: dict[str, RatioStats] = {}
-        clear: bool | None = None
+        gain_clear: bool | None = None
         if ceiling is not None:
-            gain = conds[ceiling].diff
-            assert gain is not None
-            clear = gain.ci.lo > 0
+            gain_clear = conds[ceiling].clear > 0
             for t in texts:
                 ratios[t] = _ratio(t, cols[(metric, "diff", t)], cols[(metric, "diff", ceiling)],
-                                   rep[(metric, "diff", t)], rep[(metric, "diff", ceiling)], gain, alpha, why_not)
-        metrics[metric] = MetricAnalysis(metric, conds, ratios, clear)
+                                   rep[(metric, "diff", t)], rep[(metric, "diff", ceiling)], conds[ceiling],
+                                   gain_clear, alpha, why_not)
+        metrics[metric] = MetricAnalysis(metric, conds, ratios, gain_clear, level)
 
     analysis = Analysis(base, ceiling, texts, int(n_seeds), int(n), int(n_boot), int(seed), float(confidence),
-                        metrics, {})
+                        metrics, {}, duplicates=_duplicates(data, names), deciding=deciding)
     if ceiling is None:
         return analysis
-    return dataclasses.replace(analysis, verdicts={t: verdict(analysis, t) for t in texts})
+    return _judge(analysis)
+
+
+def _flag(metric: str, x: np.ndarray, mean: Estimate, chance: float | None) -> str | None:
+    """Why a condition's metric cannot inform a verdict, or None."""
+    if metric == "accuracy" and np.all(x == 0):
+        return "floor"
+    if metric == "accuracy" and np.all(x == 1):
+        return "saturated"
+    if chance is not None and mean.ci.lo <= chance:
+        return "chance"
+    return None
+
+
+def _duplicates(data: dict[str, dict[str, np.ndarray]], names: list[str]) -> dict[str, str]:
+    """Conditions whose per-example scores equal an earlier condition's within 1e-9 on every metric: the same
+    prompt in effect (a search that returned the hand-written instruction, a few-shot search that kept no demo)."""
+    out: dict[str, str] = {}
+    for i, c in enumerate(names):
+        for d in names[:i]:
+            if d not in out and all(np.allclose(m[c], m[d], rtol=0, atol=1e-9) for m in data.values()):
+                out[c] = d
+                break
+    return out
 
 
 def _ratio(
-    text: str, d_text: np.ndarray, d_ceil: np.ndarray, rep_text: np.ndarray, rep_ceil: np.ndarray, gain: Estimate,
-    alpha: float, why_not: str | None,
+    text: str, d_text: np.ndarray, d_ceil: np.ndarray, rep_text: np.ndarray, rep_ceil: np.ndarray,
+    ceiling: ConditionStats, gain_clear: bool, alpha: float, why_not: str | None,
 ) -> RatioStats:
     zero = rep_ceil == 0
     n_excluded = int(zero.sum())
-    if gain.ci.lo <= 0:
-        return RatioStats(text, None, None, None, f"ceiling gain not clearly positive: {_fmt_ci(gain)}", n_excluded)
+    gain = ceiling.diff
+    assert gain is not None
+    if not gain_clear:
+        why = f"ceiling gain not clearly positive: {_fmt_ci(gain)}"
+        if ceiling.mcnemar is not None and gain.ci.lo > 0:
+            why += f" (McNemar p = {ceiling.mcnemar.p:.3g} does not agree)"
+        elif ceiling.diff_t is not None and gain.ci.lo > 0:
+            why += f" (the t-interval over seeds, {_fmt_iv(ceiling.diff_t.ci)}, does not agree)"
+        return RatioStats(text, None, None, None, why, n_excluded)
     theta = float(d_text.mean() / d_ceil.mean())
     reps = rep_text[~zero] / rep_ceil[~zero]
     loo = None
@@ -514,30 +680,99 @@ def _ratio(
         with np.errstate(divide="ignore", invalid="ignore"):
             loo = _loo_means(d_text) / _loo_means(d_ceil)
     est = _estimate(theta, reps, loo, alpha, why_not)
-    return RatioStats(text, est.value, est.ci, est.percentile, None, n_excluded)
+    p = _p_value(theta, reps, loo, est.ci, RECOVERY_THRESHOLD)
+    per_seed = d_ceil.mean(axis=1)
+    seed_t = None
+    if d_text.shape[0] > 1 and np.all(per_seed != 0):
+        seed_t = _seed_t(d_text.mean(axis=1) / per_seed, RECOVERY_THRESHOLD, alpha)
+    decision, decision_p = est.ci, p
+    if seed_t is not None:
+        decision = max(est.ci, seed_t.ci, key=lambda iv: iv.width)
+        decision_p = max(p, seed_t.p)
+    return RatioStats(text, est.value, est.ci, est.percentile, None, n_excluded, p, seed_t, decision, decision_p)
 
 
 # --- the verdict -----------------------------------------------------------------------------------------------------
-def _rule(m: MetricAnalysis, ceiling: str, text: str) -> tuple[str, str]:
-    """The verdict rules on one metric: (label, the sentence saying which rule fired)."""
-    gain, tgain, r = m.conditions[ceiling].diff, m.conditions[text].diff, m.ratios[text]
-    assert gain is not None and tgain is not None
-    g_clear, t_clear = gain.ci.lo > 0, tgain.ci.lo > 0
-    if g_clear and r.value is not None and r.ci is not None:
-        if r.ci.lo > RECOVERY_THRESHOLD:
-            return "text-closes-gap", (f"R's lower bound {r.ci.lo:.3f} is above {RECOVERY_THRESHOLD}, so the text "
-                                       f"prompt recovers most of the ceiling's gain")
-        if r.ci.hi < RECOVERY_THRESHOLD:
-            return "soft-only", (f"R's upper bound {r.ci.hi:.3f} is below {RECOVERY_THRESHOLD}, so the text prompt "
-                                 f"recovers less than half of the ceiling's gain")
-        return "inconclusive", (f"R's interval contains {RECOVERY_THRESHOLD}, so the data cannot tell whether the "
-                                f"text prompt recovers more or less than half of the gap; more test examples or seeds "
-                                f"would narrow it")
-    if not g_clear and not t_clear:
-        return "neither", ("neither lower bound is above 0, so neither the ceiling nor the text prompt clearly "
-                           "improves on the base (which is not the same as showing that they do not)")
-    return "inconclusive", ("the text prompt clearly improves but the ceiling does not, so R is undefined; a ceiling "
-                            "that does not beat a readable prompt suggests an under-trained soft prompt")
+FLAG_WORDS = {"floor": "at the floor (0 on every example)", "saturated": "saturated (1 on every example)",
+              "chance": "no better than chance"}
+LABELS = ("text-closes-gap", "soft-only", "inconclusive", "neither", "uninformative", "same-as-base")
+
+
+def _pre_rule(a: Analysis, m: MetricAnalysis, text: str) -> tuple[str, str] | None:
+    """The rules that decide before R is tested (None: R is tested, within the family)."""
+    ceiling = a.ceiling
+    assert ceiling is not None
+    if a.duplicates.get(text) == a.base:
+        return "same-as-base", ("its per-example scores equal the base's, so it is the base in effect and gets no "
+                                "verdict")
+    for who, cond in (("the ceiling", ceiling), ("the text prompt", text)):
+        flag = m.conditions[cond].flag
+        if flag is not None:
+            return "uninformative", f"{who} {cond!r} is {FLAG_WORDS[flag]} on {METRIC_LABELS[m.metric][0]}"
+    if not m.ceiling_gain_clear:
+        if m.conditions[text].clear > 0:
+            return "inconclusive", ("the text prompt clearly improves but the ceiling does not, so R is undefined; a "
+                                    "ceiling that does not beat a readable prompt suggests an under-trained soft "
+                                    "prompt")
+        return "neither", ("neither the ceiling nor the text prompt clearly improves on the base (which is not the "
+                           "same as showing that they do not)")
+    return None
+
+
+def _judge(a: Analysis) -> Analysis:
+    """Every text condition's verdict on every metric, R tested with Holm's correction over the family of distinct
+    text conditions that reach that test (statsmodels' ``multipletests``)."""
+    from statsmodels.stats.multitest import multipletests
+
+    alpha = 1 - a.confidence
+    distinct = [t for t in a.texts if a.duplicates.get(t) not in a.texts]
+    outcomes: dict[str, dict[str, tuple[str, str, int | None]]] = {t: {} for t in a.texts}
+    metrics = dict(a.metrics)
+    for name, m in a.metrics.items():
+        family = []
+        for t in distinct:
+            pre = _pre_rule(a, m, t)
+            if pre is None:
+                family.append(t)
+            else:
+                outcomes[t][name] = (*pre, None)
+        ratios = dict(m.ratios)
+        if family:
+            ps = [m.ratios[t].decision_p for t in family]
+            adjusted = multipletests(ps, alpha=alpha, method="holm")[1] if len(family) > 1 else ps
+            for t, p_adj in zip(family, adjusted, strict=True):
+                r = ratios[t] = dataclasses.replace(m.ratios[t], p_adjusted=float(p_adj))
+                outcomes[t][name] = _r_rule(r, len(family), a.n_examples, alpha, a.n_boot)
+        metrics[name] = dataclasses.replace(m, ratios=ratios, family=family)
+    for t in a.texts:  # a duplicate of another text condition shares its verdict
+        if t not in distinct:
+            outcomes[t] = outcomes[a.duplicates[t]]
+    a = dataclasses.replace(a, metrics=metrics)
+    return dataclasses.replace(a, verdicts={t: _verdict(a, t, outcomes[t]) for t in a.texts})
+
+
+def format_p(p: float, n_boot: int, family: int = 1) -> str:
+    """'= p', or '<= p' where the bootstrap cannot resolve it (one replicate in n_boot, times Holm's factor)."""
+    return f"<= {p:.2g}" if p <= family / n_boot else f"= {p:.3g}"
+
+
+def _r_rule(r: RatioStats, family: int, n: int, alpha: float, n_boot: int) -> tuple[str, str, int | None]:
+    assert r.value is not None and r.decision is not None and r.p_adjusted is not None
+    p = format_p(r.p_adjusted, n_boot, family)
+    which = f"Holm-adjusted p {p} over a family of {family}" if family > 1 else f"p {p}"
+    if r.p_adjusted < alpha:
+        if r.value > RECOVERY_THRESHOLD:
+            return "text-closes-gap", (f"R's interval lies above {RECOVERY_THRESHOLD} ({which} for R = "
+                                       f"{RECOVERY_THRESHOLD}), so the text prompt recovers most of the ceiling's "
+                                       f"gain"), None
+        return "soft-only", (f"R's interval lies below {RECOVERY_THRESHOLD} ({which} for R = {RECOVERY_THRESHOLD}), "
+                             f"so the text prompt recovers less than half of the ceiling's gain"), None
+    # n_needed: the interval's half-width shrinks as 1/sqrt(n); it must become smaller than R's distance from 0.5
+    half, gap = r.decision.width / 2, abs(r.value - RECOVERY_THRESHOLD)
+    n_needed = math.ceil(n * (half / gap) ** 2) if gap > 0 and math.isfinite(half) else None
+    more = f"; about {n_needed} test examples per seed would settle it" if n_needed else ""
+    return "inconclusive", (f"the data cannot tell whether the text prompt recovers more or less than half of the "
+                            f"gap ({which} for R = {RECOVERY_THRESHOLD}){more}"), n_needed
 
 
 def _describe(m: MetricAnalysis, ceiling: str, text: str) -> str:
@@ -552,6 +787,8 @@ def _describe(m: MetricAnalysis, ceiling: str, text: str) -> str:
          f"{_fmt_ci(tgain)}{p(text)}")
     if r.value is not None and r.ci is not None:
         s += f"; R = {r.value:.3f} [{r.ci.lo:.3f}, {r.ci.hi:.3f}]"
+        if r.seed_t is not None:
+            s += f" (over seeds: t-interval {_fmt_iv(r.seed_t.ci)}; the wider decides)"
         if r.n_excluded:
             s += f" ({r.n_excluded} replicates with a zero ceiling gain left out)"
     else:
@@ -559,51 +796,57 @@ def _describe(m: MetricAnalysis, ceiling: str, text: str) -> str:
     return s
 
 
+def _verdict(a: Analysis, text: str, outcomes: dict[str, tuple[str, str, int | None]]) -> Verdict:
+    assert a.ceiling is not None
+    deciding = a.deciding
+    label, why, n_needed = outcomes[deciding]
+    pct = round(a.confidence * 100)
+    methods = sorted({e.ci.method for m in a.metrics.values() for c in (a.ceiling, text)
+                      for e in (m.conditions[c].diff,) if e is not None})
+    parts = [
+        f"Verdict for {text!r} against the ceiling {a.ceiling!r} over the base {a.base!r}: \"{label}\". "
+        f"Numbers are means over {a.n_seeds} seed(s) x {a.n_examples} test examples with {pct}% "
+        f"paired-bootstrap intervals ({' or '.join(methods)}, {a.n_boot} replicates). "
+        f"On {METRIC_LABELS[deciding][0]} ({METRIC_LABELS[deciding][1]}; the deciding metric), "
+        f"{_describe(a.metrics[deciding], a.ceiling, text)}; {why}."
+    ]
+    for name, (other, other_why, _) in outcomes.items():
+        if name != deciding:
+            parts.append(f"On {METRIC_LABELS[name][0]} ({METRIC_LABELS[name][1]}; reported, not deciding), "
+                         f"{_describe(a.metrics[name], a.ceiling, text)}; the same rules give \"{other}\""
+                         + (f" ({other_why})" if other == "uninformative" else "") + ".")
+    if deciding != "loglik" and "loglik" not in a.metrics:
+        parts.append("No log-likelihood scores were given, so accuracy decided; it is much noisier.")
+    return Verdict(text, label, deciding, {k: v[0] for k, v in outcomes.items()}, " ".join(parts), why, n_needed)
+
+
 def verdict(analysis: Analysis, text: str) -> Verdict:
     """Whether the text condition ``text`` recovers the ceiling's gain, with a plain-English explanation.
 
-    Decided on the "loglik" metric when present (per-example log-likelihoods are far less noisy than 0/1
-    correctness), else on "accuracy"; the other metric's outcome under the same rules is reported in ``by_metric``
-    and in the explanation. With G = the ceiling's difference from base, T = the text's difference from base and
-    R = the gap ratio, each with its decision interval ``ci`` (BCa or percentile, ``analysis.confidence``), the rules,
-    applied in this order, are:
+    Decided on ``analysis.deciding`` (log-likelihood by default: per-example log-likelihoods are far less noisy than
+    0/1 correctness); the other metric's outcome under the same rules is in ``by_metric`` and the explanation. With
+    G = the ceiling's difference from base, T = the text's, and R = the gap ratio, the rules, in this order, are:
 
-    1. "text-closes-gap": G.lo > 0 and R.lo > 0.5  (the ceiling clearly improves; the text surely recovers more
-       than half of its gain; R > 1, a text prompt beating the ceiling, lands here too);
-    2. "soft-only":       G.lo > 0 and R.hi < 0.5  (the ceiling clearly improves; the text surely recovers less than
-       half, whether or not its own gain is clearly positive);
-    3. "neither":         G.lo <= 0 and T.lo <= 0  (neither gain is clearly positive);
-    4. "inconclusive":    everything else, i.e. G.lo > 0 with 0.5 inside R's interval, or G.lo <= 0 < T.lo
-       (the text clearly improves while the ceiling does not, so R is undefined).
+    0. "same-as-base":    the text's per-example scores equal the base's (no verdict);
+       "uninformative":   the ceiling or the text is at the floor, saturated, or no better than chance on the
+                          metric (``ConditionStats.flag``), so the metric cannot show a gap or its recovery;
+    1. "neither":         G is not clearly positive and T is not either;
+       "inconclusive":    G is not clearly positive but T is (R undefined; an under-trained ceiling?);
+    2. with G clearly positive, R is tested against 0.5 (two-sided, the p-value of its decision interval: BCa or
+       percentile, the wider of that and the t-interval over seeds with several seeds), Holm-corrected over the
+       family of distinct text conditions that reach this test on the metric:
+       "text-closes-gap" when the adjusted p < 1 - confidence and R > 0.5 (R > 1, a text beating the ceiling,
+       lands here too); "soft-only" when it is and R < 0.5; "inconclusive" otherwise.
 
-    R is defined exactly when G.lo > 0, so rules 1-2 never see an undefined R. A text gain whose interval includes 0
-    is not by itself "soft-only": with a wide interval R may still exceed 0.5, and then the answer is "inconclusive".
+    "Clearly positive" is ``ConditionStats.clear``: the interval excludes 0, and for accuracy the exact McNemar test
+    agrees, and with several seeds the t-interval over seeds agrees. A text condition whose scores equal another
+    text condition's shares its verdict and is not counted twice in the family.
     """
     if analysis.ceiling is None:
         raise UserError("verdict: the analysis has no ceiling; run analyze(..., ceiling=<soft prompt condition>)")
     if text not in analysis.texts:
         raise UserError(f"verdict: {text!r} is not a text condition of this analysis ({analysis.texts}); pass one")
-    deciding = "loglik" if "loglik" in analysis.metrics else "accuracy"
-    outcomes = {name: _rule(m, analysis.ceiling, text) for name, m in analysis.metrics.items()}
-    label, why = outcomes[deciding]
-    pct = round(analysis.confidence * 100)
-    methods = sorted({e.ci.method for m in analysis.metrics.values() for c in (analysis.ceiling, text)
-                      for e in (m.conditions[c].diff,) if e is not None})
-    parts = [
-        f"Verdict for {text!r} against the ceiling {analysis.ceiling!r} over the base {analysis.base!r}: \"{label}\". "
-        f"Numbers are means over {analysis.n_seeds} seed(s) x {analysis.n_examples} test examples with {pct}% "
-        f"paired-bootstrap intervals ({' or '.join(methods)}, {analysis.n_boot} replicates). "
-        f"On {METRIC_LABELS[deciding][0]} ({METRIC_LABELS[deciding][1]}; the deciding metric), "
-        f"{_describe(analysis.metrics[deciding], analysis.ceiling, text)}; {why}."
-    ]
-    for name, (other_label, _) in outcomes.items():
-        if name != deciding:
-            parts.append(f"On {METRIC_LABELS[name][0]} ({METRIC_LABELS[name][1]}; reported, not deciding), "
-                         f"{_describe(analysis.metrics[name], analysis.ceiling, text)}; the same rules give "
-                         f'"{other_label}".')
-    if deciding != "loglik":
-        parts.append("No log-likelihood scores were given, so accuracy decided; it is much noisier.")
-    return Verdict(text, label, deciding, {k: v[0] for k, v in outcomes.items()}, " ".join(parts))
+    return analysis.verdicts[text] if analysis.verdicts else _judge(analysis).verdicts[text]
 
 
 def analyze_records(records: Mapping[str, Any], *, base: str, ceiling: str | None = None, **kwargs: Any) -> Analysis:

@@ -301,6 +301,7 @@ class LocalEngine:
             out = self.lm.model.generate(**ids, max_new_tokens=max_tokens, pad_token_id=tok.pad_token_id
                                          or tok.eos_token_id, **kwargs)
         new = out[0, ids["input_ids"].shape[1]:]
+        self.lm.usage.tokens += ids["input_ids"].shape[1] + new.shape[0]  # the prompt once, then each new token
         text = tok.decode(new, skip_special_tokens=True).split("[[ ## completed ## ]]")[0].strip()
         self.generations.append(Generation(prompt, text, temperature, seed))
         return Response(id=None, model=f"local/{self.lm.name}", message=Message.assistant([TextPart(text)]),

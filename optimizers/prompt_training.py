@@ -127,6 +127,9 @@ def run_embeds(lm: LoadedModel, embeds: torch.Tensor, lengths: Sequence[int], pa
     """
     rows, width = embeds.shape[:2]
     dev = embeds.device
+    lm.usage.tokens += sum(lengths)
+    if torch.is_grad_enabled():
+        lm.usage.grad_tokens += sum(lengths)
     n_past = 0 if past is None else past.shape[3]
     valid = torch.arange(width, device=dev)[None, :] < torch.tensor(list(lengths), device=dev)[:, None]
     q = torch.arange(width, device=dev)[:, None] + n_past

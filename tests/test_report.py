@@ -6,10 +6,12 @@ import json
 import math
 import random
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.stats
 
 import harness.report as report
 from harness.artifact import PromptArtifact
@@ -70,17 +72,21 @@ MANIFEST = {
 
 
 def make_run(root: Path, *, seeds: tuple[int, ...] = (0, 1), ceiling: str | None = "soft",
-             failures: dict[tuple[str, int], str] | None = None, dirty: bool = False) -> Path:
+             failures: dict[tuple[str, int], str] | None = None, dirty: bool = False,
+             extra: dict[str, Callable[[int, int], tuple[float, bool]]] | None = None) -> Path:
     """A run folder written through the run-folder module, as the runner writes it: model "org/tiny", task
-    "antonyms", conditions of SHARE, with the evidence a clean run records."""
+    "antonyms", conditions of SHARE, with the evidence a clean run records. ``extra`` adds text conditions whose
+    example ``i`` of seed ``s`` has (gold NLL, correct) = extra[name](i, s)."""
     failures = {("broken", 1): ERROR} if failures is None else failures
+    extra = extra or {}
     folder = RunFolder(root / "results" / RUN_ID)
-    conditions = list(SHARE)
+    conditions = list(SHARE) + list(extra)
+    texts = TEXTS + list(extra)
     folder.write_config({
         "run": {"name": "synth", "seeds": list(seeds), "n_boot": 10_000},
         "models": ["org/tiny"], "tasks": [{"name": "antonyms", "data_dir": None, "sizes": None}],
-        "conditions": {c: {"optimizer": "handwritten" if c in TEXTS else c, "settings": {}} for c in conditions},
-        "ratio": {"base": "base-chat", "texts": TEXTS, "ceiling": ceiling},
+        "conditions": {c: {"optimizer": "handwritten" if c in texts else c, "settings": {}} for c in conditions},
+        "ratio": {"base": "base-chat", "texts": texts, "ceiling": ceiling},
     })
     manifest = json.loads(json.dumps(MANIFEST))
     if dirty:
@@ -98,7 +104,7 @@ def make_run(root: Path, *, seeds: tuple[int, ...] = (0, 1), ceiling: str | None
             record = CellRecord(key, optimizer=cond, settings={}, split_hash=split_hash, n_train=10, n_dev=5,
                                 fit_seconds=0.1, score_seconds=0.2, device="cpu", dtype="float32", threads=2,
                                 code=MANIFEST["code"], finished="2025-01-01T00:05:00+00:00")
-            if cond in TEXTS:
+            if cond in texts:
                 record.optimizer = "handwritten"
             evidence = Evidence(fit_reads={i: {"content": ids_hash([i]), "times": 1}
                                            for i in ids["train"] + ids["dev"]} if cond == "soft" else {})
@@ -109,7 +115,8 @@ def make_run(root: Path, *, seeds: tuple[int, ...] = (0, 1), ceiling: str | None
                 else:
                     lines = []
                     for i, ex in enumerate(ids["test"]):
-                        nll, correct = gold_nll(cond, i, seed), i < CORRECT_UPTO[cond]
+                        nll, correct = (extra[cond](i, seed) if cond in extra
+                                        else (gold_nll(cond, i, seed), i < CORRECT_UPTO[cond]))
                         lls, pred = choice_logliks(nll, correct)
                         lines.append({"example_id": ex, "choice_loglik": lls, "choice_ntokens": [1] * CHOICES,
                                       "choice_greedy": [False] * CHOICES, "gold": 0, "pred": pred,
@@ -178,26 +185,30 @@ CHECKS = [RECORDS, "Every cell used its seed's split", "Train, dev and test are 
 
 def test_report_numbers_match_hand_computation(tmp_path) -> None:
     md, reports = build(tmp_path)
-    order = [md.index(f"\n## {h}") for h in ("Verdict", "Conditions", "Gap-recovered ratio R", "Figures",
-                                              "Final prompts", "Setup", "Validity checklist")]
+    order = [md.index(f"\n## {h}") for h in ("Headline", "Verdict in detail", "Conditions", "Gap-recovered ratio R",
+                                              "Figures", "Final prompts", "Setup", "Validity checklist")]
     assert order == sorted(order)
     assert "Models: org/tiny; tasks: antonyms; seeds: 0, 1; 30 test examples per seed" in md
 
     # verdict: "most" gets 3/4 of the ceiling's gain on every example, so R = 0.75 in every replicate (> 0.5);
     # "half" gets exactly 1/2, so R's interval is [0.5, 0.5], which contains 0.5: inconclusive
-    verdict = section(md, "Verdict")
-    assert ("**most** against the ceiling **soft**: **text-closes-gap**: the readable prompt recovers most"
-            in verdict)
-    assert "R on gold log-likelihood = 0.750 [0.750, 0.750]" in verdict
-    assert "**half** against the ceiling **soft**: **inconclusive**" in verdict
-    assert "R on gold log-likelihood = 0.500 [0.500, 0.500]" in verdict
+    head = section(md, "Headline")
+    assert "| most | 0.750 [0.750, 0.750], p <= 0.004 | +0.281 [" in head and "| **text-closes-gap** |" in head
+    assert "| half | 0.500 [0.500, 0.500], p = 1 | +0.188 [" in head and "| **inconclusive** |" in head
+    assert "family of 2 (Holm)" in head and "Holm-corrected at 5%" in head
+    verdict = section(md, "Verdict in detail")
+    assert "- **most**: **text-closes-gap**: R's interval lies above 0.5" in verdict
+    assert "- **half**: **inconclusive**" in verdict
     assert f"**broken**: no verdict; its cell did not succeed for every seed (seed 1: error ({ERROR}))" in verdict
 
     # R on accuracy by hand: (17 - 10) / (25 - 10) and (22 - 10) / (25 - 10), same in both seeds
     ratio = section(md, "Gap-recovered ratio R")
-    assert re.search(r"\| half \| 0\.500 \[0\.500, 0\.500\] \(percentile\) \| 0\.467 \[", ratio)
-    assert re.search(r"\| most \| 0\.750 \[0\.750, 0\.750\] \(percentile\) \| 0\.800 \[", ratio)
+    assert re.search(r"\| half \| 0\.500 \[0\.500, 0\.500\] \(percentile\), p = 1; over seeds: t \[0\.500, "
+                     r"0\.500\], p = 1 \| 0\.467 \[", ratio)
+    assert re.search(r"\| most \| 0\.750 \[0\.750, 0\.750\] \(percentile\), p <= 0\.002; .* \| 0\.800 \[", ratio)
     assert "| broken | undefined: the condition did not succeed for every seed" in ratio
+    # two seeds: each seed's gains and R, by hand (every example gets the same share of the ceiling's gain)
+    assert "Per seed, on gold log-likelihood" in ratio and "| Δ half / R | Δ most / R |" in ratio
 
     # the table: means and differences by hand from the synthetic values
     def mean_nll(cond: str) -> float:
@@ -211,11 +222,11 @@ def test_report_numbers_match_hand_computation(tmp_path) -> None:
     assert f"| {mean_nll('base-chat') - mean_nll('most'):+.4f} [" in most_row
     # McNemar pooled over the 2 seeds: 12 examples per seed right only for "most", none the other way
     assert f"| {2 * 0.5**24:.3g} (b=24, c=0) |" in most_row
-    assert "| 2 × 30 | ok |" in most_row
+    assert "| fit 0.1 s | — | 2 × 30 |" in most_row
 
     # the failed cell: a row with its error, and the full message below the table; not in the statistics
     broken_row = table_row(md, "broken (text)")
-    assert f"| 1/2 seeds ok | error (seed 1): {ERROR} |" in broken_row
+    assert f"| error (seed 1): {ERROR} | 1/2 seeds ok |" in broken_row
     assert "seed 1, broken: **error** (`cells/org--tiny/antonyms/seed-1/broken`)" in md
 
     # prompts, meta and setup
@@ -236,7 +247,8 @@ def test_report_numbers_match_hand_computation(tmp_path) -> None:
 
     # figures: PNGs that the markdown links to; nothing temporary left behind
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
-    assert len(links) == 2 and any(x.endswith("soft-curves.png") for x in links)
+    assert len(links) == 4 and any(x.endswith("soft-curves.png") for x in links)
+    assert {x.rsplit("-", 1)[1] for x in links} == {"metrics.png", "differences.png", "ratio.png", "curves.png"}
     for link in links:
         assert (reports / link).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in reports.iterdir()) == [RUN_ID, f"{RUN_ID}.md"]
@@ -246,7 +258,7 @@ def test_clean_run_checklist_all_pass(tmp_path) -> None:
     md, _ = build(tmp_path, failures={})
     for title in CHECKS:
         assert check_line(md, title).startswith("- ✅"), check_line(md, title)
-    assert "**broken** against the ceiling **soft**" in md  # every text gets its verdict now
+    assert "- **broken**: **" in section(md, "Verdict in detail")  # every text gets its verdict now
 
 
 def _edit_json(path: Path, **changes) -> None:
@@ -302,7 +314,7 @@ def test_no_ceiling_says_r_cannot_be_computed(tmp_path) -> None:
     assert "(clearly higher than the base); accuracy +0.4000 [" in verdict
     assert f"McNemar p = {2 * 0.5**12:.3g})" in verdict
     assert "R is **undefined** for every text condition: the config names no ceiling" in md
-    assert not re.search(r"R\b[^|\n]*= \d", md)  # no number is given for R anywhere
+    assert not re.search(r"\bR\b[^|\n]*= -?\d+\.\d{3} \[", md)  # no value with an interval is given for R anywhere
     assert (reports / RUN_ID).is_dir()
 
 
@@ -336,3 +348,52 @@ def test_failure_leaves_previous_report_whole(tmp_path, monkeypatch) -> None:
     after = {p.relative_to(reports): p.read_bytes() for p in reports.rglob("*") if p.is_file()}
     assert after == before  # the old report and figures, byte for byte; no temp files
     assert not [p for p in reports.iterdir() if p.name.startswith(".")]
+
+
+def test_headline_collapses_duplicates_and_names_uninformative_metrics(tmp_path) -> None:
+    extra = {
+        "copy": lambda i, s: (gold_nll("half", i, s), i < CORRECT_UPTO["half"]),  # the same prompt as "half"
+        "floor": lambda i, s: (gold_nll("most", i, s), False),  # never right: accuracy at the floor
+        # right on 4 of 30 (chance is 1/8) with a gold NLL around ln 8: no better than chance on either metric
+        "guess": lambda i, s: (2.06 if i < 4 else 2.1, i < 4),
+    }
+    md, reports = build(tmp_path, failures={}, extra=extra)
+    first = md.splitlines()[:40]
+    rows = [x for x in first if x.startswith("| ") and not x.startswith("| text prompt")]
+    # one row per distinct text prompt, within the first screen
+    assert [x.split(" | ")[0] for x in rows] == ["| half = copy", "| most", "| broken", "| floor", "| guess"]
+    half = next(x for x in rows if x.startswith("| half = copy"))
+    assert "2 conditions, identical scores" in half
+    floor = next(x for x in rows if x.startswith("| floor"))
+    assert "accuracy: floor" in floor and "**text-closes-gap**" in floor  # the log-likelihood still decides
+    guess = next(x for x in rows if x.startswith("| guess"))
+    assert "**uninformative**: the text prompt 'guess' is no better than chance on gold log-likelihood" in guess
+    assert "accuracy: chance" in guess and "gold log-likelihood: chance" in guess
+    # the family: half (for both), most, broken, floor; guess is uninformative, copy shares half's vote
+    assert "family of 4 (Holm)" in half and "family of" not in guess
+    # the verdict's machine-readable twin validates against the schema in the repo, row for row
+    import jsonschema
+
+    schema = json.loads((Path(report.__file__).parent / "schemas" / "verdict.schema.json").read_text())
+    data = json.loads((reports / RUN_ID / "verdict.json").read_text())
+    jsonschema.validate(data, schema)
+    [group] = data["groups"]
+    assert [r["texts"] for r in group["rows"]] == [["half", "copy"], ["most"], ["broken"], ["floor"], ["guess"]]
+    assert group["family_size"] == 4 and group["correction"] == "holm" and data["audit"]["passed"]
+    assert {r["texts"][0]: r["verdict"] for r in group["rows"]}["guess"] == "uninformative"
+
+
+def test_three_seeds_show_per_seed_rows_and_the_wider_interval(tmp_path) -> None:
+    shares = {0: 0.2, 1: 0.5, 2: 0.8}  # the text recovers a different share of the gap with each seed's fit
+    extra = {"wobbly": lambda i, s: (gold_nll("base-chat", i, s) - shares[s] * (gold_nll("base-chat", i, s)
+                                                                               - gold_nll("soft", i, s)), False)}
+    md, _ = build(tmp_path, failures={}, seeds=(0, 1, 2), extra=extra)
+    ratio = section(md, "Gap-recovered ratio R")
+    assert "| 0 | +0.375 |" in ratio and "| 2 | +0.375 |" in ratio  # one row per seed
+    row = table_row(ratio.split("Per seed")[1], "0")
+    assert row.endswith("/ 0.200 |")  # wobbly's R in seed 0: exactly its share
+    # the t-interval over the three seeds' R (0.2, 0.5, 0.8), by hand, is the wider and decides
+    half = scipy.stats.t.ppf(0.975, 2) * 0.3 / math.sqrt(3)
+    wide = f"[{0.5 - half:.3f}, {0.5 + half:.3f}]"
+    assert f"over seeds: t {wide}" in table_row(ratio, "wobbly")
+    assert f"| wobbly | 0.500 {wide}" in section(md, "Headline")

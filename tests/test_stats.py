@@ -424,3 +424,153 @@ def test_verdict_needs_a_ceiling_and_a_text_condition() -> None:
     a = analyze({"loglik": {"a": X, "b": X + 1, "c": X}}, base="a", ceiling="b", n_boot=10)
     with pytest.raises(UserError, match="'b' is not a text condition"):
         verdict(a, "b")
+
+
+# --- decision rules that agree, multiplicity, seeds, degenerate results ---------------------------------------------
+def _discordant(n: int, b: int, c: int, base_right: int = 60) -> tuple[np.ndarray, np.ndarray]:
+    """Base and condition 0/1 scores: ``b`` examples only the condition gets right, ``c`` only the base."""
+    base = np.zeros(n)
+    base[:base_right] = 1
+    cond = base.copy()
+    cond[base_right:base_right + b] = 1  # base wrong, condition right
+    cond[:c] = 0  # base right, condition wrong
+    return base, cond
+
+
+def test_an_accuracy_gain_is_clear_only_when_mcnemar_agrees() -> None:
+    base, cond = _discordant(137, 6, 1)
+    a = analyze({"accuracy": {"base": base, "x": cond}}, base="base", n_boot=10_000)
+    x = a.metrics["accuracy"].conditions["x"]
+    assert (x.mcnemar.b, x.mcnemar.c) == (6, 1) and x.mcnemar.p == pytest.approx(0.125)  # 2 * 8/128, by hand
+    assert x.diff.ci.lo > 0  # the BCa interval alone would call it clear (the issue's +0.007)
+    assert x.clear == 0  # the exact test does not agree, so it is not clear
+    base, cond = _discordant(137, 12, 1)  # p = 2 * 14/8192 = 0.0034: both agree
+    y = analyze({"accuracy": {"base": base, "x": cond}}, base="base", n_boot=10_000).metrics["accuracy"]
+    assert y.conditions["x"].mcnemar.p == pytest.approx(2 * 14 / 2**13) and y.conditions["x"].clear == 1
+
+
+def test_under_the_null_accuracy_gains_are_called_clear_at_most_at_the_nominal_rate() -> None:
+    rng = np.random.default_rng(7)
+    n, sets, clear, bca_alone = 137, 400, 0, 0
+    for _ in range(sets):
+        base = (rng.random(n) < 0.5).astype(float)
+        cond = base.copy()
+        u = rng.random(n)
+        b_type, c_type = u < 0.02, (u >= 0.02) & (u < 0.04)  # 2% discordant each way
+        base[b_type], cond[b_type] = 0, 1
+        base[c_type], cond[c_type] = 1, 0
+        a = analyze({"accuracy": {"base": base, "x": cond}}, base="base", n_boot=1000, seed=int(rng.integers(1e9)))
+        clear += a.metrics["accuracy"].conditions["x"].clear > 0
+        bca_alone += a.metrics["accuracy"].conditions["x"].diff.ci.lo > 0
+    assert bca_alone > clear  # the interval alone over-claims; the exact test reins it in
+    # one-sided nominal rate 2.5%; Monte Carlo error on 400 sets: 2 standard errors = 1.6 points
+    assert clear / sets <= 0.025 + 2 * math.sqrt(0.025 * 0.975 / sets)
+
+
+def test_accuracy_means_get_wilson_intervals_never_zero_width() -> None:
+    a = analyze({"accuracy": {"base": np.zeros(137), "x": np.ones(137)}}, base="base", n_boot=500)
+    ci = a.metrics["accuracy"].conditions["base"].mean.ci
+    # Wilson at k = 0: [0, z^2 / (n + z^2)], by hand
+    z = scipy.stats.norm.ppf(0.975)
+    assert ci.method == "wilson" and ci.lo == 0 and ci.hi == pytest.approx(z**2 / (137 + z**2))
+    assert a.metrics["accuracy"].conditions["base"].flag == "floor"
+    assert a.metrics["accuracy"].conditions["x"].flag == "saturated"
+
+
+def _family(gains: dict[str, float], n: int = 200, seed: int = 50) -> Analysis:
+    rng = np.random.default_rng(seed)
+    base = rng.normal(-1, 0.3, n)
+    soft_gain = 1.0 + rng.normal(0, 0.2, n)
+    ll = {"base": base, "soft": base + soft_gain}
+    for name, share in gains.items():
+        ll[name] = base + share * soft_gain + rng.normal(0, 0.6, n)
+    return analyze({"loglik": ll}, base="base", ceiling="soft", n_boot=4000)
+
+
+def test_holm_over_the_family_of_text_conditions() -> None:
+    a = _family({"t1": 0.38, "t2": 0.42, "t3": 0.44})
+    m = a.metrics["loglik"]
+    assert m.family == ["t1", "t2", "t3"]
+    raw = [m.ratios[t].decision_p for t in m.family]
+    # Holm by hand: sort, multiply the i-th smallest by (m - i), running maximum, cap at 1
+    order = np.argsort(raw)
+    by_hand = np.empty(3)
+    running = 0.0
+    for i, k in enumerate(order):
+        running = max(running, min(1.0, (3 - i) * raw[k]))
+        by_hand[k] = running
+    assert [m.ratios[t].p_adjusted for t in m.family] == pytest.approx(list(by_hand))
+    from statsmodels.stats.multitest import multipletests
+
+    assert list(by_hand) == pytest.approx(list(multipletests(raw, method="holm")[1]))
+    # each verdict follows its adjusted p, not its raw p
+    for t in m.family:
+        adj = m.ratios[t].p_adjusted
+        assert (a.verdicts[t].label == "soft-only") == (adj < 0.05 and m.ratios[t].value < 0.5)
+    assert any(p < 0.05 <= q for p, q in zip(raw, by_hand, strict=True)), "the correction should matter here"
+
+
+def test_bca_p_value_inverts_the_bca_interval() -> None:
+    rng = np.random.default_rng(51)
+    n = 150
+    base = rng.normal(-1, 0.3, n)
+    gain = 1.0 + rng.normal(0, 0.2, n)
+    ll = {"base": base, "soft": base + gain, "t": base + 0.42 * gain + rng.normal(0, 0.8, n)}
+
+    def ratio(confidence: float):
+        return analyze({"loglik": ll}, base="base", ceiling="soft", n_boot=4000,
+                       confidence=confidence).metrics["loglik"].ratios["t"]
+
+    r = ratio(0.95)
+    assert r.ci.method == "bca" and 0.002 < r.p < 0.5
+    # at a level just wider than 1 - p the BCa interval reaches 0.5; just narrower, it stops short of it
+    assert ratio(1 - 0.9 * r.p).ci.contains(0.5)
+    assert not ratio(1 - 1.1 * r.p).ci.contains(0.5)
+
+
+def test_duplicates_and_same_as_base_get_no_second_vote() -> None:
+    rng = np.random.default_rng(52)
+    n = 200
+    base = rng.normal(-1, 0.3, n)
+    soft = base + 1 + rng.normal(0, 0.2, n)
+    text = base + 0.2 + rng.normal(0, 0.2, n)
+    a = analyze({"loglik": {"base": base, "soft": soft, "text": text, "copy": text.copy(), "nothing": base.copy()}},
+                base="base", ceiling="soft", n_boot=2000)
+    assert a.duplicates == {"copy": "text", "nothing": "base"}
+    assert a.metrics["loglik"].family == ["text"]  # one vote for the two identical prompts
+    assert a.verdicts["copy"].label == a.verdicts["text"].label == "soft-only"
+    assert a.verdicts["nothing"].label == "same-as-base"
+
+
+def test_a_ceiling_at_chance_makes_the_metric_uninformative() -> None:
+    rng = np.random.default_rng(53)
+    n = 300
+    k = 2  # two choices: chance is 1/2 on accuracy and -ln 2 on the gold log-likelihood
+    base = -math.log(k) - 0.03 + rng.normal(0, 0.05, n)  # worse than uniform over the two choices, as WinoGrande
+    soft = base + 0.01 + rng.normal(0, 0.01, n)  # clearly above the base, still no better than chance
+    text = base + rng.normal(0, 0.02, n)
+    a = analyze({"loglik": {"base": base, "soft": soft, "text": text}}, base="base", ceiling="soft", n_boot=2000,
+                chance={"loglik": -math.log(k)})
+    m = a.metrics["loglik"]
+    assert m.conditions["soft"].clear == 1 and m.conditions["soft"].flag == "chance"
+    v = a.verdicts["text"]
+    assert v.label == "uninformative" and "the ceiling 'soft' is no better than chance" in v.reason
+
+
+def test_three_seeds_use_the_wider_interval() -> None:
+    rng = np.random.default_rng(54)
+    n = 200
+    base = rng.normal(-1, 0.3, (3, n))
+    soft_gain = 1 + rng.normal(0, 0.05, (3, n))
+    share = np.array([[0.1], [0.45], [0.8]])  # the text's recovery differs a lot between seeds (fits)
+    text = base + share * soft_gain + rng.normal(0, 0.05, (3, n))
+    a = analyze({"loglik": {"base": base, "soft": base + soft_gain, "text": text}}, base="base", ceiling="soft",
+                n_boot=2000)
+    r = a.metrics["loglik"].ratios["text"]
+    per_seed = [float((text[s] - base[s]).mean() / soft_gain[s].mean()) for s in range(3)]
+    assert r.seed_t.per_seed == pytest.approx(per_seed)
+    # by hand: mean +- t(0.975, 2) * sd / sqrt(3)
+    half = scipy.stats.t.ppf(0.975, 2) * np.std(per_seed, ddof=1) / math.sqrt(3)
+    assert (r.seed_t.ci.lo, r.seed_t.ci.hi) == pytest.approx((np.mean(per_seed) - half, np.mean(per_seed) + half))
+    assert r.seed_t.ci.width > r.ci.width and r.decision == r.seed_t.ci  # the wider decides
+    assert a.verdicts["text"].label == "inconclusive" and r.decision_p == max(r.p, r.seed_t.p)

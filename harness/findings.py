@@ -1,0 +1,330 @@
+"""What a run shows, per model × task: the statistics of its usable conditions, and the headline a reader acts on.
+
+One place computes what the markdown report, ``verdict.json`` and the terminal's headline table all say: for each
+distinct text prompt (conditions whose per-example scores are identical collapse into one row), R on the deciding
+metric with its interval and Holm-adjusted p, the gain over the base, the cost of the fit, the verdict and the flags
+that qualify it (duplicate, uninformative metric, one seed, family size). Numbers come from ``harness.stats`` on the
+per-example ``scores.jsonl`` lines, read through ``harness.run_folder``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from harness.errors import UserError
+from harness.run_folder import Cell, Run, is_number
+from harness.stats import FLAG_WORDS, RECOVERY_THRESHOLD, Analysis, Estimate, analyze_records, format_p
+
+VERDICT_SHORT = {
+    "text-closes-gap": "recovers most of the gap",
+    "soft-only": "recovers less than half of the gap",
+    "inconclusive": "undecided",
+    "neither": "no clear gain from the ceiling or the prompt",
+    "uninformative": "uninformative",
+    "same-as-base": "the base in effect",
+}
+
+
+@dataclass
+class Cost:
+    """What fitting a condition took, averaged over its seeds (None: not recorded)."""
+
+    fit_seconds: float | None = None
+    score_seconds: float | None = None
+    fit_tokens: float | None = None
+    fit_grad_tokens: float | None = None
+    prompt_tokens: float | None = None
+    trainable_params: float | None = None
+
+    @classmethod
+    def of(cls, cells: Sequence[Cell]) -> Cost:
+        def mean(name: str) -> float | None:
+            vals = [getattr(c.record, name) for c in cells if c.record is not None]
+            return sum(vals) / len(vals) if vals and all(is_number(v) for v in vals) else None
+
+        return cls(**{k: mean(k) for k in cls.__dataclass_fields__})
+
+    def text(self) -> str:
+        parts = []
+        if self.fit_seconds is not None:
+            parts.append(f"fit {_duration(self.fit_seconds)}")
+        if self.fit_tokens is not None:
+            parts.append(f"{_count(self.fit_tokens)} tok" if self.fit_tokens else "no model calls")
+        size = []
+        if self.trainable_params:
+            size.append(f"{_count(self.trainable_params)} params")
+        if self.prompt_tokens is not None:
+            size.append(f"+{_count(self.prompt_tokens)} prompt tok")
+        return ", ".join(parts) + ("; " + ", ".join(size) if size else "") if parts or size else "not recorded"
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def _duration(s: float) -> str:
+    return f"{s:.1f} s" if s < 60 else f"{s / 60:.1f} min"
+
+
+def _count(x: float) -> str:
+    x = float(x)
+    if x >= 1e6:
+        return f"{x / 1e6:.1f} M"
+    if x >= 1e4:
+        return f"{x / 1e3:.0f} k"
+    return f"{x:.0f}"
+
+
+@dataclass
+class Group:
+    """One (model, task): which conditions the statistics use, the analysis, and why R may be missing."""
+
+    model: str
+    task: str
+    cells: dict[str, list[Cell]]  # condition -> its cells, one per seed
+    usable: list[str]  # conditions ok in every seed: the only ones in the statistics
+    analysis: Analysis | None
+    has_base: bool  # differences are from the configured base (else the table shows means only)
+    r_reason: str | None  # why R cannot be computed for any text condition; None when it can
+    stats_error: str | None = None
+    per_token: bool = False  # continuation task: gold NLL is per token
+    costs: dict[str, Cost] = field(default_factory=dict)
+    same_tokens: dict[str, bool] = field(default_factory=dict)  # condition -> continuation tokens equal the base's
+
+    @property
+    def name(self) -> str:
+        return f"{self.model} / {self.task}"
+
+    @property
+    def ll_unit(self) -> str:
+        return "nats per token" if self.per_token else "nats per example"
+
+
+def failure(cells: Sequence[Cell]) -> str:
+    """Why a condition is not usable: each failing seed with its status and message."""
+    return "; ".join(f"seed {c.seed}: {c.status}" + (f" ({c.error})" if c.error else "") for c in cells if not c.ok)
+
+
+def _chance(cells: dict[str, list[Cell]], usable: list[str], per_token: bool) -> dict[str, float] | None:
+    """Chance on each metric for a multiple-choice task with k_i choices: accuracy mean(1/k_i), gold
+    log-likelihood mean(-ln k_i). Continuations have no chance level."""
+    if per_token or not usable:
+        return None
+    ks = [len(x.get("choice_loglik") or []) for c in cells[usable[0]] for x in c.lines]
+    if not ks or min(ks) < 2:
+        return None
+    return {"accuracy": sum(1 / k for k in ks) / len(ks), "loglik": -sum(math.log(k) for k in ks) / len(ks)}
+
+
+def analyze_group(run: Run, model: str, task: str, n_boot: int) -> Group:
+    cells = {c: [run.cell(model, task, s, c) for s in run.seeds] for c in run.conditions}
+    usable = [c for c in run.conditions if cells[c] and all(x.ok for x in cells[c])]
+    base, ceiling = run.base, run.ceiling
+    if base is None:
+        r_reason = "the config has no [ratio] section naming a base, so there is nothing to measure gains from"
+    elif ceiling is None:
+        r_reason = ("the config names no ceiling condition ([ratio] ceiling is unset), so there is no gap to measure "
+                    "a recovery against")
+    elif base not in usable:
+        r_reason = f"the base {base!r} did not succeed for every seed ({failure(cells.get(base, []))})"
+    elif ceiling not in usable:
+        r_reason = f"the ceiling {ceiling!r} did not succeed for every seed ({failure(cells.get(ceiling, []))})"
+    else:
+        r_reason = None
+    has_base = base in usable
+    per_token = any("greedy_match" in r for c in usable for x in cells[c] for r in x.lines[:1])
+    group = Group(model, task, cells, usable, None, has_base, r_reason, per_token=per_token,
+                  costs={c: Cost.of(cells[c]) for c in run.conditions})
+    if not usable:
+        group.stats_error = "no condition succeeded for every seed"
+        return group
+    if has_base:
+        ref = {(x.seed, r["example_id"]): r.get("choice_ntokens") for x in cells[base] for r in x.lines}
+        group.same_tokens = {c: all(ref.get((x.seed, r["example_id"])) == r.get("choice_ntokens") for x in cells[c]
+                                    for r in x.lines) for c in usable}
+    records = {c: {x.seed: x.lines for x in cells[c]} for c in usable}
+    ref_name = base if has_base else usable[0]
+    if len(records) == 1:
+        # the statistics need a second condition; a copy of the only one gives its mean and interval unchanged
+        records[f"{ref_name} (copy)"] = records[ref_name]
+    use_ceiling = ceiling if r_reason is None else None
+    texts = [t for t in run.texts if t in usable] if use_ceiling else []
+    try:
+        group.analysis = analyze_records(records, base=ref_name, ceiling=use_ceiling, texts=texts, n_boot=n_boot,
+                                         chance=_chance(cells, usable, per_token),
+                                         deciding=(run.config.get("ratio") or {}).get("metric") or "loglik")
+    except UserError as e:
+        group.stats_error = str(e)
+        group.r_reason = group.r_reason or f"the statistics could not be computed ({e})"
+    return group
+
+
+# --- the headline --------------------------------------------------------------------------------------------------
+@dataclass
+class Row:
+    """One distinct text prompt: the conditions that share it, and what the run says about it."""
+
+    texts: list[str]  # the first is the row's name; the others scored identically on every example
+    verdict: str | None  # None: no verdict (the condition failed)
+    reason: str
+    r: dict[str, Any] | None  # value, lo, hi, method, p, p_adjusted (deciding metric)
+    delta: Estimate | None  # text - base on the deciding metric
+    delta_clear: int = 0
+    cost: Cost = field(default_factory=Cost)
+    flags: list[str] = field(default_factory=list)
+    n_needed: int | None = None
+
+    @property
+    def name(self) -> str:
+        return " = ".join(self.texts)
+
+
+@dataclass
+class Headline:
+    model: str
+    task: str
+    metric: str | None  # the deciding metric
+    rows: list[Row]
+    ceiling_line: str  # what the ceiling does, or why there is no verdict
+    notes: list[str]
+    family: int = 0
+    ceiling_gain: Estimate | None = None
+    beaten_by: list[str] = field(default_factory=list)
+    n_boot: int = 0
+
+
+def _metric_name(g: Group, metric: str) -> str:
+    if metric == "accuracy":
+        return "greedy exact match" if g.per_token else "accuracy"
+    return f"gold log-likelihood ({g.ll_unit})"
+
+
+def _est_text(e: Estimate, d: int = 3) -> str:
+    return f"{e.value:+.{d}f} [{e.ci.lo:+.{d}f}, {e.ci.hi:+.{d}f}]"
+
+
+def headline(run: Run, g: Group) -> Headline:
+    """The first screen for one model × task."""
+    a = g.analysis
+    if a is None or g.r_reason is not None or a.ceiling is None:
+        why = g.r_reason or g.stats_error or "no statistics"
+        rows = [Row([t], None, f"no verdict: {why}", None, None, cost=g.costs.get(t, Cost())) for t in run.texts]
+        return Headline(g.model, g.task, None, rows, f"No verdict: {why}.", [])
+    metric = a.deciding
+    m = a.metrics[metric]
+    gain = m.conditions[a.ceiling].diff
+    assert gain is not None
+    ceiling_cost = g.costs.get(a.ceiling, Cost())
+    line = (f"Ceiling **{a.ceiling}** over base **{a.base}** on {_metric_name(g, metric)}: {_est_text(gain)} "
+            f"({'clearly positive' if m.ceiling_gain_clear else 'not clearly positive'}); cost: "
+            f"{ceiling_cost.text()}.")
+    notes: list[str] = []
+    flag = m.conditions[a.ceiling].flag
+    if flag:
+        line += f" The ceiling is **{FLAG_WORDS[flag]}** on this metric, so it shows no gap to recover."
+    beaten = [c for c in g.usable if c in m.conditions and m.conditions[c].beats_ceiling]
+    if beaten:
+        vs = {c: m.conditions[c].vs_ceiling for c in beaten}
+        notes.append("A stronger trained condition exists: " + "; ".join(
+            f"**{c}** beats the designated ceiling by {_est_text(e)}" for c, e in vs.items() if e is not None)
+            + f". R against {a.ceiling!r} understates the real gap; \"recovers less than half\" means less than "
+              f"half of what {a.ceiling!r} gains, and the verdicts claim no more.")
+
+    rows: list[Row] = []
+    for t in run.texts:
+        if t not in g.usable:
+            rows.append(Row([t], None, f"no verdict: its cell did not succeed for every seed ({failure(g.cells[t])})",
+                            None, None, cost=g.costs.get(t, Cost())))
+            continue
+        twin = a.duplicates.get(t)
+        if twin in a.texts:
+            row = next(r for r in rows if twin in r.texts)
+            row.texts.append(t)
+            continue
+        v = a.verdicts[t]
+        r = m.ratios[t]
+        c = m.conditions[t]
+        r_json = None if r.value is None or r.decision is None else {
+            "value": r.value, "lo": r.decision.lo, "hi": r.decision.hi, "method": r.decision.method, "p": r.decision_p,
+            "p_adjusted": r.p_adjusted}
+        flags = []
+        if twin == a.base:
+            flags.append(f"= {a.base} (identical scores)")
+        for name, mm in a.metrics.items():
+            if mm.conditions[t].flag:
+                flags.append(f"{_metric_name(g, name).split(' (')[0]}: {mm.conditions[t].flag}")
+        rows.append(Row([t], v.label, v.reason, r_json, c.diff, c.clear, g.costs.get(t, Cost()), flags, v.n_needed))
+    for row in rows:  # identical prompts share one row; their costs may differ
+        if len(row.texts) > 1:
+            row.flags.insert(0, f"{len(row.texts)} conditions, identical scores")
+    family = len(m.family)
+    if a.n_seeds == 1:
+        notes.append("One seed: each verdict holds for this one trained ceiling and this one run of each search, "
+                     "not for the methods in general; run more seeds to see their spread.")
+        for row in rows:
+            row.flags.append("one seed")
+    if family > 1:
+        notes.append(f"Multiplicity: {family} distinct text prompts are judged against the ceiling on "
+                     f"{_metric_name(g, metric).split(' (')[0]}; their tests of R = {RECOVERY_THRESHOLD} are "
+                     f"Holm-corrected at {1 - a.confidence:.0%} (the p in the table is adjusted).")
+        for row in rows:
+            if row.r is not None and row.r.get("p_adjusted") is not None:
+                row.flags.append(f"family of {family} (Holm)")
+    for name in (n for n in a.metrics if n != metric):
+        flagged = [(t, a.metrics[name].conditions[t].flag) for t in dict.fromkeys([a.ceiling, *a.texts])
+                   if t in a.metrics[name].conditions and a.metrics[name].conditions[t].flag]
+        if flagged:
+            by_flag: dict[str, list[str]] = {}
+            for t, f in flagged:
+                by_flag.setdefault(f, []).append(t)
+            notes.append(f"{_metric_name(g, name).split(' (')[0].capitalize()} cannot rank these prompts here ("
+                         + "; ".join(f"{FLAG_WORDS[f]}: {', '.join(ts)}" for f, ts in by_flag.items())
+                         + f"); the verdicts are decided on {_metric_name(g, metric).split(' (')[0]}.")
+    return Headline(g.model, g.task, metric, rows, line, notes, family, gain, beaten, a.n_boot)
+
+
+def headline_table(h: Headline, mark: Callable[[str], str] = lambda s: s) -> tuple[list[str], list[list[str]]]:
+    """The headline table's header and cells as text; ``mark`` emphasises the verdict (markdown, rich)."""
+    metric = "gold log-lik" if h.metric == "loglik" else "accuracy"
+    rows = []
+    for r in h.rows:
+        r_text = "—"
+        if r.r is not None:
+            r_text = f"{r.r['value']:.3f} [{r.r['lo']:.3f}, {r.r['hi']:.3f}]"
+            if r.r.get("p_adjusted") is not None:
+                r_text += f", p {format_p(r.r['p_adjusted'], h.n_boot, max(1, h.family))}"
+        verdict = r.reason if r.verdict is None else mark(r.verdict)
+        if r.verdict == "inconclusive" and r.n_needed:
+            verdict += f" (~{r.n_needed} examples would settle it)"
+        elif r.verdict == "uninformative":
+            verdict += f": {r.reason}"
+        rows.append([r.name, r_text, _est_text(r.delta) if r.delta is not None else "—", r.cost.text(), verdict,
+                     "; ".join(r.flags) or "—"])
+    return (["text prompt", f"R on {metric} [95% CI]", f"Δ {metric} vs base [95% CI]", "cost", "verdict", "flags"],
+            rows)
+
+
+def verdict_json(run: Run, groups: list[Group], stamp: dict[str, Any], audit: Any) -> dict[str, Any]:
+    """The headline as data, for pipelines; ``verdict.schema.json`` (package data) describes it."""
+    out: dict[str, Any] = {"schema": "promptgap-verdict/1", "run_id": run.run_id, "written": stamp["written"],
+                           "code": stamp["code"], "audit": {"passed": audit.passed,
+                                                            "failed": [i.title for i in audit.failed]}, "groups": []}
+    for g in groups:
+        h = headline(run, g)
+        a = g.analysis
+        out["groups"].append({
+            "model": g.model, "task": g.task, "base": run.base, "ceiling": run.ceiling, "metric": h.metric,
+            "n_seeds": a.n_seeds if a else None, "n_examples": a.n_examples if a else None,
+            "confidence": a.confidence if a else None, "correction": "holm", "family_size": h.family,
+            "ceiling_gain": _est_json(h.ceiling_gain), "ceiling_beaten_by": h.beaten_by,
+            "no_verdict_reason": g.r_reason or g.stats_error,
+            "rows": [{"texts": r.texts, "verdict": r.verdict, "reason": r.reason, "R": r.r,
+                      "delta": _est_json(r.delta), "flags": r.flags, "n_needed": r.n_needed, "cost": r.cost.to_json()}
+                     for r in h.rows]})
+    return out
+
+
+def _est_json(e: Estimate | None) -> dict[str, float] | None:
+    return None if e is None else {"value": e.value, "lo": e.ci.lo, "hi": e.ci.hi}
