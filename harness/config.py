@@ -58,6 +58,7 @@ class TaskConfig:
 class ConditionConfig:
     optimizer: str
     settings: dict[str, Any] = field(default_factory=dict)
+    variant_of: str | None = None  # a paraphrase of a `paraphrases` condition: its noise floor, not judged
 
 
 @dataclass
@@ -96,6 +97,16 @@ def _size(where: str, key: str, value: Any) -> int | None:
         allowed = "a whole number >= 1" + ("" if key == "dev" else ' or "all"')
         raise UserError(f"{where}: sizes.{key} = {value!r}; use {allowed}")
     return value
+
+
+def paraphrase_variants(name: str, settings: dict[str, Any]) -> dict[str, ConditionConfig]:
+    """Each instruction of a `paraphrases` condition as a hand-written condition of its own (``<name>.0`` is the
+    task's own instruction), so each is scored on test in its own cell: their spread is the noise floor."""
+    fmt = {"format": settings["format"]} if settings.get("format") else {}
+    out = {f"{name}.0": ConditionConfig("handwritten", dict(fmt), variant_of=name)}
+    for i, text in enumerate(settings.get("instructions") or [], 1):
+        out[f"{name}.{i}"] = ConditionConfig("handwritten", {"instruction": text, **fmt}, variant_of=name)
+    return out
 
 
 def load_config(path: str | Path) -> RunConfig:
@@ -163,6 +174,8 @@ def load_config(path: str | Path) -> RunConfig:
         optimizer = str(settings.pop("optimizer", name))
         get_optimizer(optimizer)(**settings)  # unknown condition or setting: fail now
         conditions[name] = ConditionConfig(optimizer=optimizer, settings=settings)
+        if optimizer == "paraphrases":
+            conditions.update(paraphrase_variants(name, settings))
 
     ratio = dict(raw.get("ratio", {}))
     _unknown(f"config {path} [ratio]", ratio, RATIO_KEYS)
@@ -172,7 +185,8 @@ def load_config(path: str | Path) -> RunConfig:
                             f"{len(conditions)}; add conditions or remove [ratio]")
         if "base" not in ratio:
             raise UserError(f"config {path} [ratio]: missing base; name the condition every gain is measured from")
-        texts = ratio.get("texts", [c for c in conditions if c not in (ratio["base"], ratio.get("ceiling"))])
+        texts = ratio.get("texts", [c for c in conditions if c not in (ratio["base"], ratio.get("ceiling"))
+                                    and conditions[c].variant_of is None])
         if isinstance(texts, str):
             texts = [texts]
         ratio["texts"] = texts

@@ -259,6 +259,7 @@ def headline(run: Run, g: Group) -> Headline:
     for row in rows:  # identical prompts share one row; their costs may differ
         if len(row.texts) > 1:
             row.flags.insert(0, f"{len(row.texts)} conditions, identical scores")
+    notes += _noise_floors(run, g, metric)
     family = len(m.family)
     if a.n_seeds == 1:
         notes.append("One seed: each verdict holds for this one trained ceiling and this one run of each search, "
@@ -283,6 +284,28 @@ def headline(run: Run, g: Group) -> Headline:
                          + "; ".join(f"{FLAG_WORDS[f]}: {', '.join(ts)}" for f, ts in by_flag.items())
                          + f"); the verdicts are decided on {_metric_name(g, metric).split(' (')[0]}.")
     return Headline(g.model, g.task, metric, rows, line, notes, family, gain, beaten, a.n_boot)
+
+
+def _noise_floors(run: Run, g: Group, metric: str) -> list[str]:
+    """For each `paraphrases` condition: the spread of its paraphrases' gains on test, each scored in its own cell."""
+    a = g.analysis
+    assert a is not None
+    conditions = run.config.get("conditions") or {}
+    out = []
+    for parent in dict.fromkeys(c.get("variant_of") for c in conditions.values() if c.get("variant_of")):
+        variants = [c for c, spec in conditions.items() if spec.get("variant_of") == parent and c in g.usable]
+        diffs = sorted(((a.metrics[metric].conditions[c].diff, c) for c in variants
+                        if a.metrics[metric].conditions[c].diff is not None), key=lambda d: d[0].value)
+        if len(diffs) < 2:
+            continue
+        mid = diffs[(len(diffs) - 1) // 2]
+        (lo, lo_name), (hi, hi_name) = diffs[0], diffs[-1]
+        out.append(f"Noise floor of hand-writing: the {len(diffs)} instructions of **{parent}** (each scored on test "
+                   f"in its own cell) gain {_est_text(lo)} ({lo_name}, least) to {_est_text(hi)} "
+                   f"({hi_name}, most) over the base, median {_est_text(mid[0])}, on "
+                   f"{_metric_name(g, metric).split(' (')[0]}; {parent} itself is the one chosen on dev. A text "
+                   f"optimizer's gain inside this spread is no more than a choice of wording.")
+    return out
 
 
 def headline_table(h: Headline, mark: Callable[[str], str] = lambda s: s) -> tuple[list[str], list[list[str]]]:

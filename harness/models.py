@@ -52,6 +52,7 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     usage: Usage = field(default_factory=Usage)
+    cache: dict = field(default_factory=dict, repr=False)  # derived tensors (a float32 LM head), made on first use
 
     # DSPy and friends deep-copy whatever they can reach; a model handle must never be copied
     def __deepcopy__(self, memo: dict) -> LoadedModel:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
-import json
 import logging
 import os
 import platform
@@ -222,8 +221,3 @@ def model_record(name: str, lm: Any) -> dict[str, Any]:
         rec["error"] = f"could not hash the model's files ({e})"
     rec["tokenizer"] = tokenizer_facts(lm.tokenizer)
     return rec
-
-
-def describe_json(data: Any) -> str:
-    """Stable text of a JSON value, for hashing configs."""
-    return json.dumps(data, sort_keys=True, ensure_ascii=False)

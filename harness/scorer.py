@@ -31,6 +31,7 @@ import torch
 
 from harness.artifact import PromptArtifact
 from harness.data import Example, TaskKind
+from harness.forward import common_prefix, head_logits, run_tree_rows
 from harness.models import LoadedModel
 from harness.progress import bar
 from harness.render import Ledger, Renderer, TokenRequest
@@ -77,25 +78,6 @@ def example_score(example: Example, kind: TaskKind, results: Sequence[Loglik]) -
                         pred == example.gold, log_z - lls[example.gold])
 
 
-def embed_tokens(model: torch.nn.Module, ids: torch.Tensor, soft: torch.Tensor | None) -> torch.Tensor:
-    """The model's input embeddings of ``ids``, with each sentinel id (negative, ``render.soft_id(i)``)
-    replaced by row ``i`` of ``soft``: how the scorer and the training forward both read a soft prompt.
-
-    Differentiable in ``soft``. Embedding modules that scale their output (Gemma) are called as the model
-    calls them, so soft vectors live in the space the model's layers read.
-    """
-    emb = model.get_input_embeddings()(ids.clamp(min=0))
-    if soft is None:
-        if bool((ids < 0).any()):
-            raise ValueError("soft-prompt sentinel ids but no soft_prompt")
-        return emb
-    is_soft = ids < 0
-    index = -1 - ids.clamp(max=-1)
-    if bool((index[is_soft] >= soft.shape[0]).any()):
-        raise ValueError(f"a sentinel id asks for a soft vector beyond the {soft.shape[0]} given")
-    return torch.where(is_soft[..., None], soft.to(emb.dtype)[index], emb)
-
-
 @dataclass(eq=False)
 class _Node:
     """A run of tokens shared by every input below it; ``start`` is its first position."""
@@ -113,14 +95,6 @@ class _Node:
         return self.start + len(self.tokens)
 
 
-def _lcp(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
-
-
 def build_tree(seqs: list[tuple[int, ...]]) -> tuple[_Node, list[_Node]]:
     """Radix tree of ``seqs``; returns the root and, per sequence, the node it ends in."""
     order = sorted(range(len(seqs)), key=lambda u: seqs[u])
@@ -131,7 +105,7 @@ def build_tree(seqs: list[tuple[int, ...]]) -> tuple[_Node, list[_Node]]:
         node, members, start = stack.pop()
         first, last = seqs[members[0]], seqs[members[-1]]
         # sorted order: the lcp of the first and last member is the lcp of all
-        end = min(_lcp(first, last), min(len(seqs[m]) for m in members))
+        end = min(common_prefix(first, last), min(len(seqs[m]) for m in members))
         node.tokens = first[start:end]
         rest = []
         for m in members:
@@ -173,10 +147,7 @@ class Scorer:
         self.batch_tokens = batch_tokens or 64 * batch_size
         self.max_rows = 8 * batch_size  # bounds the key/value buffer of a pass of narrow nodes
         self.renderer = Renderer(lm.tokenizer)
-        self.base = lm.model.base_model  # the decoder stack without the LM head
-        self.head = lm.model.get_output_embeddings()
         cfg = lm.model.config.get_text_config()
-        self.softcap = getattr(cfg, "final_logit_softcapping", None)
         self.max_len = getattr(cfg, "max_position_embeddings", None)
         self._soft: torch.Tensor | None = None  # the soft vectors of the current ``loglikelihood`` call
         self._pool: ThreadPoolExecutor | None = None
@@ -382,10 +353,7 @@ class Scorer:
             return
         dev = hidden.device
         h = hidden[torch.tensor(rows, device=dev), torch.tensor(offs, device=dev)]
-        logits = self.head(h)
-        if self.softcap:
-            logits = torch.tanh(logits / self.softcap) * self.softcap
-        logits = logits.float()
+        logits = head_logits(self.lm, h)
         # log p(target) = logit - logsumexp: no full log-softmax table is written
         tgt = torch.tensor(targets, device=dev)
         tok_lp = torch.log_softmax(logits, dim=-1).gather(1, tgt[:, None])[:, 0].tolist()
@@ -397,82 +365,5 @@ class Scorer:
         self._advance(len(rows))
 
     def _forward(self, rows: list[list[int]], parents: list[torch.Tensor | None], starts: list[int]):
-        """Run right-padded ``rows``, each after its parent's saved prefix (left-padded to one width).
-
-        Keys/values live in one buffer [layers, 2, rows, kv_heads, past + width, head_dim]: the
-        past is copied in once and each layer writes its new keys in place (no per-layer concat).
-        Returns (buffer, past width, final hidden states).
-        """
-        dev = self.lm.device
-        width = max(len(r) for r in rows)
-        n_past = max(starts)
-        ids = torch.zeros(len(rows), width, dtype=torch.long)
-        key_valid = torch.zeros(len(rows), n_past + width, dtype=torch.bool)
-        for i, r in enumerate(rows):
-            ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-            key_valid[i, n_past - starts[i] : n_past + len(r)] = True
-        ids, key_valid = ids.to(dev), key_valid.to(dev)
-        positions = torch.tensor(starts, device=dev)[:, None] + torch.arange(width, device=dev)[None, :]
-
-        layers, kv_heads, head_dim = self.lm.kv_shape
-        buf = torch.empty(layers, 2, len(rows), kv_heads, n_past + width, head_dim,
-                          dtype=self.lm.dtype, device=dev)
-        for i, p in enumerate(parents):
-            pad = n_past - starts[i]
-            buf[:, :, i, :, :pad] = 0  # masked, but garbage could be NaN, and NaN survives masking
-            if p is not None:
-                buf[:, :, i, :, pad:n_past] = p
-
-        q = torch.arange(width, device=dev)[:, None] + n_past  # each query's index among the keys
-        k = torch.arange(n_past + width, device=dev)[None, :]
-        allowed = (k <= q)[None] & key_valid[:, None, :]
-        allowed |= (k == q)[None]  # a padded query attends to itself, so no row is all -inf
-        mask = torch.zeros(allowed.shape, dtype=self.lm.dtype, device=dev)
-        mask.masked_fill_(~allowed, torch.finfo(self.lm.dtype).min)
-        cache = _BufferCache(buf, n_past)
-        if self._soft is None:
-            inputs = {"input_ids": ids}
-        else:
-            inputs = {"inputs_embeds": embed_tokens(self.lm.model, ids, self._soft)}
-        out = self.base(**inputs, attention_mask=mask[:, None], position_ids=positions,
-                        **{self.lm.cache_kwarg: cache}, use_cache=True)
-        return buf, n_past, out.last_hidden_state
-
-
-def _buffer_cache_classes():
-    """A transformers Cache over a preallocated buffer (defined lazily: transformers imports slowly)."""
-    from transformers.cache_utils import Cache, DynamicLayer
-
-    class BufferLayer(DynamicLayer):
-        def __init__(self, keys: torch.Tensor, values: torch.Tensor, filled: int) -> None:
-            super().__init__()
-            self.buf_keys, self.buf_values, self.filled = keys, values, filled
-            self.keys, self.values = keys[:, :, :filled], values[:, :, :filled]
-            self.dtype, self.device, self.is_initialized = keys.dtype, keys.device, True
-
-        def update(self, key_states, value_states, *args, **kwargs):
-            end = self.filled + key_states.shape[-2]
-            self.buf_keys[:, :, self.filled : end] = key_states
-            self.buf_values[:, :, self.filled : end] = value_states
-            self.filled = end
-            self.keys, self.values = self.buf_keys[:, :, :end], self.buf_values[:, :, :end]
-            return self.keys, self.values
-
-        def get_seq_length(self) -> int:
-            return self.filled
-
-    class BufferCache(Cache):
-        def __init__(self, buf: torch.Tensor, filled: int) -> None:
-            super().__init__(layers=[BufferLayer(buf[i, 0], buf[i, 1], filled) for i in range(buf.shape[0])])
-
-    return BufferCache
-
-
-_BUFFER_CACHE = None
-
-
-def _BufferCache(buf: torch.Tensor, filled: int):  # noqa: N802 - stands in for a class
-    global _BUFFER_CACHE
-    if _BUFFER_CACHE is None:
-        _BUFFER_CACHE = _buffer_cache_classes()
-    return _BUFFER_CACHE(buf, filled)
+        """(buffer, past width, hidden) of ``rows`` after their parents' prefixes: ``forward.run_tree_rows``."""
+        return run_tree_rows(self.lm, rows, parents, starts, self._soft)

@@ -115,6 +115,34 @@ class Optimizer(ABC):
         """Return the prompt artifact this condition puts in front of every test input."""
 
 
+SELECT_ON = ("loss", "accuracy")
+
+
+def choose_on_dev(ctx: FitContext, candidates: Sequence[PromptArtifact], select_on: str = "loss",
+                  label: str = "candidate") -> tuple[PromptArtifact, list[dict[str, Any]]]:
+    """Score each candidate on all of dev through the shared scorer and return the best with every candidate's
+    scores: by mean gold NLL (``loss``), or by accuracy with ties broken by loss; the first of equals wins.
+    Reports the selection (dev ids and metric) to the harness."""
+    if not ctx.dev:
+        raise UserError(f"{label}: no dev examples to choose on; give the task a dev split")
+    if select_on not in SELECT_ON:
+        raise UserError(f"{label}: select_on {select_on!r} is unknown; use loss or accuracy")
+    tried: list[dict[str, Any]] = []
+    best: tuple[tuple[float, ...], PromptArtifact] | None = None
+    for i, art in enumerate(candidates):
+        scores = ctx.scorer.score(art, ctx.dev, ctx.task.kind, desc=f"{label} {i + 1}/{len(candidates)}: dev")
+        loss = sum(x.gold_nll for x in scores) / len(scores)
+        acc = sum(x.correct for x in scores) / len(scores)
+        tried.append({"dev_loss": loss, "dev_accuracy": acc})
+        ctx.log.info("%s %d: dev gold NLL %.4f, accuracy %.4f", label, i + 1, loss, acc)
+        key = (-acc, loss) if select_on == "accuracy" else (loss,)
+        if best is None or key < best[0]:
+            best = (key, art)
+    assert best is not None
+    ctx.report_selection([e.id for e in ctx.dev], "dev accuracy" if select_on == "accuracy" else "dev gold NLL")
+    return best[1], tried
+
+
 def check_artifact(artifact: Any, lm: LoadedModel, owner: str) -> PromptArtifact:
     """What ``fit`` returned, checked against the model before anything is scored; ``owner`` names the condition."""
     if not isinstance(artifact, PromptArtifact):

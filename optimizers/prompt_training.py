@@ -2,8 +2,8 @@
 
 Shared by ``soft-prompt`` (input-embedding vectors), ``prefix-tuning`` (per-layer key/value prefixes) and
 ``soft-projected``. The forward reads the same rendered token ids as the scorer (``Renderer.requests``, with
-sentinel ids where soft vectors go) and embeds them with the scorer's own ``embed_tokens``, so the training
-loss and the test score are the same function of the artifact (tests check this to 1e-4).
+sentinel ids where soft vectors go) and runs them through the same ``harness.forward`` (embedding, mask, positions,
+float32 head), so the training loss and the test score are the same function of the artifact.
 
 Speed: the token run every training sequence shares before the first trainable position (for a soft prompt
 inside the chat user turn: the whole system prompt and user header) is run once without gradients and
@@ -25,10 +25,10 @@ import torch
 from harness.artifact import FORMATS, PLACEMENTS, PromptArtifact
 from harness.data import Example, TaskKind
 from harness.errors import UserError
+from harness.forward import common_prefix, embed_tokens, head_logits, kv_of, run_after
 from harness.models import LoadedModel
 from harness.progress import bar
 from harness.render import TokenRequest
-from harness.scorer import embed_tokens
 from optimizers.base import FitContext, Settings
 
 log = logging.getLogger(__name__)
@@ -98,69 +98,6 @@ class PromptTrainingSettings(Settings):
                 for n, lr, i in itertools.product(_as_list(self.length), _as_list(self.lr), _as_list(self.init))]
 
 
-# --- the differentiable forward -----------------------------------------------------------------------------------
-def _common_prefix(seqs: Sequence[Sequence[int]]) -> int:
-    n = min(len(s) for s in seqs)
-    i = 0
-    while i < n and all(s[i] == seqs[0][i] for s in seqs):
-        i += 1
-    return i
-
-
-def _cache(past: torch.Tensor | None, rows: int):
-    """A transformers DynamicCache holding ``past`` [layers, 2, kv_heads, n, head_dim] for ``rows`` rows."""
-    from transformers import DynamicCache
-
-    cache = DynamicCache()
-    if past is not None:
-        for layer in range(past.shape[0]):
-            k, v = (past[layer, j].unsqueeze(0).expand(rows, -1, -1, -1) for j in (0, 1))
-            cache.update(k, v, layer)
-    return cache
-
-
-def run_embeds(lm: LoadedModel, embeds: torch.Tensor, lengths: Sequence[int], past: torch.Tensor | None):
-    """Run right-padded rows of input embeddings after a shared ``past`` (positions continue after it).
-
-    Returns (final hidden states [rows, width, hidden], the new keys/values [layers, 2, rows, kv_heads, width,
-    head_dim]). An explicit 4D mask hides padded keys, as in the scorer.
-    """
-    rows, width = embeds.shape[:2]
-    dev = embeds.device
-    lm.usage.tokens += sum(lengths)
-    if torch.is_grad_enabled():
-        lm.usage.grad_tokens += sum(lengths)
-    n_past = 0 if past is None else past.shape[3]
-    valid = torch.arange(width, device=dev)[None, :] < torch.tensor(list(lengths), device=dev)[:, None]
-    q = torch.arange(width, device=dev)[:, None] + n_past
-    k = torch.arange(n_past + width, device=dev)[None, :]
-    key_valid = torch.cat([torch.ones(rows, n_past, dtype=torch.bool, device=dev), valid], dim=1)
-    allowed = ((k <= q)[None] & key_valid[:, None, :]) | (k == q)[None]
-    mask = torch.zeros(allowed.shape, dtype=embeds.dtype, device=dev)
-    mask.masked_fill_(~allowed, torch.finfo(embeds.dtype).min)
-    positions = (torch.arange(width, device=dev) + n_past)[None, :].expand(rows, -1)
-    cache = _cache(past, rows)
-    out = lm.model.base_model(inputs_embeds=embeds, attention_mask=mask[:, None], position_ids=positions,
-                              **{lm.cache_kwarg: cache}, use_cache=True)
-    new = torch.stack([torch.stack([layer.keys[:, :, n_past:], layer.values[:, :, n_past:]])
-                       for layer in cache.layers])
-    return out.last_hidden_state, new
-
-
-def kv_of_embeds(lm: LoadedModel, vectors: torch.Tensor) -> torch.Tensor:
-    """Keys/values [layers, 2, kv_heads, n, head_dim] of a run of input vectors at positions 0..n-1."""
-    _, new = run_embeds(lm, vectors[None], [vectors.shape[0]], None)
-    return new[:, :, 0]
-
-
-def logits_at(lm: LoadedModel, hidden: torch.Tensor) -> torch.Tensor:
-    logits = lm.model.get_output_embeddings()(hidden)
-    softcap = getattr(lm.model.config.get_text_config(), "final_logit_softcapping", None)
-    if softcap:
-        logits = torch.tanh(logits / softcap) * softcap
-    return logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16/fp16 up, float64 kept
-
-
 class PrefixReparam(torch.nn.Module):
     """Li & Liang's reparameterisation of a key/value prefix: an MLP (hidden -> mid -> tanh -> every layer's
     keys and values) of a table of ``n`` vectors, trained in place of the prefix itself because that trains
@@ -196,8 +133,9 @@ class PromptForward:
         self.requests = list(requests)
         self.seqs = [(r.context + r.continuation)[:-1] for r in self.requests]
         self.n_prefix = n_prefix
-        # the shared head; each row keeps a token of its own
-        self.n_head = min(_common_prefix(self.seqs), min(map(len, self.seqs)) - 1)
+        # the shared head; each row keeps a token of its own (in sorted order the first and last bound the rest)
+        ordered = sorted(self.seqs)
+        self.n_head = min(common_prefix(ordered[0], ordered[-1]), min(map(len, self.seqs)) - 1)
         head = self.seqs[0][: self.n_head]
         # the head up to the first trainable position (none after a prefix) is computed once, without gradients;
         # the rest of the head runs once per step at batch size 1, its keys/values shared by the batch's rows
@@ -206,7 +144,7 @@ class PromptForward:
         if self.n_frozen:
             with torch.no_grad():
                 ids = torch.tensor([head[: self.n_frozen]], device=lm.device)
-                self.frozen_head = kv_of_embeds(lm, embed_tokens(lm.model, ids, None)[0])
+                self.frozen_head = kv_of(lm, embed_tokens(lm.model, ids, None)[0])
 
     def loglik(self, index: Sequence[int], soft: torch.Tensor | None = None,
                prefix_kv: torch.Tensor | None = None) -> torch.Tensor:
@@ -216,15 +154,14 @@ class PromptForward:
         past = self.frozen_head if prefix_kv is None else prefix_kv.to(dev, lm.dtype)
         if self.n_head > self.n_frozen:
             ids = torch.tensor([self.seqs[0][self.n_frozen : self.n_head]], device=dev)
-            _, head = run_embeds(lm, embed_tokens(lm.model, ids, soft), [ids.shape[1]], past)
+            _, head = run_after(lm, ids, [ids.shape[1]], past, soft)
             past = head[:, :, 0] if past is None else torch.cat([past, head[:, :, 0]], dim=3)
         rows = [self.seqs[i][self.n_head :] for i in index]
         width = max(map(len, rows))
         ids = torch.zeros(len(rows), width, dtype=torch.long)
         for r, row in enumerate(rows):
             ids[r, : len(row)] = torch.tensor(row)
-        embeds = embed_tokens(lm.model, ids.to(dev), soft)
-        hidden, _ = run_embeds(lm, embeds, [len(r) for r in rows], past)
+        hidden, _ = run_after(lm, ids.to(dev), [len(r) for r in rows], past, soft)
         where_row, where_pos, targets, owner = [], [], [], []
         for r, i in enumerate(index):
             req = self.requests[i]
@@ -234,7 +171,7 @@ class PromptForward:
                 targets.append(tok)
                 owner.append(r)
         h = hidden[torch.tensor(where_row, device=dev), torch.tensor(where_pos, device=dev)]
-        logp = torch.log_softmax(logits_at(lm, h), dim=-1)
+        logp = torch.log_softmax(head_logits(lm, h), dim=-1)
         tok_lp = logp.gather(1, torch.tensor(targets, device=dev)[:, None])[:, 0]
         return torch.zeros(len(index), device=dev, dtype=tok_lp.dtype).index_add(0, torch.tensor(owner, device=dev),
                                                                                 tok_lp)
@@ -388,7 +325,7 @@ class PromptTrainer:
                 param = vectors.clone().to(lm.device).requires_grad_(True)
             else:  # the prefix starts as the keys/values the init vectors produce
                 with torch.no_grad():
-                    param = kv_of_embeds(lm, vectors.to(lm.device, lm.dtype)).float().clone().requires_grad_(True)
+                    param = kv_of(lm, vectors.to(lm.device, lm.dtype)).float().clone().requires_grad_(True)
             params, current = [param], lambda: param
         with torch.no_grad():
             template = self.artifact(current().detach().cpu())

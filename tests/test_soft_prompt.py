@@ -10,9 +10,10 @@ import torch
 
 from harness.artifact import PromptArtifact
 from harness.errors import UserError
+from harness.forward import kv_of
 from harness.render import TokenRequest
 from optimizers.base import FitContext, TaskInfo
-from optimizers.prompt_training import PromptForward, PromptTrainer, init_text_ids, kv_of_embeds, nearest_tokens
+from optimizers.prompt_training import PromptForward, PromptTrainer, init_text_ids, nearest_tokens
 from optimizers.soft_prompt import PrefixTuning, SoftProjected, SoftPrompt
 from tasks.antonyms import Antonyms
 from tasks.winogrande import WinoGrande
@@ -50,7 +51,7 @@ def test_training_forward_agrees_with_scorer(lm, scorer, antonyms) -> None:
         (PromptArtifact(format="chat", placement="start", soft_prompt=soft), antonyms.test[:4]),
         (PromptArtifact(format="raw", placement="marker", marker="antonyms", soft_prompt=soft), antonyms.test[:4]),
         (PromptArtifact(format="raw", placement="before_input", soft_prompt=soft), wino),  # two contexts each
-        (PromptArtifact(format="chat", prefix_kv=kv_of_embeds(lm, soft).detach()), antonyms.test[:4]),
+        (PromptArtifact(format="chat", prefix_kv=kv_of(lm, soft).detach()), antonyms.test[:4]),
     ]
     for art, examples in cases:
         reqs = flat(scorer, art, examples)
@@ -79,7 +80,7 @@ def test_soft_prompt_of_a_texts_embeddings_scores_like_the_text(lm, scorer, anto
     plain = flat(scorer, PromptArtifact(format="chat"), ex)
     ref = [x.loglik for x in scorer.loglikelihood([TokenRequest(lead + r.context, r.continuation) for r in plain])]
     start = PromptArtifact(format="chat", placement="start", soft_prompt=embeddings(lm, list(lead)))
-    prefix = PromptArtifact(format="chat", prefix_kv=kv_of_embeds(lm, embeddings(lm, list(lead))).detach())
+    prefix = PromptArtifact(format="chat", prefix_kv=kv_of(lm, embeddings(lm, list(lead))).detach())
     for art in (start, prefix):
         got = logliks(scorer, art, ex)
         assert max(abs(a - b) for a, b in zip(ref, got, strict=True)) < 1e-4
@@ -89,7 +90,7 @@ def test_saved_artifact_rescores_identically(lm, scorer, antonyms, tmp_path) -> 
     soft = random_soft(3, seed=1)
     art = PromptArtifact(format="chat", placement="before_input", soft_prompt=soft, condition="soft-prompt",
                          meta={"nearest_tokens": nearest_tokens(lm, soft, k=2)})
-    pre = PromptArtifact(format="raw", prefix_kv=kv_of_embeds(lm, soft).detach(), condition="prefix-tuning")
+    pre = PromptArtifact(format="raw", prefix_kv=kv_of(lm, soft).detach(), condition="prefix-tuning")
     for a in (art, pre):
         back = PromptArtifact.load(a.save(tmp_path / a.condition))
         for name in ("soft_prompt", "prefix_kv"):

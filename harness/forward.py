@@ -1,0 +1,195 @@
+"""The one forward pass through the frozen model, shared by the scorer and every gradient condition.
+
+Rows of token ids (sentinel ids, negative, stand for soft-prompt vectors: ``render.soft_id``) run after a past of
+keys/values, with exact position ids and an explicit 4D mask that hides padding; the LM head runs only where a
+log-probability is read, in float32 whatever the model's dtype (a bf16 head rounds logits of 16-32 in steps of
+0.125), with any final softcap applied after it. The scorer (no gradients, a different past per row: its prefix
+tree) writes keys into one preallocated buffer; training (gradients, one past shared by the batch) uses a
+transformers cache, since in-place writes into a buffer cannot be differentiated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from harness.models import LoadedModel
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """The length of the common prefix of two sequences."""
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def embed_tokens(model: torch.nn.Module, ids: torch.Tensor, soft: torch.Tensor | None) -> torch.Tensor:
+    """The model's input embeddings of ``ids``, with each sentinel id (negative, ``render.soft_id(i)``)
+    replaced by row ``i`` of ``soft``: how the scorer and the training forward both read a soft prompt.
+
+    Differentiable in ``soft``. Embedding modules that scale their output (Gemma) are called as the model
+    calls them, so soft vectors live in the space the model's layers read.
+    """
+    emb = model.get_input_embeddings()(ids.clamp(min=0))
+    if soft is None:
+        if bool((ids < 0).any()):
+            raise ValueError("soft-prompt sentinel ids but no soft_prompt")
+        return emb
+    is_soft = ids < 0
+    index = -1 - ids.clamp(max=-1)
+    if bool((index[is_soft] >= soft.shape[0]).any()):
+        raise ValueError(f"a sentinel id asks for a soft vector beyond the {soft.shape[0]} given")
+    return torch.where(is_soft[..., None], soft.to(emb.dtype)[index], emb)
+
+
+def attention_mask(key_valid: torch.Tensor, n_past: int, width: int, dtype: torch.dtype) -> torch.Tensor:
+    """[rows, 1, width, n_past + width] additive mask: a query at row position j (absolute n_past + j) sees valid
+    keys up to itself. A padded query sees itself, so no row is all -inf (NaN would survive the masking)."""
+    dev = key_valid.device
+    q = torch.arange(width, device=dev)[:, None] + n_past
+    k = torch.arange(n_past + width, device=dev)[None, :]
+    allowed = ((k <= q)[None] & key_valid[:, None, :]) | (k == q)[None]
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=dev)
+    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+    return mask[:, None]
+
+
+def _inputs(lm: LoadedModel, ids: torch.Tensor, soft: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    if soft is None and not bool((ids < 0).any()):
+        return {"input_ids": ids}
+    return {"inputs_embeds": embed_tokens(lm.model, ids, soft)}
+
+
+def _count(lm: LoadedModel, lengths: Sequence[int]) -> None:
+    lm.usage.tokens += sum(lengths)
+    if torch.is_grad_enabled():
+        lm.usage.grad_tokens += sum(lengths)
+
+
+def run_tree_rows(lm: LoadedModel, rows: list[list[int]], parents: list[torch.Tensor | None], starts: list[int],
+                  soft: torch.Tensor | None = None) -> tuple[torch.Tensor, int, torch.Tensor]:
+    """No gradients: run right-padded ``rows``, each after its own parent's keys/values (left-padded to one width).
+
+    Keys/values live in one buffer [layers, 2, rows, kv_heads, past + width, head_dim]: the past is copied in once
+    and each layer writes its new keys in place (no per-layer concat). Returns (buffer, past width, hidden).
+    Token counting is the caller's (the scorer counts a level once, outside its worker threads).
+    """
+    dev = lm.device
+    width = max(len(r) for r in rows)
+    n_past = max(starts)
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    key_valid = torch.zeros(len(rows), n_past + width, dtype=torch.bool)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        key_valid[i, n_past - starts[i] : n_past + len(r)] = True
+    ids, key_valid = ids.to(dev), key_valid.to(dev)
+    positions = torch.tensor(starts, device=dev)[:, None] + torch.arange(width, device=dev)[None, :]
+
+    layers, kv_heads, head_dim = lm.kv_shape
+    buf = torch.empty(layers, 2, len(rows), kv_heads, n_past + width, head_dim, dtype=lm.dtype, device=dev)
+    for i, p in enumerate(parents):
+        pad = n_past - starts[i]
+        buf[:, :, i, :, :pad] = 0  # masked, but garbage could be NaN, and NaN survives masking
+        if p is not None:
+            buf[:, :, i, :, pad:n_past] = p
+    out = lm.model.base_model(**_inputs(lm, ids, soft), attention_mask=attention_mask(key_valid, n_past, width,
+                                                                                      lm.dtype),
+                              position_ids=positions, **{lm.cache_kwarg: _BufferCache(buf, n_past)}, use_cache=True)
+    return buf, n_past, out.last_hidden_state
+
+
+def run_after(lm: LoadedModel, ids: torch.Tensor, lengths: Sequence[int], past: torch.Tensor | None,
+              soft: torch.Tensor | None = None, embeds: torch.Tensor | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Differentiable: run right-padded rows (token ``ids`` with sentinels for ``soft``, or ready ``embeds``) after
+    one ``past`` [layers, 2, kv_heads, n, head_dim] shared by every row (positions continue after it).
+
+    Returns (hidden [rows, width, hidden], new keys/values [layers, 2, rows, kv_heads, width, head_dim]).
+    """
+    from transformers import DynamicCache
+
+    x = embeds if embeds is not None else embed_tokens(lm.model, ids, soft)
+    rows, width = x.shape[:2]
+    dev = x.device
+    _count(lm, lengths)
+    n_past = 0 if past is None else past.shape[3]
+    valid = torch.arange(width, device=dev)[None, :] < torch.tensor(list(lengths), device=dev)[:, None]
+    key_valid = torch.cat([torch.ones(rows, n_past, dtype=torch.bool, device=dev), valid], dim=1)
+    positions = (torch.arange(width, device=dev) + n_past)[None, :].expand(rows, -1)
+    cache = DynamicCache()
+    if past is not None:
+        for layer in range(past.shape[0]):
+            k, v = (past[layer, j].unsqueeze(0).expand(rows, -1, -1, -1) for j in (0, 1))
+            cache.update(k, v, layer)
+    out = lm.model.base_model(inputs_embeds=x, attention_mask=attention_mask(key_valid, n_past, width, x.dtype),
+                              position_ids=positions, **{lm.cache_kwarg: cache}, use_cache=True)
+    new = torch.stack([torch.stack([layer.keys[:, :, n_past:], layer.values[:, :, n_past:]])
+                       for layer in cache.layers])
+    return out.last_hidden_state, new
+
+
+def kv_of(lm: LoadedModel, vectors: torch.Tensor) -> torch.Tensor:
+    """Keys/values [layers, 2, kv_heads, n, head_dim] of a run of input vectors at positions 0..n-1."""
+    _, new = run_after(lm, None, [vectors.shape[0]], None, embeds=vectors[None])  # type: ignore[arg-type]
+    return new[:, :, 0]
+
+
+def head_logits(lm: LoadedModel, hidden: torch.Tensor) -> torch.Tensor:
+    """The LM head on ``hidden`` in float32 (float64 kept), then any final logit softcap: the numbers a bf16 model
+    gives are its hidden states', not its rounding's."""
+    head = lm.model.get_output_embeddings()
+    weight, bias = head.weight, getattr(head, "bias", None)
+    if weight.dtype not in (torch.float32, torch.float64):
+        key = ("head32", weight.data_ptr())
+        if key not in lm.cache:  # one float32 copy of the head per model, made on first use
+            lm.cache.clear()
+            lm.cache[key] = (weight.detach().float(), None if bias is None else bias.detach().float())
+        weight, bias = lm.cache[key]
+    logits = F.linear(hidden.to(weight.dtype), weight, bias)
+    softcap = getattr(lm.model.config.get_text_config(), "final_logit_softcapping", None)
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    return logits
+
+
+def _buffer_cache_classes():
+    """A transformers Cache over a preallocated buffer (defined lazily: transformers imports slowly)."""
+    from transformers.cache_utils import Cache, DynamicLayer
+
+    class BufferLayer(DynamicLayer):
+        def __init__(self, keys: torch.Tensor, values: torch.Tensor, filled: int) -> None:
+            super().__init__()
+            self.buf_keys, self.buf_values, self.filled = keys, values, filled
+            self.keys, self.values = keys[:, :, :filled], values[:, :, :filled]
+            self.dtype, self.device, self.is_initialized = keys.dtype, keys.device, True
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            end = self.filled + key_states.shape[-2]
+            self.buf_keys[:, :, self.filled : end] = key_states
+            self.buf_values[:, :, self.filled : end] = value_states
+            self.filled = end
+            self.keys, self.values = self.buf_keys[:, :, :end], self.buf_values[:, :, :end]
+            return self.keys, self.values
+
+        def get_seq_length(self) -> int:
+            return self.filled
+
+    class BufferCache(Cache):
+        def __init__(self, buf: torch.Tensor, filled: int) -> None:
+            super().__init__(layers=[BufferLayer(buf[i, 0], buf[i, 1], filled) for i in range(buf.shape[0])])
+
+    return BufferCache
+
+
+_BUFFER_CACHE = None
+
+
+def _BufferCache(buf: torch.Tensor, filled: int):  # noqa: N802 - stands in for a class
+    global _BUFFER_CACHE
+    if _BUFFER_CACHE is None:
+        _BUFFER_CACHE = _buffer_cache_classes()
+    return _BUFFER_CACHE(buf, filled)
