@@ -15,8 +15,9 @@ from harness.errors import UserError
 Format = Literal["raw", "chat"]
 FORMATS: tuple[str, ...] = ("raw", "chat")
 # where a soft prompt's vectors go (the renderer's job): before everything (BOS, chat header; PEFT's prompt
-# tuning), as a block right before the task input (inside the chat user turn), or in place of a marker word
-PLACEMENTS: tuple[str, ...] = ("start", "before_input", "marker")
+# tuning), as a block right before the task input (inside the chat user turn), in place of a marker word, or
+# where a hand-written instruction goes (the first block of the user turn: the slot gradient searches fill)
+PLACEMENTS: tuple[str, ...] = ("start", "before_input", "marker", "instruction")
 ARTIFACT_FILE = "artifact.json"
 TENSOR_FILE = "tensors.safetensors"
 TENSOR_FIELDS = ("soft_prompt", "prefix_kv")
@@ -73,6 +74,9 @@ class PromptArtifact:
             raise UserError(f"artifact of {self.condition or 'a condition'}: instruction and demos must be text")
         if self.placement not in PLACEMENTS:
             raise UserError(f"placement {self.placement!r} is unknown; use one of {', '.join(PLACEMENTS)}")
+        if self.placement == "instruction" and self.soft_prompt is not None and self.instruction:
+            raise UserError("placement instruction puts the soft prompt where the instruction goes; leave instruction "
+                            "empty")
         if self.placement == "marker" and self.soft_prompt is not None and not self.marker.strip():
             raise UserError("placement marker needs the marker text the soft prompt replaces; set marker")
         if self.soft_prompt is not None and (self.soft_prompt.ndim != 2 or self.soft_prompt.shape[0] < 1):

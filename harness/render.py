@@ -62,9 +62,12 @@ class Ledger:
         # lm-eval's HFLM adds no BOS to text that already starts with the prefix token's text
         self.prefix_text = tokenizer.decode([prefix]) if prefix is not None else None
 
-    def saw(self, example: Example, texts: Sequence[TextRequest], tokens: Sequence[TokenRequest]) -> None:
+    def read(self, example: Example) -> None:
         entry = self.reads.setdefault(example.id, {"content": example.content_key, "times": 0})
         entry["times"] += 1
+
+    def saw(self, example: Example, texts: Sequence[TextRequest], tokens: Sequence[TokenRequest]) -> None:
+        self.read(example)
         if not self.keep_requests:
             return
         for choice, (text, req) in enumerate(zip(texts, tokens, strict=True)):
@@ -89,6 +92,8 @@ class Renderer:
         """The user-visible text: instruction, demos, a ``before_input`` soft prompt (as a block of its own)
         and the example's context (where a ``marker`` soft prompt replaces the marker text)."""
         blocks = [artifact.instruction] if artifact.instruction and artifact.instruction_role == "user" else []
+        if artifact.n_soft and artifact.placement == "instruction":
+            blocks = [SLOT]  # where the instruction's tokens go; the search fills it with real tokens in the end
         blocks += artifact.demos
         if artifact.n_soft and artifact.placement == "before_input":
             blocks.append(SLOT)

@@ -179,11 +179,18 @@ class Scorer:
         return out
 
     def loglikelihood(self, requests: Sequence[TokenRequest], desc: str = "scoring",
-                      prompt: PromptArtifact | None = None) -> list[Loglik]:
+                      prompt: PromptArtifact | None = None, of: Sequence[Example] | None = None) -> list[Loglik]:
         """``prompt`` supplies trained tensors: soft vectors for the requests' sentinel ids, and a key/value
-        prefix that comes before every request (a virtual parent of the tree's root)."""
-        if self.renderer.ledger is not None:  # bare token requests: no example to record
-            self.renderer.ledger.bare_calls += 1
+        prefix that comes before every request (a virtual parent of the tree's root). ``of``: the examples the
+        requests were rendered from (a gradient search scoring many candidate prompts): while recording, each is
+        noted as read; without it the call counts as bare, naming no example."""
+        ledger = self.renderer.ledger
+        if ledger is not None:
+            if of is None:
+                ledger.bare_calls += 1
+            else:
+                for e in of:
+                    ledger.read(e)
         return self._loglikelihood(requests, desc, prompt)
 
     @torch.no_grad()

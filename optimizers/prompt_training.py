@@ -16,20 +16,18 @@ import itertools
 import logging
 import math
 import random
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from harness.artifact import FORMATS, PLACEMENTS, PromptArtifact
-from harness.data import Example, TaskKind
 from harness.errors import UserError
-from harness.forward import common_prefix, embed_tokens, head_logits, kv_of, run_after
+from harness.forward import kv_of
 from harness.models import LoadedModel
 from harness.progress import bar
-from harness.render import TokenRequest
 from optimizers.base import FitContext, Settings
+from optimizers.gradient import PromptForward, task_loss
 
 log = logging.getLogger(__name__)
 
@@ -119,75 +117,6 @@ class PrefixReparam(torch.nn.Module):
         layers, kv_heads, head_dim = self.kv_shape
         n = self.table.shape[0]
         return self.mlp(self.table).view(n, layers, 2, kv_heads, head_dim).permute(1, 2, 3, 0, 4)
-
-
-class PromptForward:
-    """Summed log-likelihoods of token requests as a differentiable function of the prompt tensors.
-
-    ``requests`` are the renderer's, with sentinel ids for a soft prompt. The token run all requests share
-    before the first trainable position is computed once (no gradients) and reused as a past.
-    """
-
-    def __init__(self, lm: LoadedModel, requests: Sequence[TokenRequest], n_prefix: int = 0) -> None:
-        self.lm = lm
-        self.requests = list(requests)
-        self.seqs = [(r.context + r.continuation)[:-1] for r in self.requests]
-        self.n_prefix = n_prefix
-        # the shared head; each row keeps a token of its own (in sorted order the first and last bound the rest)
-        ordered = sorted(self.seqs)
-        self.n_head = min(common_prefix(ordered[0], ordered[-1]), min(map(len, self.seqs)) - 1)
-        head = self.seqs[0][: self.n_head]
-        # the head up to the first trainable position (none after a prefix) is computed once, without gradients;
-        # the rest of the head runs once per step at batch size 1, its keys/values shared by the batch's rows
-        self.n_frozen = 0 if n_prefix else next((i for i, t in enumerate(head) if t < 0), self.n_head)
-        self.frozen_head: torch.Tensor | None = None
-        if self.n_frozen:
-            with torch.no_grad():
-                ids = torch.tensor([head[: self.n_frozen]], device=lm.device)
-                self.frozen_head = kv_of(lm, embed_tokens(lm.model, ids, None)[0])
-
-    def loglik(self, index: Sequence[int], soft: torch.Tensor | None = None,
-               prefix_kv: torch.Tensor | None = None) -> torch.Tensor:
-        """Summed continuation log-likelihood of requests ``index`` (a tensor with gradients)."""
-        lm, dev = self.lm, self.lm.device
-        soft = None if soft is None else soft.to(dev, lm.dtype)
-        past = self.frozen_head if prefix_kv is None else prefix_kv.to(dev, lm.dtype)
-        if self.n_head > self.n_frozen:
-            ids = torch.tensor([self.seqs[0][self.n_frozen : self.n_head]], device=dev)
-            _, head = run_after(lm, ids, [ids.shape[1]], past, soft)
-            past = head[:, :, 0] if past is None else torch.cat([past, head[:, :, 0]], dim=3)
-        rows = [self.seqs[i][self.n_head :] for i in index]
-        width = max(map(len, rows))
-        ids = torch.zeros(len(rows), width, dtype=torch.long)
-        for r, row in enumerate(rows):
-            ids[r, : len(row)] = torch.tensor(row)
-        hidden, _ = run_after(lm, ids.to(dev), [len(r) for r in rows], past, soft)
-        where_row, where_pos, targets, owner = [], [], [], []
-        for r, i in enumerate(index):
-            req = self.requests[i]
-            for j, tok in enumerate(req.continuation):
-                where_row.append(r)
-                where_pos.append(len(req.context) - 1 + j - self.n_head)
-                targets.append(tok)
-                owner.append(r)
-        h = hidden[torch.tensor(where_row, device=dev), torch.tensor(where_pos, device=dev)]
-        logp = torch.log_softmax(head_logits(lm, h), dim=-1)
-        tok_lp = logp.gather(1, torch.tensor(targets, device=dev)[:, None])[:, 0]
-        return torch.zeros(len(index), device=dev, dtype=tok_lp.dtype).index_add(0, torch.tensor(owner, device=dev),
-                                                                                tok_lp)
-
-
-def task_loss(kind: TaskKind, examples: Sequence[Example], spans: Sequence[tuple[int, int]],
-              loglik: torch.Tensor, n_tokens: Sequence[int]) -> torch.Tensor:
-    """The loss the test metric rewards: for multiple choice, cross-entropy of the gold choice under a softmax
-    over the choices' summed log-likelihoods; for continuations, the gold continuation's mean token NLL."""
-    losses = []
-    for ex, (a, b) in zip(examples, spans, strict=True):
-        if kind == "continuation":
-            losses.append(-loglik[a] / n_tokens[a])
-        else:
-            losses.append(torch.logsumexp(loglik[a:b], 0) - loglik[a + ex.gold])
-    return torch.stack(losses).mean()
 
 
 # --- initialization -----------------------------------------------------------------------------------------------

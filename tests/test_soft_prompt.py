@@ -13,7 +13,8 @@ from harness.errors import UserError
 from harness.forward import kv_of
 from harness.render import TokenRequest
 from optimizers.base import FitContext, TaskInfo
-from optimizers.prompt_training import PromptForward, PromptTrainer, init_text_ids, nearest_tokens
+from optimizers.gradient import PromptForward
+from optimizers.prompt_training import PromptTrainer, init_text_ids, nearest_tokens
 from optimizers.soft_prompt import PrefixTuning, SoftProjected, SoftPrompt
 from tasks.antonyms import Antonyms
 from tasks.winogrande import WinoGrande
