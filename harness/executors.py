@@ -42,7 +42,7 @@ from harness.run_folder import CellKey, JobRecord, RunFolder, load_run
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 2.0  # how often a waiting run looks at the cell folders and the queue
-SIGNAL_DELAY_S = 90  # Slurm warns a job (USR2) this long before its time limit; submitit then stops it cleanly
+SIGNAL_DELAY_S = 90  # a job is warned (USR2) this long before its time limit (a quarter of a short limit)
 ALIVE_SLURM = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
                "RESIZING", "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD"}
 WAITING_SLURM = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD"}
@@ -61,6 +61,10 @@ class CellJob(submitit.helpers.Checkpointable):
         quiet_libraries()
         job = submitit.JobEnvironment().job_id
         run_cells(run_dir, [CellKey.from_json(k) for k in keys], invocation=invocation, job=job, executor=executor)
+
+
+def signal_delay(res: Resources) -> int:
+    return min(SIGNAL_DELAY_S, res.time * 15)
 
 
 def groups(cfg: ExecutorConfig, keys: Sequence[CellKey]) -> list[tuple[Resources, list[CellKey]]]:
@@ -130,7 +134,7 @@ class Processes(Executor):
             running = [(j, r) for j, r in running if not j.done()]
             while queue and len(running) < self.cfg.workers:
                 res, ks = queue.pop(0)
-                executor.update_parameters(timeout_min=res.time, signal_delay_s=SIGNAL_DELAY_S)
+                executor.update_parameters(timeout_min=res.time, signal_delay_s=signal_delay(res))
                 job = executor.submit(CellJob(), *self.args(ks))
                 running.append((job, self.record(job.job_id, ks, job)))
                 records.append(running[-1][1])
@@ -157,7 +161,7 @@ class Slurm(Executor):
         for res, job_keys in by_resources.items():
             executor = submitit.SlurmExecutor(folder=self.folder.jobs_dir(self.invocation), max_num_timeout=0)
             params: dict[str, Any] = {"job_name": f"promptgap-{self.folder.run_id}", "time": res.time,
-                                      "cpus_per_task": res.cpus, "signal_delay_s": SIGNAL_DELAY_S,
+                                      "cpus_per_task": res.cpus, "signal_delay_s": signal_delay(res),
                                       "array_parallelism": self.cfg.array_parallelism}
             params.update({k: v for k, v in (("partition", res.partition), ("mem", res.mem),
                                               ("gpus_per_node", res.gpus or None)) if v is not None})
@@ -173,7 +177,12 @@ class Slurm(Executor):
                                 f"gpus and sbatch") from None
             records += [self.record(job.job_id, ks, job) for job, ks in zip(jobs, job_keys, strict=True)]
         if wait:
-            follow(self.folder, keys, alive=lambda: any(live_jobs(self.folder, records)))
+            try:
+                follow(self.folder, keys, alive=lambda: any(live_jobs(self.folder, records)))
+            except KeyboardInterrupt:
+                console.print(f"stopped waiting; the {len(records)} Slurm job(s) go on: `promptgap status "
+                              f"{self.folder.root}`, then `promptgap report {self.folder.root}`")
+                raise
         return records
 
 
@@ -275,7 +284,8 @@ def cell_states(folder: RunFolder, keys: Sequence[CellKey]) -> list[CellState]:
         elif status == "error":
             out.append(CellState(k, "failed", folder.error(k), job=job))
         elif job_state == "ended":
-            what = "its Slurm job" if job.executor == "slurm" else "its worker process"
+            what = {"slurm": "its Slurm job", "processes": "its worker process"}.get(job.executor,
+                                                                                  "the `promptgap run` process")
             out.append(CellState(k, "failed", f"{what} {job.id} ended without writing the cell (cancelled, killed, "
                                               f"timed out, out of memory or node failure)", job=job))
         elif job_state == "unknown":

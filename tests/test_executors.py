@@ -18,6 +18,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from test_runner import TINY
 
 from harness.cli import main
 from harness.run_folder import RunFolder
@@ -25,38 +26,15 @@ from harness.run_folder import RunFolder
 ROOT = Path(__file__).resolve().parents[1]
 WAIT_PLUGIN = Path(__file__).parent / "fixtures" / "plugins" / "waitplugin"
 
-# The sentinel path is relative: each run starts in its own folder, and its jobs run there (sbatch keeps the
-# submitting folder), so every test runs the same config text
-CONFIG = """
-[run]
-name = "executors"
-seeds = [0]
-n_boot = 200
-threads = 1
-
-[[tasks]]
-name = "antonyms"
-sizes = { train = 5, dev = 5, test = 12 }
-
-[conditions.base-raw]
-[conditions.base-chat]
-[conditions.handwritten]
-format = "chat"
-[conditions.terse]
-optimizer = "handwritten"
-instruction = "Opposite:"
-format = "chat"
+# test_runner's tiny matrix with threads pinned, and a fifth condition that waits for its sentinel. The sentinel path
+# is relative: each run starts in its own folder, and its jobs run there (sbatch keeps the submitting folder), so
+# every test runs the same config text
+CONFIG = TINY.replace("n_boot = 200", "n_boot = 200\nthreads = 1").replace("[ratio]", """\
 [conditions.waits-for-sentinel]
 sentinel = "go"
 format = "chat"
 
-[ratio]
-base = "base-chat"
-texts = ["handwritten", "terse"]
-
-[executor]
-workers = 2
-"""
+[ratio]""") + "\n[executor]\nworkers = 2\n"
 CONDITIONS = ["base-raw", "base-chat", "handwritten", "terse", "waits-for-sentinel"]
 
 
