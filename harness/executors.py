@@ -269,8 +269,8 @@ def cell_states(folder: RunFolder, keys: Sequence[CellKey]) -> list[CellState]:
     for r in records:  # oldest invocation first: later jobs of a cell replace earlier ones
         for k in r.cells:
             latest[k] = r
-    states = {(s.job.invocation, s.job.id): s.state for s in job_states(list({id(r): r for r in latest.values()}
-                                                                              .values()))}
+    unique = {(r.invocation, r.id): r for r in latest.values()}
+    states = {(s.job.invocation, s.job.id): s.state for s in job_states(list(unique.values()))}
     out = []
     for k in keys:
         status, job = folder.status(k), latest.get(k)
