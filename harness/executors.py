@@ -19,6 +19,8 @@ cell failed, with the job's log; ``promptgap run --resume`` submits exactly the 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import shutil
@@ -168,8 +170,8 @@ class Slurm(Executor):
             if res.sbatch:
                 params["additional_parameters"] = dict(res.sbatch)
             executor.update_parameters(**params)
-            try:
-                with executor.batch():
+            try:  # submitit prints sbatch's refusal itself; it is in the one-line error instead
+                with contextlib.redirect_stderr(io.StringIO()), executor.batch():
                     jobs = [executor.submit(CellJob(), *self.args(ks)) for ks in job_keys]
             except (submitit.core.utils.UncompletedJobError, submitit.core.utils.FailedSubmissionError, OSError) as e:
                 first = next((x for x in str(e).splitlines() if "sbatch: error" in x), str(e).splitlines()[0])

@@ -192,3 +192,12 @@ def test_bad_executor_input_is_one_line_before_anything_is_submitted(tmp_path, m
     err = capsys.readouterr().err
     assert needle in err and err.count("\n") == 1, err
     assert not (tmp_path / "results").exists()  # nothing prepared, nothing submitted
+
+
+def test_a_job_sbatch_refuses_is_one_line(plugin_env, slurm, tmp_path) -> None:
+    cwd = start(tmp_path)
+    (cwd / "c.toml").write_text(CONFIG.replace("[executor]\n", '[executor]\npartition = "nosuch"\n'))
+    out = promptgap(plugin_env, cwd, "run", "c.toml", "--run-id", "n", "--executor", "slurm")
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert "sbatch refused the jobs" in out.stderr and "invalid partition" in out.stderr.lower()
+    assert RunFolder(cwd / "results" / "n").jobs() == []
