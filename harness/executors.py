@@ -96,7 +96,8 @@ class Executor(ABC):
         return rec
 
     def args(self, keys: list[CellKey]) -> tuple[Any, ...]:
-        return str(self.folder.root), [k.to_json() for k in keys], self.invocation, self.kind
+        # the run folder by its absolute path: a job may start in another folder (or on another node)
+        return str(self.folder.root.absolute()), [k.to_json() for k in keys], self.invocation, self.kind
 
     @abstractmethod
     def run(self, keys: list[CellKey], wait: bool = True) -> list[JobRecord]:

@@ -61,7 +61,7 @@ class Runner:
             raise UserError(f"--no-wait: the {self.cfg.executor.kind} executor runs cells only while promptgap "
                             f"waits; drop --no-wait, or use --executor slurm")
         self.run_id = run_id or f"{self.cfg.name}-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}"
-        self.folder = RunFolder(Path(results_root).absolute() / self.run_id)  # jobs elsewhere find it by this path
+        self.folder = RunFolder(Path(results_root) / self.run_id)
         self.resume = resume
         self.wait = wait
         self.only = only
