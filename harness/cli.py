@@ -1,4 +1,5 @@
-"""The promptgap command line: ``list`` and ``eval`` (one model x task x condition, scored by the shared scorer)."""
+"""The promptgap command line: ``list``, ``eval`` (one cell), ``run`` (the matrix, on an executor), ``status``,
+``report``, ``check`` and ``export-peft``."""
 
 from __future__ import annotations
 
@@ -137,12 +138,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from harness.report import print_headlines, write_report
     from harness.runner import Runner
 
     runner = Runner(args.config, run_id=args.run_id, resume=args.resume, only=args.only,
-                    results_root=args.results)
+                    results_root=args.results, executor=args.executor, wait=not args.no_wait)
     run_dir = runner.run()
+    if args.no_wait:
+        print(f"submitted: {run_dir}")
+        print(f"follow it with `promptgap status {run_dir}`; when it is done, `promptgap report {run_dir}` "
+              f"gathers summary.csv and writes the report")
+        return 0
+    from harness.executors import print_status, status
+    from harness.report import print_headlines, write_report
+
+    if runner.cfg.executor.kind != "local":
+        print_status(run_dir, status(run_dir))
     report = write_report(run_dir, args.reports)
     print_headlines(run_dir)
     print(f"results: {run_dir}")
@@ -185,9 +195,24 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from harness.executors import counts, status
     from harness.report import write_report
+    from harness.run_folder import RunFolder
+    from harness.runner import gather
 
+    gather(RunFolder(args.run_dir))  # summary.csv and model records from what the jobs wrote
+    c = counts(status(args.run_dir))
+    if c["running"] or c["pending"]:
+        log.warning("%s: %d cell(s) still running and %d pending; the report covers the finished ones",
+                    args.run_dir, c["running"], c["pending"])
     print(f"report: {write_report(args.run_dir, args.reports)}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from harness.executors import print_status, status
+
+    print_status(args.run_dir, status(args.run_dir))
     return 0
 
 
@@ -254,6 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--only", nargs="+", default=None, metavar="CONDITION", help="run only these conditions")
     r.add_argument("--results", type=Path, default=Path("results"), help="results root (default results/)")
     r.add_argument("--reports", type=Path, default=Path("reports"), help="reports root (default reports/)")
+    r.add_argument("--executor", default=None, metavar="KIND", help="where cells run: local (this process, the "
+                   "default), processes (local worker processes) or slurm; replaces the config's [executor] kind")
+    r.add_argument("--no-wait", action="store_true", help="slurm: return once the jobs are submitted; then "
+                   "`promptgap status RUN_DIR`, and `promptgap report RUN_DIR` when they are done")
     r.set_defaults(func=cmd_run)
 
     d = sub.add_parser("demo", help="run the demo matrix offline (a few minutes), write its report, print its headline",
@@ -273,6 +302,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where to write it (default promptgap.toml); an existing file is never overwritten")
     i.set_defaults(func=cmd_init)
 
+    st = sub.add_parser("status", help="the cells of a run: done, running, failed (with error and job log), pending",
+                        description="State from the cell folders and the job records (squeue for Slurm jobs). "
+                        "Example: promptgap status results/quickstart")
+    st.add_argument("run_dir", type=Path, help="results/<run-id>")
+    st.set_defaults(func=cmd_status)
+
     x = sub.add_parser("export-peft", help="write a start-placement soft prompt as a PEFT prompt-tuning adapter",
                        description="Example: promptgap export-peft results/run/cells/.../soft-prompt/artifact "
                        "--out adapters/antonyms")
@@ -281,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--out", type=Path, required=True, help="the adapter folder to write")
     x.set_defaults(func=cmd_export_peft)
 
-    rp = sub.add_parser("report", help="(re)write the markdown report of a run folder")
+    rp = sub.add_parser("report", help="gather summary.csv from the cells and (re)write the markdown report")
     rp.add_argument("run_dir", type=Path, help="results/<run-id>")
     rp.add_argument("--reports", type=Path, default=Path("reports"), help="reports root (default reports/)")
     rp.set_defaults(func=cmd_report)
@@ -297,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         from transformers.utils import logging as hf_logging
@@ -312,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    _quiet_libraries()
+    quiet_libraries()
     try:
         return args.func(args)
     except UserError as e:

@@ -22,10 +22,29 @@
     base = "base-chat"
     texts = ["handwritten", "terse"]
     ceiling = "soft-prompt"    # optional until a ceiling condition is in the run
+
+    [executor]                 # where cells run (harness.executors); optional, `--executor` overrides kind
+    kind = "slurm"             # local (default: this process), processes, slurm
+    workers = 2                # processes: at most this many worker processes at once
+    group = "cell"             # one job per cell, or "seed": one per model x task x seed (loads the model once)
+    time = 240                 # minutes a job may run (processes and slurm); then it is stopped
+    partition = "gpu"          # slurm: partition, cpus (per job), mem ("16G"), gpus (per job), extra sbatch options
+    cpus = 2
+    sbatch = { qos = "normal" }
+    array_parallelism = 32     # slurm: jobs of one array running at once
+    [executor.conditions.soft-prompt]   # per-condition overrides of time, partition, cpus, mem, gpus, sbatch
+    gpus = 1
+
+Where cells run does not change what they compute, so ``[executor]`` is not part of the resolved config a run folder
+records and compares on ``--resume`` (a run may be resumed on another executor); each invocation's executor is in
+the manifest. What does change the numbers is ``[run] threads`` (torch's thread count in each cell): pin it for
+byte-identical results across executors.
 """
 
 from __future__ import annotations
 
+import re
+import shutil
 import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,11 +53,18 @@ from typing import Any
 from harness.errors import UserError
 from tasks.base import SplitSizes
 
-RUN_KEYS = {"name", "models", "seeds", "n_boot", "batch_size", "device", "dtype"}
+RUN_KEYS = {"name", "models", "seeds", "n_boot", "batch_size", "device", "dtype", "threads"}
 TASK_KEYS = {"name", "data_dir", "sizes"}
 RATIO_KEYS = {"base", "texts", "ceiling", "metric"}
 DECIDING = ("loglik", "accuracy")
-TOP_KEYS = {"run", "tasks", "conditions", "ratio"}
+TOP_KEYS = {"run", "tasks", "conditions", "ratio", "executor"}
+EXECUTORS = ("local", "processes", "slurm")
+GROUPS = ("cell", "seed")
+RESOURCE_KEYS = {"time", "partition", "cpus", "mem", "gpus", "sbatch"}
+EXECUTOR_KEYS = {"kind", "workers", "group", "array_parallelism", "conditions"} | RESOURCE_KEYS
+SLURM_COMMANDS = ("sbatch", "squeue", "srun", "scancel")  # submitit submits with sbatch and runs the job with srun
+MEM = re.compile(r"\d+[KMGT]?")  # Slurm's --mem: a whole number, in megabytes or with a unit
+DEFAULT_TIME = 240  # minutes; set explicitly because submitit's own defaults (2 local, 5 on Slurm) stop real cells
 
 
 @dataclass
@@ -61,6 +87,41 @@ class ConditionConfig:
     variant_of: str | None = None  # a paraphrase of a `paraphrases` condition: its noise floor, not judged
 
 
+@dataclass(frozen=True)
+class Resources:
+    """What one job asks for. Jobs with equal resources are submitted together (one Slurm job array)."""
+
+    time: int = DEFAULT_TIME  # minutes
+    partition: str | None = None
+    cpus: int = 1
+    mem: str | None = None  # Slurm --mem, e.g. "8G"
+    gpus: int = 0
+    sbatch: tuple[tuple[str, str | int | bool], ...] = ()  # extra sbatch options (kept as a tuple: hashable)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "sbatch": dict(self.sbatch)}
+
+
+@dataclass
+class ExecutorConfig:
+    """``[executor]``: where the cells run (``harness.executors``)."""
+
+    kind: str = "local"
+    workers: int = 2
+    group: str = "cell"
+    array_parallelism: int = 64
+    resources: Resources = field(default_factory=Resources)
+    conditions: dict[str, Resources] = field(default_factory=dict)  # per-condition resources, overrides applied
+
+    def for_condition(self, condition: str) -> Resources:
+        return self.conditions.get(condition, self.resources)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "workers": self.workers, "group": self.group,
+                "array_parallelism": self.array_parallelism, **self.resources.to_json(),
+                "conditions": {k: v.to_json() for k, v in self.conditions.items()}}
+
+
 @dataclass
 class RunConfig:
     """The resolved config; ``to_json`` is what a run folder's config.json holds."""
@@ -70,6 +131,7 @@ class RunConfig:
     tasks: list[TaskConfig]
     conditions: dict[str, ConditionConfig]
     ratio: dict[str, Any]
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
 
     @property
     def name(self) -> str:
@@ -79,9 +141,22 @@ class RunConfig:
     def seeds(self) -> list[int]:
         return self.run["seeds"]
 
+    @property
+    def threads(self) -> int | None:
+        """torch's thread count in every cell, when the config pins it."""
+        return self.run.get("threads")
+
     def to_json(self) -> dict[str, Any]:
         return {"run": self.run, "models": self.models, "tasks": [asdict(t) for t in self.tasks],
                 "conditions": {k: asdict(v) for k, v in self.conditions.items()}, "ratio": self.ratio}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RunConfig:
+        """The config a run folder recorded (checked when the run started), as a job reads it back."""
+        return cls(run=dict(data["run"]), models=list(data["models"]),
+                   tasks=[TaskConfig(**t) for t in data["tasks"]],
+                   conditions={k: ConditionConfig(**v) for k, v in data["conditions"].items()},
+                   ratio=dict(data.get("ratio") or {}))
 
 
 def _unknown(where: str, got: dict, known: set[str]) -> None:
@@ -109,8 +184,80 @@ def paraphrase_variants(name: str, settings: dict[str, Any]) -> dict[str, Condit
     return out
 
 
-def load_config(path: str | Path) -> RunConfig:
-    """Parse and check ``path``: every name, key, setting and role, before anything slow happens."""
+def _whole(where: str, key: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise UserError(f"{where}: {key} = {value!r}; give a whole number >= {minimum}")
+    return value
+
+
+def _resources(where: str, raw: dict[str, Any], base: Resources) -> Resources:
+    """``raw``'s resource keys over ``base``, each checked for its type."""
+    _unknown(where, raw, RESOURCE_KEYS)
+    out = asdict(base)
+    out["sbatch"] = base.sbatch
+    if "time" in raw:
+        out["time"] = _whole(where, "time", raw["time"], 1)
+    if "cpus" in raw:
+        out["cpus"] = _whole(where, "cpus", raw["cpus"], 1)
+    if "gpus" in raw:
+        out["gpus"] = _whole(where, "gpus", raw["gpus"], 0)
+    if "partition" in raw:
+        if not isinstance(raw["partition"], str) or not raw["partition"].strip():
+            raise UserError(f"{where}: partition = {raw['partition']!r}; give a partition name, e.g. \"gpu\"")
+        out["partition"] = raw["partition"]
+    if "mem" in raw:
+        if not isinstance(raw["mem"], str) or not MEM.fullmatch(raw["mem"]):
+            raise UserError(f"{where}: mem = {raw['mem']!r}; give Slurm's --mem as text with a unit, e.g. \"16G\"")
+        out["mem"] = raw["mem"]
+    if "sbatch" in raw:
+        extra = raw["sbatch"]
+        if not isinstance(extra, dict) or not all(isinstance(v, str | int | bool) for v in extra.values()):
+            raise UserError(f"{where}: sbatch = {extra!r}; give a table of sbatch options without the dashes, "
+                            f"e.g. sbatch = {{ qos = \"high\", exclusive = true }}")
+        out["sbatch"] = tuple(sorted({**dict(base.sbatch), **extra}.items()))
+    return Resources(**out)
+
+
+def _executor(path: Path, raw: Any, conditions: dict[str, ConditionConfig], kind: str | None) -> ExecutorConfig:
+    """``[executor]`` checked, with ``kind`` (``--executor``) over the config's; a Slurm executor needs sbatch here."""
+    where = f"config {path} [executor]"
+    if not isinstance(raw, dict):
+        raise UserError(f"{where}: not a table; write [executor] with kind = \"slurm\" and its settings")
+    _unknown(where, raw, EXECUTOR_KEYS)
+    kind = kind or raw.get("kind", "local")
+    if kind not in EXECUTORS:
+        raise UserError(f"executor {kind!r} is unknown; use {', '.join(EXECUTORS)} (in [executor] kind or "
+                        f"--executor)")
+    group = raw.get("group", "cell")
+    if group not in GROUPS:
+        raise UserError(f"{where}: group = {group!r}; use \"cell\" (one job per cell) or \"seed\" (one job per "
+                        f"model x task x seed)")
+    resources = _resources(where, {k: v for k, v in raw.items() if k in RESOURCE_KEYS}, Resources())
+    overrides = raw.get("conditions", {})
+    if not isinstance(overrides, dict):
+        raise UserError(f"{where}: conditions is not a table; write [executor.conditions.NAME] with resource keys")
+    per_condition = {}
+    for name, body in overrides.items():
+        if name not in conditions:
+            raise UserError(f"{where}: conditions.{name} is not a condition of this run; conditions: "
+                            f"{', '.join(conditions)}")
+        if not isinstance(body, dict):
+            raise UserError(f"{where}: conditions.{name} is not a table; give resource keys, e.g. gpus = 1")
+        per_condition[name] = _resources(f"{where} conditions.{name}", body, resources)
+    cfg = ExecutorConfig(kind=kind, workers=_whole(where, "workers", raw.get("workers", 2), 1), group=group,
+                         array_parallelism=_whole(where, "array_parallelism", raw.get("array_parallelism", 64), 1),
+                         resources=resources, conditions=per_condition)
+    if kind == "slurm":
+        missing = [c for c in SLURM_COMMANDS if shutil.which(c) is None]
+        if missing:
+            raise UserError(f"executor slurm: no {', '.join(missing)} on the PATH; run promptgap on a Slurm login "
+                            f"node (or .ci/slurm-up here), or use --executor processes")
+    return cfg
+
+
+def load_config(path: str | Path, executor: str | None = None) -> RunConfig:
+    """Parse and check ``path``: every name, key, setting and role, before anything slow happens. ``executor``
+    (``--executor``) replaces the config's ``[executor] kind``."""
     from harness.registry import get_optimizer, get_task
 
     path = Path(path)
@@ -143,6 +290,8 @@ def load_config(path: str | Path) -> RunConfig:
     for key in ("n_boot", "batch_size"):
         if not isinstance(run[key], int) or run[key] < 1:
             raise UserError(f"config {path} [run]: {key} = {run[key]!r}; give a whole number >= 1")
+    if "threads" in run:  # only when given: a config without it keeps the config.json of runs made before
+        _whole(f"config {path} [run]", "threads", run["threads"], 1)
 
     tasks = []
     raw_tasks = raw.get("tasks", [])
@@ -208,7 +357,8 @@ def load_config(path: str | Path) -> RunConfig:
         if ratio["base"] == ratio["ceiling"] or ratio["base"] in texts:
             raise UserError(f"config {path} [ratio]: base {ratio['base']!r} also plays another role; give each "
                             f"role its own condition")
-    return RunConfig(run=run, models=models, tasks=tasks, conditions=conditions, ratio=ratio)
+    return RunConfig(run=run, models=models, tasks=tasks, conditions=conditions, ratio=ratio,
+                     executor=_executor(path, raw.get("executor", {}), conditions, executor))
 
 
 def shrink(cfg: RunConfig) -> RunConfig:

@@ -158,6 +158,13 @@ def resolve_source(name: str) -> tuple[str, dict]:
     raise UserError(f"unknown model {name!r}; use {EMBEDDED}, a hub id (e.g. google/gemma-3-270m-it) or a local folder")
 
 
+def prepare_model(name: str) -> None:
+    """What must exist before several jobs load ``name`` at once: the embedded model's float32 cache, built here
+    once (``atomic_dir(keep_existing=True)`` already keeps two builders from clobbering each other; this keeps them
+    from spending the time twice). Names are checked on the way."""
+    resolve_source(name)
+
+
 def load_model(name: str = EMBEDDED, device: str = "auto", dtype: str = "auto") -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

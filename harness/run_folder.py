@@ -12,10 +12,16 @@
           artifact/                 the prompt artifact (artifact.json, tensors.safetensors)
           log.json                  the condition's log, as the condition handed it over (``FitContext.report_log``)
           files/                    the condition's working folder (``FitContext.workdir``), as it left it
+      jobs/<n>/                     what invocation n of `promptgap run` sent where (``harness.executors``):
+          job-<id>.json             ``JobRecord``: the job's cells, executor, log paths; written by the submitter
+          worker-<id>.json          ``WorkerRecord``: host, threads, the model records; written by that job alone
+          <id>_0_log.out/.err ...   submitit's own files (pickles, logs) for processes and slurm jobs
 
 Every write goes through ``harness.atomic``; a cell is built in a hidden temp folder and renamed into place, so a
 run killed at any moment holds only whole cells. Nothing else in promptgap builds a path inside a run folder: the
-runner writes through ``RunFolder``, and the report, ``check`` and ``status`` read through ``load_run``.
+runner writes through ``RunFolder``, and the report, ``check`` and ``status`` read through ``load_run``. Jobs running
+at the same time never write the same file: each writes its own cells and its own worker record, and only the
+process that submitted them writes config.json, manifest.json, summary.csv and the job records.
 
 The cell key grows with the run's axes (a train size, a transfer target); ``CellKey.parts`` is the one place that
 turns a key into folder names.
@@ -42,9 +48,11 @@ from harness.errors import UserError
 log = logging.getLogger(__name__)
 
 PARTS = ("train", "dev", "test")
+# the costs that reproduce (token counts, sizes); seconds depend on the machine and stay in cell.json and the report,
+# so that the same config gives the same summary.csv, byte for byte, whatever the executor
 SUMMARY_FIELDS = ["model", "task", "condition", "seed", "split_hash", "n", "accuracy", "gold_nll", "format", "status",
-                  "fit_tokens", "prompt_tokens", "trainable_params", "fit_seconds", "score_seconds"]
-CONFIG, MANIFEST, SUMMARY = "config.json", "manifest.json", "summary.csv"
+                  "fit_tokens", "prompt_tokens", "trainable_params"]
+CONFIG, MANIFEST, SUMMARY, JOBS = "config.json", "manifest.json", "summary.csv", "jobs"
 CELL, SCORES, EVIDENCE, LOG, ARTIFACT, FILES = "cell.json", "scores.jsonl", "evidence.json", "log.json", "artifact", \
     "files"
 
@@ -156,6 +164,7 @@ class CellRecord:
     dtype: str | None = None
     threads: int | None = None
     code: dict[str, Any] | None = None  # provenance.code_state() of the process that ran the cell
+    job: dict[str, Any] | None = None  # the job that ran it: {"invocation", "id", "executor", "host"}
     selection: dict[str, Any] | None = None  # what the condition reported selecting on (FitContext.report_selection)
     finished: str | None = None
 
@@ -198,6 +207,51 @@ class Evidence:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Evidence:
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+
+
+@dataclass
+class JobRecord:
+    """One job of an invocation: which cells it runs and where its logs are. ``id`` is the executor's job id
+    (a Slurm job id, ``<array>_<index>`` in an array; a process id for local processes)."""
+
+    invocation: int
+    id: str
+    executor: str
+    cells: list[CellKey]
+    submitted: str
+    host: str  # where it was submitted from (a local process's pid means something only there)
+    stdout: str | None = None
+    stderr: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "cells": [k.to_json() for k in self.cells]}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> JobRecord:
+        return cls(**{**data, "cells": [CellKey.from_json(k) for k in data["cells"]]})
+
+
+@dataclass
+class WorkerRecord:
+    """What a job's process recorded about itself: where it ran, with how many threads, and the provenance record
+    of each model it loaded (``provenance.model_record``), which the submitter gathers into manifest.json."""
+
+    invocation: int
+    job: str
+    executor: str
+    host: str
+    pid: int
+    threads: int
+    started: str
+    models: dict[str, Any] = field(default_factory=dict)
+    finished: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> WorkerRecord:
         return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
 
@@ -288,16 +342,56 @@ class RunFolder:
             return
         write_json(path, record.to_json())
 
+    def check_split(self, record: SplitRecord) -> None:
+        """A job's check that the split it rebuilt is the one recorded before it was submitted (never writes)."""
+        if not self.split_path(record.task, record.seed).exists():
+            raise UserError(f"task {record.task} seed {record.seed}: no split file in {self.root}; the run was not "
+                            f"prepared (start it with `promptgap run`)")
+        self.record_split(record)
+
+    # --- jobs --------------------------------------------------------------------------------------------------
+    def jobs_dir(self, invocation: int) -> Path:
+        """Where invocation ``invocation``'s job records and submitit's files (pickles, logs) go."""
+        return self.root / JOBS / str(invocation)
+
+    def write_job(self, job: JobRecord) -> None:
+        write_json(self.jobs_dir(job.invocation) / f"job-{job.id}.json", job.to_json())
+
+    def write_worker(self, worker: WorkerRecord) -> None:
+        write_json(self.jobs_dir(worker.invocation) / f"worker-{worker.job}.json", worker.to_json())
+
+    def jobs(self) -> list[JobRecord]:
+        """Every job record, oldest invocation first."""
+        return [JobRecord.from_json(_read_json(p)) for p in self._job_files("job-")]
+
+    def workers(self) -> list[WorkerRecord]:
+        return [WorkerRecord.from_json(_read_json(p)) for p in self._job_files("worker-")]
+
+    def _job_files(self, prefix: str) -> list[Path]:
+        files = [p for p in self.root.glob(f"{JOBS}/*/{prefix}*.json") if _visible(p, self.root)]
+        return sorted(files, key=lambda p: (int(p.parent.name) if p.parent.name.isdigit() else -1, p.name))
+
     # --- cells -----------------------------------------------------------------------------------------------
-    def finished(self, key: CellKey) -> bool:
-        """Whether the cell is complete and ok (an errored cell is redone on resume)."""
+    def status(self, key: CellKey) -> str | None:
+        """The status a complete cell records (ok or error), None when the cell is not there (or unreadable)."""
         path = self.cell_dir(key) / CELL
         if not path.exists():
-            return False
+            return None
         try:
-            return json.loads(path.read_text()).get("status") == "ok"
+            return json.loads(path.read_text()).get("status")
         except (OSError, json.JSONDecodeError):
-            return False
+            return None
+
+    def error(self, key: CellKey) -> str | None:
+        """The error a failed cell records."""
+        try:
+            return json.loads((self.cell_dir(key) / CELL).read_text()).get("error")
+        except (OSError, json.JSONDecodeError):
+            return None
+
+    def finished(self, key: CellKey) -> bool:
+        """Whether the cell is complete and ok (an errored cell is redone on resume)."""
+        return self.status(key) == "ok"
 
     @contextmanager
     def new_cell(self, key: CellKey) -> Iterator[CellWriter]:

@@ -3,15 +3,23 @@
 The run folder's layout and every write into it belong to ``harness.run_folder``; this module decides what runs,
 in which order, and records the evidence the audit (``harness.audit``) re-derives: what each condition read while
 fitting, how often each test example was scored, and how every test request was built.
+
+Three steps, whatever the executor: ``Runner`` prepares the run once (config.json, manifest.json, the split files,
+the model cache) before any cell runs; ``run_cells`` fits and scores cells (in this process, or in a job that
+``harness.executors`` started elsewhere: it re-reads everything from the run folder); ``gather`` rebuilds summary.csv
+and the manifest's model records from what the cells and jobs wrote.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import shlex
+import socket
 import sys
 import time
 import traceback
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,7 +31,17 @@ from harness.config import RunConfig, load_config
 from harness.data import Split, ids_hash
 from harness.errors import UserError
 from harness.progress import console
-from harness.run_folder import CellKey, CellRecord, Evidence, RunFolder, SplitRecord, score_lines, summarize
+from harness.run_folder import (
+    CONFIG,
+    CellKey,
+    CellRecord,
+    Evidence,
+    RunFolder,
+    SplitRecord,
+    WorkerRecord,
+    score_lines,
+    summarize,
+)
 
 log = logging.getLogger(__name__)
 
@@ -33,15 +51,21 @@ class Runner:
 
     def __init__(self, config_path: str | Path, run_id: str | None = None, resume: bool = False,
                  only: list[str] | None = None, results_root: Path = Path("results"),
-                 command: str | None = None, cfg: RunConfig | None = None) -> None:
+                 command: str | None = None, executor: str | None = None, wait: bool = True,
+                 cfg: RunConfig | None = None) -> None:
         self.config_path = Path(config_path)
-        # every check happens in load_config, before any model; ``cfg``: a config already loaded (and adjusted)
-        self.cfg: RunConfig = cfg or load_config(self.config_path)
+        # every check happens here, before any model or job: names, settings, roles, the executor and its resources;
+        # ``cfg``: a config already loaded by load_config (and adjusted, as the demo's smoke budget)
+        self.cfg: RunConfig = cfg or load_config(self.config_path, executor=executor)
         if resume and not run_id:
             raise UserError("--resume needs the --run-id of the run to continue")
+        if not wait and self.cfg.executor.kind != "slurm":
+            raise UserError(f"--no-wait: the {self.cfg.executor.kind} executor runs cells only while promptgap "
+                            f"waits; drop --no-wait, or use --executor slurm")
         self.run_id = run_id or f"{self.cfg.name}-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}"
         self.folder = RunFolder(Path(results_root) / self.run_id)
         self.resume = resume
+        self.wait = wait
         self.only = only
         for name in only or []:
             if name not in self.cfg.conditions:
@@ -56,18 +80,26 @@ class Runner:
 
     # --- preparing the folder ------------------------------------------------------------------------------
     def _prepare(self) -> None:
+        from harness import executors
+
         config_json = self.cfg.to_json()
         if self.folder.exists():
             if not self.resume:
                 raise UserError(f"{self.run_dir} exists; pass --resume to continue it or choose another --run-id")
-            if self.folder.read_json("config.json") != config_json:
+            if self.folder.read_json(CONFIG) != config_json:
                 raise UserError(f"{self.config_path} changed since run {self.run_id} started; "
                                 f"resume with the same config or start a new --run-id")
+            running = executors.live_jobs(self.folder)
+            if running:  # their cells would be computed twice, and their temp folders must not be cleared
+                raise UserError(f"--resume: {len(running)} job(s) of run {self.run_id} still run "
+                                f"({', '.join(j.id for j in running[:5])}); wait for them (`promptgap status "
+                                f"{self.run_dir}`) or cancel them first")
         elif self.resume:
             raise UserError(f"--resume: no run folder {self.run_dir}; drop --resume to start it")
         self.folder.write_config(config_json)
         invocation = {"started": provenance.now(), "command": self.command, "code": self.code,
-                      "versions": provenance.versions(), "machine": provenance.machine()}
+                      "versions": provenance.versions(), "machine": provenance.machine(),
+                      "host": socket.gethostname(), "executor": self.cfg.executor.to_json()}
         manifest = self.folder.read_manifest() or {
             "run_id": self.run_id, "command": self.command, "config": str(self.config_path),
             "started": invocation["started"], "code": self.code, "versions": invocation["versions"],
@@ -76,106 +108,176 @@ class Runner:
             log.warning("resuming %s with other code (%s) than it started with (%s); the audit will say so",
                         self.run_id, provenance.code_label(self.code), provenance.code_label(manifest["code"]))
         manifest["invocations"].append(invocation)
+        self.invocation = len(manifest["invocations"]) - 1  # names this invocation's jobs folder
         self.manifest = manifest
         self.folder.write_manifest(manifest)
         self.folder.clear_unfinished()  # temp folders of cells a killed run was building
 
-    def _split(self, task: Any, task_cfg: Any, seed: int) -> Split:
-        split = task.split(seed, task_cfg.split_sizes(task.default_sizes))
-        self.folder.record_split(SplitRecord.of(task.name, seed, split))
-        return split
-
     # --- running -------------------------------------------------------------------------------------------
+    def todo(self) -> list[CellKey]:
+        """The cells to run, in matrix order: every cell of the config that is not finished and ok."""
+        conditions = [c for c in self.cfg.conditions if not self.only or c in self.only]
+        keys = [CellKey(m, task, seed, c) for m in self.cfg.models for task in self.task_names
+                for seed in self.cfg.seeds for c in conditions]
+        return [k for k in keys if not self.folder.finished(k)]
+
     def run(self) -> Path:
-        from harness.models import load_model
+        from harness import executors
+        from harness.models import prepare_model
         from harness.registry import get_task
-        from harness.scorer import Scorer
 
         self._prepare()
         tasks = [(get_task(t.name, data_dir=t.data_dir), t) for t in self.cfg.tasks]
-        splits = {(task.name, seed): self._split(task, t, seed) for task, t in tasks for seed in self.cfg.seeds}
-        for task, _ in tasks:  # the files the splits were read from, hashed
-            self.manifest["tasks"][task.name] = task.provenance()
+        for task, task_cfg in tasks:  # the split files every job checks its own split against
+            for seed in self.cfg.seeds:
+                split = task.split(seed, task_cfg.split_sizes(task.default_sizes))
+                self.folder.record_split(SplitRecord.of(task.name, seed, split))
+            self.manifest["tasks"][task.name] = task.provenance()  # the files the splits were read from, hashed
         self.folder.write_manifest(self.manifest)
-        conditions = [c for c in self.cfg.conditions if not self.only or c in self.only]
+        self.task_names = [task.name for task, _ in tasks]
+        todo = self.todo()
+        for model in dict.fromkeys(k.model for k in todo):
+            prepare_model(model)  # the embedded model's cache is built here once, never by two jobs at once
         t_run = time.perf_counter()
-        for model_name in self.cfg.models:
-            todo = [CellKey(model_name, task.name, seed, c) for task, _ in tasks for seed in self.cfg.seeds
-                    for c in conditions]
-            todo = [k for k in todo if not self.folder.finished(k)]
-            if not todo:
-                continue
-            lm = load_model(model_name, device=self.cfg.run["device"], dtype=self.cfg.run["dtype"])
-            self.manifest["models"][model_name] = provenance.model_record(model_name, lm)
-            self.folder.write_manifest(self.manifest)
-            scorer = Scorer(lm, batch_size=self.cfg.run["batch_size"])
-            by_name = {task.name: task for task, _ in tasks}
-            for key in todo:
-                self._run_cell(lm, scorer, by_name[key.task], splits[(key.task, key.seed)], key)
-                self.folder.write_summary()
-        self.folder.write_summary()
+        jobs = executors.make(self.cfg.executor, self.folder, self.invocation).run(todo, wait=self.wait)
+        self.manifest["invocations"][-1]["jobs"] = [j.id for j in jobs]
+        self.folder.write_manifest(self.manifest)
+        if not self.wait:
+            return self.run_dir
         self.manifest["invocations"][-1].update(finished=provenance.now(),
                                                 seconds=round(time.perf_counter() - t_run, 1))
         self.manifest["finished"] = self.manifest["invocations"][-1]["finished"]
         self.folder.write_manifest(self.manifest)
+        gather(self.folder)
         return self.run_dir
 
-    def _run_cell(self, lm: Any, scorer: Any, task: Any, split: Split, key: CellKey) -> None:
-        import torch
 
-        from harness.registry import get_optimizer, origin
-        from optimizers.base import fit_condition
+def gather(folder: RunFolder) -> None:
+    """After the cells ran (anywhere): the model records the jobs wrote into manifest.json, and summary.csv from the
+    cell folders. Only the process that prepared the run (or `promptgap report`) calls this."""
+    if not folder.exists():
+        raise UserError(f"{folder.root} is not a run folder (no config.json); give results/<run-id>")
+    manifest = folder.read_manifest()
+    if manifest is not None:
+        for worker in folder.workers():  # oldest first: the latest invocation's record of a model wins
+            manifest["models"].update(worker.models)
+        folder.write_manifest(manifest)
+    folder.write_summary()
 
-        spec = self.cfg.conditions[key.condition]
-        owner = f"condition {key.condition} ({spec.optimizer}, from {origin(spec.optimizer)})"
-        record = CellRecord(key=key, optimizer=spec.optimizer, settings=spec.settings, split_hash=split.hash,
-                            n_train=len(split.train), n_dev=len(split.dev), device=str(lm.device),
-                            dtype=str(lm.dtype).removeprefix("torch."), threads=torch.get_num_threads(),
-                            code={k: self.code.get(k) for k in ("version", "commit", "dirty")})
-        evidence = Evidence()
-        with self.folder.new_cell(key) as cell:
-            try:
-                optimizer = get_optimizer(spec.optimizer)(**spec.settings)
-                before = lm.usage.snapshot()
-                with scorer.recording() as reads:  # every example the condition reads through the harness
-                    try:
-                        fit = fit_condition(optimizer, lm, task, split.train, split.dev, scorer, key.seed,
-                                            workdir=cell.workdir, owner=owner)
-                    finally:
-                        evidence.fit_reads, evidence.fit_bare_calls = reads.reads, reads.bare_calls
-                evidence.selection = fit.selection
-                if fit.selection is not None:
-                    record.selection = {"metric": fit.selection["metric"], "n": len(fit.selection["ids"]),
-                                        "ids_hash": ids_hash(fit.selection["ids"]), "reported_by": "condition"}
-                record.fit_seconds = round(fit.seconds, 2)
-                spent = lm.usage.since(before)
-                record.fit_tokens, record.fit_grad_tokens = spent.tokens, spent.grad_tokens
-                record.prompt_tokens = scorer.renderer.prompt_tokens(fit.artifact)
-                record.trainable_params = fit.artifact.trainable_params
-                cell.log(fit.log)
-                t0, before = time.perf_counter(), lm.usage.snapshot()
-                with scorer.recording(keep_requests=True) as seen:
-                    scores = scorer.score(fit.artifact, split.test, task.kind, desc=key.label)
-                record.score_seconds = round(time.perf_counter() - t0, 2)
-                record.score_tokens = lm.usage.since(before).tokens
-                evidence.test_reads, evidence.requests = seen.reads, seen.requests
-                lines = score_lines(scores, {"model": lm.name, "task": task.name, "condition": key.condition,
-                                             "split": "test", "split_hash": split.hash,
-                                             "format": fit.artifact.format})
-                cell.scores(lines)
-                cell.artifact(fit.artifact)
-                record.status, record.format = "ok", fit.artifact.format
-                record.instruction_role = fit.artifact.instruction_role
-                for k, v in summarize(lines).items():
-                    setattr(record, k, v)
-                console.print(f"[green]done[/] {key.label}: accuracy {record.accuracy:.4f}, "
-                              f"gold NLL {record.gold_nll:.4f}")
-            except Exception as e:  # a failing condition is reported in its cell; the matrix goes on
-                log.debug("cell %s failed", key.label, exc_info=True)
-                record.status = "error"
-                record.error = str(e) if str(e).startswith(owner) else f"{owner}: {type(e).__name__}: {e}"
-                record.traceback = traceback.format_exc(limit=8)
-                console.print(f"[red]failed[/] {key.label}: {escape(record.error)}")
-            record.finished = provenance.now()
-            cell.evidence(evidence)
-            cell.finish(record)  # cell.json last; the folder appears when the block ends
+
+def pin_threads(cfg: RunConfig) -> int:
+    """torch's thread count for the cells of this process: the config's ``[run] threads``, else the CPUs Slurm
+    gave the job (without cgroups torch would start a thread per core of the node), else torch's default."""
+    import torch
+
+    threads = cfg.threads or int(os.environ.get("SLURM_CPUS_PER_TASK", "0")) or None
+    if threads:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
+def run_cells(run_dir: str | Path, keys: Sequence[CellKey], invocation: int, job: str, executor: str,
+              after_cell: Callable[[], None] | None = None) -> None:
+    """Fit and score ``keys`` into the run folder: the one path of a cell, whatever the executor.
+
+    Everything is read back from the run folder (config.json; the split, rebuilt from the data and checked against
+    the split file written before any cell ran), so a job on another machine computes what this one would. Cells
+    already finished are skipped (a requeued job goes on where it stopped). Each model is loaded once for all of
+    ``keys``. This process writes only its cells and its own worker record (``jobs/<invocation>/worker-<job>``).
+    """
+    from harness.models import load_model
+    from harness.registry import get_task
+    from harness.scorer import Scorer
+
+    folder = RunFolder(run_dir)
+    cfg = RunConfig.from_json(folder.read_json(CONFIG))
+    worker = WorkerRecord(invocation=invocation, job=job, executor=executor, host=socket.gethostname(),
+                          pid=os.getpid(), threads=pin_threads(cfg), started=provenance.now())
+    folder.write_worker(worker)
+    code = provenance.code_state()
+    tasks = {}
+    for task_cfg in cfg.tasks:
+        task = get_task(task_cfg.name, data_dir=task_cfg.data_dir)
+        tasks[task.name] = (task, task_cfg)
+    splits: dict[tuple[str, int], Split] = {}
+    todo = [k for k in keys if not folder.finished(k)]
+    for key in todo:
+        if (key.task, key.seed) not in splits:
+            task, task_cfg = tasks[key.task]
+            split = task.split(key.seed, task_cfg.split_sizes(task.default_sizes))
+            folder.check_split(SplitRecord.of(task.name, key.seed, split))
+            splits[(key.task, key.seed)] = split
+    for model_name in dict.fromkeys(k.model for k in todo):
+        lm = load_model(model_name, device=cfg.run["device"], dtype=cfg.run["dtype"])
+        worker.models[model_name] = provenance.model_record(model_name, lm)
+        folder.write_worker(worker)
+        scorer = Scorer(lm, batch_size=cfg.run["batch_size"])
+        cell_job = {"invocation": invocation, "id": job, "executor": executor, "host": worker.host}
+        for key in (k for k in todo if k.model == model_name):
+            _run_cell(folder, cfg, code, cell_job, lm, scorer, tasks[key.task][0], splits[(key.task, key.seed)], key)
+            if after_cell is not None:
+                after_cell()
+    worker.finished = provenance.now()
+    folder.write_worker(worker)
+
+
+def _run_cell(folder: RunFolder, cfg: RunConfig, code: dict[str, Any], job: dict[str, Any], lm: Any, scorer: Any,
+              task: Any, split: Split, key: CellKey) -> None:
+    import torch
+
+    from harness.registry import get_optimizer, origin
+    from optimizers.base import fit_condition
+
+    spec = cfg.conditions[key.condition]
+    owner = f"condition {key.condition} ({spec.optimizer}, from {origin(spec.optimizer)})"
+    record = CellRecord(key=key, optimizer=spec.optimizer, settings=spec.settings, split_hash=split.hash,
+                        n_train=len(split.train), n_dev=len(split.dev), device=str(lm.device),
+                        dtype=str(lm.dtype).removeprefix("torch."), threads=torch.get_num_threads(),
+                        code={k: code.get(k) for k in ("version", "commit", "dirty")}, job=job)
+    evidence = Evidence()
+    with folder.new_cell(key) as cell:
+        try:
+            optimizer = get_optimizer(spec.optimizer)(**spec.settings)
+            before = lm.usage.snapshot()
+            with scorer.recording() as reads:  # every example the condition reads through the harness
+                try:
+                    fit = fit_condition(optimizer, lm, task, split.train, split.dev, scorer, key.seed,
+                                        workdir=cell.workdir, owner=owner)
+                finally:
+                    evidence.fit_reads, evidence.fit_bare_calls = reads.reads, reads.bare_calls
+            evidence.selection = fit.selection
+            if fit.selection is not None:
+                record.selection = {"metric": fit.selection["metric"], "n": len(fit.selection["ids"]),
+                                    "ids_hash": ids_hash(fit.selection["ids"]), "reported_by": "condition"}
+            record.fit_seconds = round(fit.seconds, 2)
+            spent = lm.usage.since(before)
+            record.fit_tokens, record.fit_grad_tokens = spent.tokens, spent.grad_tokens
+            record.prompt_tokens = scorer.renderer.prompt_tokens(fit.artifact)
+            record.trainable_params = fit.artifact.trainable_params
+            cell.log(fit.log)
+            t0, before = time.perf_counter(), lm.usage.snapshot()
+            with scorer.recording(keep_requests=True) as seen:
+                scores = scorer.score(fit.artifact, split.test, task.kind, desc=key.label)
+            record.score_seconds = round(time.perf_counter() - t0, 2)
+            record.score_tokens = lm.usage.since(before).tokens
+            evidence.test_reads, evidence.requests = seen.reads, seen.requests
+            lines = score_lines(scores, {"model": lm.name, "task": task.name, "condition": key.condition,
+                                         "split": "test", "split_hash": split.hash,
+                                         "format": fit.artifact.format})
+            cell.scores(lines)
+            cell.artifact(fit.artifact)
+            record.status, record.format = "ok", fit.artifact.format
+            record.instruction_role = fit.artifact.instruction_role
+            for k, v in summarize(lines).items():
+                setattr(record, k, v)
+            console.print(f"[green]done[/] {key.label}: accuracy {record.accuracy:.4f}, "
+                          f"gold NLL {record.gold_nll:.4f}")
+        except Exception as e:  # a failing condition is reported in its cell; the matrix goes on
+            log.debug("cell %s failed", key.label, exc_info=True)
+            record.status = "error"
+            record.error = str(e) if str(e).startswith(owner) else f"{owner}: {type(e).__name__}: {e}"
+            record.traceback = traceback.format_exc(limit=8)
+            console.print(f"[red]failed[/] {key.label}: {escape(record.error)}")
+        record.finished = provenance.now()
+        cell.evidence(evidence)
+        cell.finish(record)  # cell.json last; the folder appears when the block ends

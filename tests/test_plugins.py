@@ -82,6 +82,13 @@ def test_plugin_runs_in_the_matrix_and_rule_breakers_fail_alone(plugin_env, tmp_
     assert "soft_prompt of shape [3, 7]; model smollm2-135m-instruct needs [n, 576]" in error("malformed")
     assert "RuntimeError: the search diverged" in error("raises")
 
+    # `promptgap status` names each failed cell with the error its cell.json records
+    status = promptgap(plugin_env, "status", "results/p", cwd=tmp_path)
+    assert status.returncode == 0 and "7 cells: 4 done, 0 running, 3 failed, 0 pending" in status.stdout
+    failed = {line.split(" / ")[-1].split(":")[0]: line for line in status.stdout.splitlines() if "failed " in line}
+    assert set(failed) == {"peeks-at-test", "malformed", "raises"}
+    assert "RuntimeError: the search diverged" in failed["raises"]
+
     # a plugin that scores the test split while fitting runs to the end, but the audit catches it, by name
     assert rows["scores-test"]["status"] == "ok"
     check = promptgap(plugin_env, "check", "results/p", cwd=tmp_path)
