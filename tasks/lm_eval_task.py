@@ -79,6 +79,7 @@ def resolve_includes(include: str | Path | Sequence[str | Path] | None) -> tuple
 @dataclass
 class _Process:
     managers: dict[tuple[tuple[Path, ...], bool], Any] = field(default_factory=dict)
+    loaded: dict[tuple[str, tuple[Path, ...]], dict[str, Any]] = field(default_factory=dict)  # lm-eval's objects
     built: dict[tuple[str, tuple[Path, ...]], list[LmEvalTask]] = field(default_factory=dict)
     # include folders a run config declared for a name, for callers that only pass the name
     declared: dict[str, tuple[Path, ...]] = field(default_factory=dict)
@@ -144,6 +145,31 @@ def _build(manager, bare: str) -> dict[str, Any]:
                         f"data files (offline, a hub dataset must be pointed at local files: {README_HINT})") from None
 
 
+def load_lm_eval(name: str, include: str | Path | Sequence[str | Path] | None = None) -> dict[str, Any]:
+    """lm-eval's own objects for task, group or tag ``name`` (``TaskManager.load``: ``tasks``, ``groups``), built once
+    per process; an unknown name is a UserError with close matches."""
+    bare = bare_name(name)
+    includes = resolve_includes(include) or _PROCESS.declared.get(bare, ())
+    key = (bare, includes)
+    if key not in _PROCESS.loaded:
+        loaded = None
+        if includes:
+            own = task_manager(includes, defaults=False)
+            if _self_contained(own.task_index, bare):
+                loaded = _build(own, bare)
+        if loaded is None:
+            manager = task_manager(includes)
+            if bare not in manager.all_tasks:
+                close = difflib.get_close_matches(bare, manager.all_tasks, n=3)
+                where = f" or of {', '.join(map(str, includes))}" if includes else \
+                    "; add --lm-eval-include DIR for yours"
+                raise UserError(f"unknown lm-eval task {bare!r} (not a task, group or tag of lm-eval "
+                                f"{require_lm_eval()}{where})" + (f"; close: {', '.join(close)}" if close else ""))
+            loaded = _build(manager, bare)
+        _PROCESS.loaded[key] = loaded
+    return _PROCESS.loaded[key]
+
+
 def load_tasks(name: str, include: str | Path | Sequence[str | Path] | None = None) -> list[LmEvalTask]:
     """The promptgap tasks of lm-eval task, group or tag ``name``: one per task; a group expands into its subtasks."""
     bare = bare_name(name)
@@ -151,19 +177,7 @@ def load_tasks(name: str, include: str | Path | Sequence[str | Path] | None = No
     key = (bare, includes)
     if key in _PROCESS.built:
         return _PROCESS.built[key]
-    loaded = None
-    if includes:
-        own = task_manager(includes, defaults=False)
-        if _self_contained(own.task_index, bare):
-            loaded = _build(own, bare)
-    if loaded is None:
-        manager = task_manager(includes)
-        if bare not in manager.all_tasks:
-            close = difflib.get_close_matches(bare, manager.all_tasks, n=3)
-            where = f" or of {', '.join(map(str, includes))}" if includes else "; add --lm-eval-include DIR for yours"
-            raise UserError(f"unknown lm-eval task {bare!r} (not a task, group or tag of lm-eval "
-                            f"{require_lm_eval()}{where})" + (f"; close: {', '.join(close)}" if close else ""))
-        loaded = _build(manager, bare)
+    loaded = load_lm_eval(bare, includes)
     group = bare if loaded.get("groups") or list(loaded["tasks"]) != [bare] else None
     tasks = [LmEvalTask(obj, includes=includes, group=group) for obj in loaded["tasks"].values()]
     refused = [t for t in tasks if t.refusal]
