@@ -196,41 +196,51 @@ def load_tasks(name: str, include: str | Path | Sequence[str | Path] | None = No
 def name_kind(name: str, include: str | Path | Sequence[str | Path] | None = None) -> str:
     """``task``, ``group`` or ``tag``: found without lm-eval's full index when possible (the include folders' own
     index, then a text scan of the bundled YAML files, ~1 s); only a name found by neither builds the full index,
-    which decides (an unknown name is a UserError)."""
+    which decides (an unknown name is a UserError). A task whose YAML alone shows it cannot be served (generate_until,
+    loglikelihood_rolling, acc_mutual_info) is refused here too."""
     require_lm_eval()
     from lm_eval.tasks._index import Kind, TaskIndex
+    from lm_eval.tasks._yaml_loader import load_yaml
 
     bare = bare_name(name)
     includes = resolve_includes(include)
     kinds = {Kind.TASK: "task", Kind.PY_TASK: "task", Kind.GROUP: "group", Kind.TAG: "tag"}
-    if includes:
-        entry = TaskIndex.build(list(includes)).get(bare)
-        if entry is not None:
-            return kinds.get(entry.kind, "task")
-    found = _scan_bundled(bare)
-    if found is not None:
-        return found
-    manager = task_manager(includes)
-    if bare not in manager.all_tasks:
-        load_tasks(name, includes)  # raises the unknown-task error, with close matches
-    return kinds.get(manager.task_index[bare].kind, "task")
+    entry = TaskIndex.build(list(includes)).get(bare) if includes else None
+    if entry is not None:
+        kind, cfg = kinds.get(entry.kind, "task"), entry.cfg or {}
+    elif (found := _scan_bundled(bare)) is not None:
+        kind, path = found
+        cfg = load_yaml(path, resolve_func=False)
+    else:
+        manager = task_manager(includes)
+        if bare not in manager.all_tasks:
+            load_tasks(name, includes)  # raises the unknown-task error, with close matches
+        entry = manager.task_index[bare]
+        kind, cfg = kinds.get(entry.kind, "task"), entry.cfg or {}
+    if kind == "task":
+        metrics = [m.get("metric") for m in cfg.get("metric_list") or [] if isinstance(m, dict)]
+        why = refusal_reason(cfg.get("output_type", "generate_until"), metrics)
+        if why:
+            raise UserError(f"lm-eval task {bare} is not supported: {why}")
+    return kind
 
 
-def _scan_bundled(bare: str) -> str | None:
+def _scan_bundled(bare: str) -> tuple[str, Path] | None:
+    """(``task`` or ``group``, its YAML) of a bundled name declared at the top level of a YAML file."""
     import lm_eval
 
     pattern = re.compile(rf"^(task|group)\s*:\s*['\"]?{re.escape(bare)}['\"]?\s*(#.*)?$", re.M)
     for path in sorted((Path(lm_eval.__file__).parent / "tasks").glob("**/*.yaml")):
         m = pattern.search(path.read_text(encoding="utf-8", errors="replace"))
         if m:
-            return m.group(1)
+            return m.group(1), path
     return None
 
 
 # --- the task -----------------------------------------------------------------------------------------------------
-def refusal(lm_task: Any) -> str | None:
-    """Why promptgap cannot serve ``lm_task`` (one clause), or None."""
-    output_type = lm_task.OUTPUT_TYPE
+def refusal_reason(output_type: str, metrics: Sequence[str], multiple_target: bool = False,
+                   multimodal: bool = False) -> str | None:
+    """Why promptgap cannot serve a task (one clause), or None."""
     if output_type == "generate_until":
         return ("it generates text (output_type generate_until); promptgap scores log-likelihoods, so use a "
                 "multiple_choice or loglikelihood task")
@@ -239,14 +249,21 @@ def refusal(lm_task: Any) -> str | None:
                 "continuation for a prompt to sit between")
     if output_type not in SERVED:
         return f"output_type {output_type!r} is not one of {', '.join(SERVED)}"
-    if "acc_mutual_info" in lm_task.aggregation():
+    if "acc_mutual_info" in metrics:
         return ("its metric acc_mutual_info also scores every choice without its context, where a prompt has no "
                 "place; use the task without that metric")
-    if getattr(lm_task, "multiple_target", 0):
+    if multiple_target:
         return "it has several gold answers per document (doc_to_target returns a list); promptgap needs one"
-    if lm_task.config.doc_to_image or lm_task.config.doc_to_audio:
+    if multimodal:
         return "it is multimodal (doc_to_image/doc_to_audio); promptgap scores text"
     return None
+
+
+def refusal(lm_task: Any) -> str | None:
+    """``refusal_reason`` of a built lm-eval task."""
+    cfg = lm_task.config
+    return refusal_reason(lm_task.OUTPUT_TYPE, list(lm_task.aggregation()),
+                          bool(getattr(lm_task, "multiple_target", 0)), bool(cfg.doc_to_image or cfg.doc_to_audio))
 
 
 def _config_sha256(lm_task: Any) -> str:

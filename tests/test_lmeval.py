@@ -152,7 +152,9 @@ def test_unsupported_tasks_are_refused_with_the_reason(name, needle) -> None:
 
 
 def test_name_kind_without_lm_evals_full_index() -> None:
-    assert name_kind("lm-eval:pgfx_generate", FIXTURES / "refused") == "task"  # the include folder's own index
+    assert name_kind("lm-eval:pgfx_multi_gold", FIXTURES / "refused") == "task"  # the include folder's own index
+    with pytest.raises(UserError, match="generate_until"):  # what the YAML alone shows is refused right away
+        name_kind("lm-eval:pgfx_generate", FIXTURES / "refused")
     assert name_kind("lm-eval:pgfx_suite", FIXTURES) == "group"
     assert name_kind("lm-eval:arc_easy") == "task"  # a text scan of lm-eval's bundled YAML files
     assert name_kind("lm-eval:mmlu") == "group"
@@ -184,3 +186,63 @@ def test_example_json_round_trip_of_scores(scorer) -> None:
     line = scorer.score(PromptArtifact(), ll.all_examples()[:1], ll.kind)[0].to_json()
     assert "correct_norm" not in line and "greedy_match" in line
     json.dumps(line)
+
+
+# --- run configs ------------------------------------------------------------------------------------------------
+def write_config(tmp_path: Path, task_lines: str) -> Path:
+    cfg = tmp_path / "lmeval.toml"
+    cfg.write_text(f'[run]\nname = "lmeval"\n\n[[tasks]]\n{task_lines}\n\n[conditions.base-raw]\n'
+                   f'[conditions.handwritten]\nformat = "raw"\n')
+    return cfg
+
+
+def test_a_run_config_expands_a_group_and_every_condition_gets_the_same_split(tmp_path) -> None:
+    import csv
+    import os
+
+    from harness.cli import main
+    from harness.config import load_config
+
+    include = os.path.relpath(FIXTURES, tmp_path)  # relative to the config file
+    cfg = write_config(tmp_path, f'name = "lm-eval:pgfx_suite"\nlm_eval_include = "{include}"\n'
+                                 f'sizes = {{ train = 4, dev = 2, test = 6 }}')
+    tasks = load_config(cfg).tasks
+    assert [t.name for t in tasks] == ["lm-eval:pgfx_capitals", "lm-eval:pgfx_blanks", "lm-eval:pgfx_antonyms"]
+    assert {t.lm_eval_include for t in tasks} == {str(FIXTURES)} and {t.lm_eval_group for t in tasks} == {"pgfx_suite"}
+    assert main(["run", str(cfg), "--run-id", "r", "--results", str(tmp_path / "results"),
+                 "--reports", str(tmp_path / "reports")]) == 0
+    rows = list(csv.DictReader((tmp_path / "results" / "r" / "summary.csv").open()))
+    assert len(rows) == 6 and {r["status"] for r in rows} == {"ok"}
+    for name in ("lm-eval:pgfx_capitals", "lm-eval:pgfx_blanks", "lm-eval:pgfx_antonyms"):
+        hashes = {r["split_hash"] for r in rows if r["task"] == name}
+        assert hashes == {get_task(name, lm_eval_include=FIXTURES).split(0, _sizes(4, 2, 6)).hash}
+        assert {r["n"] for r in rows if r["task"] == name} == {"6"}
+
+
+def _sizes(train: int, dev: int, test: int):
+    from tasks.base import SplitSizes
+
+    return SplitSizes(train=train, dev=dev, test=test)
+
+
+def test_config_check_of_a_task_name_does_not_build_lm_evals_index(tmp_path) -> None:
+    cfg = write_config(tmp_path, 'name = "lm-eval:arc_easy"')
+    code = ("import sys; from harness.config import load_config; from tasks.lm_eval_task import _PROCESS; "
+            "c = load_config(sys.argv[1]); print(c.tasks[0].name, len(_PROCESS.managers), len(_PROCESS.loaded))")
+    out = subprocess.run([sys.executable, "-c", code, str(cfg)], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["lm-eval:arc_easy", "0", "0"]
+
+
+@pytest.mark.parametrize(("lines", "needle"), [
+    ('name = "lm-eval:pgfx_capitals"\nlm_eval_include = "nowhere"', "does not exist"),
+    ('name = "lm-eval:pgfx_capitals"\ndata_dir = "."', "data_dir has no effect on an lm-eval task"),
+    ('name = "antonyms"\nlm_eval_include = "."', "lm_eval_include applies to lm-eval:NAME tasks only"),
+    ('name = "lm-eval:pgfx_generate"\nlm_eval_include = "INCLUDE"', "generate_until"),
+])
+def test_config_errors_name_the_entry(tmp_path, lines, needle) -> None:
+    from harness.config import load_config
+
+    cfg = write_config(tmp_path, lines.replace("INCLUDE", str(FIXTURES)))
+    with pytest.raises(UserError, match="tasks\\]\\] #1") as e:
+        load_config(cfg)
+    assert needle in str(e.value) and "\n" not in str(e.value)
