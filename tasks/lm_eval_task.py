@@ -262,8 +262,9 @@ def refusal_reason(output_type: str, metrics: Sequence[str], multiple_target: bo
 def refusal(lm_task: Any) -> str | None:
     """``refusal_reason`` of a built lm-eval task."""
     cfg = lm_task.config
+    multimodal = bool(getattr(cfg, "doc_to_image", None) or getattr(cfg, "doc_to_audio", None))
     return refusal_reason(lm_task.OUTPUT_TYPE, list(lm_task.aggregation()),
-                          bool(getattr(lm_task, "multiple_target", 0)), bool(cfg.doc_to_image or cfg.doc_to_audio))
+                          bool(getattr(lm_task, "multiple_target", 0)), multimodal)
 
 
 def _config_sha256(lm_task: Any) -> str:
