@@ -60,6 +60,16 @@ def test_an_empty_artifact_equals_lm_evals_hf_model(lm, hflm, name, chat) -> Non
     assert same_requests(ours, theirs) < TOL
 
 
+def test_registered_as_lm_eval_model_promptgap(lm, tmp_path) -> None:
+    from lm_eval.api.registry import get_model
+
+    assert get_model("promptgap") is PromptgapLM
+    PromptArtifact(instruction="Answer.", condition="handwritten").save(tmp_path / "art")
+    model = get_model("promptgap").create_from_arg_obj({"artifact": str(tmp_path / "art"), "lm": lm},
+                                                       {"batch_size": 8, "device": None})
+    assert model.artifact.instruction == "Answer." and model.scorer.batch_size == 8
+
+
 def test_lm_eval_command_with_an_empty_artifact_writes_lm_evals_results(capsys, hflm, tmp_path) -> None:
     PromptArtifact().save(tmp_path / "empty")
     out = tmp_path / "results.json"
