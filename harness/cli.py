@@ -11,6 +11,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from harness.errors import UserError
 
@@ -48,6 +49,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     for n in names(TASK_GROUP):
         cls = load(TASK_GROUP, n, "task")
         t.add_row(n, cls.kind, cls.summary)
+    t.add_row("lm-eval:NAME", "either", "any lm-evaluation-harness task with output_type multiple_choice or "
+              "loglikelihood (a group: its subtasks); --lm-eval-include DIR for your own YAML files")
     console.print(t)
     c = Table(title="conditions (--condition)")
     c.add_column("name")
@@ -65,10 +68,37 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_examples(task: Any, args: argparse.Namespace) -> tuple[list, tuple, tuple, str]:
+    """The examples ``eval`` scores, the fitting data and the split hash (checked before any model loads)."""
+    from harness.data import ids_hash
+
+    if args.split == "all":
+        examples, train, dev = task.all_examples(), (), ()
+        split_hash = "all:" + ids_hash([e.id for e in examples])
+    else:
+        split = task.split(args.seed)
+        examples, train, dev, split_hash = split.part(args.split), split.train, split.dev, split.hash
+    examples = list(examples[: args.limit])
+    if not examples:
+        raise UserError(f"task {task.name}: the {args.split} split is empty; raise its size or add data")
+    return examples, train, dev, split_hash
+
+
+def _summary_line(task: Any, scores: list) -> str:
+    """Accuracy (or greedy exact match), lm-eval's acc_norm when the task's metric list names it, mean gold NLL."""
+    n = len(scores)
+    metric = "greedy exact match" if task.kind == "continuation" else "accuracy"
+    parts = [f"{metric}: {sum(s.correct for s in scores) / n:.4f}"]
+    if "acc_norm" in getattr(task, "metrics", ()) and task.kind == "multiple_choice":
+        parts.append(f"acc_norm: {sum(bool(s.correct_norm) for s in scores) / n:.4f}")
+    parts.append(f"mean gold NLL: {sum(s.gold_nll for s in scores) / n:.4f}")
+    return "   ".join(parts)
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from harness.atomic import write_json, write_jsonl
     from harness.models import load_model, resolve_source
-    from harness.registry import get_optimizer, get_task
+    from harness.registry import get_optimizer, get_tasks
     from harness.run_folder import score_lines
     from harness.scorer import Scorer
     from optimizers.base import check_artifact, fit_condition
@@ -76,7 +106,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit {args.limit}: give a positive number of examples")
     # every name is checked before anything slow happens
-    task = get_task(args.task, data_dir=args.data_dir)
+    tasks = get_tasks(args.task, data_dir=args.data_dir, lm_eval_include=args.lm_eval_include)
     if args.artifact is not None:
         from harness.artifact import PromptArtifact
 
@@ -91,49 +121,95 @@ def cmd_eval(args: argparse.Namespace) -> int:
         condition = get_optimizer(args.condition)(**_parse_settings(args.set))
     if args.model.endswith(".gguf") or Path(args.model).expanduser().exists():
         resolve_source(args.model)
-
-    if args.split == "all":
-        examples = task.all_examples()
-        train, dev, split_hash = (), (), "file-order"
-        from harness.data import ids_hash
-
-        split_hash = "all:" + ids_hash([e.id for e in examples])
-    else:
-        split = task.split(args.seed)
-        examples, train, dev, split_hash = split.part(args.split), split.train, split.dev, split.hash
-    examples = list(examples[: args.limit])
-    if not examples:
-        raise UserError(f"task {task.name}: the {args.split} split is empty; raise its size or add data")
+    cells = [(task, *_eval_examples(task, args)) for task in tasks]  # a group: each subtask is fitted and scored
 
     lm = load_model(args.model, device=args.device, dtype=args.dtype)
     scorer = Scorer(lm, batch_size=args.batch_size)
-    fit_log, t_fit = None, 0.0
-    if condition is None:
-        artifact = check_artifact(loaded, lm, f"artifact {args.artifact}")
-    else:
-        with tempfile.TemporaryDirectory() as workdir:
-            fit = fit_condition(condition, lm, task, train, dev, scorer, args.seed, workdir=Path(workdir),
-                                owner=f"condition {args.condition}")
-        artifact, fit_log, t_fit = fit.artifact, fit.log, fit.seconds
-    t0 = time.perf_counter()
-    scores = scorer.score(artifact, examples, task.kind, desc=f"scoring {args.condition} on {task.name}")
-    t_score = time.perf_counter() - t0
-    common = {"model": lm.name, "task": task.name, "condition": args.condition, "split": args.split,
-              "split_hash": split_hash, "format": artifact.format}
-    write_jsonl(args.out, score_lines(scores, common))
-    if fit_log is not None:  # training curves and sweep trials, beside the output
-        write_json(args.out.with_suffix(".log.json"), fit_log)
+    rows, report, fit_logs, artifacts = [], [], {}, {}
+    for task, examples, train, dev, split_hash in cells:
+        t0 = time.perf_counter()
+        if condition is None:
+            artifact = check_artifact(loaded, lm, f"artifact {args.artifact}")
+        else:
+            with tempfile.TemporaryDirectory() as workdir:
+                fit = fit_condition(condition, lm, task, train, dev, scorer, args.seed, workdir=Path(workdir),
+                                    owner=f"condition {args.condition}")
+            artifact = fit.artifact
+            if fit.log is not None:
+                fit_logs[task.name] = fit.log
+        t_fit = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        scores = scorer.score(artifact, examples, task.kind, desc=f"scoring {args.condition} on {task.name}")
+        t_score = time.perf_counter() - t0
+        common = {"model": lm.name, "task": task.name, "condition": args.condition, "split": args.split,
+                  "split_hash": split_hash, "format": artifact.format}
+        rows += score_lines(scores, common)
+        artifacts[task.name] = artifact
+        report.append(f"{task.name} / {args.condition} / {lm.name} [{artifact.format}] {args.split} n={len(scores)} "
+                      f"split_hash={split_hash}\n{_summary_line(task, scores)}   (fit {t_fit:.1f}s, scoring "
+                      f"{t_score:.1f}s)")
+    write_jsonl(args.out, rows)
+    several = len(cells) > 1  # a group: one fit log and artifact per subtask, named by it
+    for name, record in fit_logs.items():  # training curves and sweep trials, beside the output
+        suffix = f".{name.replace('/', '--')}.log.json" if several else ".log.json"
+        write_json(args.out.with_suffix(suffix), record)
     if args.artifact_out:
-        artifact.save(args.artifact_out)
-
-    n = len(scores)
-    acc = sum(s.correct for s in scores) / n
-    nll = sum(s.gold_nll for s in scores) / n
-    metric = "greedy exact match" if task.kind == "continuation" else "accuracy"
-    print(f"{task.name} / {args.condition} / {lm.name} [{artifact.format}] {args.split} n={n} "
-          f"split_hash={split_hash}")
-    print(f"{metric}: {acc:.4f}   mean gold NLL: {nll:.4f}   (fit {t_fit:.1f}s, scoring {t_score:.1f}s)")
+        for name, artifact in artifacts.items():
+            artifact.save(args.artifact_out / name.replace("/", "--") if several else args.artifact_out)
+    print("\n".join(report))
     print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_lm_eval(args: argparse.Namespace) -> int:
+    from harness.artifact import PromptArtifact
+    from tasks.lm_eval_task import bare_name, load_lm_eval, require_lm_eval, resolve_includes
+
+    require_lm_eval()
+    if args.limit is not None and args.limit < 1:
+        raise UserError(f"--limit {args.limit}: give a positive number of documents")
+    artifact = PromptArtifact.load(args.artifact)
+    if artifact.format == "chat" and not args.apply_chat_template:
+        raise UserError(f"artifact {args.artifact} is chat-format: it was fitted inside the model's chat template; "
+                        f"add --apply-chat-template")
+    includes = resolve_includes(args.include)
+    names = [bare_name(n) for t in args.tasks for n in t.split(",") if n.strip()]
+    specs = []
+    for name in names:  # lm-eval's own task objects, checked before the model loads
+        loaded = load_lm_eval(name, includes)
+        for task in loaded["tasks"].values():
+            if task.OUTPUT_TYPE not in ("multiple_choice", "loglikelihood"):
+                raise UserError(f"lm-eval task {task.task_name} has output_type {task.OUTPUT_TYPE}; promptgap's "
+                                f"lm-eval model scores log-likelihoods only (multiple_choice and loglikelihood tasks)")
+        group = loaded.get("groups", {}).get(name)
+        specs += [group] if group is not None else list(loaded["tasks"].values())
+
+    from lm_eval.utils import handle_non_serializable, make_table
+
+    from harness.atomic import write_atomic
+    from harness.lm_eval_lm import PromptgapLM
+    from harness.models import load_model
+    from harness.parity import run_lm_eval
+    from tasks.lm_eval_task import task_manager
+
+    lm = load_model(args.model, device=args.device, dtype=args.dtype)
+    model = PromptgapLM(artifact=artifact, lm=lm, batch_size=args.batch_size)
+    run = run_lm_eval(model, specs, task_manager(includes, defaults=False), chat=args.apply_chat_template,
+                      limit=args.limit, num_fewshot=args.num_fewshot, system_instruction=args.system_instruction)
+    results = run.results
+    print(f"promptgap lm-eval: artifact {args.artifact} ({artifact.condition or 'no condition'}, {artifact.format}"
+          f"{', soft prompt of ' + str(artifact.n_soft) if artifact.n_soft else ''}"
+          f"{', prefix of ' + str(artifact.n_prefix) if artifact.n_prefix else ''}) on {lm.name}; "
+          f"scoring {run.seconds:.1f}s")
+    print(make_table(results))
+    if results.get("groups"):
+        print(make_table(results, "groups"))
+    if args.output:
+        if not args.log_samples:
+            results = {k: v for k, v in results.items() if k != "samples"}
+        write_atomic(args.output, json.dumps(results, indent=2, default=handle_non_serializable,
+                                             ensure_ascii=False) + "\n")
+        print(f"wrote {args.output}")
     return 0
 
 
@@ -251,7 +327,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "--condition base-raw --split all --out results/wg.jsonl")
     e.add_argument("--model", default="smollm2-135m-instruct", help="model name, hub id or local folder "
                    "(default: the embedded smollm2-135m-instruct)")
-    e.add_argument("--task", required=True, help="task name (see `promptgap list`) or path to a TOML task spec")
+    e.add_argument("--task", required=True, help="task name (see `promptgap list`), path to a TOML task spec, or "
+                   "lm-eval:NAME (any lm-evaluation-harness log-likelihood task; a group scores each subtask)")
+    e.add_argument("--lm-eval-include", action="append", default=None, metavar="DIR",
+                   help="a folder of your own lm-eval task YAML files, for --task lm-eval:NAME (repeatable)")
     e.add_argument("--condition", default=None, help="condition name (see `promptgap list`); with --artifact, "
                    "only the label written in the output")
     e.add_argument("--artifact", type=Path, default=None, help="score this saved artifact folder (written by "
@@ -316,6 +395,29 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--out", type=Path, required=True, help="the adapter folder to write")
     x.set_defaults(func=cmd_export_peft)
 
+    le = sub.add_parser("lm-eval", help="run lm-eval tasks with a saved prompt artifact in front of every request",
+                        description="lm-eval's own evaluation (its tasks, requests and results table), each request "
+                        "with the artifact's instruction, demos and soft prompt placed by promptgap's renderer and "
+                        "scored by its scorer. Example: promptgap lm-eval results/soft/artifact --tasks arc_easy")
+    le.add_argument("artifact", type=Path,
+                    help="a saved artifact folder (--artifact-out, or a run's cells/.../artifact)")
+    le.add_argument("--tasks", nargs="+", required=True, help="lm-eval task, group or tag names (comma or space "
+                    "separated)")
+    le.add_argument("--include", action="append", default=None, metavar="DIR",
+                    help="a folder of your own lm-eval task YAML files (lm-eval's --include_path; repeatable)")
+    le.add_argument("--model", default="smollm2-135m-instruct", help="the model the artifact was fitted on")
+    le.add_argument("--apply-chat-template", action="store_true", help="lm-eval's --apply_chat_template (needed "
+                    "for a chat-format artifact)")
+    le.add_argument("--num-fewshot", type=int, default=None, help="lm-eval's --num_fewshot (default: the YAML's)")
+    le.add_argument("--system-instruction", default=None, help="lm-eval's --system_instruction")
+    le.add_argument("--limit", type=int, default=None, help="only the first N documents of each task")
+    le.add_argument("--batch-size", type=int, default=32)
+    le.add_argument("--device", default="auto")
+    le.add_argument("--dtype", default="auto")
+    le.add_argument("--output", type=Path, default=None, help="also write lm-eval's results as JSON here")
+    le.add_argument("--log-samples", action="store_true", help="with --output: include every request's response")
+    le.set_defaults(func=cmd_lm_eval)
+
     rp = sub.add_parser("report", help="gather summary.csv from the cells and (re)write the markdown report")
     rp.add_argument("run_dir", type=Path, help="results/<run-id>")
     rp.add_argument("--reports", type=Path, default=Path("reports"), help="reports root (default reports/)")
@@ -332,8 +434,11 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def quiet_libraries() -> None:
+def quiet_libraries(verbose: bool = False) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # read when datasets is first imported
+    if not verbose:  # lm-eval warns about every YAML it cannot resolve and every default it fills in
+        logging.getLogger("lm_eval").setLevel(logging.ERROR)
     try:
         from transformers.utils import logging as hf_logging
 
@@ -347,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    quiet_libraries()
+    quiet_libraries(args.verbose)
     try:
         return args.func(args)
     except UserError as e:

@@ -11,6 +11,10 @@
     # data_dir = "../../shared/data/antonyms"   # relative paths are relative to this config file
     sizes = { train = 200, dev = 50, test = "all" }
 
+    [[tasks]]
+    name = "lm-eval:arc_easy"  # any lm-evaluation-harness log-likelihood task; a group expands into its subtasks
+    # lm_eval_include = "my_tasks"   # a folder of your own lm-eval YAML files (relative to this config file)
+
     [conditions.base-chat]     # the table name is the condition's name in results and reports
     [conditions.handwritten]
     instruction = "Give the opposite word."   # settings of the condition
@@ -52,9 +56,10 @@ from typing import Any
 
 from harness.errors import UserError
 from tasks.base import SplitSizes
+from tasks.lm_eval_task import is_lm_eval_name
 
 RUN_KEYS = {"name", "models", "seeds", "n_boot", "batch_size", "device", "dtype", "threads"}
-TASK_KEYS = {"name", "data_dir", "sizes"}
+TASK_KEYS = {"name", "data_dir", "sizes", "lm_eval_include"}
 RATIO_KEYS = {"base", "texts", "ceiling", "metric"}
 DECIDING = ("loglik", "accuracy")
 TOP_KEYS = {"run", "tasks", "conditions", "ratio", "executor"}
@@ -72,6 +77,12 @@ class TaskConfig:
     name: str
     data_dir: str | None = None
     sizes: dict[str, int | None] | None = None
+    lm_eval_include: str | None = None  # lm-eval:NAME tasks: a folder of lm-eval YAML files (absolute)
+    lm_eval_group: str | None = None  # lm-eval:NAME tasks: the group it was expanded from
+
+    def to_json(self) -> dict[str, Any]:
+        # the lm-eval keys only when set, so the config.json of runs without lm-eval tasks is unchanged
+        return {k: v for k, v in asdict(self).items() if v is not None or not k.startswith("lm_eval_")}
 
     def split_sizes(self, default: SplitSizes) -> SplitSizes:
         if self.sizes is None:
@@ -147,7 +158,7 @@ class RunConfig:
         return self.run.get("threads")
 
     def to_json(self) -> dict[str, Any]:
-        return {"run": self.run, "models": self.models, "tasks": [asdict(t) for t in self.tasks],
+        return {"run": self.run, "models": self.models, "tasks": [t.to_json() for t in self.tasks],
                 "conditions": {k: asdict(v) for k, v in self.conditions.items()}, "ratio": self.ratio}
 
     @classmethod
@@ -255,6 +266,34 @@ def _executor(path: Path, raw: Any, conditions: dict[str, ConditionConfig], kind
     return cfg
 
 
+def _lm_eval_tasks(where: str, path: Path, name: str, raw: dict[str, Any],
+                   sizes: dict[str, int | None] | None) -> list[TaskConfig]:
+    """An ``lm-eval:NAME`` entry: checked without lm-eval's full task index when the name is found cheaply; a group
+    (or tag) is expanded into one entry per subtask, which needs lm-eval to build it (its index and its data)."""
+    from tasks.lm_eval_task import declare, load_tasks, name_kind
+
+    if raw.get("data_dir") is not None:
+        raise UserError(f"{where}: data_dir has no effect on an lm-eval task (its YAML names its data); point it at "
+                        f"local files with an include YAML and lm_eval_include")
+    include = raw.get("lm_eval_include")
+    if include is not None:
+        if not isinstance(include, str):
+            raise UserError(f"{where}: lm_eval_include = {include!r}; give one folder as a string")
+        include = str((path.parent / include).resolve())
+    try:
+        kind = name_kind(name, include)
+        declare(name, include)  # so a runner that passes only the name finds the include folder
+        if kind == "task":
+            return [TaskConfig(name=name, sizes=sizes, lm_eval_include=include)]
+        subtasks = load_tasks(name, include)
+    except UserError as e:
+        raise UserError(f"{where}: {e}") from None
+    for sub in subtasks:
+        declare(sub.name, include)
+    return [TaskConfig(name=sub.name, sizes=sizes, lm_eval_include=include, lm_eval_group=sub.group)
+            for sub in subtasks]
+
+
 def load_config(path: str | Path, executor: str | None = None) -> RunConfig:
     """Parse and check ``path``: every name, key, setting and role, before anything slow happens. ``executor``
     (``--executor``) replaces the config's ``[executor] kind``."""
@@ -311,8 +350,19 @@ def load_config(path: str | Path, executor: str | None = None) -> RunConfig:
         if sizes is not None:
             _unknown(f"{where} sizes", sizes, {"train", "dev", "test"})
             sizes = {k: _size(where, k, v) for k, v in sizes.items()}
+        if is_lm_eval_name(name):
+            tasks += _lm_eval_tasks(where, path, name, t, sizes)
+            continue
+        if "lm_eval_include" in t:
+            raise UserError(f"{where}: lm_eval_include applies to lm-eval:NAME tasks only; drop it")
         get_task(name, data_dir=data_dir)  # unknown task, missing data folder: fail now
         tasks.append(TaskConfig(name=name, data_dir=data_dir, sizes=sizes))
+    seen: set[str] = set()
+    for t in tasks:
+        if t.name in seen:
+            raise UserError(f"config {path}: task {t.name} is listed twice (a group's subtasks count too); "
+                            f"list each task once")
+        seen.add(t.name)
 
     conditions: dict[str, ConditionConfig] = {}
     raw_conditions = raw.get("conditions", {})

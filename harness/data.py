@@ -25,6 +25,10 @@ class Example:
 
     ``delimiter`` joins context and continuation in raw format (lm-eval's
     ``target_delimiter``); in chat format lm-eval drops it, and so do we.
+
+    ``description`` is text lm-eval puts before the example's context (a task's ``description``): in raw
+    format it is glued to the front of the context, in chat format it is the system turn, as lm-eval does
+    at zero shots. It is never part of a demo (``solved_text``).
     """
 
     id: str
@@ -33,6 +37,7 @@ class Example:
     gold: int
     delimiter: str = " "
     fields: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    description: str = ""
 
     def __post_init__(self) -> None:
         if len(self.contexts) > 1 and len(self.continuations) > 1:
@@ -56,6 +61,11 @@ class Example:
         two ids is one example (a leak when the two ids sit in different parts of a split)."""
         ctx, cont = self.choice(self.gold)
         return ids_hash([" ".join(ctx.split()), " ".join(cont.split())])
+
+    def choice_text(self, i: int) -> str:
+        """Choice ``i`` as lm-eval's ``doc_to_choice`` gives it: the continuation, or with partial scoring the
+        context. lm-eval's acc_norm divides a choice's log-likelihood by this text's length."""
+        return self.contexts[i] if len(self.contexts) > 1 else self.continuations[i]
 
     def solved_text(self) -> str:
         """The example with its gold answer filled in: how it reads as a few-shot demo."""

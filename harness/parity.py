@@ -1,14 +1,16 @@
 """lm-evaluation-harness as an independent reference: its own task code and HFLM, on the same model and rows.
 
-Used by the parity tests and the scoring benchmark. lm-eval builds the prompts from its
-own YAML task definitions (here pointed at local files, since the hub is offline), so a
-formatting difference between promptgap and lm-eval shows up as a score difference.
+Used by the parity tests and the benchmarks. lm-eval builds the prompts from its own YAML task
+definitions (here pointed at local files, since the hub is offline), so a formatting difference
+between promptgap and lm-eval shows up as a score difference.
 """
 
 from __future__ import annotations
 
 import json
 import tempfile
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,12 +20,68 @@ from harness.models import LoadedModel
 
 @dataclass
 class ReferenceResult:
-    """Per document (file order): the per-request (loglik, greedy) pairs and lm-eval's acc."""
+    """Per document (lm-eval's order): the per-request (loglik, greedy) pairs and lm-eval's per-document metrics."""
 
     lls: list[list[float]]
     greedy: list[list[bool]]
     acc: list[float]
     seconds: float
+    acc_norm: list[float] | None = None
+    doc_ids: list[int] | None = None
+
+
+@dataclass
+class LmEvalRun:
+    """One ``simple_evaluate``: its results (``make_table`` input), the logged samples per task, and the time spent
+    inside the model's ``loglikelihood`` calls."""
+
+    results: dict[str, Any]
+    seconds: float
+
+    def reference(self, task: str) -> ReferenceResult:
+        samples = sorted(self.results["samples"][task], key=lambda s: s["doc_id"])
+        return ReferenceResult(
+            lls=[[float(r[0][0]) for r in s["resps"]] for s in samples],
+            greedy=[[bool(r[0][1]) for r in s["resps"]] for s in samples],
+            acc=[float(s["acc"]) for s in samples],
+            seconds=self.seconds,
+            acc_norm=[float(s["acc_norm"]) for s in samples] if samples and "acc_norm" in samples[0] else None,
+            doc_ids=[int(s["doc_id"]) for s in samples],
+        )
+
+
+def hf_model(lm: LoadedModel, batch_size: int = 32):
+    """lm-eval's own HFLM over the already-loaded model and tokenizer."""
+    from lm_eval.models.huggingface import HFLM
+
+    return HFLM(pretrained=lm.model, tokenizer=lm.tokenizer, batch_size=batch_size, device=str(lm.device))
+
+
+def run_lm_eval(model: Any, tasks: Sequence[str | dict[str, Any]], task_manager: Any = None, chat: bool = False,
+                limit: int | None = None, num_fewshot: int | None = 0, **kwargs: Any) -> LmEvalRun:
+    """``lm_eval.simple_evaluate`` of ``model`` (an lm-eval LM: HFLM, or promptgap's) on ``tasks``, with samples logged
+    and no bootstrap; only the model's ``loglikelihood`` calls are timed."""
+    from lm_eval import evaluator
+    from lm_eval.tasks import TaskManager
+
+    spent = [0.0]
+    scoring = model.loglikelihood
+
+    def timed(*args, **kw):
+        t0 = time.perf_counter()
+        try:
+            return scoring(*args, **kw)
+        finally:
+            spent[0] += time.perf_counter() - t0
+
+    model.loglikelihood = timed
+    try:
+        results = evaluator.simple_evaluate(model=model, tasks=list(tasks), task_manager=task_manager or TaskManager(),
+                                            apply_chat_template=chat, log_samples=True, bootstrap_iters=0,
+                                            limit=limit, num_fewshot=num_fewshot, **kwargs)
+    finally:
+        del model.loglikelihood
+    return LmEvalRun(results=results, seconds=spent[0])
 
 
 def _task_yaml(name: str) -> Path:
@@ -44,11 +102,6 @@ def _boolq_as_super_glue(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def lm_eval_reference(lm: LoadedModel, task: str, data_file: Path, limit: int | None = None,
                       chat: bool = False, batch_size: int = 32) -> ReferenceResult:
     """Run lm-eval's own ``task`` (winogrande or boolq) with HFLM on the first ``limit`` rows of ``data_file``."""
-    import time
-
-    from lm_eval import evaluator
-    from lm_eval.models.huggingface import HFLM
-    from lm_eval.tasks import TaskManager
     from lm_eval.tasks._yaml_loader import load_yaml
 
     rows = [json.loads(line) for line in Path(data_file).read_text().splitlines() if line.strip()]
@@ -64,26 +117,5 @@ def lm_eval_reference(lm: LoadedModel, task: str, data_file: Path, limit: int | 
         cfg.update(task=f"promptgap_ref_{task}", dataset_path="json", dataset_name=None,
                    dataset_kwargs={"data_files": {"validation": str(local)}},
                    training_split=None, validation_split="validation")
-        hflm = HFLM(pretrained=lm.model, tokenizer=lm.tokenizer, batch_size=batch_size, device=str(lm.device))
-        # time only the scoring call, as the benchmark times only our scorer's
-        spent = [0.0]
-        scoring = hflm.loglikelihood
-
-        def timed(*args, **kwargs):
-            t0 = time.perf_counter()
-            try:
-                return scoring(*args, **kwargs)
-            finally:
-                spent[0] += time.perf_counter() - t0
-
-        hflm.loglikelihood = timed
-        out = evaluator.simple_evaluate(model=hflm, tasks=[cfg], task_manager=TaskManager(),
-                                        apply_chat_template=chat, log_samples=True, bootstrap_iters=0)
-        seconds = spent[0]
-    samples = sorted(out["samples"][cfg["task"]], key=lambda s: s["doc_id"])
-    return ReferenceResult(
-        lls=[[float(r[0][0]) for r in s["resps"]] for s in samples],
-        greedy=[[bool(r[0][1]) for r in s["resps"]] for s in samples],
-        acc=[float(s["acc"]) for s in samples],
-        seconds=seconds,
-    )
+        run = run_lm_eval(hf_model(lm, batch_size), [cfg], chat=chat, num_fewshot=None)
+    return run.reference(cfg["task"])

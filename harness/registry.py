@@ -28,13 +28,32 @@ def load(group: str, name: str, what: str) -> Any:
     return eps[name].load()
 
 
-def get_task(name: str, data_dir: str | Path | None = None):
-    """A task instance: a registered name, or a path to a TOML spec of a generic multiple-choice task."""
+def get_tasks(name: str, data_dir: str | Path | None = None, lm_eval_include: str | Path | None = None) -> list:
+    """The tasks ``name`` stands for: one, except an lm-eval group (``lm-eval:GROUP``), which gives its subtasks."""
+    from tasks.lm_eval_task import is_lm_eval_name, load_tasks
+
+    if is_lm_eval_name(name):
+        if data_dir is not None:
+            raise UserError(f"task {name}: --data-dir/data_dir has no effect on an lm-eval task (its YAML names its "
+                            f"data); point the task at local files with an include folder (--lm-eval-include)")
+        return list(load_tasks(name, lm_eval_include))
+    if lm_eval_include is not None:
+        raise UserError(f"task {name}: an lm-eval include folder applies to lm-eval:NAME tasks only; drop it")
     if name.endswith(".toml"):
         from tasks.generic import SpecTask
 
-        return SpecTask.from_toml(Path(name), data_dir=data_dir)
-    return load(TASK_GROUP, name, "task")(data_dir=data_dir)
+        return [SpecTask.from_toml(Path(name), data_dir=data_dir)]
+    return [load(TASK_GROUP, name, "task")(data_dir=data_dir)]
+
+
+def get_task(name: str, data_dir: str | Path | None = None, lm_eval_include: str | Path | None = None):
+    """A task instance: a registered name, a path to a TOML spec of a generic multiple-choice task, or
+    ``lm-eval:NAME`` (any lm-evaluation-harness task; its YAML from lm-eval or from ``lm_eval_include``)."""
+    tasks = get_tasks(name, data_dir=data_dir, lm_eval_include=lm_eval_include)
+    if len(tasks) != 1:
+        raise UserError(f"{name} is an lm-eval group of {len(tasks)} tasks ({', '.join(t.name for t in tasks[:4])}"
+                        f"{', ...' if len(tasks) > 4 else ''}); name one of them")
+    return tasks[0]
 
 
 def get_optimizer(name: str):

@@ -119,18 +119,49 @@ class Renderer:
         text = BLOCK_SEP.join([artifact.instruction, *artifact.demos] if artifact.instruction else artifact.demos)
         return (len(self.encode_plain(text)) if text else 0) + artifact.n_soft + artifact.n_prefix
 
-    def chat(self, artifact: PromptArtifact, user: str) -> str:
+    def system_text(self, artifact: PromptArtifact, system: str = "") -> str:
+        """The system turn: a system-role instruction, then the task's own system text (lm-eval's description),
+        in the order lm-eval joins its --system_instruction and a task description."""
+        parts = [artifact.instruction] if artifact.instruction and artifact.instruction_role == "system" else []
+        return BLOCK_SEP.join(parts + ([system] if system else []))
+
+    def chat(self, artifact: PromptArtifact, user: str, system: str = "") -> str:
+        """The chat template over an optional system turn and one user turn ``user`` (the body, already rendered)."""
         messages = [{"role": "user", "content": user}]
-        if artifact.instruction and artifact.instruction_role == "system":
-            messages.insert(0, {"role": "system", "content": artifact.instruction})
+        if text := self.system_text(artifact, system):
+            messages.insert(0, {"role": "system", "content": text})
+        return self.apply_template(messages)
+
+    def chat_messages(self, artifact: PromptArtifact, messages: Sequence[dict[str, str]],
+                      add_generation_prompt: bool = True) -> str:
+        """A chat history lm-eval built (system, few-shot turns, the request's user turn, maybe an assistant prefix)
+        with the artifact applied as ``chat`` applies it: its text before the last user turn's content, a
+        system-role instruction at the head of the system turn."""
+        msgs = [dict(m) for m in messages]
+        users = [i for i, m in enumerate(msgs) if m["role"] == "user"]
+        if users:
+            msgs[users[-1]]["content"] = self.body(artifact, msgs[users[-1]]["content"])
+        system = msgs.pop(0)["content"] if msgs and msgs[0]["role"] == "system" else ""
+        if text := self.system_text(artifact, system):
+            msgs.insert(0, {"role": "system", "content": text})
+        return self.apply_template(msgs, add_generation_prompt)
+
+    def apply_template(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        """The tokenizer's chat template as lm-eval's HFLM calls it (an assistant prefix is continued, not closed)."""
         if not getattr(self.tok, "chat_template", None):
             raise ValueError("chat format asked for, but the tokenizer has no chat template; use the raw format")
+        kwargs = {"tokenize": False, "add_generation_prompt": add_generation_prompt,
+                  "continue_final_message": not add_generation_prompt}
         try:
-            return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            return self.tok.apply_chat_template(messages, **kwargs)
         except jinja2.exceptions.TemplateError:
-            # templates without a system role (Gemma): the instruction goes inside the user turn
-            folded = [{"role": "user", "content": BLOCK_SEP.join([artifact.instruction, user])}]
-            return self.tok.apply_chat_template(folded, tokenize=False, add_generation_prompt=True)
+            if messages[0]["role"] != "system":
+                raise
+            # templates without a system role (Gemma): the system text goes inside the first user turn
+            rest = [dict(m) for m in messages[1:]]
+            first = next(i for i, m in enumerate(rest) if m["role"] == "user")
+            rest[first]["content"] = BLOCK_SEP.join([messages[0]["content"], rest[first]["content"]])
+            return self.tok.apply_chat_template(rest, **kwargs)
 
     def text_requests(self, artifact: PromptArtifact, example: Example) -> list[TextRequest]:
         """One (context, continuation) text pair per choice, in the task's choice order."""
@@ -139,9 +170,9 @@ class Renderer:
             ctx, cont = example.choice(i)
             if artifact.format == "chat":
                 # lm-eval drops the target delimiter under --apply_chat_template
-                out.append(TextRequest(self.chat(artifact, self.body(artifact, ctx)), cont))
+                out.append(TextRequest(self.chat(artifact, self.body(artifact, ctx), example.description), cont))
             else:
-                out.append(TextRequest(self.body(artifact, ctx), example.delimiter + cont))
+                out.append(TextRequest(self.body(artifact, example.description + ctx), example.delimiter + cont))
         return out
 
     # --- tokens ----------------------------------------------------------------
@@ -160,7 +191,7 @@ class Renderer:
         tokens and split from the continuation by the same whole-then-split rule.
         """
         if not context:
-            raise ValueError("empty context")
+            return self.encode_without_context(continuation)
         n_spaces = len(context) - len(context.rstrip())
         if n_spaces:
             continuation = context[-n_spaces:] + continuation
@@ -182,15 +213,28 @@ class Renderer:
         """Text in the middle of a sequence: no special tokens added."""
         return self.tok.encode(text, add_special_tokens=False)
 
+    def encode_without_context(self, continuation: str) -> TokenRequest:
+        """lm-eval's rule for an empty context (acc_mutual_info's unconditional requests): the BOS (else EOS) token
+        is the context, unless the continuation already starts with it."""
+        prefix = self.tok.bos_token_id if self.tok.bos_token_id is not None else self.tok.eos_token_id
+        cont = self.encode_plain(continuation)
+        if cont and cont[0] == prefix:
+            return TokenRequest(tuple(cont[:1]), tuple(cont[1:]))
+        return TokenRequest((prefix,), tuple(cont))
+
+    def token_request(self, artifact: PromptArtifact, context: str, continuation: str) -> TokenRequest:
+        """A rendered (context, continuation) text pair in tokens, with the artifact's soft-prompt sentinels."""
+        r = self.encode_pair(context, continuation, artifact.n_soft)
+        if artifact.n_soft and artifact.placement == "start":
+            # "start": PEFT's prompt tuning, the vectors before every token (BOS and chat header included)
+            return TokenRequest(soft_ids(artifact.n_soft) + r.context, r.continuation)
+        return r
+
     def requests(self, artifact: PromptArtifact, examples: Sequence[Example]) -> list[list[TokenRequest]]:
-        # "start": PEFT's prompt tuning, the vectors before every token (BOS and chat header included)
-        lead = soft_ids(artifact.n_soft) if artifact.placement == "start" else ()
         out = []
         for e in examples:
             texts = self.text_requests(artifact, e)
-            reqs = [self.encode_pair(r.context, r.continuation, artifact.n_soft) for r in texts]
-            if lead:
-                reqs = [TokenRequest(lead + r.context, r.continuation) for r in reqs]
+            reqs = [self.token_request(artifact, r.context, r.continuation) for r in texts]
             if self.ledger is not None:
                 self.ledger.saw(e, texts, reqs)
             out.append(reqs)

@@ -127,7 +127,7 @@ class Runner:
         from harness.registry import get_task
 
         self._prepare()
-        tasks = [(get_task(t.name, data_dir=t.data_dir), t) for t in self.cfg.tasks]
+        tasks = [(get_task(t.name, data_dir=t.data_dir, lm_eval_include=t.lm_eval_include), t) for t in self.cfg.tasks]
         for task, task_cfg in tasks:  # the split files every job checks its own split against
             for seed in self.cfg.seeds:
                 split = task.split(seed, task_cfg.split_sizes(task.default_sizes))
@@ -197,7 +197,7 @@ def run_cells(run_dir: str | Path, keys: Sequence[CellKey], invocation: int, job
     code = provenance.code_state()
     tasks = {}
     for task_cfg in cfg.tasks:
-        task = get_task(task_cfg.name, data_dir=task_cfg.data_dir)
+        task = get_task(task_cfg.name, data_dir=task_cfg.data_dir, lm_eval_include=task_cfg.lm_eval_include)
         tasks[task.name] = (task, task_cfg)
     splits: dict[tuple[str, int], Split] = {}
     todo = [k for k in keys if not folder.finished(k)]

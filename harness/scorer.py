@@ -57,12 +57,18 @@ class ExampleScore:
     correct: bool
     gold_nll: float
     greedy_match: bool | None = None
+    # multiple choice: lm-eval's acc_norm (argmax of each choice's log-likelihood over its length in characters)
+    correct_norm: bool | None = None
 
     def to_json(self) -> dict:
-        d = asdict(self)
-        if d["greedy_match"] is None:
-            del d["greedy_match"]
-        return d
+        return {k: v for k, v in asdict(self).items() if v is not None or k not in ("greedy_match", "correct_norm")}
+
+
+def norm_pred(example: Example, lls: Sequence[float]) -> int:
+    """lm-eval's acc_norm prediction: argmax of loglik / len(choice text) (``completion_len``, characters, not bytes:
+    ``ConfigurableTask.process_results`` in lm-eval 0.4.13), the first on ties."""
+    scores = [ll / n if (n := len(example.choice_text(i))) else -math.inf for i, ll in enumerate(lls)]
+    return max(range(len(scores)), key=lambda i: (scores[i], -i))
 
 
 def example_score(example: Example, kind: TaskKind, results: Sequence[Loglik]) -> ExampleScore:
@@ -75,7 +81,8 @@ def example_score(example: Example, kind: TaskKind, results: Sequence[Loglik]) -
                             -r.loglik / r.n_tokens, greedy_match=r.greedy)
     log_z = max(lls) + math.log(sum(math.exp(x - max(lls)) for x in lls))
     return ExampleScore(example.id, lls, [r.n_tokens for r in results], [r.greedy for r in results], example.gold, pred,
-                        pred == example.gold, log_z - lls[example.gold])
+                        pred == example.gold, log_z - lls[example.gold],
+                        correct_norm=norm_pred(example, lls) == example.gold)
 
 
 @dataclass(eq=False)
