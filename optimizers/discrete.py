@@ -78,6 +78,7 @@ class DiscreteSettings(Settings):
 class PEZSettings(DiscreteSettings):
     lr: float = 0.1
     weight_decay: float = 0.1
+    restarts: int = 1  # prompts optimised side by side from their own random starts (PEZ's prompt_bs)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -85,6 +86,8 @@ class PEZSettings(DiscreteSettings):
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, int | float) or v < 0 or (key == "lr" and v == 0):
                 raise UserError(f"condition pez: {key} = {v!r}; give a number > 0 (weight_decay >= 0)")
+        if isinstance(self.restarts, bool) or not isinstance(self.restarts, int) or self.restarts < 1:
+            raise UserError(f"condition pez: restarts = {self.restarts!r}; give a whole number >= 1")
 
     @property
     def who(self) -> str:
@@ -165,11 +168,10 @@ class _Discrete(Optimizer):
         changed = sum(a != b for a, b in zip(search.best, search.init, strict=True))
         meta = {"method": self.name, "init_ids": search.init, "init_text": obj.text(search.init),
                 "best_step": search.best_step, "dev_loss": search.best_dev[0], "dev_accuracy": search.best_dev[1],
-                "positions_changed": changed, "stopped": search.stopped,
-                "seconds": round(time.monotonic() - t0, 1)}
-        art = obj.artifact(search.best, meta)
+                "positions_changed": changed, "stopped": search.stopped}
+        art = obj.artifact(search.best, meta)  # the artifact holds no time: the same seed gives the same artifact
         ctx.report_log({"select_metric": s.select_on, "settings": s.__dict__, "curves": search.curve, **meta,
-                        "prompt": art.instruction, "ids": search.best})
+                        "seconds": round(time.monotonic() - t0, 1), "prompt": art.instruction, "ids": search.best})
         ctx.report_selection([e.id for e in ctx.dev], "dev accuracy" if s.select_on == "accuracy" else "dev gold NLL")
         return art
 
@@ -223,12 +225,15 @@ class PEZ(_Discrete):
 
     def start(self, obj: SlotObjective, ids: list[int]) -> None:
         s: PEZSettings = self.settings  # type: ignore[assignment]
-        self.obj = obj
-        self.prompt = obj.embed(ids).clone().requires_grad_(True)
-        self.opt = torch.optim.AdamW([self.prompt], lr=s.lr, weight_decay=s.weight_decay)
-        allowed = obj.embeddings[obj.allowed]
         self.allowed_ids = torch.nonzero(obj.allowed).flatten()
-        self.unit = torch.nn.functional.normalize(allowed, dim=1)
+        self.unit = torch.nn.functional.normalize(obj.embeddings[obj.allowed], dim=1)
+        # the first start is the search's own; more restarts draw random allowed tokens from the search's generator
+        gen = torch.Generator().manual_seed(len(ids) * 7919 + int(sum(ids)))
+        starts = [ids] + [[int(self.allowed_ids[i]) for i in torch.randint(0, len(self.allowed_ids), (len(ids),),
+                                                                            generator=gen)]
+                          for _ in range(s.restarts - 1)]
+        self.prompts = [obj.embed(x).clone().requires_grad_(True) for x in starts]
+        self.opt = torch.optim.AdamW(self.prompts, lr=s.lr, weight_decay=s.weight_decay)
 
     def project(self, vectors: torch.Tensor) -> list[int]:
         """The nearest allowed token of each vector, by cosine (PEZ's ``nn_project``)."""
@@ -236,16 +241,23 @@ class PEZ(_Discrete):
         return [int(self.allowed_ids[i]) for i in sims.argmax(dim=1)]
 
     def step(self, obj: SlotObjective, batch: list[int], gen: torch.Generator) -> tuple[list[int], float]:
-        ids = self.project(self.prompt)
-        projected = obj.embed(ids).clone().requires_grad_(True)
-        loss = obj.loss(projected, batch)
-        if not torch.isfinite(loss):
-            raise UserError(f"condition {self.name}: the loss became {loss.item()}; lower lr")
-        (grad,) = torch.autograd.grad(loss, [projected])
+        """Each prompt moves by the gradient taken at its projection; the best projection on the batch is the
+        step's prompt (as PEZ tracks the best of its batch of prompts)."""
         self.opt.zero_grad(set_to_none=True)
-        self.prompt.grad = grad  # the gradient at the projection moves the continuous prompt
+        best: tuple[float, list[int]] | None = None
+        for prompt in self.prompts:
+            ids = self.project(prompt)
+            projected = obj.embed(ids).clone().requires_grad_(True)
+            loss = obj.loss(projected, batch)
+            if not torch.isfinite(loss):
+                raise UserError(f"condition {self.name}: the loss became {loss.item()}; lower lr")
+            (prompt.grad,) = torch.autograd.grad(loss, [projected])  # moves the continuous prompt
+            value = float(loss.detach())
+            if best is None or value < best[0]:
+                best = (value, ids)
         self.opt.step()
-        return ids, float(loss)
+        assert best is not None
+        return best[1], best[0]
 
 
 class GCG(_Discrete):
