@@ -15,6 +15,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from test_executors import slurm  # noqa: F401  (the fixture: a Slurm cluster that answers, else a skip)
 
 from harness.audit import audit
 from harness.config import load_config
@@ -468,3 +469,28 @@ conditions = ["handwritten", "soft-prompt"]   # a soft prompt is trained for one
     assert run.cells[key].record.removed == {"same": 0, "mirror": 0}  # the same task: its own test, nothing fitted on
     result = audit(run_dir, report=tmp_path / "none.md")
     assert result.passed, [(i.title, i.problems) for i in result.failed]
+
+
+@pytest.mark.usefixtures("slurm")
+def test_slurm_holds_transfer_cells_until_their_sources_end(transfer_run, lists, tmp_path) -> None:
+    text = TRANSFER.format(data=lists["data"], soft=SOFT) + '\n[executor]\ngroup = "seed"\ntime = 30\n'
+    config = write(tmp_path / "c.toml", text)
+    env = {**os.environ, "PROMPTGAP_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-m", "harness.cli", "run", str(config), "--run-id", "s", "--executor",
+                          "slurm", "--results", str(tmp_path / "results"), "--reports", str(tmp_path / "reports")],
+                         env=env, capture_output=True, text=True, cwd=tmp_path, timeout=1800)
+    assert out.returncode == 0, out.stderr
+    run_dir = tmp_path / "results" / "s"
+    folder = RunFolder(run_dir)
+    jobs = folder.jobs()
+    sources = [j for j in jobs if all(k.wave == 0 for k in j.cells)]
+    [later] = [j for j in jobs if all(k.wave == 1 for k in j.cells)]
+    # sbatch was told: the transfer array waits for the source arrays to end
+    arrays = sorted({j.id.split("_")[0] for j in sources})
+    script = next((run_dir / "jobs" / "0").glob(f"{later.id.split('_')[0]}*submission.sh")).read_text()
+    assert f"#SBATCH --dependency=afterany:{':'.join(arrays)}" in script, script
+    workers = {w.job: w for w in folder.workers()}
+    assert datetime.fromisoformat(workers[later.id].started) >= max(
+        datetime.fromisoformat(workers[j.id].finished) for j in sources)
+    for p in (run_dir / "cells").glob("**/scores.jsonl"):  # the bytes of the run in one process
+        assert p.read_bytes() == (transfer_run / p.relative_to(run_dir)).read_bytes()
