@@ -500,6 +500,17 @@ def load_config(path: str | Path, executor: str | None = None) -> RunConfig:
                      executor=_executor(path, raw.get("executor", {}), conditions, executor), transfer=transfer)
 
 
+def _names(where: str, key: str, value: Any, known: Any, what: str) -> list[str]:
+    """``value`` as a non-empty list of names of ``known`` (a name alone counts as a list of one), in order, once."""
+    value = [value] if isinstance(value, str) else value
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise UserError(f"{where}: {key} = {value!r}; give a list of {what} names")
+    for v in value:
+        if v not in known:
+            raise UserError(f"{where}: {key}: {v!r} is not a {what} of this run; {what}s: {', '.join(known)}")
+    return list(dict.fromkeys(value))
+
+
 def _transfer(path: Path, raw: Any, entries: dict[str, TaskConfig], instance: Any,
               conditions: dict[str, ConditionConfig], ratio: dict[str, Any], models: list[str]) -> TransferPlan | None:
     """``[transfer]`` checked against the run's tasks (same kind; a marker placement only where the target has the
@@ -517,19 +528,10 @@ def _transfer(path: Path, raw: Any, entries: dict[str, TaskConfig], instance: An
     if not isinstance(pairs, dict) or not (pairs or raw.get("models")):
         raise UserError(f"{where}: tasks = {pairs!r}; give a table source task -> list of target tasks, e.g. "
                         f"tasks = {{ antonyms = [\"antonyms-antsynnet\"] }} (or models = true)")
-    run_tasks = ", ".join(entries)
     plan: dict[str, list[str]] = {}
     for source, targets in pairs.items():
-        if source not in entries:
-            raise UserError(f"{where}: source {source!r} is not a task of this run; tasks: {run_tasks}")
-        if isinstance(targets, str):
-            targets = [targets]
-        if not isinstance(targets, list) or not targets or not all(isinstance(t, str) for t in targets):
-            raise UserError(f"{where}: tasks.{source} = {targets!r}; give a list of target task names")
-        for target in targets:
-            if target not in entries:
-                raise UserError(f"{where}: target {target!r} of {source} is not a task of this run (add it as a "
-                                f"[[tasks]] entry); tasks: {run_tasks}")
+        _names(where, "tasks", [source], entries, "task")
+        for target in _names(where, f"tasks.{source}", targets, entries, "task"):
             if target == source:
                 raise UserError(f"{where}: {source} -> {source}: a task's own cells already score its artifacts on "
                                 f"its test split; name another task")
@@ -537,17 +539,12 @@ def _transfer(path: Path, raw: Any, entries: dict[str, TaskConfig], instance: An
             if src.kind != tgt.kind:
                 raise UserError(f"{where}: {source} ({src.kind}) -> {target} ({tgt.kind}): a prompt transfers only "
                                 f"between tasks of the same kind")
-        plan[source] = list(dict.fromkeys(targets))
+        plan[source] = _names(where, f"tasks.{source}", targets, entries, "task")
 
     variants = {c for c, spec in conditions.items() if spec.variant_of is not None}
     default = [c for c in conditions if c != ratio.get("base") and c not in variants]
-    chosen = raw.get("conditions", default)
-    if not isinstance(chosen, list) or not chosen or not all(isinstance(c, str) for c in chosen):
-        raise UserError(f"{where}: conditions = {chosen!r}; give a list of condition names")
+    chosen = _names(where, "conditions", raw.get("conditions", default), conditions, "condition")
     for c in chosen:
-        if c not in conditions:
-            raise UserError(f"{where}: condition {c!r} is not a condition of this run; conditions: "
-                            f"{', '.join(conditions)}")
         settings = get_optimizer(conditions[c].optimizer)(**conditions[c].settings).settings
         if getattr(settings, "placement", None) != "marker":
             continue

@@ -453,16 +453,22 @@ def _efficiency_section(run: Run, found: list[Curve], fig_dir: Path, link_dir: s
         out += [f"Means on {metric}: " + "; ".join(
             f"{c} " + ", ".join(f"{p.size}: {_num(p.mean.value, 3)}" for p in pts if p.mean is not None)
             for c, pts in cv.points.items()) + ".", ""]
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            continue
-        name = _file_name(cv.model, cv.task) + "-efficiency.png"
-        efficiency_figure(fig_dir / name, cv, {c: run.role(c) for c in cv.points}, run.ceiling)
-        out += [f"![gain and R against train size, {cv.name}]({link_dir}/{quote(name)})", "",
-                "Left: each condition's gain over the base against train size (log scale), with its paired 95% "
-                "interval. Right: R of each text condition against the ceiling at the same size.", ""]
+        if _can_draw():
+            name = _file_name(cv.model, cv.task) + "-efficiency.png"
+            efficiency_figure(fig_dir / name, cv, {c: run.role(c) for c in cv.points}, run.ceiling)
+            out += [f"![gain and R against train size, {cv.name}]({link_dir}/{quote(name)})", "",
+                    "Left: each condition's gain over the base against train size (log scale), with its paired 95% "
+                    "interval. Right: R of each text condition against the ceiling at the same size.", ""]
     return out
+
+
+def _can_draw() -> bool:
+    """Whether matplotlib is there (checked before drawing, so a missing install is one sentence, not a crash)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _transfer_section(run: Run, blocks: list[TransferBlock], fig_dir: Path, link_dir: str) -> list[str]:
@@ -500,16 +506,13 @@ def _transfer_section(run: Run, blocks: list[TransferBlock], fig_dir: Path, link
                     "so its log-likelihood difference compares different strings.", ""]
         if b.ceiling is None:
             out += ["R is not shown: the run has no ceiling ([ratio] ceiling) on the target.", ""]
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            continue
-        name = _file_name(b.source_model, b.source_task, b.target_model, b.target_task, f"seed{b.seed}",
-                          f"train{b.train_size}") + "-transfer.png"
-        transfer_figure(fig_dir / name, b)
-        out += [f"![transfer {b.name}]({link_dir}/{quote(name)})", "",
-                "Each condition's gain over the target's base: transferred from the source (filled) and fitted on the "
-                "target itself (open), on the same test examples, with 95% paired intervals.", ""]
+        if _can_draw():
+            name = _file_name(b.source_model, b.source_task, b.target_model, b.target_task, f"seed{b.seed}",
+                              f"train{b.train_size}") + "-transfer.png"
+            transfer_figure(fig_dir / name, b)
+            out += [f"![transfer {b.name}]({link_dir}/{quote(name)})", "",
+                    "Each condition's gain over the target's base: transferred from the source (filled) and fitted on "
+                    "the target itself (open), on the same test examples, with 95% paired intervals.", ""]
     return out
 
 
@@ -542,9 +545,7 @@ def _overfitting_section(run: Run, groups: list[Group]) -> list[str]:
 
 def _figures_section(run: Run, groups: list[Group], fig_dir: Path, link_dir: str) -> list[str]:
     out = ["## Figures", ""]
-    try:
-        import matplotlib  # noqa: F401  (checked here so a missing install is one sentence, not a crash)
-    except ImportError:
+    if not _can_draw():
         return out + ["Figures not drawn: matplotlib is not installed (`pip install matplotlib`).", ""]
     for g in groups:
         out += [f"### {g.name}", ""]

@@ -73,7 +73,8 @@ LM_EVAL = str(ROOT / "tests" / "fixtures" / "lm_eval")
     (("train = [10, 20]", "train = [100, 400]"), "sizes.train = [100, 400]: task antonyms: asked for 430 examples "
                                                  "but only 387 exist"),
     (("train = [10, 20]", "train = [10, 10]"), "sizes.train = [10, 10]; give distinct whole numbers >= 1"),
-    (('["antonyms-b"]', '["antonyms-c"]'), "target 'antonyms-c' of antonyms is not a task of this run"),
+    (('["antonyms-b"]', '["antonyms-c"]'), "tasks.antonyms: 'antonyms-c' is not a task of this run; tasks: "
+                                           "antonyms, antonyms-b"),
     (('["antonyms-b"]', '["antonyms"]'), "antonyms -> antonyms: a task's own cells already score its artifacts"),
     (('as = "antonyms-b"\n', ""), "task antonyms is listed twice"),
     (('as = "antonyms-b"\n', 'as = "antonyms-b"\ndata = "antsynnet"\n'), "data = 'antsynnet' names a file in a data "
