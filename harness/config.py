@@ -59,6 +59,7 @@ byte-identical results across executors.
 
 from __future__ import annotations
 
+import copy
 import re
 import shutil
 import tomllib
@@ -122,6 +123,9 @@ class TaskConfig:
         from harness.registry import get_task
 
         task = get_task(self.name, data_dir=self.data_dir, lm_eval_include=self.lm_eval_include)
+        if self.data is None and self.alias is None:
+            return task
+        task = copy.copy(task)  # lm-eval tasks are built once per process and shared: this entry's own copy
         if self.data is not None:
             task.choose_data(self.data)
         if self.alias is not None:

@@ -215,7 +215,8 @@ def run_cells(run_dir: str | Path, keys: Sequence[CellKey], invocation: int, job
     for wave in sorted({k.wave for k in keys}):
         todo = [k for k in keys if k.wave == wave and not folder.finished(k)]
         for key in todo:  # every split first: a changed data file stops the job before any cell
-            split_of(key.task, key.seed), split_of(key.scored_task, key.seed)
+            split_of(key.task, key.seed)
+            split_of(key.scored_task, key.seed)
         for model_name in dict.fromkeys(k.scored_model for k in todo):
             if lm is None or lm.name != model_name:
                 lm = load_model(model_name, device=cfg.run["device"], dtype=cfg.run["dtype"])

@@ -360,6 +360,9 @@ def test_audit_and_report_on_curves_and_transfer(transfer_run, tmp_path) -> None
     verdict = json.loads((tmp_path / "reports" / "t" / "verdict.json").read_text())
     assert [(g["task"], g.get("train_size")) for g in verdict["groups"]] == [
         ("antonyms-fv", 4), ("antonyms-fv", 8), ("antonyms-antsynnet", None)]
+    import jsonschema
+
+    jsonschema.validate(verdict, json.loads((ROOT / "harness" / "schemas" / "verdict.schema.json").read_text()))
 
 
 def _copy(run_dir: Path, tmp_path: Path) -> Path:
