@@ -17,13 +17,14 @@ import math
 import re
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from harness import provenance
-from harness.run_folder import PARTS, Cell, Run, is_number, load_run
+from harness.data import leaks
+from harness.run_folder import PARTS, Cell, CellKey, Run, is_number, load_run
 
 MAX_PROBLEMS = 12  # problems printed per item; the rest are counted
 TOLERANCE = 1e-9  # relative: recomputed means and per-line values are the same floats, summed in the same order
@@ -78,13 +79,26 @@ def _close(a: Any, b: Any) -> bool:
     return is_number(a) and is_number(b) and abs(a - b) <= TOLERANCE * max(1.0, abs(b))
 
 
+def _removed(run: Run, key: CellKey) -> dict[str, str] | None:
+    """A transfer cell's leakage filter, re-derived from the split files: the target test examples whose content
+    key (or mirror key) is a content key of the source's train or dev at the cell's train size."""
+    fitted, scored = run.fitted_split(key), run.split_of(key)
+    if fitted is None or scored is None or fitted.content is None:
+        return None
+    return leaks(scored.items("test"), {*fitted.content["train"], *fitted.content["dev"]})
+
+
 def _test_ids(run: Run, cell: Cell) -> list[str] | None:
-    sf = run.splits.get((cell.key.task, cell.key.seed))
-    return sf.ids["test"] if sf else None
+    """The test ids the cell should have scored: its split's, less a transfer's removed examples."""
+    sf = run.split_of(cell.key)
+    if sf is None:
+        return None
+    removed = _removed(run, cell.key) if cell.key.is_transfer else {}
+    return None if removed is None else [i for i in sf.ids["test"] if i not in removed]
 
 
 def _test_content(run: Run, cell: Cell) -> set[str]:
-    sf = run.splits.get((cell.key.task, cell.key.seed))
+    sf = run.split_of(cell.key)
     return set(sf.content["test"]) if sf and sf.content else set()
 
 
@@ -101,32 +115,35 @@ def check_splits(run: Run) -> Item:
                             f"{sf.computed_hash()}")
         if sf.content is not None and any(len(sf.content[p]) != len(sf.ids[p]) for p in PARTS):
             problems.append(f"splits/{sf.task}/seed-{sf.seed}.json: a content key list is not as long as its ids")
+        if sf.train_sizes and max(sf.train_sizes) != len(sf.ids["train"]):
+            problems.append(f"splits/{sf.task}/seed-{sf.seed}.json: train sizes {sf.train_sizes}, but its train "
+                            f"part holds {len(sf.ids['train'])} ids (the largest size)")
     problems += [f"{t} seed {s}: no split file" for t in run.tasks for s in run.seeds if (t, s) not in run.splits]
     n = 0
-    for m in run.models:
-        for t in run.tasks:
-            for s in run.seeds:
-                sf = run.splits.get((t, s))
-                hashes: dict[str, list[str]] = {}
-                for c in run.conditions:
-                    cell = run.cell(m, t, s, c)
-                    if cell.record is None:
-                        continue
-                    n += 1
-                    h = cell.record.split_hash
-                    hashes.setdefault(h, []).append(c)
-                    if sf is not None and h != sf.hash:
-                        problems.append(f"{cell.label}: split_hash {h} but the split file's hash is {sf.hash}")
-                    bad = sorted({str(x.get("split_hash")) for x in cell.lines} - {h})
-                    if bad:
-                        problems.append(f"{cell.label}: scores.jsonl lines carry split_hash {', '.join(bad)}, "
-                                        f"cell.json {h}")
-                if len(hashes) > 1:
-                    problems.append(f"{m} / {t} / seed {s}: conditions used different splits: "
-                                    + "; ".join(f"{h}: {', '.join(cs)}" for h, cs in hashes.items()))
+    # the conditions of one matrix (model, task, seed, train size, transfer target) share one split
+    hashes: dict[CellKey, dict[str, list[str]]] = {}
+    for cell in _present(run):
+        assert cell.record is not None
+        n += 1
+        h = cell.record.split_hash
+        hashes.setdefault(replace(cell.key, condition="*"), {}).setdefault(h, []).append(cell.key.condition)
+        sf = run.split_of(cell.key)
+        if sf is not None and h != sf.hash:
+            problems.append(f"{cell.label}: split_hash {h} but its split file gives {sf.hash}"
+                            + (f" (train cut to {cell.key.train_size})" if cell.key.train_size is not None else ""))
+        bad = sorted({str(x.get("split_hash")) for x in cell.lines} - {h})
+        if bad:
+            problems.append(f"{cell.label}: scores.jsonl lines carry split_hash {', '.join(bad)}, cell.json {h}")
+    for group, by_hash in hashes.items():
+        if len(by_hash) > 1:
+            problems.append(f"{group.label}: conditions used different splits: "
+                            + "; ".join(f"{h}: {', '.join(cs)}" for h, cs in by_hash.items()))
+    curves = [f"{sf.task} {sf.train_sizes}" for sf in run.splits.values() if sf.train_sizes and sf.seed == run.seeds[0]]
     return _item("Every cell used its seed's split, the same for all conditions", problems,
                  f"{len(run.splits)} split file(s) re-hashed from their ids; the {n} cell(s) and their scores.jsonl "
-                 f"lines carry that hash", f"{len(run.splits)} split file(s) and {n} cell(s)")
+                 f"lines carry that hash" + (f"; train sizes are prefixes of one split ({'; '.join(curves)}): each "
+                                             f"size's hash recomputed from its cut" if curves else ""),
+                 f"{len(run.splits)} split file(s) and {n} cell(s)")
 
 
 def check_disjoint(run: Run) -> Item:
@@ -152,6 +169,13 @@ def check_disjoint(run: Run) -> Item:
                 if first[0] != part:
                     problems.append(f"{where}: {part} example {i!r} has the same context and answer as "
                                     f"{first[0]} example {first[1]!r}")
+        # the task's own rule (a reversed antonym pair): not the same example, but worth a reader's attention
+        mirrored = leaks(sf.items("test"), {*sf.content["train"], *sf.content["dev"]})
+        mirrored = {i: r for i, r in mirrored.items() if r == "mirror"}
+        if mirrored:
+            warnings.append(f"{where}: {len(mirrored)} of {len(sf.ids['test'])} test example(s) mirror a train or "
+                            f"dev example by the task's own rule (an antonym pair reversed), e.g. "
+                            f"{next(iter(mirrored))!r}")
     sizes = sorted({tuple(len(sf.ids[p]) for p in PARTS) for sf in run.splits.values()})
     return _item("Train, dev and test are disjoint by id and by content", problems,
                  f"{len(run.splits)} split file(s), train/dev/test sizes "
@@ -162,15 +186,31 @@ def check_disjoint(run: Run) -> Item:
 
 def check_fit_reads(run: Run) -> Item:
     problems, warnings = [], []
-    n = 0
+    n = n_transfer = 0
     for cell in _present(run):
         test = set(_test_ids(run, cell) or [])
-        content = _test_content(run, cell)
         if cell.evidence is None:
             problems.append(f"{cell.label}: no evidence.json; what the condition read while fitting is unknown")
             continue
-        n += 1
         reads = cell.evidence.fit_reads
+        if cell.key.is_transfer:  # it fits nothing; what its source read must not be a test example scored here
+            n_transfer += 1
+            if reads or cell.evidence.fit_bare_calls:
+                problems.append(f"{cell.label}: a transfer cell fits nothing, yet it read {len(reads)} example(s) "
+                                f"while fitting")
+            source = run.cells.get(cell.key.source)
+            sf = run.split_of(cell.key)
+            if source is None or source.evidence is None or sf is None:
+                continue
+            scored = [(i, c, m) for i, c, m in sf.items("test") if i in test]
+            read = {r.get("content") for r in source.evidence.fit_reads.values()}
+            hit = sorted(i for i, c, m in scored if c in read or read & set(m))
+            if hit:
+                problems.append(f"{cell.label}: scores {len(hit)} example(s) whose context and answer (or its "
+                                f"mirror) its source read while fitting, e.g. {hit[0]!r}")
+            continue
+        n += 1
+        content = _test_content(run, cell)
         leaked = sorted(i for i in reads if i in test)
         if leaked:
             problems.append(f"{cell.label}: read {len(leaked)} test example(s) while fitting, e.g. {leaked[0]!r}")
@@ -178,13 +218,24 @@ def check_fit_reads(run: Run) -> Item:
         if by_content:
             problems.append(f"{cell.label}: read {len(by_content)} example(s) with a test example's context and "
                             f"answer under another id while fitting, e.g. {by_content[0]!r}")
+        full = run.splits.get((cell.key.task, cell.key.seed))
+        if cell.key.train_size is not None and full is not None:  # a curve's point fits on its prefix alone
+            beyond = sorted(set(full.ids["train"][cell.key.train_size:]) & set(reads))
+            if beyond:
+                problems.append(f"{cell.label}: read {len(beyond)} train example(s) beyond its first "
+                                f"{cell.key.train_size} while fitting, e.g. {beyond[0]!r}")
         if cell.evidence.fit_bare_calls:
             warnings.append(f"{cell.label}: {cell.evidence.fit_bare_calls} scorer call(s) with bare token requests "
                             f"name no example and cannot be checked")
+    sizes = any(c.key.train_size is not None for c in _present(run))
     return _item("No test example was read while fitting", problems,
                  f"{n} cell(s): every example the harness rendered for a condition during fit (evidence.json "
-                 f"fit_reads, recorded by the scorer and renderer) is outside the test split, by id and by content",
-                 f"evidence.json fit_reads of {n} cell(s) against the test ids and content keys", warnings)
+                 f"fit_reads, recorded by the scorer and renderer) is outside the test split, by id and by content"
+                 + ("; a cell of a train size read no train example beyond it" if sizes else "")
+                 + (f"; {n_transfer} transfer cell(s) fitted nothing, and no example they score was read by their "
+                    f"source (by content or mirror)" if n_transfer else ""),
+                 f"evidence.json fit_reads of {n + n_transfer} cell(s) against the test ids and content keys",
+                 warnings)
 
 
 def check_test_once(run: Run) -> Item:
@@ -202,7 +253,8 @@ def check_test_once(run: Run) -> Item:
         if dup:
             problems.append(f"{cell.label}: scores.jsonl holds {len(dup)} example(s) more than once, e.g. {dup[0]!r}")
         if set(ids) != set(test):
-            problems.append(f"{cell.label}: scores.jsonl's example ids are not the split's test ids "
+            problems.append(f"{cell.label}: scores.jsonl's example ids are not the split's test ids"
+                            + (" less those the leakage filter removes" if cell.key.is_transfer else "") + " "
                             f"({len(set(ids) - set(test))} extra, {len(set(test) - set(ids))} missing)")
         if cell.evidence is None:
             problems.append(f"{cell.label}: no evidence.json; how often each test example was scored is unknown")
@@ -213,11 +265,16 @@ def check_test_once(run: Run) -> Item:
             problems.append(f"{cell.label}: {len(twice)} example(s) rendered {reads[twice[0]].get('times')} times "
                             f"while scoring test, e.g. {twice[0]!r}")
         if set(reads) != set(test):
-            problems.append(f"{cell.label}: the examples scored at test time are not the split's test ids "
+            problems.append(f"{cell.label}: the examples scored at test time are not the split's test ids"
+                            + (" less those the leakage filter removes" if cell.key.is_transfer else "") + " "
                             f"({len(set(reads) - set(test))} extra, {len(set(test) - set(reads))} missing)")
+    n_transfer = sum(c.key.is_transfer for c in run.ok_cells())
     return _item("Each test example was scored exactly once per cell", problems,
                  f"{n} ok cell(s): the scorer rendered each test id once at test time (evidence.json test_reads) "
-                 f"and scores.jsonl holds each test id once", f"test_reads and scores.jsonl ids of {n} ok cell(s)")
+                 f"and scores.jsonl holds each test id once" + (
+                     f"; for the {n_transfer} transfer cell(s), the target's test ids less those the leakage filter "
+                     f"removes, re-derived from the split files" if n_transfer else ""),
+                 f"test_reads and scores.jsonl ids of {n} ok cell(s)")
 
 
 def check_bos(run: Run) -> Item:
@@ -229,9 +286,9 @@ def check_bos(run: Run) -> Item:
     counts: Counter[int] = Counter()
     models = (run.manifest.get("models") or {})
     for cell in run.ok_cells():
-        facts = (models.get(cell.key.model) or {}).get("tokenizer")
+        facts = (models.get(cell.key.scored_model) or {}).get("tokenizer")
         if not facts or "adds_bos" not in facts:
-            problems.append(f"{cell.label}: manifest.json records no tokenizer facts for {cell.key.model}")
+            problems.append(f"{cell.label}: manifest.json records no tokenizer facts for {cell.key.scored_model}")
             continue
         if cell.evidence is None:
             problems.append(f"{cell.label}: no evidence.json; the requests' BOS tokens are unknown")
@@ -273,7 +330,7 @@ def _recompute(line: dict[str, Any]) -> dict[str, Any]:
 
 def check_numbers(run: Run) -> Item:
     problems = []
-    rows = {(r.get("model"), r.get("task"), r.get("seed"), r.get("condition")): r for r in run.summary or []}
+    rows: dict[CellKey | None, dict[str, str]] = {_row_key(r): r for r in run.summary or []}
     n_lines = 0
     for cell in run.ok_cells():
         rec = cell.record
@@ -307,8 +364,9 @@ def check_numbers(run: Run) -> Item:
         for k, want in (("accuracy", want_acc), ("gold_nll", want_nll)):
             if not _close(getattr(rec, k), want):
                 problems.append(f"{cell.label}: cell.json {k} = {getattr(rec, k)!r}, scores.jsonl gives {want:.6f}")
-        for k in ("model", "task", "condition"):
-            wrong = {x.get(k) for x in cell.lines} - {getattr(cell.key, k)}
+        for k, want in (("model", cell.key.scored_model), ("task", cell.key.scored_task),
+                        ("condition", cell.key.condition)):
+            wrong = {x.get(k) for x in cell.lines} - {want}
             if wrong:
                 problems.append(f"{cell.label}: scores.jsonl lines name {k} {', '.join(map(str, wrong))}")
         formats = {x.get("format") for x in cell.lines}
@@ -320,7 +378,7 @@ def check_numbers(run: Run) -> Item:
         for cell in _present(run):
             rec = cell.record
             assert rec is not None
-            row = rows.get((rec.key.model, rec.key.task, str(rec.key.seed), rec.key.condition))
+            row = rows.get(rec.key)
             if row is None:
                 problems.append(f"{cell.label}: no summary.csv row")
                 continue
@@ -336,12 +394,20 @@ def check_numbers(run: Run) -> Item:
                     same = False
                 if not same:
                     problems.append(f"{cell.label}: summary.csv {k} = {row.get(k)!r}, cell.json {want!r}")
-        extra = set(rows) - {(c.key.model, c.key.task, str(c.key.seed), c.key.condition) for c in _present(run)}
-        problems += [f"summary.csv row {' / '.join(map(str, k))} has no cell" for k in sorted(extra, key=str)]
+        extra = set(rows) - {c.key for c in _present(run)}
+        problems += [f"summary.csv row {k.label if k else '(unreadable key)'} has no cell"
+                     for k in sorted(extra, key=str)]
     return _item("Every summary number recomputes from the per-example scores", problems,
                  f"{n_lines} scores.jsonl line(s) of {len(run.ok_cells())} ok cell(s): pred, correct and gold NLL "
                  f"recomputed from each line's choice log-likelihoods; cell.json n, accuracy and mean gold NLL are "
                  f"their means; summary.csv repeats cell.json", "scores.jsonl lines, cell.json and summary.csv")
+
+
+def _row_key(row: dict[str, str]) -> CellKey | None:
+    try:
+        return CellKey.from_json(row)
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def check_records(run: Run) -> Item:
@@ -365,8 +431,11 @@ def check_records(run: Run) -> Item:
             warnings.append(f"{cell.label}: {cell.status}" + (f" ({cell.error})" if cell.error else ""))
     problems += [f"{c.path}: a cell outside the config's matrix ({c.label})" for c in run.extra_cells]
     present = len(_present(run))
+    axes = "".join([" × train sizes" if any(k.train_size is not None for k in run.cells) else "",
+                    " + transfers" if any(k.is_transfer for k in run.cells) else ""])
     return _item("Cell records agree with the config, and every cell of the matrix has one", problems,
-                 f"{present} of {len(run.cells)} cell(s) of models × tasks × seeds × conditions recorded, each with "
+                 f"{present} of {len(run.cells)} cell(s) of models × tasks × seeds{axes} × conditions recorded, "
+                 f"each with "
                  f"the config's optimizer and settings" + (f"; {len(warnings)} failed (listed; failed cells are "
                                                            f"excluded from the statistics)" if warnings else ""),
                  f"{present} cell record(s) against config.json", warnings)
@@ -377,13 +446,15 @@ def check_selection(run: Run) -> Item:
     problems, notes = [], []
     n = 0
     for cell in run.ok_cells():
+        if cell.key.is_transfer:  # fits nothing, selects nothing: its source's selection is checked on the source
+            continue
         sel = cell.evidence.selection if cell.evidence else None
         if sel is None:
             if cell.key.condition == run.ceiling:
                 problems.append(f"{cell.label}: the ceiling reported no selection (FitContext.report_selection)")
             continue
         n += 1
-        sf = run.splits.get((cell.key.task, cell.key.seed))
+        sf = run.split_of(cell.key)
         if sf is None:
             continue
         ids = [str(i) for i in sel.get("ids") or []]
@@ -412,24 +483,27 @@ def _compared(run: Run) -> list[str]:
     return [c for c in run.conditions if run.role(c)] or run.conditions
 
 
+def _group_name(m: str, t: str, n: int | None) -> str:
+    return f"{m} / {t}" + (f" / train {n}" if n is not None else "")
+
+
 def check_formats(run: Run) -> Item:
     """The conditions compared in R must share a format family; others (base-raw beside base-chat) show what the
     format itself does, and are listed, not judged."""
     problems, summary = [], []
     compared = _compared(run)
-    for m in run.models:
-        for t in run.tasks:
-            by_fmt: dict[str, list[str]] = {}
-            for c in compared:
-                for s in run.seeds:
-                    cell = run.cell(m, t, s, c)
-                    if cell.ok and cell.record is not None and c not in by_fmt.setdefault(str(cell.record.format), []):
-                        by_fmt[str(cell.record.format)].append(c)
-            if len(by_fmt) > 1:
-                problems.append(f"{m} / {t}: mixed formats: " + "; ".join(f"{f}: {', '.join(cs)}"
-                                                                         for f, cs in by_fmt.items()))
-            elif by_fmt:
-                summary.append(f"{m} / {t}: all {next(iter(by_fmt))}")
+    for m, t, n in run.groups():
+        by_fmt: dict[str, list[str]] = {}
+        for c in compared:
+            for s in run.seeds:
+                cell = run.cell(m, t, s, c, n)
+                if cell.ok and cell.record is not None and c not in by_fmt.setdefault(str(cell.record.format), []):
+                    by_fmt[str(cell.record.format)].append(c)
+        if len(by_fmt) > 1:
+            problems.append(f"{_group_name(m, t, n)}: mixed formats: " + "; ".join(f"{f}: {', '.join(cs)}"
+                                                                                 for f, cs in by_fmt.items()))
+        elif by_fmt:
+            summary.append(f"{_group_name(m, t, n)}: all {next(iter(by_fmt))}")
     others = [c for c in run.conditions if c not in compared]
     if others:
         summary.append(f"not in the ratio, not judged: {', '.join(others)}")
@@ -441,20 +515,19 @@ def check_same_tokens(run: Run) -> Item:
     """Per-token NLLs and summed log-likelihoods compare only when each gold continuation is the same tokens in
     every compared condition; raw and chat tokenize continuations differently."""
     problems, checked = [], 0
-    for m in run.models:
-        for t in run.tasks:
-            for s in run.seeds:
-                counts = {c: {x.get("example_id"): x.get("choice_ntokens") for x in run.cell(m, t, s, c).lines}
-                          for c in _compared(run) if run.cell(m, t, s, c).ok}
-                if len(counts) < 2:
-                    continue
-                first, *rest = counts
-                for c in rest:
-                    differ = [i for i, k in counts[c].items() if counts[first].get(i) != k]
-                    checked += len(counts[c])
-                    if differ:
-                        problems.append(f"{m} / {t} / seed {s}: {c} vs {first}: {len(differ)} example(s) differ, "
-                                        f"e.g. {differ[0]}")
+    for m, t, n in run.groups():
+        for s in run.seeds:
+            counts = {c: {x.get("example_id"): x.get("choice_ntokens") for x in run.cell(m, t, s, c, n).lines}
+                      for c in _compared(run) if run.cell(m, t, s, c, n).ok}
+            if len(counts) < 2:
+                continue
+            first, *rest = counts
+            for c in rest:
+                differ = [i for i, k in counts[c].items() if counts[first].get(i) != k]
+                checked += len(counts[c])
+                if differ:
+                    problems.append(f"{_group_name(m, t, n)} / seed {s}: {c} vs {first}: {len(differ)} example(s) "
+                                    f"differ, e.g. {differ[0]}")
     return _item("Gold continuations have the same token counts in every condition of the ratio", problems,
                  f"{checked} example(s) compared: equal token counts", "choice_ntokens across the ratio's conditions")
 
@@ -464,7 +537,7 @@ def check_device(run: Run) -> Item:
     for m in run.models:
         for t in run.tasks:
             used = {(c.record.device, c.record.dtype) for c in run.ok_cells()
-                    if c.key.model == m and c.key.task == t and c.record is not None}
+                    if c.key.scored_model == m and c.key.scored_task == t and c.record is not None}
             if len(used) > 1:
                 problems.append(f"{m} / {t}: test scores from " + ", ".join(f"{d} {dt}" for d, dt in sorted(
                     used, key=str)))
@@ -473,6 +546,51 @@ def check_device(run: Run) -> Item:
                 summary.append(f"{m} / {t}: {d}, {dt}")
     return _item("Test scores of one model and task come from one device and dtype", problems,
                  "; ".join(summary) or "no ok cells", "device and dtype of the ok cells")
+
+
+def check_transfer(run: Run) -> Item:
+    """A transfer cell must score its source's artifact as the source saved it, on the target's test split less the
+    examples the source was fitted on (its train and dev, by content key or the task's mirror rule)."""
+    title = "Transfer cells scored their source's artifact, without the target examples the source was fitted on"
+    cells = [c for c in _present(run) if c.key.is_transfer]
+    if not cells:
+        return Item(title, "n/a", "the run has no transfer cells")
+    problems = []
+    removed_total: Counter[str] = Counter()
+    for cell in cells:
+        assert cell.record is not None
+        source = run.cells.get(cell.key.source)
+        if not cell.ok:
+            continue
+        if source is None or not source.ok:
+            problems.append(f"{cell.label}: ok, but its source cell is {source.status if source else 'missing'}")
+            continue
+        want = run.folder.artifact_hash(source.key)
+        if cell.record.source_artifact != want:
+            problems.append(f"{cell.label}: scored artifact {cell.record.source_artifact}, but its source's artifact "
+                            f"is {want} (the source was computed again since; resume the run to rescore it)")
+        copy = run.folder.artifact_hash(cell.key)
+        if copy != cell.record.source_artifact:
+            problems.append(f"{cell.label}: its artifact/ copy hashes to {copy}, not the {cell.record.source_artifact} "
+                            f"it records")
+        derived = _removed(run, cell.key)
+        recorded = (cell.evidence.leakage or {}).get("removed") if cell.evidence else None
+        if derived is None:
+            problems.append(f"{cell.label}: the split files record no content keys; the leakage filter cannot be "
+                            f"re-derived")
+            continue
+        if recorded != derived:
+            problems.append(f"{cell.label}: evidence.json says the leakage filter removed {len(recorded or {})} "
+                            f"example(s); the split files give {len(derived)}")
+        counts = {rule: sum(r == rule for r in derived.values()) for rule in ("same", "mirror")}
+        if cell.record.removed != counts:
+            problems.append(f"{cell.label}: cell.json removed {cell.record.removed}, the split files give {counts}")
+        removed_total.update(derived.values())
+    return _item(title, problems, f"{len(cells)} transfer cell(s): each scored its source cell's artifact (same "
+                 f"hash, copied byte for byte); the target test examples the source's train or dev holds were "
+                 f"removed first ({removed_total['same']} by context and answer, {removed_total['mirror']} by the "
+                 f"task's mirror rule, over all transfer cells), re-derived from the split files",
+                 f"{len(cells)} transfer cell(s) against their sources and the split files")
 
 
 def check_provenance(run: Run) -> Item:
@@ -571,7 +689,7 @@ def audit(run_dir: str | Path | Run, report: Path | None = None, with_report: bo
     run = run_dir if isinstance(run_dir, Run) else load_run(run_dir)
     items = [check_records(run), check_splits(run), check_disjoint(run), check_fit_reads(run), check_test_once(run),
              check_bos(run), check_numbers(run), check_selection(run), check_formats(run), check_same_tokens(run),
-             check_device(run), check_provenance(run)]
+             check_device(run), check_transfer(run), check_provenance(run)]
     if with_report:
         items.append(check_report(run, report or Path("reports") / f"{run.run_id}.md"))
     return Audit(run.run_id, items)

@@ -15,6 +15,13 @@
     name = "lm-eval:arc_easy"  # any lm-evaluation-harness log-likelihood task; a group expands into its subtasks
     # lm_eval_include = "my_tasks"   # a folder of your own lm-eval YAML files (relative to this config file)
 
+    [[tasks]]                  # a sample-efficiency curve: every condition at each train size; the split is made
+    name = "antonyms"          # once at the largest and each smaller train set is a prefix (dev, test identical)
+    as = "antonyms-antsynnet"  # the task's name in this run (two tasks of one family need one each)
+    data = "antsynnet"         # which of the task's data files (tasks with a choice: antonyms)
+    data_dir = "../../shared/data/antonyms"
+    sizes = { train = [25, 50, 100, 200], dev = 50, test = 300 }
+
     [conditions.base-chat]     # the table name is the condition's name in results and reports
     [conditions.handwritten]
     instruction = "Give the opposite word."   # settings of the condition
@@ -26,6 +33,11 @@
     base = "base-chat"
     texts = ["handwritten", "terse"]
     ceiling = "soft-prompt"    # optional until a ceiling condition is in the run
+
+    [transfer]                 # every fitted artifact of a source task also scored on each target's test split
+    tasks = { antonyms = ["antonyms-antsynnet"] }   # source -> targets: run task names, of the same kind
+    # conditions = ["soft-prompt", "handwritten"]   # default: every condition but the base and paraphrase variants
+    # models = true            # text artifacts also scored by the run's other models
 
     [executor]                 # where cells run (harness.executors); optional, `--executor` overrides kind
     kind = "slurm"             # local (default: this process), processes, slurm
@@ -47,6 +59,7 @@ byte-identical results across executors.
 
 from __future__ import annotations
 
+import copy
 import re
 import shutil
 import tomllib
@@ -55,14 +68,16 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import UserError
+from harness.run_folder import TO_MODEL_SEGMENT, TO_TASK_SEGMENT, TRAIN_SEGMENT, TransferPlan
 from tasks.base import SplitSizes
 from tasks.lm_eval_task import is_lm_eval_name
 
 RUN_KEYS = {"name", "models", "seeds", "n_boot", "batch_size", "device", "dtype", "threads"}
-TASK_KEYS = {"name", "data_dir", "sizes", "lm_eval_include"}
+TASK_KEYS = {"name", "as", "data", "data_dir", "sizes", "lm_eval_include"}
+TRANSFER_KEYS = {"tasks", "conditions", "models"}
 RATIO_KEYS = {"base", "texts", "ceiling", "metric"}
 DECIDING = ("loglik", "accuracy")
-TOP_KEYS = {"run", "tasks", "conditions", "ratio", "executor"}
+TOP_KEYS = {"run", "tasks", "conditions", "ratio", "executor", "transfer"}
 EXECUTORS = ("local", "processes", "slurm")
 GROUPS = ("cell", "seed")
 RESOURCE_KEYS = {"time", "partition", "cpus", "mem", "gpus", "sbatch"}
@@ -72,23 +87,50 @@ MEM = re.compile(r"\d+[KMGT]?")  # Slurm's --mem: a whole number, in megabytes o
 DEFAULT_TIME = 240  # minutes; set explicitly because submitit's own defaults (2 local, 5 on Slurm) stop real cells
 
 
+OPTIONAL_TASK_KEYS = ("lm_eval_include", "lm_eval_group", "alias", "data")
+
+
 @dataclass
 class TaskConfig:
     name: str
     data_dir: str | None = None
-    sizes: dict[str, int | None] | None = None
+    sizes: dict[str, int | list[int] | None] | None = None  # train: a size, "all" (None) or a list (a curve)
     lm_eval_include: str | None = None  # lm-eval:NAME tasks: a folder of lm-eval YAML files (absolute)
     lm_eval_group: str | None = None  # lm-eval:NAME tasks: the group it was expanded from
+    alias: str | None = None  # ``as``: the task's name in this run (two tasks of one family each need their own)
+    data: str | None = None  # which of the task's data files (``Task.data_choices``)
 
     def to_json(self) -> dict[str, Any]:
-        # the lm-eval keys only when set, so the config.json of runs without lm-eval tasks is unchanged
-        return {k: v for k, v in asdict(self).items() if v is not None or not k.startswith("lm_eval_")}
+        # the optional keys only when set, so the config.json of runs without them is unchanged
+        return {k: v for k, v in asdict(self).items() if v is not None or k not in OPTIONAL_TASK_KEYS}
+
+    @property
+    def train_sizes(self) -> list[int] | None:
+        """The sample-efficiency curve's train sizes, ascending (None: one train size, no curve)."""
+        train = (self.sizes or {}).get("train")
+        return sorted(train) if isinstance(train, list) else None
 
     def split_sizes(self, default: SplitSizes) -> SplitSizes:
+        """The sizes the split is made with; for a curve, the largest train size (the others are its prefixes)."""
         if self.sizes is None:
             return default
-        return SplitSizes(train=self.sizes.get("train", default.train), dev=self.sizes.get("dev", default.dev),
-                          test=self.sizes.get("test", default.test))
+        train = self.sizes.get("train", default.train)
+        return SplitSizes(train=max(train) if isinstance(train, list) else train,
+                          dev=self.sizes.get("dev", default.dev), test=self.sizes.get("test", default.test))
+
+    def build(self) -> Any:
+        """The task instance, with its data choice and its name in this run: the one way a run makes its tasks."""
+        from harness.registry import get_task
+
+        task = get_task(self.name, data_dir=self.data_dir, lm_eval_include=self.lm_eval_include)
+        if self.data is None and self.alias is None:
+            return task
+        task = copy.copy(task)  # lm-eval tasks are built once per process and shared: this entry's own copy
+        if self.data is not None:
+            task.choose_data(self.data)
+        if self.alias is not None:
+            task.name = self.alias
+        return task
 
 
 @dataclass
@@ -143,6 +185,7 @@ class RunConfig:
     conditions: dict[str, ConditionConfig]
     ratio: dict[str, Any]
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+    transfer: TransferPlan | None = None
 
     @property
     def name(self) -> str:
@@ -159,7 +202,8 @@ class RunConfig:
 
     def to_json(self) -> dict[str, Any]:
         return {"run": self.run, "models": self.models, "tasks": [t.to_json() for t in self.tasks],
-                "conditions": {k: asdict(v) for k, v in self.conditions.items()}, "ratio": self.ratio}
+                "conditions": {k: asdict(v) for k, v in self.conditions.items()}, "ratio": self.ratio,
+                **({"transfer": self.transfer.to_json()} if self.transfer is not None else {})}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RunConfig:
@@ -167,7 +211,7 @@ class RunConfig:
         return cls(run=dict(data["run"]), models=list(data["models"]),
                    tasks=[TaskConfig(**t) for t in data["tasks"]],
                    conditions={k: ConditionConfig(**v) for k, v in data["conditions"].items()},
-                   ratio=dict(data.get("ratio") or {}))
+                   ratio=dict(data.get("ratio") or {}), transfer=TransferPlan.from_json(data.get("transfer")))
 
 
 def _unknown(where: str, got: dict, known: set[str]) -> None:
@@ -176,7 +220,13 @@ def _unknown(where: str, got: dict, known: set[str]) -> None:
         raise UserError(f"{where}: unknown key(s) {', '.join(extra)}; valid: {', '.join(sorted(known))}")
 
 
-def _size(where: str, key: str, value: Any) -> int | None:
+def _size(where: str, key: str, value: Any) -> int | list[int] | None:
+    if key == "train" and isinstance(value, list):  # a sample-efficiency curve
+        if not value or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in value) \
+                or len(set(value)) != len(value):
+            raise UserError(f"{where}: sizes.train = {value!r}; give distinct whole numbers >= 1, e.g. "
+                            f"[25, 50, 100, 200]")
+        return sorted(value)
     if value == "all" and key != "dev":
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -297,7 +347,7 @@ def _lm_eval_tasks(where: str, path: Path, name: str, raw: dict[str, Any],
 def load_config(path: str | Path, executor: str | None = None) -> RunConfig:
     """Parse and check ``path``: every name, key, setting and role, before anything slow happens. ``executor``
     (``--executor``) replaces the config's ``[executor] kind``."""
-    from harness.registry import get_optimizer, get_task
+    from harness.registry import get_optimizer
 
     path = Path(path)
     if not path.exists():
@@ -333,6 +383,8 @@ def load_config(path: str | Path, executor: str | None = None) -> RunConfig:
         _whole(f"config {path} [run]", "threads", run["threads"], 1)
 
     tasks = []
+    names: list[str] = []  # each entry's name in the run (its ``as``, else the task's own name)
+    built: dict[str, Any] = {}  # run task name -> task instance, for the checks that need its kind and marker
     raw_tasks = raw.get("tasks", [])
     if not isinstance(raw_tasks, list) or not raw_tasks:
         raise UserError(f"config {path}: no [[tasks]]; add at least one, e.g. [[tasks]] name = \"antonyms\"")
@@ -346,23 +398,58 @@ def load_config(path: str | Path, executor: str | None = None) -> RunConfig:
             name = str((path.parent / name).resolve())
         if data_dir is not None:
             data_dir = str((path.parent / data_dir).resolve())
+        alias, data = t.get("as"), t.get("data")
+        for key, value in (("as", alias), ("data", data)):
+            if value is not None and (not isinstance(value, str) or not value.strip() or "/" in value):
+                raise UserError(f"{where}: {key} = {value!r}; give a name (text without '/')")
         sizes = t.get("sizes")
         if sizes is not None:
             _unknown(f"{where} sizes", sizes, {"train", "dev", "test"})
             sizes = {k: _size(where, k, v) for k, v in sizes.items()}
         if is_lm_eval_name(name):
-            tasks += _lm_eval_tasks(where, path, name, t, sizes)
+            entries = _lm_eval_tasks(where, path, name, t, sizes)
+            if alias is not None and len(entries) > 1:
+                raise UserError(f"{where}: as = {alias!r} on the group {name}, which gives {len(entries)} tasks; "
+                                f"name a single task to alias it")
+            if data is not None:
+                raise UserError(f"{where}: data applies to tasks with data choices (antonyms); an lm-eval task's "
+                                f"YAML names its data")
+            for entry in entries:
+                entry.alias = alias
+            tasks += entries
+            names += [alias or e.name for e in entries]
             continue
         if "lm_eval_include" in t:
             raise UserError(f"{where}: lm_eval_include applies to lm-eval:NAME tasks only; drop it")
-        get_task(name, data_dir=data_dir)  # unknown task, missing data folder: fail now
-        tasks.append(TaskConfig(name=name, data_dir=data_dir, sizes=sizes))
+        entry = TaskConfig(name=name, data_dir=data_dir, sizes=sizes, alias=alias, data=data)
+        try:
+            task = entry.build()  # unknown task, missing data folder, unknown data choice: fail now
+        except UserError as e:
+            raise UserError(f"{where}: {e}") from None
+        built[task.name] = task
+        names.append(task.name)
+        tasks.append(entry)
     seen: set[str] = set()
-    for t in tasks:
-        if t.name in seen:
-            raise UserError(f"config {path}: task {t.name} is listed twice (a group's subtasks count too); "
-                            f"list each task once")
-        seen.add(t.name)
+    for name in names:
+        if name in seen:
+            raise UserError(f"config {path}: task {name} is listed twice (a group's subtasks count too); list each "
+                            f"task once, or give each entry of one family its own name with as = \"...\"")
+        seen.add(name)
+    entries = dict(zip(names, tasks, strict=True))
+
+    def instance(name: str) -> Any:
+        """The run's task ``name``, built once (an lm-eval task only when a check needs it)."""
+        if name not in built:
+            built[name] = entries[name].build()
+        return built[name]
+
+    for name, entry in entries.items():
+        if entry.train_sizes:  # the pool must hold the largest train size beside dev and test
+            task = instance(name)
+            try:
+                task.split(seeds[0], entry.split_sizes(task.default_sizes))
+            except UserError as e:
+                raise UserError(f"config {path} task {name}: sizes.train = {entry.train_sizes}: {e}") from None
 
     conditions: dict[str, ConditionConfig] = {}
     raw_conditions = raw.get("conditions", {})
@@ -407,8 +494,83 @@ def load_config(path: str | Path, executor: str | None = None) -> RunConfig:
         if ratio["base"] == ratio["ceiling"] or ratio["base"] in texts:
             raise UserError(f"config {path} [ratio]: base {ratio['base']!r} also plays another role; give each "
                             f"role its own condition")
+    transfer = _transfer(path, raw.get("transfer"), entries, instance, conditions, ratio, models)
+    if transfer is not None or any(t.train_sizes for t in tasks):
+        for name in conditions:  # the new axes are folder segments beside condition names
+            if name.startswith((TRAIN_SEGMENT, TO_MODEL_SEGMENT, TO_TASK_SEGMENT)):
+                raise UserError(f"config {path}: condition {name!r} starts like a train-size or transfer folder "
+                                f"({TRAIN_SEGMENT}, {TO_MODEL_SEGMENT}, {TO_TASK_SEGMENT}); rename it")
     return RunConfig(run=run, models=models, tasks=tasks, conditions=conditions, ratio=ratio,
-                     executor=_executor(path, raw.get("executor", {}), conditions, executor))
+                     executor=_executor(path, raw.get("executor", {}), conditions, executor), transfer=transfer)
+
+
+def _names(where: str, key: str, value: Any, known: Any, what: str) -> list[str]:
+    """``value`` as a non-empty list of names of ``known`` (a name alone counts as a list of one), in order, once."""
+    value = [value] if isinstance(value, str) else value
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise UserError(f"{where}: {key} = {value!r}; give a list of {what} names")
+    for v in value:
+        if v not in known:
+            raise UserError(f"{where}: {key}: {v!r} is not a {what} of this run; {what}s: {', '.join(known)}")
+    return list(dict.fromkeys(value))
+
+
+def _transfer(path: Path, raw: Any, entries: dict[str, TaskConfig], instance: Any,
+              conditions: dict[str, ConditionConfig], ratio: dict[str, Any], models: list[str]) -> TransferPlan | None:
+    """``[transfer]`` checked against the run's tasks (same kind; a marker placement only where the target has the
+    same marker) and resolved to a ``TransferPlan``."""
+    from harness.registry import get_optimizer
+    from optimizers.prompt_training import PromptTrainingSettings
+
+    if raw is None:
+        return None
+    where = f"config {path} [transfer]"
+    if not isinstance(raw, dict):
+        raise UserError(f"{where}: not a table; write [transfer] with tasks = {{ SOURCE = [\"TARGET\"] }}")
+    _unknown(where, raw, TRANSFER_KEYS)
+    pairs = raw.get("tasks", {})
+    if not isinstance(pairs, dict) or not (pairs or raw.get("models")):
+        raise UserError(f"{where}: tasks = {pairs!r}; give a table source task -> list of target tasks, e.g. "
+                        f"tasks = {{ antonyms = [\"antonyms-antsynnet\"] }} (or models = true)")
+    plan: dict[str, list[str]] = {}
+    for source, targets in pairs.items():
+        _names(where, "tasks", [source], entries, "task")
+        for target in _names(where, f"tasks.{source}", targets, entries, "task"):
+            if target == source:
+                raise UserError(f"{where}: {source} -> {source}: a task's own cells already score its artifacts on "
+                                f"its test split; name another task")
+            src, tgt = instance(source), instance(target)
+            if src.kind != tgt.kind:
+                raise UserError(f"{where}: {source} ({src.kind}) -> {target} ({tgt.kind}): a prompt transfers only "
+                                f"between tasks of the same kind")
+        plan[source] = _names(where, f"tasks.{source}", targets, entries, "task")
+
+    variants = {c for c, spec in conditions.items() if spec.variant_of is not None}
+    default = [c for c in conditions if c != ratio.get("base") and c not in variants]
+    chosen = _names(where, "conditions", raw.get("conditions", default), conditions, "condition")
+    for c in chosen:
+        settings = get_optimizer(conditions[c].optimizer)(**conditions[c].settings).settings
+        if getattr(settings, "placement", None) != "marker":
+            continue
+        for source, targets in plan.items():
+            marker = getattr(settings, "marker", None) or getattr(instance(source), "marker", "") or ""
+            for target in targets:
+                theirs = getattr(instance(target), "marker", "") or ""
+                if theirs != marker:
+                    raise UserError(f"{where}: {c} puts its soft prompt in place of the marker {marker!r} of "
+                                    f"{source}, but {target} " + (f"marks {theirs!r}" if theirs else "has no marker")
+                                    + "; leave the condition out of conditions, or use placement before_input")
+    across = raw.get("models", False)
+    if not isinstance(across, bool):
+        raise UserError(f"{where}: models = {across!r}; give true (text artifacts scored by every model of the run) "
+                        f"or false")
+    if across and len(models) < 2:
+        raise UserError(f"{where}: models = true scores text artifacts on the run's other models, but the run has "
+                        f"one model; add models to [run] or drop models")
+    # trained tensors belong to the model they were trained on; only text crosses models
+    texts = [c for c in chosen if not issubclass(get_optimizer(conditions[c].optimizer).settings_class,
+                                                 PromptTrainingSettings)] if across else []
+    return TransferPlan(plan, list(chosen), texts)
 
 
 def shrink(cfg: RunConfig) -> RunConfig:

@@ -38,6 +38,9 @@ class Example:
     delimiter: str = " "
     fields: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     description: str = ""
+    # content keys of other examples that are this one in another guise (an antonym pair reversed): the task's own
+    # rule for "the same item", which content keys alone cannot see; used by the leakage filter of transfers
+    mirror_keys: tuple[str, ...] = field(default=(), compare=False, hash=False)
 
     def __post_init__(self) -> None:
         if len(self.contexts) > 1 and len(self.continuations) > 1:
@@ -59,8 +62,7 @@ class Example:
     def content_key(self) -> str:
         """The gold context and answer, white space folded, hashed: the same question with the same answer under
         two ids is one example (a leak when the two ids sit in different parts of a split)."""
-        ctx, cont = self.choice(self.gold)
-        return ids_hash([" ".join(ctx.split()), " ".join(cont.split())])
+        return content_key(*self.choice(self.gold))
 
     def choice_text(self, i: int) -> str:
         """Choice ``i`` as lm-eval's ``doc_to_choice`` gives it: the continuation, or with partial scoring the
@@ -71,6 +73,11 @@ class Example:
         """The example with its gold answer filled in: how it reads as a few-shot demo."""
         ctx, cont = self.choice(self.gold)
         return ctx + self.delimiter + cont
+
+
+def content_key(context: str, continuation: str) -> str:
+    """``Example.content_key`` of a gold context and answer (white space folded)."""
+    return ids_hash([" ".join(context.split()), " ".join(continuation.split())])
 
 
 def ids_hash(ids: Sequence[str]) -> str:
@@ -104,6 +111,13 @@ class Split:
         """One hash for the whole split: what 'identical splits' is checked against."""
         return ids_hash([f"{k}={v}" for k, v in self.hashes.items()])
 
+    def prefix(self, n_train: int) -> Split:
+        """The same split with only the first ``n_train`` train examples: a point of a sample-efficiency curve (dev
+        and test unchanged, so every train size is scored on the same examples)."""
+        if n_train > len(self.train):
+            raise UserError(f"train size {n_train} is larger than the {len(self.train)} train examples of the split")
+        return Split(train=self.train[:n_train], dev=self.dev, test=self.test)
+
     def check_disjoint(self) -> None:
         seen: dict[str, str] = {}
         for name in ("train", "dev", "test"):
@@ -111,6 +125,19 @@ class Split:
                 if e.id in seen:
                     raise UserError(f"example id {e.id!r} is in both {seen[e.id]} and {name}; ids must be unique")
                 seen[e.id] = name
+
+
+def leaks(test: Sequence[tuple[str, str, Sequence[str]]], seen: set[str]) -> dict[str, str]:
+    """Which ``test`` items (id, content key, mirror keys) are already in ``seen`` (content keys of examples a prompt
+    was fitted on): id -> "same" (the same context and answer) or "mirror" (the task's own rule, e.g. a reversed
+    antonym pair). Mirroring is symmetric, so a test item's mirror keys against the fitted content keys suffice."""
+    out: dict[str, str] = {}
+    for i, content, mirrors in test:
+        if content in seen:
+            out[i] = "same"
+        elif any(m in seen for m in mirrors):
+            out[i] = "mirror"
+    return out
 
 
 def shuffled(examples: Sequence[Example], seed: int) -> list[Example]:

@@ -10,6 +10,12 @@ loses one cell; with ``group = "seed"`` the cells of one model x task x seed tha
 job, which loads the model once (worth it for a model that takes minutes to load). Jobs with equal resources are
 submitted together: on Slurm, one job array.
 
+Dependent cells: a transfer cell scores the artifact of another cell, so cells come in waves (``CellKey.wave``: the
+cells that fit, then the transfer cells) and no job mixes waves. ``local`` runs the waves in order (``run_cells``);
+``processes`` starts a wave's jobs once every job of the waves before it has ended; ``slurm`` submits every wave at
+once, each later wave's arrays with ``--dependency=afterany`` on the earlier waves' arrays (afterany: a transfer cell
+whose source failed still runs, and records why it has nothing to score).
+
 State comes from the cell folders and from the job records this module writes at submission, never from Slurm's
 accounting (``sacct`` needs slurmdbd, and submitit reads job states from it): a cell is done or failed when its
 cell.json says so; otherwise its latest job is asked about (squeue for Slurm jobs, the process table for local
@@ -70,13 +76,18 @@ def signal_delay(res: Resources) -> int:
 
 
 def groups(cfg: ExecutorConfig, keys: Sequence[CellKey]) -> list[tuple[Resources, list[CellKey]]]:
-    """The jobs for ``keys`` by the grouping rule (module doc), each with its resources, in matrix order."""
+    """The jobs for ``keys`` by the grouping rule (module doc), each with its resources, in matrix order; a job
+    holds cells of one wave only."""
     out: dict[tuple[Any, ...], tuple[Resources, list[CellKey]]] = {}
     for k in keys:
         res = cfg.for_condition(k.condition)
-        label = (k,) if cfg.group == "cell" else (k.model, k.task, k.seed, res)
+        label = (k,) if cfg.group == "cell" else (k.wave, k.scored_model, k.task, k.seed, res)
         out.setdefault(label, (res, []))[1].append(k)
     return list(out.values())
+
+
+def wave_of(keys: Sequence[CellKey]) -> int:
+    return max(k.wave for k in keys)
 
 
 class Executor(ABC):
@@ -135,7 +146,9 @@ class Processes(Executor):
         def launch() -> None:
             nonlocal running
             running = [(j, r) for j, r in running if not j.done()]
-            while queue and len(running) < self.cfg.workers:
+            # a job of a later wave waits until every job of the waves before it has ended (its sources)
+            while queue and len(running) < self.cfg.workers and \
+                    all(wave_of(r.cells) >= wave_of(queue[0][1]) for _, r in running):
                 res, ks = queue.pop(0)
                 executor.update_parameters(timeout_min=res.time, signal_delay_s=signal_delay(res))
                 job = executor.submit(CellJob(), *self.args(ks))
@@ -157,28 +170,19 @@ class Slurm(Executor):
     kind = "slurm"
 
     def run(self, keys: list[CellKey], wait: bool = True) -> list[JobRecord]:
-        by_resources: dict[Resources, list[list[CellKey]]] = {}
+        by_resources: dict[tuple[int, Resources], list[list[CellKey]]] = {}
         for res, ks in groups(self.cfg, keys):
-            by_resources.setdefault(res, []).append(ks)
+            by_resources.setdefault((wave_of(ks), res), []).append(ks)
         records: list[JobRecord] = []
-        for res, job_keys in by_resources.items():
-            executor = submitit.SlurmExecutor(folder=self.folder.jobs_dir(self.invocation), max_num_timeout=0)
-            params: dict[str, Any] = {"job_name": f"promptgap-{self.folder.run_id}", "time": res.time,
-                                      "cpus_per_task": res.cpus, "signal_delay_s": signal_delay(res),
-                                      "array_parallelism": self.cfg.array_parallelism}
-            params.update({k: v for k, v in (("partition", res.partition), ("mem", res.mem),
-                                              ("gpus_per_node", res.gpus or None)) if v is not None})
-            if res.sbatch:
-                params["additional_parameters"] = dict(res.sbatch)
-            executor.update_parameters(**params)
-            try:  # submitit prints sbatch's refusal itself; it is in the one-line error instead
-                with contextlib.redirect_stderr(io.StringIO()), executor.batch():
-                    jobs = [executor.submit(CellJob(), *self.args(ks)) for ks in job_keys]
-            except (submitit.core.utils.UncompletedJobError, submitit.core.utils.FailedSubmissionError, OSError) as e:
-                first = next((x for x in str(e).splitlines() if "sbatch: error" in x), str(e).splitlines()[0])
-                raise UserError(f"sbatch refused the jobs ({first.strip()}); check [executor] partition, mem, "
-                                f"gpus and sbatch") from None
-            records += [self.record(job.job_id, ks, job) for job, ks in zip(jobs, job_keys, strict=True)]
+        earlier: list[str] = []  # the array ids of the waves submitted so far
+        for wave in sorted({w for w, _ in by_resources}):
+            arrays = []
+            for (w, res), job_keys in by_resources.items():
+                if w == wave:
+                    jobs = self._submit(res, job_keys, earlier)
+                    records += [self.record(job.job_id, ks, job) for job, ks in zip(jobs, job_keys, strict=True)]
+                    arrays += [str(job.job_id).split("_")[0] for job in jobs]
+            earlier += list(dict.fromkeys(arrays))
         if wait:
             try:
                 follow(self.folder, keys, alive=lambda: any(live_jobs(self.folder, records)))
@@ -187,6 +191,29 @@ class Slurm(Executor):
                               f"{self.folder.root}`, then `promptgap report {self.folder.root}`")
                 raise
         return records
+
+    def _submit(self, res: Resources, job_keys: list[list[CellKey]], after: list[str]) -> list[Any]:
+        """One array of jobs with resources ``res``, held until the arrays ``after`` have ended."""
+        executor = submitit.SlurmExecutor(folder=self.folder.jobs_dir(self.invocation), max_num_timeout=0)
+        params: dict[str, Any] = {"job_name": f"promptgap-{self.folder.run_id}", "time": res.time,
+                                  "cpus_per_task": res.cpus, "signal_delay_s": signal_delay(res),
+                                  "array_parallelism": self.cfg.array_parallelism}
+        params.update({k: v for k, v in (("partition", res.partition), ("mem", res.mem),
+                                          ("gpus_per_node", res.gpus or None)) if v is not None})
+        extra = dict(res.sbatch)
+        if after:
+            extra["dependency"] = "afterany:" + ":".join(after)
+        if extra:
+            params["additional_parameters"] = extra
+        executor.update_parameters(**params)
+        try:  # submitit prints sbatch's refusal itself; it is in the one-line error instead
+            with contextlib.redirect_stderr(io.StringIO()), executor.batch():
+                jobs = [executor.submit(CellJob(), *self.args(ks)) for ks in job_keys]
+        except (submitit.core.utils.UncompletedJobError, submitit.core.utils.FailedSubmissionError, OSError) as e:
+            first = next((x for x in str(e).splitlines() if "sbatch: error" in x), str(e).splitlines()[0])
+            raise UserError(f"sbatch refused the jobs ({first.strip()}); check [executor] partition, mem, "
+                            f"gpus and sbatch") from None
+        return jobs
 
 
 EXECUTORS: dict[str, type[Executor]] = {"local": Local, "processes": Processes, "slurm": Slurm}

@@ -128,3 +128,70 @@ def forest_figure(path: Path, title: str, a: Analysis) -> bool:
     fig.suptitle(title, fontsize=10)
     _save(fig, path)
     return True
+
+
+def _errorbar(ax: Any, x: float, e: Any, **kw: Any) -> None:
+    ax.errorbar([x], [e.value], yerr=[[max(0.0, e.value - e.ci.lo)], [max(0.0, e.ci.hi - e.value)]], capsize=4,
+                **kw)
+
+
+def efficiency_figure(path: Path, curve: Any, roles: dict[str, str | None], ceiling: str | None) -> None:
+    """A sample-efficiency curve (``findings.Curve``): each condition's gain over the base against train size with
+    its paired interval, and each text condition's R against the ceiling at the same size."""
+    texts = [c for c, role in roles.items() if role == "text"]
+    fig = _new_figure(10.0 if texts and ceiling else 5.5, 3.8)
+    axes = fig.subplots(1, 2 if texts and ceiling else 1, squeeze=False)[0]
+    unit = "per token" if curve.per_token else "per example"
+    k = len(curve.points)
+    for i, (c, pts) in enumerate(curve.points.items()):
+        colour = f"C{i % 10}"
+        nudge = 1 + 0.025 * (i - (k - 1) / 2)  # conditions side by side at each size, so intervals do not overlap
+        shown = [p for p in pts if p.gain is not None]
+        axes[0].plot([p.size * nudge for p in shown], [p.gain.value for p in shown], "-", color=colour, label=c)
+        for p in shown:
+            _errorbar(axes[0], p.size * nudge, p.gain, fmt="o", color=colour, markersize=4)
+        if len(axes) > 1 and c in texts:
+            rs = [p for p in pts if p.r is not None and p.r.value is not None and p.r.ci is not None]
+            axes[1].plot([p.size * nudge for p in rs], [p.r.value for p in rs], "-o", color=colour, markersize=4,
+                         label=c)
+            for p in rs:
+                axes[1].errorbar([p.size * nudge], [p.r.value], yerr=[[max(0.0, p.r.value - p.r.ci.lo)],
+                                                                      [max(0.0, p.r.ci.hi - p.r.value)]],
+                                 color=colour, capsize=4)
+    metric = f"Δ gold log-lik ({unit})" if curve.metric == "loglik" else "Δ accuracy"
+    axes[0].axhline(0, color="0.3", linestyle="--", linewidth=1)
+    axes[0].set_ylabel(f"{metric} vs base")
+    if len(axes) > 1:
+        for y, style in ((0, "--"), (0.5, ":"), (1, "--")):
+            axes[1].axhline(y, color="0.4", linestyle=style, linewidth=1)
+        axes[1].set_ylabel(f"R (1: the ceiling {ceiling})")
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.set_xticks(curve.sizes, [str(n) for n in curve.sizes])
+        ax.minorticks_off()
+        ax.set_xlabel("train examples")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(curve.name, fontsize=10)
+    _save(fig, path)
+
+
+def transfer_figure(path: Path, block: Any) -> None:
+    """A transfer block (``findings.TransferBlock``): each condition's gain over the target's base, transferred
+    (filled) and fitted on the target itself (open), with paired intervals."""
+    rows = block.rows
+    fig = _new_figure(max(5.5, 1.2 * len(rows) + 2), 3.6)
+    ax = fig.subplots()
+    for i, r in enumerate(rows):
+        if r.transferred.diff is not None:
+            _errorbar(ax, i - 0.12, r.transferred.diff, fmt="o", color="tab:blue", markersize=6)
+        if r.own is not None and r.own.diff is not None:
+            _errorbar(ax, i + 0.12, r.own.diff, fmt="o", color="tab:orange", markersize=6, markerfacecolor="white")
+    ax.axhline(0, color="0.3", linestyle="--", linewidth=1)
+    ax.set_xticks(list(range(len(rows))), [r.condition for r in rows], rotation=20, ha="right")
+    ax.set_xlim(-0.6, len(rows) - 0.4)
+    ax.set_ylabel(f"Δ {'gold log-lik' if block.analysis.deciding == 'loglik' else 'accuracy'} vs target base")
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title("filled: transferred; open: fitted on the target", fontsize=8)
+    fig.suptitle(block.name, fontsize=10)
+    _save(fig, path)

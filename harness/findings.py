@@ -1,4 +1,6 @@
-"""What a run shows, per model × task: the statistics of its usable conditions, and the headline a reader acts on.
+"""What a run shows, per model × task (× train size): the statistics of its usable conditions, and the headline a
+reader acts on; across train sizes, the sample-efficiency curves; across tasks and models, the transfer matrix; and
+from each trial's curves, the overfitting flags.
 
 One place computes what the markdown report, ``verdict.json`` and the terminal's headline table all say: for each
 distinct text prompt (conditions whose per-example scores are identical collapse into one row), R on the deciding
@@ -15,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harness.errors import UserError
-from harness.run_folder import Cell, Run, is_number
+from harness.run_folder import Cell, CellKey, Run, is_number
 from harness.stats import FLAG_WORDS, RECOVERY_THRESHOLD, Analysis, Estimate, analyze_records, format_p
 
 VERDICT_SHORT = {
@@ -79,7 +81,7 @@ def _count(x: float) -> str:
 
 @dataclass
 class Group:
-    """One (model, task): which conditions the statistics use, the analysis, and why R may be missing."""
+    """One (model, task, train size): which conditions the statistics use, the analysis, and why R may be missing."""
 
     model: str
     task: str
@@ -92,10 +94,11 @@ class Group:
     per_token: bool = False  # continuation task: gold NLL is per token
     costs: dict[str, Cost] = field(default_factory=dict)
     same_tokens: dict[str, bool] = field(default_factory=dict)  # condition -> continuation tokens equal the base's
+    train_size: int | None = None  # a point of a sample-efficiency curve
 
     @property
     def name(self) -> str:
-        return f"{self.model} / {self.task}"
+        return f"{self.model} / {self.task}" + (f" / train {self.train_size}" if self.train_size is not None else "")
 
     @property
     def ll_unit(self) -> str:
@@ -118,8 +121,8 @@ def _chance(cells: dict[str, list[Cell]], usable: list[str], per_token: bool) ->
     return {"accuracy": sum(1 / k for k in ks) / len(ks), "loglik": -sum(math.log(k) for k in ks) / len(ks)}
 
 
-def analyze_group(run: Run, model: str, task: str, n_boot: int) -> Group:
-    cells = {c: [run.cell(model, task, s, c) for s in run.seeds] for c in run.conditions}
+def analyze_group(run: Run, model: str, task: str, n_boot: int, train_size: int | None = None) -> Group:
+    cells = {c: [run.cell(model, task, s, c, train_size) for s in run.seeds] for c in run.conditions}
     usable = [c for c in run.conditions if cells[c] and all(x.ok for x in cells[c])]
     base, ceiling = run.base, run.ceiling
     if base is None:
@@ -136,7 +139,7 @@ def analyze_group(run: Run, model: str, task: str, n_boot: int) -> Group:
     has_base = base in usable
     per_token = any("greedy_match" in r for c in usable for x in cells[c] for r in x.lines[:1])
     group = Group(model, task, cells, usable, None, has_base, r_reason, per_token=per_token,
-                  costs={c: Cost.of(cells[c]) for c in run.conditions})
+                  costs={c: Cost.of(cells[c]) for c in run.conditions}, train_size=train_size)
     if not usable:
         group.stats_error = "no condition succeeded for every seed"
         return group
@@ -159,6 +162,11 @@ def analyze_group(run: Run, model: str, task: str, n_boot: int) -> Group:
         group.stats_error = str(e)
         group.r_reason = group.r_reason or f"the statistics could not be computed ({e})"
     return group
+
+
+def analyze_groups(run: Run, n_boot: int) -> list[Group]:
+    """Every (model, task, train size) of the run, in matrix order."""
+    return [analyze_group(run, m, t, n_boot, n) for m, t, n in run.groups()]
 
 
 # --- the headline --------------------------------------------------------------------------------------------------
@@ -338,7 +346,8 @@ def verdict_json(run: Run, groups: list[Group], stamp: dict[str, Any], audit: An
         h = headline(run, g)
         a = g.analysis
         out["groups"].append({
-            "model": g.model, "task": g.task, "base": run.base, "ceiling": run.ceiling, "metric": h.metric,
+            "model": g.model, "task": g.task, **({"train_size": g.train_size} if g.train_size is not None else {}),
+            "base": run.base, "ceiling": run.ceiling, "metric": h.metric,
             "n_seeds": a.n_seeds if a else None, "n_examples": a.n_examples if a else None,
             "confidence": a.confidence if a else None, "correction": "holm", "family_size": h.family,
             "ceiling_gain": _est_json(h.ceiling_gain), "ceiling_beaten_by": h.beaten_by,
@@ -351,3 +360,287 @@ def verdict_json(run: Run, groups: list[Group], stamp: dict[str, Any], audit: An
 
 def _est_json(e: Estimate | None) -> dict[str, float] | None:
     return None if e is None else {"value": e.value, "lo": e.ci.lo, "hi": e.ci.hi}
+
+
+# --- sample-efficiency curves ----------------------------------------------------------------------------------------
+REACH = 0.9  # the share of the largest train size's gain a curve's point must reach
+
+
+@dataclass
+class CurvePoint:
+    """One condition at one train size, on the deciding metric: its mean, its paired gain over the base and R
+    (from that size's group analysis), and the share of its largest-size gain it reaches (paired over the same test
+    examples: ``R`` of the point against the condition at the largest size, over the base)."""
+
+    size: int
+    mean: Estimate | None
+    gain: Estimate | None
+    r: Any = None  # RatioStats: R against the ceiling at this size (text conditions)
+    share: Any = None  # RatioStats: (point − base) / (largest size − base)
+
+
+@dataclass
+class Curve:
+    """Every condition of one model × task across its train sizes."""
+
+    model: str
+    task: str
+    metric: str
+    sizes: list[int]
+    groups: list[Group]
+    points: dict[str, list[CurvePoint]]
+    reach: dict[str, tuple[int | None, str]]  # condition -> (smallest size reaching REACH of its gain, in words)
+    per_token: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"{self.model} / {self.task}"
+
+
+def _lines(cells: Sequence[Cell]) -> dict[int, list[dict[str, Any]]]:
+    return {c.seed: c.lines for c in cells}
+
+
+def curves(run: Run, groups: Sequence[Group], n_boot: int) -> list[Curve]:
+    """The sample-efficiency curve of each model × task with several train sizes, from its groups' analyses."""
+    metric = (run.config.get("ratio") or {}).get("metric") or "loglik"
+    out = []
+    for m in run.models:
+        for t in run.tasks:
+            gs = [g for g in groups if g.model == m and g.task == t and g.train_size is not None]
+            if len(gs) < 2 or run.base is None:
+                continue
+            sizes = [g.train_size for g in gs if g.train_size is not None]
+            largest = gs[-1]
+            points: dict[str, list[CurvePoint]] = {}
+            reach: dict[str, tuple[int | None, str]] = {}
+            for c in run.conditions:
+                if c == run.base:
+                    continue
+                pts = []
+                for g in gs:
+                    a = g.analysis
+                    cs = a.metrics[metric].conditions.get(c) if a is not None and c in g.usable else None
+                    r = a.metrics[metric].ratios.get(c) if a is not None and cs is not None else None
+                    pts.append(CurvePoint(g.train_size or 0, cs.mean if cs else None, cs.diff if cs else None, r))
+                points[c] = pts
+                reach[c] = _reach(run, largest, gs, c, pts, metric, n_boot)
+            out.append(Curve(m, t, metric, sizes, gs, points, reach, largest.per_token))
+    return out
+
+
+def _reach(run: Run, largest: Group, gs: Sequence[Group], c: str, pts: list[CurvePoint], metric: str,
+           n_boot: int) -> tuple[int | None, str]:
+    """The smallest train size whose point estimate of the gain reaches ``REACH`` of the largest size's, with the
+    gain's interval there and the share of the largest-size gain it is (paired bootstrap over the test examples)."""
+    top = pts[-1].gain
+    base_cells = largest.cells.get(run.base or "", [])
+    if top is None or not base_cells or not all(x.ok for x in base_cells):
+        return None, "not defined: the condition or the base did not succeed at the largest train size"
+    if top.value <= 0:
+        return None, f"not defined: no gain at the largest train size ({_est_text(top)})"
+    for p, g in zip(pts, gs, strict=True):
+        if p.gain is None or p.gain.value < REACH * top.value:
+            continue
+        share = None
+        if g is not largest:
+            records = {"base": _lines(base_cells), "point": _lines(g.cells[c]), "largest": _lines(largest.cells[c])}
+            try:
+                share = analyze_records(records, base="base", ceiling="largest", texts=["point"], n_boot=n_boot,
+                                        deciding=metric).metrics[metric].ratios["point"]
+            except UserError:
+                share = None
+        p.share = share
+        text = f"train {p.size}: gain {_est_text(p.gain)}"
+        if share is not None and share.value is not None and share.ci is not None:
+            text += f", {share.value:.2f} [{share.ci.lo:.2f}, {share.ci.hi:.2f}] of the train-{pts[-1].size} gain"
+        elif share is not None:
+            text += f" (its share of the train-{pts[-1].size} gain is undefined: that gain is not clearly positive)"
+        else:
+            text += " (the largest size itself)"
+        return p.size, text
+    return None, "not reached"  # unreachable: the largest size reaches its own gain
+
+
+# --- transfer --------------------------------------------------------------------------------------------------------
+@dataclass
+class TransferRow:
+    condition: str
+    transferred: Any  # ConditionStats of the transferred artifact on the target (diff: gain over the target's base)
+    own: Any  # ConditionStats of the target's own condition on the same examples, or None
+    r: Any  # RatioStats of the transferred artifact against the target's own ceiling, or None
+    r_own: Any
+    same_tokens: bool = True
+
+
+@dataclass
+class TransferBlock:
+    """The artifacts of one source (model, task, seed, train size) scored on one target (model, task)."""
+
+    source_model: str
+    source_task: str
+    target_model: str
+    target_task: str
+    seed: int
+    train_size: int | None
+    n_test: int  # the target's test split
+    removed: dict[str, int]  # by the leakage filter, by rule
+    n_scored: int
+    rows: list[TransferRow]
+    analysis: Analysis | None
+    ceiling: str | None
+    missing: list[str]  # transfer cells or target cells not ok, with why
+    error: str | None = None
+
+    @property
+    def name(self) -> str:
+        src = f"{self.source_model} / {self.source_task}"
+        tgt = " / ".join(x for x in ((self.target_model if self.target_model != self.source_model else None),
+                                     self.target_task) if x)
+        size = f", train {self.train_size}" if self.train_size is not None else ""
+        return f"{src} -> {tgt} (seed {self.seed}{size})"
+
+
+def transfers(run: Run, n_boot: int) -> list[TransferBlock]:
+    """Each block of transfer cells against the target's own base, ceiling and conditions, paired on the test
+    examples the transfer scored (the target's test less what the leakage filter removed)."""
+    metric = (run.config.get("ratio") or {}).get("metric") or "loglik"
+    blocks: dict[tuple[Any, ...], list[Cell]] = {}
+    for cell in run.transfer_cells():
+        k = cell.key
+        blocks.setdefault((k.model, k.task, k.scored_model, k.scored_task, k.seed, k.train_size), []).append(cell)
+    out = []
+    for (sm, st, tm, tt, seed, size), cells in blocks.items():
+        sizes = run.sizes(tt)
+        own_size = size if size in sizes else sizes[-1]
+
+        def own(c: str, tm: str = tm, tt: str = tt, seed: int = seed, own_size: int | None = own_size) -> Cell | None:
+            return run.cells.get(CellKey(tm, tt, seed, c, own_size))
+
+        ok = [c for c in cells if c.ok]
+        missing = [f"{c.key.condition}: {c.status}" + (f" ({c.error})" if c.error else "") for c in cells if not c.ok]
+        first = next((c for c in ok if c.record is not None), None)
+        removed = dict(first.record.removed or {}) if first is not None and first.record is not None else {}
+        sf = run.split_of(cells[0].key)
+        block = TransferBlock(sm, st, tm, tt, seed, size, len(sf.ids["test"]) if sf else 0, removed,
+                              len(first.lines) if first else 0, [], None, None, missing)
+        out.append(block)
+        base = own(run.base) if run.base else None
+        if base is None or not base.ok or not ok:
+            block.error = (f"the target's base {run.base!r} did not succeed" if run.base
+                           else "the config names no base ([ratio] base)") if ok else "no transfer cell succeeded"
+            continue
+        ids = {str(x["example_id"]) for x in ok[0].lines}
+
+        def subset(cell: Cell, ids: set[str] = ids) -> dict[int, list[dict[str, Any]]]:
+            return {cell.seed: [x for x in cell.lines if str(x["example_id"]) in ids]}
+
+        records: dict[str, Any] = {"base": subset(base)}
+        ceiling = own(run.ceiling) if run.ceiling else None
+        if ceiling is not None and ceiling.ok:
+            records["ceiling"] = subset(ceiling)
+            block.ceiling = run.ceiling
+        names: dict[str, tuple[str, str | None]] = {}
+        for cell in ok:
+            c = cell.key.condition
+            records[f"{c} ->"] = {cell.seed: cell.lines}
+            mine = own(c)
+            names[c] = (f"{c} ->", f"{c} (own)" if mine is not None and mine.ok and c != run.ceiling else None)
+            if names[c][1]:
+                records[f"{c} (own)"] = subset(mine)
+        texts = [n for pair in names.values() for n in pair if n]
+        try:
+            a = analyze_records(records, base="base", ceiling="ceiling" if "ceiling" in records else None,
+                                texts=texts if "ceiling" in records else None, n_boot=n_boot, deciding=metric)
+        except UserError as e:
+            block.error = str(e)
+            continue
+        block.analysis = a
+        ref = {str(x["example_id"]): x.get("choice_ntokens") for x in records["base"][seed]}
+        mm = a.metrics[metric]
+        for cell in ok:
+            c = cell.key.condition
+            t_name, o_name = names[c]
+            block.rows.append(TransferRow(
+                c, mm.conditions[t_name], mm.conditions[o_name] if o_name else
+                (mm.conditions["ceiling"] if c == run.ceiling and "ceiling" in mm.conditions else None),
+                mm.ratios.get(t_name), mm.ratios.get(o_name) if o_name else None,
+                all(ref.get(str(x["example_id"])) == x.get("choice_ntokens") for x in cell.lines)))
+    return out
+
+
+# --- overfitting -----------------------------------------------------------------------------------------------------
+@dataclass
+class FitCheck:
+    """One trial's train and dev curves (log.json): the dev-selected step, the losses there, and the warnings."""
+
+    label: str  # the trial (lr, init, length) or "search"
+    winner: bool
+    selected: int | None
+    evaluations: int
+    train_loss: float | None  # mean train loss over the steps up to the selected evaluation
+    dev_loss: float | None
+    warnings: list[str]
+
+    @property
+    def gap(self) -> float | None:
+        return None if self.train_loss is None or self.dev_loss is None else self.dev_loss - self.train_loss
+
+
+def fit_checks(log: dict[str, Any] | None) -> list[FitCheck]:
+    """Every trial of a trained or searched condition's log with train and dev curves: prompt training's
+    ``trials`` (each with its curve; ``winner`` marks the chosen one), or a search's single ``curves``."""
+    if not log or not isinstance(log.get("curves"), list):
+        return []
+    if isinstance(log.get("trials"), list) and all(isinstance(t, dict) for t in log["trials"]):
+        winner = log.get("winner") or {}
+        trials = [(", ".join(f"{k} {t.get(k)}" for k in ("length", "lr", "init") if t.get(k) is not None),
+                   t.get("curve") or [], t.get("best_step"), t.get("status", "ok"),
+                   all(t.get(k) == winner.get(k) for k in ("length", "lr", "init"))) for t in log["trials"]]
+    else:
+        trials = [("search", log["curves"], log.get("best_step"), "ok", True)]
+    return [_fit_check(*t) for t in trials if t[3] == "ok"]
+
+
+def _fit_check(label: str, curve: list[dict[str, Any]], selected: Any, status: str, winner: bool) -> FitCheck:
+    train: dict[int, float] = {}  # step -> train loss (a search logs a point per step; training one per evaluation)
+    evals: list[tuple[int, float, float | None]] = []  # (step, dev loss, mean train loss since the last evaluation)
+    since: list[float] = []
+    for p in curve:
+        step = p.get("step")
+        if not is_number(step):
+            continue
+        if is_number(p.get("train_loss")) and int(step) not in train:
+            train[int(step)] = float(p["train_loss"])
+            since.append(float(p["train_loss"]))
+        if is_number(p.get("dev_loss")):
+            evals.append((int(step), float(p["dev_loss"]), sum(since) / len(since) if since else None))
+            since = []
+    check = FitCheck(label, winner, int(selected) if is_number(selected) else None, len(evals), None, None, [])
+    at = next((e for e in evals if e[0] == check.selected), None)
+    if at is None or len(evals) < 2:
+        return check
+    check.dev_loss, check.train_loss = at[1], at[2]
+    if at is evals[0]:
+        check.warnings.append(f"the dev-selected step is the first evaluation (step {at[0]}"
+                              + (", before any training" if at[0] == 0 else "")
+                              + "): nothing learned on train improved dev")
+    after = evals[evals.index(at):]
+    first_train = next((e[2] for e in after if e[2] is not None), None)
+    last = after[-1]
+    if len(after) > 1 and first_train is not None and last[2] is not None and last[2] < first_train \
+            and last[1] > at[1]:
+        check.warnings.append(f"after step {at[0]} train loss falls ({first_train:.3f} -> {last[2]:.3f}) while dev "
+                              f"loss rises ({at[1]:.3f} -> {last[1]:.3f}, step {last[0]})")
+    return check
+
+
+def overfitting(g: Group) -> dict[str, list[tuple[int, list[FitCheck]]]]:
+    """Per condition of a group, per seed, the fit checks of its trials (conditions whose log has curves)."""
+    out: dict[str, list[tuple[int, list[FitCheck]]]] = {}
+    for c, cells in g.cells.items():
+        per_seed = [(x.seed, fit_checks(x.log)) for x in cells if x.log]
+        per_seed = [(s, checks) for s, checks in per_seed if checks]
+        if per_seed:
+            out[c] = per_seed
+    return out

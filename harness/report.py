@@ -1,9 +1,11 @@
 """The run report: reads a ``results/<run-id>/`` folder and writes ``reports/<run-id>.md`` (verdict first) and figures.
 
-Sections, in order: the verdict per (model, task) in words with the intervals behind it; a table of conditions; the
-gap ratio R on both metrics; figures; the final prompts as text; the setup (splits, models, environment, the command);
-a validity checklist computed from the run folder itself. Every number comes from ``harness.stats`` on the per-example
-``scores.jsonl`` lines, or is read from the run folder, so a reader can re-derive it.
+Sections, in order: the verdict per (model, task[, train size]) in words with the intervals behind it; a table of
+conditions; the gap ratio R on both metrics; with several train sizes, the sample-efficiency curves; with a
+``[transfer]`` table, the transfer matrix and its leakage counts; the trained and searched conditions' train and dev
+curves with overfitting flagged; figures; the final prompts as text; the setup (splits, models, environment, the
+command); a validity checklist computed from the run folder itself. Every number comes from ``harness.stats`` on the
+per-example ``scores.jsonl`` lines, or is read from the run folder, so a reader can re-derive it.
 
 Conditions enter the statistics only when their cell succeeded for every seed; failed or missing cells are listed,
 never dropped silently. R is never printed when it cannot be computed (no ceiling in the config, a role condition
@@ -27,8 +29,28 @@ from harness import provenance
 from harness.artifact import PromptArtifact
 from harness.atomic import atomic_dir, write_atomic, write_json
 from harness.audit import Audit, audit, item_lines
-from harness.figures import curves_figure, differences_figure, forest_figure, metrics_figure
-from harness.findings import Group, analyze_group, failure, headline, headline_table, verdict_json
+from harness.figures import (
+    curves_figure,
+    differences_figure,
+    efficiency_figure,
+    forest_figure,
+    metrics_figure,
+    transfer_figure,
+)
+from harness.findings import (
+    REACH,
+    Curve,
+    Group,
+    TransferBlock,
+    analyze_groups,
+    curves,
+    failure,
+    headline,
+    headline_table,
+    overfitting,
+    transfers,
+    verdict_json,
+)
 from harness.run_folder import Run, is_number, load_run
 from harness.stats import (
     DEFAULT_N_BOOT,
@@ -139,8 +161,17 @@ def _headline_section(run: Run, groups: list[Group]) -> list[str]:
         if h.metric is None:
             continue
         out += _table(*headline_table(h, lambda s: f"**{s}**")) + [""]
-        out += [f"- {n}" for n in h.notes] + ([""] if h.notes else [])
+        notes = h.notes + _overfit_notes(g)
+        out += [f"- {n}" for n in notes] + ([""] if notes else [])
     return out
+
+
+def _overfit_notes(g: Group) -> list[str]:
+    """The headline's word on overfitting: the chosen trials whose curves warn (details in their own section)."""
+    flagged = [f"{c} (seed {seed}): {'; '.join(x.warnings)}" for c, per_seed in overfitting(g).items()
+               for seed, checks in per_seed for x in checks if x.winner and x.warnings]
+    return [f"Overfitting flagged on the chosen trial of {len(flagged)} condition(s): " + " · ".join(flagged)
+            + " (see Training curves and overfitting)."] if flagged else []
 
 
 def _verdict_section(run: Run, groups: list[Group]) -> list[str]:
@@ -384,11 +415,137 @@ def _per_seed_ratio(run: Run, g: Group) -> list[str]:
             f"the t-interval over these seeds):", ""] + _table(header, rows) + [""]
 
 
+def _ci(e: Estimate | None, d: int = 3) -> str:
+    return "—" if e is None else _est(e, d, signed=True)
+
+
+def _ratio_text(r: Any, d: int = 3) -> str:
+    if r is None:
+        return "—"
+    if r.value is None or r.ci is None:
+        return f"undefined ({r.reason})"
+    return f"{_num(r.value, d)} {_iv(r.ci, d)}"
+
+
+def _efficiency_section(run: Run, found: list[Curve], fig_dir: Path, link_dir: str) -> list[str]:
+    if not found:
+        return []
+    out = ["## Sample efficiency", "",
+           "Every condition fitted on each train size; the split is made once at the largest size and each smaller "
+           "train set is its prefix, so dev and test are the same examples at every size and the points are paired. "
+           f"Gain: the condition minus the base on the same test examples (paired bootstrap, 95%); reach: the "
+           f"smallest train size whose point estimate of the gain is at least {REACH:.0%} of the largest size's, with "
+           "the gain's interval there and the share of the largest-size gain it is (paired bootstrap of "
+           "(point − base) / (largest − base) over the test examples).", ""]
+    for cv in found:
+        unit = "nats per token" if cv.per_token else "nats per example"
+        metric = f"gold log-likelihood ({unit})" if cv.metric == "loglik" else "accuracy"
+        out += [f"### {cv.name}", "", f"Gain over the base {run.base!r} on {metric}, by train size:", ""]
+        rows = [[_role_name(run, c)] + [_ci(p.gain) for p in pts] + [cv.reach[c][1]] for c, pts in cv.points.items()]
+        out += _table(["condition"] + [f"train {n}" for n in cv.sizes] + [f"reaches {REACH:.0%} of its largest gain"],
+                      rows) + [""]
+        texts = [c for c in run.texts if c in cv.points]
+        if run.ceiling is not None and texts:
+            out += [f"R against the ceiling {run.ceiling!r} at each size (the ceiling fitted on the same train set):",
+                    ""]
+            out += _table(["text condition"] + [f"train {n}" for n in cv.sizes],
+                          [[t] + [_ratio_text(p.r) for p in cv.points[t]] for t in texts]) + [""]
+        out += [f"Means on {metric}: " + "; ".join(
+            f"{c} " + ", ".join(f"{p.size}: {_num(p.mean.value, 3)}" for p in pts if p.mean is not None)
+            for c, pts in cv.points.items()) + ".", ""]
+        if _can_draw():
+            name = _file_name(cv.model, cv.task) + "-efficiency.png"
+            efficiency_figure(fig_dir / name, cv, {c: run.role(c) for c in cv.points}, run.ceiling)
+            out += [f"![gain and R against train size, {cv.name}]({link_dir}/{quote(name)})", "",
+                    "Left: each condition's gain over the base against train size (log scale), with its paired 95% "
+                    "interval. Right: R of each text condition against the ceiling at the same size.", ""]
+    return out
+
+
+def _can_draw() -> bool:
+    """Whether matplotlib is there (checked before drawing, so a missing install is one sentence, not a crash)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _transfer_section(run: Run, blocks: list[TransferBlock], fig_dir: Path, link_dir: str) -> list[str]:
+    if not blocks:
+        return []
+    out = ["## Transfer", "",
+           "Each artifact fitted on a source task scored, as saved, on a target task's test split (and, for text, by "
+           "the run's other models). Before scoring, the target test examples the source's train or dev holds are "
+           "removed: the same context and answer, or the task's mirror of one (an antonym pair reversed); the "
+           "numbers below are on what is left, paired with the target's own cells on the same examples. Gain: minus "
+           "the target's base; R: against the target's own ceiling (95% paired bootstrap).", ""]
+    for b in blocks:
+        same, mirror = b.removed.get("same", 0), b.removed.get("mirror", 0)
+        out += [f"### {b.name}", "",
+                f"Leakage filter: {same + mirror} of {b.n_test} target test examples removed ({same} with the same "
+                f"context and answer as a source train or dev example, {mirror} mirroring one); {b.n_scored} scored.",
+                ""]
+        if b.missing:
+            out += [f"- Not usable: {m}." for m in b.missing] + [""]
+        if b.error or b.analysis is None:
+            out += [f"No statistics: {b.error}.", ""]
+            continue
+        rows = []
+        for r in b.rows:
+            dagger = "" if r.same_tokens else " †"
+            rows.append([_role_name(run, r.condition), _ci(r.transferred.diff) + dagger, _ratio_text(r.r),
+                         _ci(r.own.diff) if r.own is not None and r.own.diff is not None else "—",
+                         "1 (the ceiling)" if r.condition == b.ceiling else _ratio_text(r.r_own)])
+        metric = "gold log-lik" if b.analysis.deciding == "loglik" else "accuracy"
+        out += _table(["condition", f"transferred: Δ {metric} vs target base [CI]",
+                       f"transferred: R vs target ceiling {b.ceiling!r}" if b.ceiling else "transferred: R",
+                       f"fitted on {b.target_task}: Δ {metric} [CI]", f"fitted on {b.target_task}: R"], rows) + [""]
+        if not all(r.same_tokens for r in b.rows):
+            out += ["† The transferred artifact's answers are other tokens than the target base's (another format), "
+                    "so its log-likelihood difference compares different strings.", ""]
+        if b.ceiling is None:
+            out += ["R is not shown: the run has no ceiling ([ratio] ceiling) on the target.", ""]
+        if _can_draw():
+            name = _file_name(b.source_model, b.source_task, b.target_model, b.target_task, f"seed{b.seed}",
+                              f"train{b.train_size}") + "-transfer.png"
+            transfer_figure(fig_dir / name, b)
+            out += [f"![transfer {b.name}]({link_dir}/{quote(name)})", "",
+                    "Each condition's gain over the target's base: transferred from the source (filled) and fitted on "
+                    "the target itself (open), on the same test examples, with 95% paired intervals.", ""]
+    return out
+
+
+def _overfitting_section(run: Run, groups: list[Group]) -> list[str]:
+    found = [(g, overfitting(g)) for g in groups]
+    found = [(g, o) for g, o in found if o]
+    if not found:
+        return []
+    out = ["## Training curves and overfitting", "",
+           "From each trial's train and dev curves (log.json): the dev-selected step, the mean train loss over the "
+           "steps before that evaluation, the dev loss there and their gap (dev − train). Flagged: a selected step "
+           "that is the first evaluation (nothing learned generalised to dev), and train loss falling while dev loss "
+           "rises after the selected step. ★: the trial the condition chose.", ""]
+    for g, per_condition in found:
+        out += [f"### {g.name}", ""]
+        rows = []
+        for c, per_seed in per_condition.items():
+            for seed, checks in per_seed:
+                for x in checks:
+                    rows.append([c, seed, x.label + (" ★" if x.winner and len(checks) > 1 else ""),
+                                 f"{x.selected} ({x.evaluations} evaluations)" if x.selected is not None else "—",
+                                 _num(x.train_loss, 3) if x.train_loss is not None else "—",
+                                 _num(x.dev_loss, 3) if x.dev_loss is not None else "—",
+                                 _num(x.gap, 3, signed=True) if x.gap is not None else "—",
+                                 "; ".join(x.warnings) or "—"])
+        out += _table(["condition", "seed", "trial", "selected step", "train loss", "dev loss", "gap", "warnings"],
+                      rows) + [""]
+    return out
+
+
 def _figures_section(run: Run, groups: list[Group], fig_dir: Path, link_dir: str) -> list[str]:
     out = ["## Figures", ""]
-    try:
-        import matplotlib  # noqa: F401  (checked here so a missing install is one sentence, not a crash)
-    except ImportError:
+    if not _can_draw():
         return out + ["Figures not drawn: matplotlib is not installed (`pip install matplotlib`).", ""]
     for g in groups:
         out += [f"### {g.name}", ""]
@@ -397,13 +554,14 @@ def _figures_section(run: Run, groups: list[Group], fig_dir: Path, link_dir: str
             out += [f"No figures: {g.stats_error}.", ""]
             continue
         roles = [run.role(c) for c in g.usable]
-        name = _file_name(g.model, g.task) + "-metrics.png"
+        stem = _file_name(g.model, g.task, *([f"train{g.train_size}"] if g.train_size is not None else []))
+        name = stem + "-metrics.png"
         metrics_figure(fig_dir / name, g.name, a, g.usable, roles, g.ll_unit, g.has_base)
         out += [f"![accuracy and gold log-likelihood per condition, {g.name}]({link_dir}/{quote(name)})", "",
                 "Means with 95% intervals (the table's); conditions that succeeded for every seed; grey: base (also "
                 "the dashed line), blue: text, orange: ceiling, green: other; dotted: chance.", ""]
         if g.has_base and len(g.usable) > 1:
-            name = _file_name(g.model, g.task) + "-differences.png"
+            name = stem + "-differences.png"
             differences_figure(fig_dir / name, g.name, a, [c for c in g.usable if c != a.base],
                                [run.role(c) for c in g.usable if c != a.base], g.ll_unit, g.same_tokens)
             out += [f"![paired differences from the base, {g.name}]({link_dir}/{quote(name)})", "",
@@ -411,7 +569,7 @@ def _figures_section(run: Run, groups: list[Group], fig_dir: Path, link_dir: str
                     f"chance would sit; conditions whose answers are other tokens than the base's have no "
                     f"log-likelihood point.", ""]
         if a.ceiling is not None and a.texts:
-            name = _file_name(g.model, g.task) + "-ratio.png"
+            name = stem + "-ratio.png"
             if forest_figure(fig_dir / name, g.name, a):
                 out += [f"![R per text prompt, {g.name}]({link_dir}/{quote(name)})", "",
                         f"R on {METRIC_LABELS[a.deciding][0]} per distinct text prompt, with the interval its "
@@ -420,7 +578,7 @@ def _figures_section(run: Run, groups: list[Group], fig_dir: Path, link_dir: str
             logs = [(x.seed, x.log.get("curves")) for x in g.cells[c] if x.log and x.log.get("curves")]
             if not logs:
                 continue
-            name = _file_name(g.model, g.task, c) + "-curves.png"
+            name = stem + "--" + _file_name(c) + "-curves.png"
             curves_figure(f"{g.name} / {c}", logs, fig_dir / name)
             out += [f"![training curves of {c}, {g.name}]({link_dir}/{quote(name)})", "",
                     f"{c}: train and dev loss (and dev accuracy) per step from log.json, one colour per seed.", ""]
@@ -587,12 +745,14 @@ def render_report(run: Run, fig_dir: Path, n_boot: int) -> str:
     result = audit(run, with_report=False)
     stamp = {"run_id": run.run_id, "written": provenance.now(),
              "code": {k: v for k, v in provenance.code_state().items() if k in ("version", "commit", "dirty")}}
-    groups = [analyze_group(run, m, t, n_boot) for m in run.models for t in run.tasks]
+    groups = analyze_groups(run, n_boot)
     link_dir = quote(run.run_id)
     write_json(fig_dir / "verdict.json", verdict_json(run, groups, stamp, result))
     lines = (_header(run, stamp, result) + _headline_section(run, groups) + _verdict_section(run, groups)
-             + _conditions_section(run, groups)
-             + _ratio_section(run, groups) + _figures_section(run, groups, fig_dir, link_dir)
+             + _conditions_section(run, groups) + _ratio_section(run, groups)
+             + _efficiency_section(run, curves(run, groups, n_boot), fig_dir, link_dir)
+             + _transfer_section(run, transfers(run, n_boot), fig_dir, link_dir) + _overfitting_section(run, groups)
+             + _figures_section(run, groups, fig_dir, link_dir)
              + _prompts_section(run, groups) + _setup_section(run) + _checklist_section(result))
     return "\n".join(lines).rstrip("\n") + "\n"
 
@@ -627,23 +787,22 @@ def print_headlines(run_dir: Path, n_boot: int | None = None) -> None:
     run = load_run(Path(run_dir))
     n_boot = n_boot or int((run.config.get("run") or {}).get("n_boot") or DEFAULT_N_BOOT)
     console = Console(highlight=False, width=max(120, shutil.get_terminal_size((120, 40)).columns))
-    for m in run.models:
-        for t in run.tasks:
-            h = headline(run, analyze_group(run, m, t, n_boot))
-            console.print(f"\n[bold]{escape(h.model)} / {escape(h.task)}[/]")
-            console.print(escape(h.ceiling_line.replace("**", "")))
-            if h.metric is None:
-                continue
-            header, rows = headline_table(h, lambda v: f"\0{v}\0")
-            # flags every row shares are said once, under the table
-            common = set.intersection(*(set(r[-1].split("; ")) for r in rows)) - {"—"} if rows else set()
-            table = Table(*header, show_lines=False)
-            for row in rows:
-                flags = "; ".join(f for f in row[-1].split("; ") if f not in common) or "—"
-                table.add_row(*(escape(c).replace("\0", "[bold]", 1).replace("\0", "[/]", 1)
-                                for c in [*row[:-1], flags]))
-            console.print(table)
-            if common:
-                console.print(f"Every row: {escape('; '.join(sorted(common)))}", style="dim")
-            for note in h.notes:
-                console.print(f"- {escape(note.replace('**', ''))}", style="dim")
+    for g in analyze_groups(run, n_boot):
+        h = headline(run, g)
+        console.print(f"\n[bold]{escape(g.name)}[/]")
+        console.print(escape(h.ceiling_line.replace("**", "")))
+        if h.metric is None:
+            continue
+        header, rows = headline_table(h, lambda v: f"\0{v}\0")
+        # flags every row shares are said once, under the table
+        common = set.intersection(*(set(r[-1].split("; ")) for r in rows)) - {"—"} if rows else set()
+        table = Table(*header, show_lines=False)
+        for row in rows:
+            flags = "; ".join(f for f in row[-1].split("; ") if f not in common) or "—"
+            table.add_row(*(escape(c).replace("\0", "[bold]", 1).replace("\0", "[/]", 1)
+                            for c in [*row[:-1], flags]))
+        console.print(table)
+        if common:
+            console.print(f"Every row: {escape('; '.join(sorted(common)))}", style="dim")
+        for note in h.notes:
+            console.print(f"- {escape(note.replace('**', ''))}", style="dim")

@@ -4,12 +4,18 @@
       config.json                   the resolved config (``RunConfig.to_json``)
       manifest.json                 provenance: command, code state, versions, machine, model and data file hashes
       summary.csv                   one row per cell (``SUMMARY_FIELDS``)
-      splits/<task>/seed-<s>.json   ``SplitRecord``: the ordered ids and content keys of train, dev and test
-      cells/<model>/<task>/seed-<s>/<condition>/    one cell, named by its ``CellKey``
+      splits/<task>/seed-<s>.json   ``SplitRecord``: the ordered ids and content keys of train, dev and test (with a
+                                    list of train sizes, made at the largest: each smaller train set is a prefix)
+      cells/<model>/<task>/seed-<s>/[train-<n>/][to-model-<m>/][to-task-<t>/]<condition>/
+                                    one cell, named by its ``CellKey``; the bracketed segments only when the key has
+                                    a train size (a point of a sample-efficiency curve) or a transfer target (the
+                                    artifact of the cell without them, scored on another task's test or model)
           cell.json                 ``CellRecord``, written last: a folder holding cell.json is complete
           scores.jsonl              one line per test example (the ``eval`` schema)
           evidence.json             ``Evidence``: what the harness saw at the boundary while fitting and scoring
-          artifact/                 the prompt artifact (artifact.json, tensors.safetensors)
+                                    (a transfer cell: the target test examples its leakage filter removed)
+          artifact/                 the prompt artifact (artifact.json, tensors.safetensors); a transfer cell keeps
+                                    a copy of its source's, whose hash its cell.json records
           log.json                  the condition's log, as the condition handed it over (``FitContext.report_log``)
           files/                    the condition's working folder (``FitContext.workdir``), as it left it
       jobs/<n>/                     what invocation n of `promptgap run` sent where (``harness.executors``):
@@ -24,19 +30,23 @@ at the same time never write the same file: each writes its own cells and its ow
 process that submitted them writes config.json, manifest.json, summary.csv and the job records.
 
 The cell key grows with the run's axes (a train size, a transfer target); ``CellKey.parts`` is the one place that
-turns a key into folder names.
+turns a key into folder names, and ``matrix`` the one place that lists the keys a config asks for (the runner's
+to-do list and the reader's expected cells alike). A transfer cell depends on its source cell: ``matrix`` lists
+sources first, executors run transfer cells after them (``CellKey.wave``), and a transfer cell whose source's
+artifact changed since it was scored is not finished.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import logging
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,55 +73,156 @@ def slug(name: str) -> str:
 
 
 # --- the key -------------------------------------------------------------------------------------------------------
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class CellKey:
-    """What one cell is: a condition fitted and scored for one model, task and seed."""
+    """What one cell is: a condition fitted and scored for one model, task and seed.
+
+    ``train_size``: fitted on the first that many train examples of the split (a sample-efficiency curve; None: the
+    split's whole train part). ``target_task``/``target_model``: a transfer cell, which fits nothing: the artifact
+    of its ``source`` cell is scored on the target task's test split and/or by the target model (None: the source's).
+    """
 
     model: str
     task: str
     seed: int
     condition: str
+    train_size: int | None = None
+    target_task: str | None = None
+    target_model: str | None = None
 
     def parts(self) -> tuple[str, ...]:
-        """The cell's folder below ``cells/``."""
-        return (slug(self.model), slug(self.task), f"seed-{self.seed}", self.condition)
+        """The cell's folder below ``cells/``; the new axes add a segment only when set, so older run folders keep
+        their layout."""
+        out = [slug(self.model), slug(self.task), f"seed-{self.seed}"]
+        if self.train_size is not None:
+            out.append(f"{TRAIN_SEGMENT}{self.train_size}")
+        if self.target_model is not None:
+            out.append(f"{TO_MODEL_SEGMENT}{slug(self.target_model)}")
+        if self.target_task is not None:
+            out.append(f"{TO_TASK_SEGMENT}{slug(self.target_task)}")
+        return (*out, self.condition)
+
+    @property
+    def is_transfer(self) -> bool:
+        return self.target_task is not None or self.target_model is not None
+
+    @property
+    def scored_model(self) -> str:
+        """The model that scores the cell's test split (and fits it, unless it is a transfer)."""
+        return self.target_model or self.model
+
+    @property
+    def scored_task(self) -> str:
+        """The task whose test split the cell scores."""
+        return self.target_task or self.task
+
+    @property
+    def source(self) -> CellKey:
+        """The cell whose artifact a transfer cell scores (a cell that fits is its own source)."""
+        return replace(self, target_task=None, target_model=None)
+
+    @property
+    def wave(self) -> int:
+        """When the cell may run: 0 for cells that fit, 1 for transfer cells (after every source)."""
+        return int(self.is_transfer)
 
     @property
     def label(self) -> str:
-        return f"{self.model} / {self.task} / seed {self.seed} / {self.condition}"
+        size = f" / train {self.train_size}" if self.train_size is not None else ""
+        target = " / ".join(x for x in (self.target_model, self.target_task) if x is not None)
+        return f"{self.model} / {self.task} / seed {self.seed}{size} / {self.condition}" + (
+            f" -> {target}" if target else "")
+
+    def to_json(self) -> dict[str, Any]:
+        # the new axes only when set, so the cell.json of a plain cell is as before
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CellKey:
+        """From cell.json, a job's arguments or a summary.csv row (where an unset axis is an empty string)."""
+        def opt(name: str, kind: type) -> Any:
+            v = data.get(name)
+            return None if v is None or v == "" else kind(v)
+
+        return cls(str(data["model"]), str(data["task"]), int(data["seed"]), str(data["condition"]),
+                   opt("train_size", int), opt("target_task", str), opt("target_model", str))
+
+
+TRAIN_SEGMENT, TO_MODEL_SEGMENT, TO_TASK_SEGMENT = "train-", "to-model-", "to-task-"
+AXES = ("train_size", "target_task", "target_model")  # the key's optional fields: summary.csv columns when used
+KEY_FIELDS = tuple(f.name for f in fields(CellKey))
+TRANSFER_FIELDS = ("source_artifact", "removed")
+
+
+@dataclass
+class TransferPlan:
+    """``[transfer]`` resolved: which fitted artifacts are also scored where (run task and condition names)."""
+
+    tasks: dict[str, list[str]]  # source task -> the tasks whose test splits its artifacts are scored on
+    conditions: list[str]  # the conditions whose artifacts transfer
+    across_models: list[str] = field(default_factory=list)  # of those, scored by the run's other models too (text)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> CellKey:
-        return cls(**{f.name: (int if f.name == "seed" else str)(data[f.name]) for f in fields(cls)})
+    def from_json(cls, data: dict[str, Any] | None) -> TransferPlan | None:
+        if not data:
+            return None
+        return cls({str(k): [str(t) for t in v] for k, v in (data.get("tasks") or {}).items()},
+                   [str(c) for c in data.get("conditions") or []], [str(c) for c in data.get("across_models") or []])
 
 
-KEY_FIELDS = tuple(f.name for f in fields(CellKey))
-CELL_GLOB = "cells/" + "/".join("*" for _ in KEY_FIELDS) + "/" + CELL
+def matrix(models: Sequence[str], tasks: Sequence[tuple[str, Sequence[int | None]]], seeds: Sequence[int],
+           conditions: Sequence[str], transfer: TransferPlan | None = None) -> list[CellKey]:
+    """Every cell a config asks for, in run order: models x tasks x seeds x train sizes x conditions, then the
+    transfer cells (each after its source). ``tasks``: each task's name with its train sizes ([None]: no curve)."""
+    keys = [CellKey(m, t, s, c, n) for m in models for t, sizes in tasks for s in seeds for n in sizes
+            for c in conditions]
+    if transfer is None:
+        return keys
+    for m in models:
+        for t, sizes in tasks:
+            targets = transfer.tasks.get(t, [])
+            for s in seeds:
+                for n in sizes:
+                    for c in transfer.conditions:
+                        to = [(None, tt) for tt in targets]
+                        if c in transfer.across_models:
+                            to += [(m2, tt) for m2 in models if m2 != m for tt in (None, *targets)]
+                        keys += [CellKey(m, t, s, c, n, target_task=tt, target_model=tm) for tm, tt in to]
+    return keys
 
 
 # --- the records ---------------------------------------------------------------------------------------------------
 @dataclass
 class SplitRecord:
     """A split as the run used it: per part the ordered example ids and their content keys (``Example.content_key``),
-    and the split hash (``Split.hash``) computed from the ids."""
+    and the split hash (``Split.hash``) computed from the ids. ``mirrors``: per part, each example's mirror keys
+    (``Example.mirror_keys``), when the task has that rule. ``train_sizes``: the sample-efficiency curve's train
+    sizes; the split holds the largest, and each smaller train set is a prefix of it (``prefix``)."""
 
     task: str
     seed: int
     hash: str
     ids: dict[str, list[str]]
     content: dict[str, list[str]] | None = None  # None in run folders written before content keys were recorded
+    mirrors: dict[str, list[list[str]]] | None = None
+    train_sizes: list[int] | None = None
 
     @classmethod
-    def of(cls, task: str, seed: int, split: Split) -> SplitRecord:
+    def of(cls, task: str, seed: int, split: Split, train_sizes: Sequence[int] | None = None) -> SplitRecord:
+        mirrors = ({p: [list(e.mirror_keys) for e in split.part(p)] for p in PARTS}
+                   if any(e.mirror_keys for p in PARTS for e in split.part(p)) else None)
         return cls(task, seed, split.hash, {p: [e.id for e in split.part(p)] for p in PARTS},
-                   {p: [e.content_key for e in split.part(p)] for p in PARTS})
+                   {p: [e.content_key for e in split.part(p)] for p in PARTS}, mirrors,
+                   list(train_sizes) if train_sizes else None)
 
     def to_json(self) -> dict[str, Any]:
         return {"task": self.task, "seed": self.seed, "hash": self.hash, **self.ids,
-                **({"content": self.content} if self.content is not None else {})}
+                **({"content": self.content} if self.content is not None else {}),
+                **({"mirrors": self.mirrors} if self.mirrors is not None else {}),
+                **({"train_sizes": self.train_sizes} if self.train_sizes is not None else {})}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> SplitRecord:
@@ -120,12 +231,36 @@ class SplitRecord:
             if not isinstance(data.get(p), list):
                 raise ValueError(f"part {p!r} is missing or not a list")
             ids[p] = [str(x) for x in data[p]]
-        content = data.get("content")
-        if content is not None and not (isinstance(content, dict)
-                                        and all(isinstance(content.get(p), list) for p in PARTS)):
-            raise ValueError("content is not a list per part")
+        content, mirrors, sizes = data.get("content"), data.get("mirrors"), data.get("train_sizes")
+        for name, value in (("content", content), ("mirrors", mirrors)):
+            if value is not None and not (isinstance(value, dict) and all(isinstance(value.get(p), list)
+                                                                          for p in PARTS)):
+                raise ValueError(f"{name} is not a list per part")
+        if sizes is not None and not (isinstance(sizes, list) and all(isinstance(n, int) for n in sizes)):
+            raise ValueError("train_sizes is not a list of whole numbers")
         return cls(str(data["task"]), int(data["seed"]), str(data.get("hash")), ids,
-                   {p: [str(x) for x in content[p]] for p in PARTS} if content is not None else None)
+                   {p: [str(x) for x in content[p]] for p in PARTS} if content is not None else None,
+                   {p: [[str(k) for k in x] for x in mirrors[p]] for p in PARTS} if mirrors is not None else None,
+                   sizes)
+
+    def prefix(self, n_train: int | None) -> SplitRecord:
+        """The split a cell of train size ``n_train`` used: train cut to its first ``n_train`` ids (the hash
+        recomputed, as ``Split.prefix(n).hash``); itself for None."""
+        if n_train is None:
+            return self
+
+        def cut(d: dict[str, list[Any]] | None) -> dict[str, list[Any]] | None:
+            return None if d is None else {**d, "train": d["train"][:n_train]}
+
+        out = replace(self, ids=cut(self.ids), content=cut(self.content), mirrors=cut(self.mirrors), train_sizes=None)
+        out.hash = out.computed_hash()
+        return out
+
+    def items(self, part: str) -> list[tuple[str, str, list[str]]]:
+        """(id, content key, mirror keys) of ``part``'s examples (``harness.data.leaks``' input)."""
+        content = (self.content or {}).get(part) or [""] * len(self.ids[part])
+        mirrors = (self.mirrors or {}).get(part) or [[] for _ in self.ids[part]]
+        return list(zip(self.ids[part], content, mirrors, strict=False))
 
     def part_hashes(self) -> dict[str, str]:
         return {p: ids_hash(self.ids[p]) for p in PARTS}
@@ -167,6 +302,10 @@ class CellRecord:
     job: dict[str, Any] | None = None  # the job that ran it: {"invocation", "id", "executor", "host"}
     selection: dict[str, Any] | None = None  # what the condition reported selecting on (FitContext.report_selection)
     finished: str | None = None
+    # transfer cells only (absent from other cells' cell.json): the hash of the source cell's artifact that was
+    # scored (``RunFolder.artifact_hash``), and how many target test examples the leakage filter removed, by rule
+    source_artifact: str | None = None
+    removed: dict[str, int] | None = None
 
     @property
     def ok(self) -> bool:
@@ -174,11 +313,15 @@ class CellRecord:
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
-        return {**d.pop("key"), **d}
+        d.pop("key")
+        for k in TRANSFER_FIELDS:
+            if d[k] is None:
+                del d[k]
+        return {**self.key.to_json(), **d}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> CellRecord:
-        known = {f.name for f in fields(cls)} - {"key"}
+        known = {f.name for f in fields(cls)} - {"key"} - set(KEY_FIELDS)
         rest = {k: v for k, v in data.items() if k in known}
         return cls(key=CellKey.from_json(data), **rest)
 
@@ -201,9 +344,14 @@ class Evidence:
     selection: dict[str, Any] | None = None  # as the condition reported it: {"ids": [...], "metric": ...}
     test_reads: dict[str, dict[str, Any]] = field(default_factory=dict)
     requests: list[dict[str, Any]] = field(default_factory=list)
+    # transfer cells only: {"removed": {target test id: "same" | "mirror"}, "fitted_on": content keys compared}
+    leakage: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if d["leakage"] is None:
+            del d["leakage"]
+        return d
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Evidence:
@@ -282,6 +430,13 @@ class CellWriter:
     def artifact(self, artifact: PromptArtifact) -> None:
         artifact.save(self.dir / ARTIFACT)
 
+    def artifact_copy(self, folder: RunFolder, source: CellKey) -> None:
+        """A transfer cell's copy of its source's artifact, byte for byte (so its hash is the source's)."""
+        src = folder.cell_dir(source) / ARTIFACT
+        (self.dir / ARTIFACT).mkdir()
+        for f in sorted(p for p in src.iterdir() if p.is_file()):
+            write_atomic(self.dir / ARTIFACT / f.name, f.read_bytes())
+
     def log(self, record: dict[str, Any] | None) -> None:
         if record is not None:
             write_json(self.dir / LOG, record)
@@ -336,7 +491,8 @@ class RunFolder:
         path = self.split_path(record.task, record.seed)
         if path.exists():
             old = SplitRecord.from_json(_read_json(path))
-            if old.hash != record.hash or (old.content is not None and old.content != record.content):
+            if old.hash != record.hash or any(getattr(old, k) is not None and getattr(old, k) != getattr(record, k)
+                                              for k in ("content", "mirrors", "train_sizes")):
                 raise UserError(f"task {record.task} seed {record.seed}: the split changed since the run started "
                                 f"({old.hash} -> {record.hash}); the data files differ; start a new run")
             return
@@ -390,8 +546,27 @@ class RunFolder:
             return None
 
     def finished(self, key: CellKey) -> bool:
-        """Whether the cell is complete and ok (an errored cell is redone on resume)."""
-        return self.status(key) == "ok"
+        """Whether the cell is complete and ok (an errored cell is redone on resume). A transfer cell is finished
+        only while its source's artifact is the one it scored: a source computed again makes it stale."""
+        if self.status(key) != "ok":
+            return False
+        if not key.is_transfer:
+            return True
+        try:
+            scored = json.loads((self.cell_dir(key) / CELL).read_text()).get("source_artifact")
+        except (OSError, json.JSONDecodeError):
+            return False
+        return scored is not None and scored == self.artifact_hash(key.source)
+
+    def artifact(self, key: CellKey) -> PromptArtifact | None:
+        """The artifact a complete, ok cell saved (a transfer cell's source), or None."""
+        if self.status(key) != "ok" or not (self.cell_dir(key) / ARTIFACT).exists():
+            return None
+        return PromptArtifact.load(self.cell_dir(key) / ARTIFACT)
+
+    def artifact_hash(self, key: CellKey) -> str | None:
+        """sha256 (first 16 hex digits) of the files of a cell's artifact folder, names included; None without one."""
+        return artifact_hash(self.cell_dir(key) / ARTIFACT)
 
     @contextmanager
     def new_cell(self, key: CellKey) -> Iterator[CellWriter]:
@@ -400,14 +575,19 @@ class RunFolder:
             yield CellWriter(tmp)
 
     def cell_paths(self) -> list[Path]:
-        """Every complete cell folder on disk (hidden temp folders excluded)."""
-        return [p.parent for p in sorted(self.root.glob(CELL_GLOB)) if _visible(p, self.root)]
+        """Every complete cell folder on disk (hidden temp folders excluded). Keys have 4 to 7 segments; a cell
+        folder never holds another cell, so a cell.json below one (inside a condition's files/) is not a cell."""
+        found = [p.parent for p in sorted((self.root / "cells").glob("**/" + CELL)) if _visible(p, self.root)
+                 and len(p.relative_to(self.root / "cells").parts) - 1 >= len(("model", "task", "seed", "cond"))]
+        cells = set(found)
+        return [p for p in found if not any(parent in cells for parent in p.parents)]
 
     def split_paths(self) -> list[Path]:
         return [p for p in sorted(self.root.glob("splits/*/seed-*.json")) if _visible(p, self.root)]
 
     def write_summary(self) -> None:
-        """summary.csv from the cell records on disk: one row per cell."""
+        """summary.csv from the cell records on disk: one row per cell; a column per axis of the key (train size,
+        transfer target) only when some cell has it, so the summary of a run without them is as before."""
         rows = []
         for path in self.cell_paths():
             try:
@@ -416,9 +596,13 @@ class RunFolder:
                 log.warning("%s: unreadable cell.json (%s); left out of summary.csv", path, e)
                 continue
             d = rec.to_json()
-            rows.append({k: d.get(k) for k in SUMMARY_FIELDS})
+            rows.append({k: d.get(k) for k in (*SUMMARY_FIELDS, *AXES)})
+        axes = [a for a in AXES if any(r[a] is not None for r in rows)]
+        for r in rows:
+            for a in set(AXES) - set(axes):
+                del r[a]
         buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=SUMMARY_FIELDS, lineterminator="\n")
+        w = csv.DictWriter(buf, fieldnames=[*SUMMARY_FIELDS[:4], *axes, *SUMMARY_FIELDS[4:]], lineterminator="\n")
         w.writeheader()
         w.writerows(rows)
         write_atomic(self.root / SUMMARY, buf.getvalue())
@@ -429,6 +613,16 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise UserError(f"{path}: cannot be read as JSON ({e}); the run folder is damaged") from None
+
+
+def artifact_hash(folder: Path) -> str | None:
+    """sha256 (first 16 hex digits) over an artifact folder's file names and bytes, in name order."""
+    if not folder.is_dir():
+        return None
+    h = hashlib.sha256()
+    for f in sorted(p for p in folder.iterdir() if p.is_file()):
+        h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
 
 
 def _visible(path: Path, root: Path) -> bool:
@@ -521,6 +715,8 @@ class Run:
     extra_cells: list[Cell]  # cells on disk outside the config's matrix
     summary: list[dict[str, str]] | None  # summary.csv rows; None when the file is missing
     problems: list[str] = field(default_factory=list)  # files that could not be read at all
+    train_sizes: dict[str, list[int | None]] = field(default_factory=dict)  # task -> its sizes ([None]: no curve)
+    transfer: TransferPlan | None = None
 
     @property
     def dir(self) -> Path:
@@ -530,8 +726,29 @@ class Run:
     def run_id(self) -> str:
         return self.folder.run_id
 
-    def cell(self, model: str, task: str, seed: int, condition: str) -> Cell:
-        return self.cells[CellKey(model, task, seed, condition)]
+    def sizes(self, task: str) -> list[int | None]:
+        return self.train_sizes.get(task) or [None]
+
+    def groups(self) -> list[tuple[str, str, int | None]]:
+        """(model, task, train size) in matrix order: the cells of one group are the conditions of one matrix."""
+        return [(m, t, n) for m in self.models for t in self.tasks for n in self.sizes(t)]
+
+    def cell(self, model: str, task: str, seed: int, condition: str, train_size: int | None = None) -> Cell:
+        return self.cells[CellKey(model, task, seed, condition, train_size)]
+
+    def transfer_cells(self) -> list[Cell]:
+        return [c for c in self.cells.values() if c.key.is_transfer]
+
+    def split_of(self, key: CellKey) -> SplitRecord | None:
+        """The split whose test part the cell scored: its own (train cut to its train size), or a transfer
+        target's."""
+        sf = self.splits.get((key.scored_task, key.seed))
+        return None if sf is None else sf if key.is_transfer else sf.prefix(key.train_size)
+
+    def fitted_split(self, key: CellKey) -> SplitRecord | None:
+        """The split the cell's artifact was fitted on (a transfer cell's source's)."""
+        sf = self.splits.get((key.task, key.seed))
+        return None if sf is None else sf.prefix(key.train_size)
 
     def role(self, condition: str) -> str | None:
         if condition == self.base:
@@ -582,19 +799,22 @@ def load_run(run_dir: str | Path) -> Run:
         else:
             found[cell.key] = cell
 
-    # a task given as a spec path in the config is named by the spec inside the run, so tasks come from the run
-    config_tasks = [str(t.get("name")) for t in config.get("tasks", [])]
+    # a task given as a spec path in the config is named by the spec inside the run, so tasks come from the run;
+    # its train sizes from its split files (written before any cell), else from the cells found
+    config_tasks = [str(t.get("alias") or t.get("name")) for t in config.get("tasks", [])]
     tasks = _ordered([t for t, _ in splits] + [k.task for k in found], config_tasks)
+    train_sizes: dict[str, list[int | None]] = {}
+    for t in tasks:
+        recorded = next((sf.train_sizes for (task, _), sf in splits.items() if task == t and sf.train_sizes), None)
+        on_disk = sorted({k.train_size for k in found if k.task == t and k.train_size is not None})
+        train_sizes[t] = list(recorded or on_disk or [None])
     models = [str(m) for m in config.get("models", [])]
     seeds = [int(s) for s in (config.get("run") or {}).get("seeds", [])]
+    transfer = TransferPlan.from_json(config.get("transfer"))
     cells: dict[CellKey, Cell] = {}
-    for m in models:
-        for t in tasks:
-            for s in seeds:
-                for c in conditions:
-                    key = CellKey(m, t, s, c)
-                    cells[key] = found.pop(key, None) or Cell(
-                        key, error="no cell.json: not run, or the run stopped before this cell")
+    for key in matrix(models, [(t, train_sizes[t]) for t in tasks], seeds, conditions, transfer):
+        cells[key] = found.pop(key, None) or Cell(key, error="no cell.json: not run, or the run stopped before this "
+                                                             "cell")
     summary = None
     if (folder.root / SUMMARY).exists():
         with open(folder.root / SUMMARY, newline="") as f:
@@ -602,7 +822,7 @@ def load_run(run_dir: str | Path) -> Run:
     return Run(folder=folder, config=config, manifest=manifest, models=models, tasks=tasks, seeds=seeds,
                conditions=conditions, base=ratio.get("base"), texts=list(ratio.get("texts") or []),
                ceiling=ratio.get("ceiling"), splits=splits, cells=cells, extra_cells=list(found.values()),
-               summary=summary, problems=problems)
+               summary=summary, problems=problems, train_sizes=train_sizes, transfer=transfer)
 
 
 def is_number(x: Any) -> bool:

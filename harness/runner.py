@@ -28,7 +28,7 @@ from rich.markup import escape
 
 from harness import provenance
 from harness.config import RunConfig, load_config
-from harness.data import Split, ids_hash
+from harness.data import Split, ids_hash, leaks
 from harness.errors import UserError
 from harness.progress import console
 from harness.run_folder import (
@@ -39,6 +39,7 @@ from harness.run_folder import (
     RunFolder,
     SplitRecord,
     WorkerRecord,
+    matrix,
     score_lines,
     summarize,
 )
@@ -115,28 +116,28 @@ class Runner:
 
     # --- running -------------------------------------------------------------------------------------------
     def todo(self) -> list[CellKey]:
-        """The cells to run, in matrix order: every cell of the config that is not finished and ok."""
+        """The cells to run, in run order (transfer cells after their sources): every cell of the config that is
+        not finished and ok."""
         conditions = [c for c in self.cfg.conditions if not self.only or c in self.only]
-        keys = [CellKey(m, task, seed, c) for m in self.cfg.models for task in self.task_names
-                for seed in self.cfg.seeds for c in conditions]
+        keys = matrix(self.cfg.models, self.task_sizes, self.cfg.seeds, conditions, self.cfg.transfer)
         return [k for k in keys if not self.folder.finished(k)]
 
     def run(self) -> Path:
         from harness import executors
         from harness.models import prepare_model
-        from harness.registry import get_task
 
         self._prepare()
-        tasks = [(get_task(t.name, data_dir=t.data_dir, lm_eval_include=t.lm_eval_include), t) for t in self.cfg.tasks]
+        tasks = [(t.build(), t) for t in self.cfg.tasks]
         for task, task_cfg in tasks:  # the split files every job checks its own split against
             for seed in self.cfg.seeds:
                 split = task.split(seed, task_cfg.split_sizes(task.default_sizes))
-                self.folder.record_split(SplitRecord.of(task.name, seed, split))
+                self.folder.record_split(SplitRecord.of(task.name, seed, split, task_cfg.train_sizes))
             self.manifest["tasks"][task.name] = task.provenance()  # the files the splits were read from, hashed
         self.folder.write_manifest(self.manifest)
-        self.task_names = [task.name for task, _ in tasks]
+        self.task_sizes: list[tuple[str, list[int | None]]] = [
+            (task.name, list(task_cfg.train_sizes or [None])) for task, task_cfg in tasks]
         todo = self.todo()
-        for model in dict.fromkeys(k.model for k in todo):
+        for model in dict.fromkeys(k.scored_model for k in todo):
             prepare_model(model)  # the embedded model's cache is built here once, never by two jobs at once
         t_run = time.perf_counter()
         jobs = executors.make(self.cfg.executor, self.folder, self.invocation).run(todo, wait=self.wait)
@@ -182,11 +183,11 @@ def run_cells(run_dir: str | Path, keys: Sequence[CellKey], invocation: int, job
 
     Everything is read back from the run folder (config.json; the split, rebuilt from the data and checked against
     the split file written before any cell ran), so a job on another machine computes what this one would. Cells
-    already finished are skipped (a requeued job goes on where it stopped). Each model is loaded once for all of
-    ``keys``. This process writes only its cells and its own worker record (``jobs/<invocation>/worker-<job>``).
+    already finished are skipped (a requeued job goes on where it stopped). Cells run in waves (``CellKey.wave``):
+    transfer cells after the cells that fit, since they score those cells' artifacts. Each model is loaded once
+    per wave. This process writes only its cells and its own worker record (``jobs/<invocation>/worker-<job>``).
     """
     from harness.models import load_model
-    from harness.registry import get_task
     from harness.scorer import Scorer
 
     folder = RunFolder(run_dir)
@@ -197,32 +198,71 @@ def run_cells(run_dir: str | Path, keys: Sequence[CellKey], invocation: int, job
     code = provenance.code_state()
     tasks = {}
     for task_cfg in cfg.tasks:
-        task = get_task(task_cfg.name, data_dir=task_cfg.data_dir, lm_eval_include=task_cfg.lm_eval_include)
+        task = task_cfg.build()
         tasks[task.name] = (task, task_cfg)
     splits: dict[tuple[str, int], Split] = {}
-    todo = [k for k in keys if not folder.finished(k)]
-    for key in todo:
-        if (key.task, key.seed) not in splits:
-            task, task_cfg = tasks[key.task]
-            split = task.split(key.seed, task_cfg.split_sizes(task.default_sizes))
-            folder.check_split(SplitRecord.of(task.name, key.seed, split))
-            splits[(key.task, key.seed)] = split
-    for model_name in dict.fromkeys(k.model for k in todo):
-        lm = load_model(model_name, device=cfg.run["device"], dtype=cfg.run["dtype"])
-        worker.models[model_name] = provenance.model_record(model_name, lm)
-        folder.write_worker(worker)
-        scorer = Scorer(lm, batch_size=cfg.run["batch_size"])
-        cell_job = {"invocation": invocation, "id": job, "executor": executor, "host": worker.host}
-        for key in (k for k in todo if k.model == model_name):
-            _run_cell(folder, cfg, code, cell_job, lm, scorer, tasks[key.task][0], splits[(key.task, key.seed)], key)
-            if after_cell is not None:
-                after_cell()
+
+    def split_of(name: str, seed: int) -> Split:
+        if (name, seed) not in splits:
+            task, task_cfg = tasks[name]
+            split = task.split(seed, task_cfg.split_sizes(task.default_sizes))
+            folder.check_split(SplitRecord.of(task.name, seed, split, task_cfg.train_sizes))
+            splits[(name, seed)] = split
+        return splits[(name, seed)]
+
+    cell_job = {"invocation": invocation, "id": job, "executor": executor, "host": worker.host}
+    lm = scorer = None
+    for wave in sorted({k.wave for k in keys}):
+        todo = [k for k in keys if k.wave == wave and not folder.finished(k)]
+        for key in todo:  # every split first: a changed data file stops the job before any cell
+            split_of(key.task, key.seed)
+            split_of(key.scored_task, key.seed)
+        for model_name in dict.fromkeys(k.scored_model for k in todo):
+            if lm is None or lm.name != model_name:
+                lm = load_model(model_name, device=cfg.run["device"], dtype=cfg.run["dtype"])
+                worker.models[model_name] = provenance.model_record(model_name, lm)
+                folder.write_worker(worker)
+                scorer = Scorer(lm, batch_size=cfg.run["batch_size"])
+            for key in (k for k in todo if k.scored_model == model_name):
+                fitted = split_of(key.task, key.seed)
+                fitted = fitted.prefix(key.train_size) if key.train_size is not None else fitted
+                _run_cell(folder, cfg, code, cell_job, lm, scorer, tasks[key.scored_task][0], fitted,
+                          split_of(key.scored_task, key.seed), key)
+                if after_cell is not None:
+                    after_cell()
     worker.finished = provenance.now()
     folder.write_worker(worker)
 
 
+def _transfer_artifact(folder: RunFolder, lm: Any, key: CellKey, fitted: Split, scored: Split, record: CellRecord,
+                       evidence: Evidence, owner: str) -> tuple[Any, tuple[Any, ...]]:
+    """A transfer cell's artifact (its source's, as saved) and the target test examples left once those the
+    source was fitted on (its train and dev, by content key or the task's mirror rule) are removed."""
+    from optimizers.base import check_artifact
+
+    artifact = folder.artifact(key.source)
+    if artifact is None:
+        raise UserError(f"its source cell ({key.source.label}) has no artifact: "
+                        f"{folder.error(key.source) or 'it has not run'}; nothing to transfer")
+    record.source_artifact = folder.artifact_hash(key.source)
+    if key.target_model is not None and (artifact.soft_prompt is not None or artifact.prefix_kv is not None):
+        raise UserError(f"the artifact holds tensors trained for {key.model}; only text transfers to another model")
+    check_artifact(artifact, lm, owner)
+    seen = {e.content_key for e in (*fitted.train, *fitted.dev)}
+    removed = leaks([(e.id, e.content_key, e.mirror_keys) for e in scored.test], seen)
+    evidence.leakage = {"removed": removed, "fitted_on": len(seen)}
+    record.removed = {rule: sum(r == rule for r in removed.values()) for rule in ("same", "mirror")}
+    test = tuple(e for e in scored.test if e.id not in removed)
+    if not test:
+        raise UserError(f"all {len(scored.test)} test examples of {key.scored_task} are in the source's train or "
+                        f"dev; nothing is left to score")
+    return artifact, test
+
+
 def _run_cell(folder: RunFolder, cfg: RunConfig, code: dict[str, Any], job: dict[str, Any], lm: Any, scorer: Any,
-              task: Any, split: Split, key: CellKey) -> None:
+              task: Any, fitted: Split, scored: Split, key: CellKey) -> None:
+    """One cell: fit the condition on ``fitted`` (a transfer cell: take its source's artifact) and score the test
+    split of ``scored`` (the same split, or a transfer target's) through the shared scorer."""
     import torch
 
     from harness.registry import get_optimizer, origin
@@ -230,44 +270,53 @@ def _run_cell(folder: RunFolder, cfg: RunConfig, code: dict[str, Any], job: dict
 
     spec = cfg.conditions[key.condition]
     owner = f"condition {key.condition} ({spec.optimizer}, from {origin(spec.optimizer)})"
-    record = CellRecord(key=key, optimizer=spec.optimizer, settings=spec.settings, split_hash=split.hash,
-                        n_train=len(split.train), n_dev=len(split.dev), device=str(lm.device),
+    record = CellRecord(key=key, optimizer=spec.optimizer, settings=spec.settings,
+                        split_hash=(scored if key.is_transfer else fitted).hash,
+                        n_train=0 if key.is_transfer else len(fitted.train),
+                        n_dev=0 if key.is_transfer else len(fitted.dev), device=str(lm.device),
                         dtype=str(lm.dtype).removeprefix("torch."), threads=torch.get_num_threads(),
                         code={k: code.get(k) for k in ("version", "commit", "dirty")}, job=job)
     evidence = Evidence()
     with folder.new_cell(key) as cell:
         try:
-            optimizer = get_optimizer(spec.optimizer)(**spec.settings)
-            before = lm.usage.snapshot()
-            with scorer.recording() as reads:  # every example the condition reads through the harness
-                try:
-                    fit = fit_condition(optimizer, lm, task, split.train, split.dev, scorer, key.seed,
-                                        workdir=cell.workdir, owner=owner)
-                finally:
-                    evidence.fit_reads, evidence.fit_bare_calls = reads.reads, reads.bare_calls
-            evidence.selection = fit.selection
-            if fit.selection is not None:
-                record.selection = {"metric": fit.selection["metric"], "n": len(fit.selection["ids"]),
-                                    "ids_hash": ids_hash(fit.selection["ids"]), "reported_by": "condition"}
-            record.fit_seconds = round(fit.seconds, 2)
-            spent = lm.usage.since(before)
-            record.fit_tokens, record.fit_grad_tokens = spent.tokens, spent.grad_tokens
-            record.prompt_tokens = scorer.renderer.prompt_tokens(fit.artifact)
-            record.trainable_params = fit.artifact.trainable_params
-            cell.log(fit.log)
+            if key.is_transfer:  # nothing is fitted: the source's artifact, on what is left of the target's test
+                artifact, test = _transfer_artifact(folder, lm, key, fitted, scored, record, evidence, owner)
+            else:
+                optimizer = get_optimizer(spec.optimizer)(**spec.settings)
+                before = lm.usage.snapshot()
+                with scorer.recording() as reads:  # every example the condition reads through the harness
+                    try:
+                        fit = fit_condition(optimizer, lm, task, fitted.train, fitted.dev, scorer, key.seed,
+                                            workdir=cell.workdir, owner=owner)
+                    finally:
+                        evidence.fit_reads, evidence.fit_bare_calls = reads.reads, reads.bare_calls
+                evidence.selection = fit.selection
+                if fit.selection is not None:
+                    record.selection = {"metric": fit.selection["metric"], "n": len(fit.selection["ids"]),
+                                        "ids_hash": ids_hash(fit.selection["ids"]), "reported_by": "condition"}
+                record.fit_seconds = round(fit.seconds, 2)
+                spent = lm.usage.since(before)
+                record.fit_tokens, record.fit_grad_tokens = spent.tokens, spent.grad_tokens
+                artifact, test = fit.artifact, fitted.test
+                cell.log(fit.log)
+            record.prompt_tokens = scorer.renderer.prompt_tokens(artifact)
+            record.trainable_params = artifact.trainable_params
             t0, before = time.perf_counter(), lm.usage.snapshot()
             with scorer.recording(keep_requests=True) as seen:
-                scores = scorer.score(fit.artifact, split.test, task.kind, desc=key.label)
+                scores = scorer.score(artifact, test, task.kind, desc=key.label)
             record.score_seconds = round(time.perf_counter() - t0, 2)
             record.score_tokens = lm.usage.since(before).tokens
             evidence.test_reads, evidence.requests = seen.reads, seen.requests
             lines = score_lines(scores, {"model": lm.name, "task": task.name, "condition": key.condition,
-                                         "split": "test", "split_hash": split.hash,
-                                         "format": fit.artifact.format})
+                                         "split": "test", "split_hash": record.split_hash,
+                                         "format": artifact.format})
             cell.scores(lines)
-            cell.artifact(fit.artifact)
-            record.status, record.format = "ok", fit.artifact.format
-            record.instruction_role = fit.artifact.instruction_role
+            if key.is_transfer:
+                cell.artifact_copy(folder, key.source)
+            else:
+                cell.artifact(artifact)
+            record.status, record.format = "ok", artifact.format
+            record.instruction_role = artifact.instruction_role
             for k, v in summarize(lines).items():
                 setattr(record, k, v)
             console.print(f"[green]done[/] {key.label}: accuracy {record.accuracy:.4f}, "

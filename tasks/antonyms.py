@@ -6,7 +6,12 @@ by ``marker`` ("antonyms") in the context, so the context must hold that word ex
 Data: without a data_dir, the packaged ``tasks/data/antonyms.tsv`` (common English pairs written by hand
 for this project; word1 TAB word2, no header). With a data_dir, ``function_vectors_antonym.tsv``
 (Todd et al., word1 TAB word2, no header) if present, else ``antsynnet_antonyms.tsv`` (header word1, word2,
-pos, split; its own split column is ignored). Train, dev and test are carved from all pairs with the seed.
+pos, split; its own split column is ignored); ``data = "antsynnet"`` (or ``"function_vectors"``) in a run config
+picks one of the two, so both lists can be tasks of one run (each under its own ``as`` name). Train, dev and test
+are carved from all pairs with the seed.
+
+A pair and its reverse ("hot"/"cold" and "cold"/"hot") are one item for the leakage filter of transfers: each
+example carries the content key of its reversed pair (``Example.mirror_keys``).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from collections.abc import Iterator
 from importlib import resources
 from typing import ClassVar
 
-from harness.data import Example, Split
+from harness.data import Example, Split, content_key
 from harness.errors import UserError
 from tasks.base import Row, SplitSizes, Task, require, split_from_pool
 
@@ -35,6 +40,7 @@ class Antonyms(Task):
     # sized for the packaged list (387 pairs): the test part takes the rest
     default_sizes = SplitSizes(train=200, dev=50, test=None)
     local_files: ClassVar[tuple[str, ...]] = ("function_vectors_antonym.tsv", "antsynnet_antonyms.tsv")
+    data_choices: ClassVar[dict[str, str]] = {"function_vectors": local_files[0], "antsynnet": local_files[1]}
     packaged_file: ClassVar[str] = "antonyms.tsv"
 
     def to_example(self, row: Row, where: str) -> Example:
@@ -49,6 +55,7 @@ class Antonyms(Task):
             gold=0,
             delimiter=" ",
             fields=row,
+            mirror_keys=(content_key(self.template.format(word1=word2), word1),),
         )
 
     def _rows(self) -> Iterator[tuple[Row, str]]:
@@ -57,7 +64,7 @@ class Antonyms(Task):
             with resources.as_file(resources.files("tasks") / "data" / self.packaged_file) as path:
                 yield from self.read_rows(path, fieldnames=HEADERLESS)
             return
-        path = self.local_file(*self.local_files)
+        path = self.local_file(*((self.data_file,) if self.data_file else self.local_files))
         yield from self.read_rows(path, fieldnames=HEADERLESS if path.name == self.local_files[0] else None)
 
     def all_examples(self) -> list[Example]:

@@ -41,13 +41,30 @@ class Task(ABC):
     instruction: ClassVar[str]  # the default hand-written instruction
     summary: ClassVar[str]
     default_sizes: ClassVar[SplitSizes]
+    # named data files a run may choose between (``data = "NAME"`` in a config's task entry), e.g. the two antonym
+    # lists; a task with one data source offers none
+    data_choices: ClassVar[dict[str, str]] = {}
 
     def __init__(self, data_dir: str | Path | None = None) -> None:
         self.data_dir = Path(data_dir) if data_dir is not None else None
+        self.data_file: str | None = None  # the chosen file of ``data_choices`` (None: the task's default)
         self._sources: dict[str, dict[str, Any]] = {}  # what examples were read from (the run's manifest)
         if self.data_dir is not None and not self.data_dir.exists():
             raise UserError(f"task {self.name}: data directory {self.data_dir} does not exist; "
                             f"pass an existing --data-dir")
+
+    def choose_data(self, choice: str) -> None:
+        """Read ``data_choices[choice]`` (or that file by name) instead of the task's default file."""
+        files = self.data_choices
+        if not files:
+            raise UserError(f"task {self.name}: data = {choice!r}, but this task reads one data source and offers "
+                            f"no choice; drop data")
+        if choice not in files and choice not in files.values():
+            raise UserError(f"task {self.name}: data = {choice!r} is not one of its data choices: "
+                            + ", ".join(f"{k} ({v})" for k, v in files.items()))
+        if self.data_dir is None:
+            raise UserError(f"task {self.name}: data = {choice!r} names a file in a data folder; set data_dir too")
+        self.data_file = files.get(choice, choice)
 
     # --- what a task defines -------------------------------------------------
     @abstractmethod

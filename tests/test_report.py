@@ -242,7 +242,7 @@ def test_report_numbers_match_hand_computation(tmp_path) -> None:
     for title in CHECKS:
         assert check_line(md, title).startswith("- ⚠️" if title == RECORDS else "- ✅"), check_line(md, title)
     assert "org/tiny / antonyms / seed 1 / broken: error" in md
-    assert "`promptgap check synth` when this report was written: **passed: 12 items, 1 with warnings**" in md
+    assert "`promptgap check synth` when this report was written: **passed: 13 items, 1 with warnings**" in md
     assert "uncommitted changes**" not in md  # the synthetic run's code tree was clean
 
     # figures: PNGs that the markdown links to; nothing temporary left behind
