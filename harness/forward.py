@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from harness.errors import UserError
 from harness.models import LoadedModel
 
 
@@ -46,16 +47,57 @@ def embed_tokens(model: torch.nn.Module, ids: torch.Tensor, soft: torch.Tensor |
     return torch.where(is_soft[..., None], soft.to(emb.dtype)[index], emb)
 
 
-def attention_mask(key_valid: torch.Tensor, n_past: int, width: int, dtype: torch.dtype) -> torch.Tensor:
+FULL, SLIDING = "full_attention", "sliding_attention"
+
+
+def attention_kinds(lm: LoadedModel) -> dict[str, int | None]:
+    """The model's kinds of attention layer as transformers defines them: {layer type: its window, None for full}.
+
+    A sliding-window layer sees only the last ``sliding_window`` keys (itself included). transformers builds its own
+    masks per layer type (``config.layer_types``; without them, every layer slides when ``sliding_window`` is set, as in
+    Mistral), but returns an explicit 4D mask unchanged, so ours must carry the window. Other layer types (chunked,
+    linear or recurrent layers) have no key/value past this forward could hand over; they are refused.
+    """
+    cfg = lm.model.config.get_text_config()
+    window = getattr(cfg, "sliding_window", None) or None
+    types = getattr(cfg, "layer_types", None)
+    if types is None:
+        return {SLIDING: window} if window else {FULL: None}
+    unknown = sorted(set(types) - {FULL, SLIDING})
+    if unknown:
+        raise UserError(f"model {lm.name} has {', '.join(unknown)} layers; promptgap's forward runs full and "
+                        f"sliding-window attention only (layer types: {', '.join(sorted(set(types)))})")
+    if SLIDING in types and not window:
+        raise UserError(f"model {lm.name} marks sliding-window layers but its config gives no sliding_window")
+    return {t: (window if t == SLIDING else None) for t in sorted(set(types))}
+
+
+def attention_mask(key_valid: torch.Tensor, n_past: int, width: int, dtype: torch.dtype,
+                   window: int | None = None) -> torch.Tensor:
     """[rows, 1, width, n_past + width] additive mask: a query at row position j (absolute n_past + j) sees valid
-    keys up to itself. A padded query sees itself, so no row is all -inf (NaN would survive the masking)."""
+    keys up to itself, and within a sliding ``window`` only the last ``window`` of them (as transformers'
+    ``sliding_window_overlay``: key index > query index - window). Every row's valid keys are contiguous and end at
+    its query, so index distance is position distance. A padded query sees itself, so no row is all -inf (NaN would
+    survive the masking)."""
     dev = key_valid.device
     q = torch.arange(width, device=dev)[:, None] + n_past
     k = torch.arange(n_past + width, device=dev)[None, :]
-    allowed = ((k <= q)[None] & key_valid[:, None, :]) | (k == q)[None]
+    causal = k <= q
+    if window is not None:
+        causal &= k > q - window
+    allowed = (causal[None] & key_valid[:, None, :]) | (k == q)[None]
     mask = torch.zeros(allowed.shape, dtype=dtype, device=dev)
     mask.masked_fill_(~allowed, torch.finfo(dtype).min)
     return mask[:, None]
+
+
+def layer_masks(lm: LoadedModel, key_valid: torch.Tensor, n_past: int, width: int,
+                dtype: torch.dtype) -> torch.Tensor | dict[str, torch.Tensor]:
+    """The mask the model's layers take: one tensor when every layer attends alike, else one per layer type (the
+    mapping transformers' hybrid models, Gemma-2/3, Qwen2/3 with sliding layers and others, accept in its place)."""
+    kinds = attention_kinds(lm)
+    masks = {t: attention_mask(key_valid, n_past, width, dtype, w) for t, w in kinds.items()}
+    return next(iter(masks.values())) if len(masks) == 1 else masks
 
 
 def _inputs(lm: LoadedModel, ids: torch.Tensor, soft: torch.Tensor | None) -> dict[str, torch.Tensor]:
@@ -96,9 +138,9 @@ def run_tree_rows(lm: LoadedModel, rows: list[list[int]], parents: list[torch.Te
         buf[:, :, i, :, :pad] = 0  # masked, but garbage could be NaN, and NaN survives masking
         if p is not None:
             buf[:, :, i, :, pad:n_past] = p
-    out = lm.model.base_model(**_inputs(lm, ids, soft), attention_mask=attention_mask(key_valid, n_past, width,
-                                                                                      lm.dtype),
-                              position_ids=positions, **{lm.cache_kwarg: _BufferCache(buf, n_past)}, use_cache=True)
+    mask = layer_masks(lm, key_valid, n_past, width, lm.dtype)
+    out = lm.model.base_model(**_inputs(lm, ids, soft), attention_mask=mask, position_ids=positions,
+                              **{lm.cache_kwarg: _BufferCache(buf, n_past)}, use_cache=True)
     return buf, n_past, out.last_hidden_state
 
 
@@ -125,7 +167,7 @@ def run_after(lm: LoadedModel, ids: torch.Tensor, lengths: Sequence[int], past: 
         for layer in range(past.shape[0]):
             k, v = (past[layer, j].unsqueeze(0).expand(rows, -1, -1, -1) for j in (0, 1))
             cache.update(k, v, layer)
-    out = lm.model.base_model(inputs_embeds=x, attention_mask=attention_mask(key_valid, n_past, width, x.dtype),
+    out = lm.model.base_model(inputs_embeds=x, attention_mask=layer_masks(lm, key_valid, n_past, width, x.dtype),
                               position_ids=positions, **{lm.cache_kwarg: cache}, use_cache=True)
     new = torch.stack([torch.stack([layer.keys[:, :, n_past:], layer.values[:, :, n_past:]])
                        for layer in cache.layers])
