@@ -28,23 +28,38 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return i
 
 
-def embed_tokens(model: torch.nn.Module, ids: torch.Tensor, soft: torch.Tensor | None) -> torch.Tensor:
+def embed_tokens(model: torch.nn.Module, ids: torch.Tensor, soft: torch.Tensor | None,
+                 check: bool = True) -> torch.Tensor:
     """The model's input embeddings of ``ids``, with each sentinel id (negative, ``render.soft_id(i)``)
     replaced by row ``i`` of ``soft``: how the scorer and the training forward both read a soft prompt.
 
     Differentiable in ``soft``. Embedding modules that scale their output (Gemma) are called as the model
-    calls them, so soft vectors live in the space the model's layers read.
+    calls them, so soft vectors live in the space the model's layers read. ``check=False`` skips the checks of
+    the sentinels against ``soft`` (each one waits for the device): for callers that checked the ids on the host.
     """
     emb = model.get_input_embeddings()(ids.clamp(min=0))
     if soft is None:
-        if bool((ids < 0).any()):
+        if check and bool((ids < 0).any()):
             raise ValueError("soft-prompt sentinel ids but no soft_prompt")
         return emb
     is_soft = ids < 0
     index = -1 - ids.clamp(max=-1)
-    if bool((index[is_soft] >= soft.shape[0]).any()):
+    if check and bool((index[is_soft] >= soft.shape[0]).any()):
         raise ValueError(f"a sentinel id asks for a soft vector beyond the {soft.shape[0]} given")
     return torch.where(is_soft[..., None], soft.to(emb.dtype)[index], emb)
+
+
+def embedding_rows(lm: LoadedModel, ids: torch.Tensor | None = None, chunk: int = 8192) -> torch.Tensor:
+    """Input vectors as the model's layers read them [n, hidden] (float32, on the model's device): the embedding
+    module's output, scale included (Gemma multiplies its table by sqrt(hidden), about 50x at 2304 wide), for
+    ``ids`` or the whole vocabulary, ``chunk`` rows at a time."""
+    table = lm.model.get_input_embeddings()
+    if ids is None:
+        if type(table) is torch.nn.Embedding and table.weight.dtype == torch.float32:
+            return table.weight.detach()  # the module returns its rows as they are: no copy of the table
+        ids = torch.arange(table.num_embeddings, device=lm.device)
+    with torch.no_grad():
+        return torch.cat([table(ids[a : a + chunk].to(lm.device)).float() for a in range(0, len(ids), chunk)])
 
 
 FULL, SLIDING = "full_attention", "sliding_attention"
@@ -101,9 +116,10 @@ def layer_masks(lm: LoadedModel, key_valid: torch.Tensor, n_past: int, width: in
 
 
 def _inputs(lm: LoadedModel, ids: torch.Tensor, soft: torch.Tensor | None) -> dict[str, torch.Tensor]:
-    if soft is None and not bool((ids < 0).any()):
+    """Token ids, or with soft vectors the input embeddings (the scorer checked every sentinel on the host)."""
+    if soft is None:
         return {"input_ids": ids}
-    return {"inputs_embeds": embed_tokens(lm.model, ids, soft)}
+    return {"inputs_embeds": embed_tokens(lm.model, ids, soft, check=False)}
 
 
 def _count(lm: LoadedModel, lengths: Sequence[int]) -> None:
@@ -112,32 +128,36 @@ def _count(lm: LoadedModel, lengths: Sequence[int]) -> None:
         lm.usage.grad_tokens += sum(lengths)
 
 
-def run_tree_rows(lm: LoadedModel, rows: list[list[int]], parents: list[torch.Tensor | None], starts: list[int],
+def run_tree_rows(lm: LoadedModel, rows: list[list[int]], pasts: list[Sequence[torch.Tensor]], starts: list[int],
                   soft: torch.Tensor | None = None) -> tuple[torch.Tensor, int, torch.Tensor]:
-    """No gradients: run right-padded ``rows``, each after its own parent's keys/values (left-padded to one width).
+    """No gradients: run right-padded ``rows``, each after its own past, left-padded to one width. A row's past is a
+    list of key/value runs [layers, 2, kv_heads, n, head_dim] in order (its ancestors' own tokens in the scorer's
+    prefix tree, so an ancestor's keys are stored once however many rows descend from it), ``starts[i]`` long.
 
-    Keys/values live in one buffer [layers, 2, rows, kv_heads, past + width, head_dim]: the past is copied in once
+    Keys/values live in one buffer [layers, 2, rows, kv_heads, past + width, head_dim]: the pasts are copied in once
     and each layer writes its new keys in place (no per-layer concat). Returns (buffer, past width, hidden).
     Token counting is the caller's (the scorer counts a level once, outside its worker threads).
     """
     dev = lm.device
     width = max(len(r) for r in rows)
     n_past = max(starts)
-    ids = torch.zeros(len(rows), width, dtype=torch.long)
-    key_valid = torch.zeros(len(rows), n_past + width, dtype=torch.bool)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-        key_valid[i, n_past - starts[i] : n_past + len(r)] = True
-    ids, key_valid = ids.to(dev), key_valid.to(dev)
-    positions = torch.tensor(starts, device=dev)[:, None] + torch.arange(width, device=dev)[None, :]
+    # built whole on the host and copied once: one transfer per pass, not one per row
+    ids = torch.tensor([r + [0] * (width - len(r)) for r in rows], dtype=torch.long).to(dev, non_blocking=True)
+    meta = torch.tensor([starts, [len(r) for r in rows]], dtype=torch.long).to(dev, non_blocking=True)
+    k = torch.arange(n_past + width, device=dev)[None, :]
+    key_valid = (k >= n_past - meta[0][:, None]) & (k < n_past + meta[1][:, None])
+    positions = meta[0][:, None] + torch.arange(width, device=dev)[None, :]
 
     layers, kv_heads, head_dim = lm.kv_shape
     buf = torch.empty(layers, 2, len(rows), kv_heads, n_past + width, head_dim, dtype=lm.dtype, device=dev)
-    for i, p in enumerate(parents):
-        pad = n_past - starts[i]
-        buf[:, :, i, :, :pad] = 0  # masked, but garbage could be NaN, and NaN survives masking
-        if p is not None:
-            buf[:, :, i, :, pad:n_past] = p
+    for i, segments in enumerate(pasts):
+        at = n_past - starts[i]
+        buf[:, :, i, :, :at] = 0  # masked, but garbage could be NaN, and NaN survives masking
+        for seg in segments:
+            buf[:, :, i, :, at : at + seg.shape[3]] = seg
+            at += seg.shape[3]
+        if at != n_past:
+            raise RuntimeError(f"row {i}: its past holds {at - n_past + starts[i]} positions, not {starts[i]}")
     mask = layer_masks(lm, key_valid, n_past, width, lm.dtype)
     out = lm.model.base_model(**_inputs(lm, ids, soft), attention_mask=mask, position_ids=positions,
                               **{lm.cache_kwarg: _BufferCache(buf, n_past)}, use_cache=True)

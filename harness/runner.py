@@ -185,7 +185,7 @@ def run_cells(run_dir: str | Path, keys: Sequence[CellKey], invocation: int, job
     already finished are skipped (a requeued job goes on where it stopped). Each model is loaded once for all of
     ``keys``. This process writes only its cells and its own worker record (``jobs/<invocation>/worker-<job>``).
     """
-    from harness.models import load_model
+    from harness.models import load_model, release
     from harness.registry import get_task
     from harness.scorer import Scorer
 
@@ -207,7 +207,12 @@ def run_cells(run_dir: str | Path, keys: Sequence[CellKey], invocation: int, job
             split = task.split(key.seed, task_cfg.split_sizes(task.default_sizes))
             folder.check_split(SplitRecord.of(task.name, key.seed, split))
             splits[(key.task, key.seed)] = split
+    lm = scorer = None
     for model_name in dict.fromkeys(k.model for k in todo):
+        if lm is not None:  # the previous model's memory is given back before the next one loads
+            device = lm.device
+            lm = scorer = None
+            release(device)
         lm = load_model(model_name, device=cfg.run["device"], dtype=cfg.run["dtype"])
         worker.models[model_name] = provenance.model_record(model_name, lm)
         folder.write_worker(worker)
@@ -235,6 +240,7 @@ def _run_cell(folder: RunFolder, cfg: RunConfig, code: dict[str, Any], job: dict
                         dtype=str(lm.dtype).removeprefix("torch."), threads=torch.get_num_threads(),
                         code={k: code.get(k) for k in ("version", "commit", "dirty")}, job=job)
     evidence = Evidence()
+    fell_back = len(lm.fallbacks)
     with folder.new_cell(key) as cell:
         try:
             optimizer = get_optimizer(spec.optimizer)(**spec.settings)
@@ -278,6 +284,7 @@ def _run_cell(folder: RunFolder, cfg: RunConfig, code: dict[str, Any], job: dict
             record.error = str(e) if str(e).startswith(owner) else f"{owner}: {type(e).__name__}: {e}"
             record.traceback = traceback.format_exc(limit=8)
             console.print(f"[red]failed[/] {key.label}: {escape(record.error)}")
+        record.fallbacks = lm.fallbacks[fell_back:] or None
         record.finished = provenance.now()
         cell.evidence(evidence)
         cell.finish(record)  # cell.json last; the folder appears when the block ends
