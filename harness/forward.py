@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from harness.errors import UserError
 from harness.models import LoadedModel
 
 
@@ -27,41 +28,98 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return i
 
 
-def embed_tokens(model: torch.nn.Module, ids: torch.Tensor, soft: torch.Tensor | None) -> torch.Tensor:
+def embed_tokens(model: torch.nn.Module, ids: torch.Tensor, soft: torch.Tensor | None,
+                 check: bool = True) -> torch.Tensor:
     """The model's input embeddings of ``ids``, with each sentinel id (negative, ``render.soft_id(i)``)
     replaced by row ``i`` of ``soft``: how the scorer and the training forward both read a soft prompt.
 
     Differentiable in ``soft``. Embedding modules that scale their output (Gemma) are called as the model
-    calls them, so soft vectors live in the space the model's layers read.
+    calls them, so soft vectors live in the space the model's layers read. ``check=False`` skips the checks of
+    the sentinels against ``soft`` (each one waits for the device): for callers that checked the ids on the host.
     """
     emb = model.get_input_embeddings()(ids.clamp(min=0))
     if soft is None:
-        if bool((ids < 0).any()):
+        if check and bool((ids < 0).any()):
             raise ValueError("soft-prompt sentinel ids but no soft_prompt")
         return emb
     is_soft = ids < 0
     index = -1 - ids.clamp(max=-1)
-    if bool((index[is_soft] >= soft.shape[0]).any()):
+    if check and bool((index[is_soft] >= soft.shape[0]).any()):
         raise ValueError(f"a sentinel id asks for a soft vector beyond the {soft.shape[0]} given")
     return torch.where(is_soft[..., None], soft.to(emb.dtype)[index], emb)
 
 
-def attention_mask(key_valid: torch.Tensor, n_past: int, width: int, dtype: torch.dtype) -> torch.Tensor:
+def embedding_rows(lm: LoadedModel, ids: torch.Tensor | None = None, chunk: int = 8192) -> torch.Tensor:
+    """Input vectors as the model's layers read them [n, hidden] (float32, on the model's device): the embedding
+    module's output, scale included (Gemma multiplies its table by sqrt(hidden), about 50x at 2304 wide), for
+    ``ids`` or the whole vocabulary, ``chunk`` rows at a time."""
+    table = lm.model.get_input_embeddings()
+    if ids is None:
+        if type(table) is torch.nn.Embedding and table.weight.dtype == torch.float32:
+            return table.weight.detach()  # the module returns its rows as they are: no copy of the table
+        ids = torch.arange(table.num_embeddings, device=lm.device)
+    with torch.no_grad():
+        return torch.cat([table(ids[a : a + chunk].to(lm.device)).float() for a in range(0, len(ids), chunk)])
+
+
+FULL, SLIDING = "full_attention", "sliding_attention"
+
+
+def attention_kinds(lm: LoadedModel) -> dict[str, int | None]:
+    """The model's kinds of attention layer as transformers defines them: {layer type: its window, None for full}.
+
+    A sliding-window layer sees only the last ``sliding_window`` keys (itself included). transformers builds its own
+    masks per layer type (``config.layer_types``; without them, every layer slides when ``sliding_window`` is set, as in
+    Mistral), but returns an explicit 4D mask unchanged, so ours must carry the window. Other layer types (chunked,
+    linear or recurrent layers) have no key/value past this forward could hand over; they are refused.
+    """
+    cfg = lm.model.config.get_text_config()
+    window = getattr(cfg, "sliding_window", None) or None
+    types = getattr(cfg, "layer_types", None)
+    if types is None:
+        return {SLIDING: window} if window else {FULL: None}
+    unknown = sorted(set(types) - {FULL, SLIDING})
+    if unknown:
+        raise UserError(f"model {lm.name} has {', '.join(unknown)} layers; promptgap's forward runs full and "
+                        f"sliding-window attention only (layer types: {', '.join(sorted(set(types)))})")
+    if SLIDING in types and not window:
+        raise UserError(f"model {lm.name} marks sliding-window layers but its config gives no sliding_window")
+    return {t: (window if t == SLIDING else None) for t in sorted(set(types))}
+
+
+def attention_mask(key_valid: torch.Tensor, n_past: int, width: int, dtype: torch.dtype,
+                   window: int | None = None) -> torch.Tensor:
     """[rows, 1, width, n_past + width] additive mask: a query at row position j (absolute n_past + j) sees valid
-    keys up to itself. A padded query sees itself, so no row is all -inf (NaN would survive the masking)."""
+    keys up to itself, and within a sliding ``window`` only the last ``window`` of them (as transformers'
+    ``sliding_window_overlay``: key index > query index - window). Every row's valid keys are contiguous and end at
+    its query, so index distance is position distance. A padded query sees itself, so no row is all -inf (NaN would
+    survive the masking)."""
     dev = key_valid.device
     q = torch.arange(width, device=dev)[:, None] + n_past
     k = torch.arange(n_past + width, device=dev)[None, :]
-    allowed = ((k <= q)[None] & key_valid[:, None, :]) | (k == q)[None]
+    causal = k <= q
+    if window is not None:
+        causal &= k > q - window
+    allowed = (causal[None] & key_valid[:, None, :]) | (k == q)[None]
     mask = torch.zeros(allowed.shape, dtype=dtype, device=dev)
     mask.masked_fill_(~allowed, torch.finfo(dtype).min)
     return mask[:, None]
 
 
+def layer_masks(lm: LoadedModel, key_valid: torch.Tensor, n_past: int, width: int,
+                dtype: torch.dtype) -> torch.Tensor | dict[str, torch.Tensor]:
+    """The mask the model's layers take: one tensor when every layer attends alike, else one per layer type (the
+    mapping transformers' hybrid models, Gemma-2/3, Qwen2/3 with sliding layers and others, accept in its place)."""
+    kinds = attention_kinds(lm)
+    masks = {t: attention_mask(key_valid, n_past, width, dtype, w) for t, w in kinds.items()}
+    return next(iter(masks.values())) if len(masks) == 1 else masks
+
+
 def _inputs(lm: LoadedModel, ids: torch.Tensor, soft: torch.Tensor | None) -> dict[str, torch.Tensor]:
-    if soft is None and not bool((ids < 0).any()):
+    """Token ids, or with soft vectors the input embeddings (the scorer checked every sentinel on the host)."""
+    if soft is None:
         return {"input_ids": ids}
-    return {"inputs_embeds": embed_tokens(lm.model, ids, soft)}
+    return {"inputs_embeds": embed_tokens(lm.model, ids, soft, check=False)}
 
 
 def _count(lm: LoadedModel, lengths: Sequence[int]) -> None:
@@ -70,35 +128,39 @@ def _count(lm: LoadedModel, lengths: Sequence[int]) -> None:
         lm.usage.grad_tokens += sum(lengths)
 
 
-def run_tree_rows(lm: LoadedModel, rows: list[list[int]], parents: list[torch.Tensor | None], starts: list[int],
+def run_tree_rows(lm: LoadedModel, rows: list[list[int]], pasts: list[Sequence[torch.Tensor]], starts: list[int],
                   soft: torch.Tensor | None = None) -> tuple[torch.Tensor, int, torch.Tensor]:
-    """No gradients: run right-padded ``rows``, each after its own parent's keys/values (left-padded to one width).
+    """No gradients: run right-padded ``rows``, each after its own past, left-padded to one width. A row's past is a
+    list of key/value runs [layers, 2, kv_heads, n, head_dim] in order (its ancestors' own tokens in the scorer's
+    prefix tree, so an ancestor's keys are stored once however many rows descend from it), ``starts[i]`` long.
 
-    Keys/values live in one buffer [layers, 2, rows, kv_heads, past + width, head_dim]: the past is copied in once
+    Keys/values live in one buffer [layers, 2, rows, kv_heads, past + width, head_dim]: the pasts are copied in once
     and each layer writes its new keys in place (no per-layer concat). Returns (buffer, past width, hidden).
     Token counting is the caller's (the scorer counts a level once, outside its worker threads).
     """
     dev = lm.device
     width = max(len(r) for r in rows)
     n_past = max(starts)
-    ids = torch.zeros(len(rows), width, dtype=torch.long)
-    key_valid = torch.zeros(len(rows), n_past + width, dtype=torch.bool)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-        key_valid[i, n_past - starts[i] : n_past + len(r)] = True
-    ids, key_valid = ids.to(dev), key_valid.to(dev)
-    positions = torch.tensor(starts, device=dev)[:, None] + torch.arange(width, device=dev)[None, :]
+    # built whole on the host and copied once: one transfer per pass, not one per row
+    ids = torch.tensor([r + [0] * (width - len(r)) for r in rows], dtype=torch.long).to(dev, non_blocking=True)
+    meta = torch.tensor([starts, [len(r) for r in rows]], dtype=torch.long).to(dev, non_blocking=True)
+    k = torch.arange(n_past + width, device=dev)[None, :]
+    key_valid = (k >= n_past - meta[0][:, None]) & (k < n_past + meta[1][:, None])
+    positions = meta[0][:, None] + torch.arange(width, device=dev)[None, :]
 
     layers, kv_heads, head_dim = lm.kv_shape
     buf = torch.empty(layers, 2, len(rows), kv_heads, n_past + width, head_dim, dtype=lm.dtype, device=dev)
-    for i, p in enumerate(parents):
-        pad = n_past - starts[i]
-        buf[:, :, i, :, :pad] = 0  # masked, but garbage could be NaN, and NaN survives masking
-        if p is not None:
-            buf[:, :, i, :, pad:n_past] = p
-    out = lm.model.base_model(**_inputs(lm, ids, soft), attention_mask=attention_mask(key_valid, n_past, width,
-                                                                                      lm.dtype),
-                              position_ids=positions, **{lm.cache_kwarg: _BufferCache(buf, n_past)}, use_cache=True)
+    for i, segments in enumerate(pasts):
+        at = n_past - starts[i]
+        buf[:, :, i, :, :at] = 0  # masked, but garbage could be NaN, and NaN survives masking
+        for seg in segments:
+            buf[:, :, i, :, at : at + seg.shape[3]] = seg
+            at += seg.shape[3]
+        if at != n_past:
+            raise RuntimeError(f"row {i}: its past holds {at - n_past + starts[i]} positions, not {starts[i]}")
+    mask = layer_masks(lm, key_valid, n_past, width, lm.dtype)
+    out = lm.model.base_model(**_inputs(lm, ids, soft), attention_mask=mask, position_ids=positions,
+                              **{lm.cache_kwarg: _BufferCache(buf, n_past)}, use_cache=True)
     return buf, n_past, out.last_hidden_state
 
 
@@ -125,7 +187,7 @@ def run_after(lm: LoadedModel, ids: torch.Tensor, lengths: Sequence[int], past: 
         for layer in range(past.shape[0]):
             k, v = (past[layer, j].unsqueeze(0).expand(rows, -1, -1, -1) for j in (0, 1))
             cache.update(k, v, layer)
-    out = lm.model.base_model(inputs_embeds=x, attention_mask=attention_mask(key_valid, n_past, width, x.dtype),
+    out = lm.model.base_model(inputs_embeds=x, attention_mask=layer_masks(lm, key_valid, n_past, width, x.dtype),
                               position_ids=positions, **{lm.cache_kwarg: cache}, use_cache=True)
     new = torch.stack([torch.stack([layer.keys[:, :, n_past:], layer.values[:, :, n_past:]])
                        for layer in cache.layers])

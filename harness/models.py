@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import importlib.metadata
 import inspect
 import logging
@@ -42,6 +43,20 @@ class Usage:
         return Usage(self.tokens - before.tokens, self.grad_tokens - before.grad_tokens)
 
 
+# what running out of memory raises on an accelerator (torch.cuda's name is the older one, torch 2.4 has both)
+OUT_OF_MEMORY: tuple[type[BaseException], ...] = (getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError),)
+
+
+def release(device: torch.device) -> None:
+    """Give freed tensors' memory back before something large is allocated (after an out-of-memory error, or
+    before the next model loads): Python's cycles first, then the accelerator's cache."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "mps":
+        torch.mps.empty_cache()
+
+
 @dataclass
 class LoadedModel:
     """A frozen causal LM and its tokenizer: the handle every condition and the scorer share."""
@@ -53,6 +68,9 @@ class LoadedModel:
     dtype: torch.dtype
     usage: Usage = field(default_factory=Usage)
     cache: dict = field(default_factory=dict, repr=False)  # derived tensors (a float32 LM head), made on first use
+    # what the scorer and training fell back to after running out of memory, oldest first (the runner copies a
+    # cell's share into its cell.json): {"where": "scorer" | "training", "what": ...}
+    fallbacks: list[dict] = field(default_factory=list, repr=False)
 
     # DSPy and friends deep-copy whatever they can reach; a model handle must never be copied
     def __deepcopy__(self, memo: dict) -> LoadedModel:
@@ -82,6 +100,10 @@ def cache_root() -> Path:
 
 
 def pick_device(device: str = "auto") -> torch.device:
+    """``auto``: ``PROMPTGAP_DEVICE`` when set (the test suite pins cpu this way, for every process it starts), else
+    cuda, mps or cpu, the first available."""
+    if device == "auto":
+        device = os.environ.get("PROMPTGAP_DEVICE") or "auto"
     if device != "auto":
         return torch.device(device)
     if torch.cuda.is_available():
@@ -92,6 +114,9 @@ def pick_device(device: str = "auto") -> torch.device:
 
 
 def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """``auto``: ``PROMPTGAP_DTYPE`` when set, else bf16 on a GPU that has it and float32 elsewhere."""
+    if dtype == "auto":
+        dtype = os.environ.get("PROMPTGAP_DTYPE") or "auto"
     if dtype != "auto":
         try:
             return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
@@ -173,7 +198,9 @@ def load_model(name: str = EMBEDDED, device: str = "auto", dtype: str = "auto") 
     dt = pick_dtype(dtype, dev)
     try:
         tok = AutoTokenizer.from_pretrained(source, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dt, **kwargs)
+        # straight to the device: never a whole copy in host memory first (device_map places, it does not split)
+        where = {} if dev.type == "cpu" else {"device_map": str(dev)}
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dt, **where, **kwargs)
     except OSError as e:
         raise UserError(
             f"could not load model {name!r} ({str(e).splitlines()[0][:200]}); "

@@ -51,10 +51,14 @@ class LmEvalRun:
 
 
 def hf_model(lm: LoadedModel, batch_size: int = 32):
-    """lm-eval's own HFLM over the already-loaded model and tokenizer."""
+    """lm-eval's own HFLM over the already-loaded model and tokenizer, its chat template given the variables
+    promptgap pins (``render.TEMPLATE_PINS``: lm-eval's ``chat_template_args``), so both render the same chat."""
     from lm_eval.models.huggingface import HFLM
 
-    return HFLM(pretrained=lm.model, tokenizer=lm.tokenizer, batch_size=batch_size, device=str(lm.device))
+    from harness.render import TEMPLATE_PINS
+
+    return HFLM(pretrained=lm.model, tokenizer=lm.tokenizer, batch_size=batch_size, device=str(lm.device),
+                chat_template_args=dict(TEMPLATE_PINS))
 
 
 def run_lm_eval(model: Any, tasks: Sequence[str | dict[str, Any]], task_manager: Any = None, chat: bool = False,

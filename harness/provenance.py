@@ -181,7 +181,10 @@ def gguf_quantization(path: str | Path) -> dict[str, Any]:
 
 def tokenizer_facts(tokenizer: Any) -> dict[str, Any]:
     """What decides how many BOS tokens a request gets under lm-eval's rule (``HFLM.tok_encode``): the tokenizer's
-    own default, except that text already starting with the BOS text gets no second one."""
+    own default, except that text already starting with the BOS text gets no second one. With them, what else the
+    chat template reads and the values promptgap pins (``render.template_facts``)."""
+    from harness.render import template_facts
+
     bos_id = getattr(tokenizer, "bos_token_id", None)
     prefix_id = bos_id if bos_id is not None else getattr(tokenizer, "eos_token_id", None)
     adds = tokenizer.encode("a")
@@ -189,7 +192,8 @@ def tokenizer_facts(tokenizer: Any) -> dict[str, Any]:
     return {"class": type(tokenizer).__name__, "bos_token": getattr(tokenizer, "bos_token", None),
             "bos_token_id": bos_id, "prefix_text": tokenizer.decode([prefix_id]) if prefix_id is not None else None,
             "adds_bos": bool(bos_id is not None and adds[:1] == [bos_id]),
-            "chat_template_sha256": text_sha256(template) if isinstance(template, str) else None}
+            "chat_template_sha256": text_sha256(template) if isinstance(template, str) else None,
+            "chat_template": template_facts(tokenizer)}
 
 
 def model_record(name: str, lm: Any) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -11,7 +12,17 @@ from harness.artifact import PromptArtifact
 from harness.data import Example
 from harness.errors import UserError
 
+log = logging.getLogger(__name__)
+
 BLOCK_SEP = "\n\n"  # between instruction, demos and input: lm-eval's few-shot delimiter
+# chat-template variables promptgap fixes, so that a rendered prompt depends neither on the day nor on a template's
+# default mode: Llama-3.x writes `date_string` into its system turn (today's date, through strftime_now, when it is not
+# given; this value is the templates' own fallback), and Qwen3 thinks unless `enable_thinking` is false. Templates
+# that do not read a variable ignore it. The parity reference passes the same values to lm-eval's HFLM.
+TEMPLATE_PINS: dict[str, object] = {"date_string": "26 Jul 2024", "enable_thinking": False}
+# what every chat template reads that is not a setting (the conversation, special tokens, transformers' helpers)
+TEMPLATE_PLUMBING = {"messages", "add_generation_prompt", "bos_token", "eos_token", "pad_token", "unk_token",
+                     "raise_exception", "tools", "documents", "loop", "range", "namespace", "strftime_now"}
 # where a soft prompt sits in the text; split out before encoding, so it never reaches the tokenizer
 SLOT = "\x00soft-prompt\x00"
 
@@ -86,6 +97,7 @@ class Renderer:
     def __init__(self, tokenizer) -> None:
         self.tok = tokenizer
         self.ledger: Ledger | None = None  # set while the scorer records (Scorer.recording)
+        self._template_checked = False
 
     # --- text ------------------------------------------------------------------
     def body(self, artifact: PromptArtifact, context: str) -> str:
@@ -150,8 +162,15 @@ class Renderer:
         """The tokenizer's chat template as lm-eval's HFLM calls it (an assistant prefix is continued, not closed)."""
         if not getattr(self.tok, "chat_template", None):
             raise ValueError("chat format asked for, but the tokenizer has no chat template; use the raw format")
+        if not self._template_checked:
+            self._template_checked = True
+            facts = template_facts(self.tok) or {}
+            if facts.get("today_in_prompt"):
+                log.warning("this model's chat template writes today's date into the prompt where no variable "
+                            "(%s) can fix it: chat-format numbers may change from day to day",
+                            ", ".join(TEMPLATE_PINS))
         kwargs = {"tokenize": False, "add_generation_prompt": add_generation_prompt,
-                  "continue_final_message": not add_generation_prompt}
+                  "continue_final_message": not add_generation_prompt, **TEMPLATE_PINS}
         try:
             return self.tok.apply_chat_template(messages, **kwargs)
         except jinja2.exceptions.TemplateError:
@@ -239,3 +258,32 @@ class Renderer:
                 self.ledger.saw(e, texts, reqs)
             out.append(reqs)
         return out
+
+
+def template_facts(tokenizer) -> dict | None:
+    """What of a chat template's output is not fixed by the conversation (for the manifest): the variables it reads
+    besides the conversation and special tokens, which of them promptgap pins and to what, and whether today's date
+    still reaches the prompt (a template calling ``strftime_now`` where no pinned variable stands in for it).
+    None without a template."""
+    template = getattr(tokenizer, "chat_template", None)
+    if not isinstance(template, str):
+        return None
+    try:
+        from jinja2 import meta
+        from transformers.utils.chat_template_utils import _compile_jinja_template
+
+        compiled = _compile_jinja_template(template)  # transformers' own environment: its tags and globals
+        variables = meta.find_undeclared_variables(compiled.environment.parse(template))
+    except Exception as e:  # a fact for the manifest must never stop a run; say what is missing instead
+        return {"error": f"could not read the chat template ({type(e).__name__}: {e})"}
+    marker = "\x00today\x00"
+    try:  # rendered the way apply_template renders, with a strftime_now that marks where a date would go
+        out = compiled.render(messages=[{"role": "user", "content": "x"}], add_generation_prompt=True,
+                              strftime_now=lambda fmt: marker, **TEMPLATE_PINS,
+                              **{k: getattr(tokenizer, k, None) for k in ("bos_token", "eos_token")})
+        dated: bool | None = marker in out
+    except Exception:
+        dated = None  # the template would not render one user turn (it needs a system turn, say): unknown
+    return {"variables": sorted(variables - TEMPLATE_PLUMBING),
+            "pinned": {k: v for k, v in TEMPLATE_PINS.items() if k in variables},
+            "today_in_prompt": dated}

@@ -301,6 +301,7 @@ class CellRecord:
     code: dict[str, Any] | None = None  # provenance.code_state() of the process that ran the cell
     job: dict[str, Any] | None = None  # the job that ran it: {"invocation", "id", "executor", "host"}
     selection: dict[str, Any] | None = None  # what the condition reported selecting on (FitContext.report_selection)
+    fallbacks: list[dict[str, Any]] | None = None  # what fitting and scoring fell back to after running out of memory
     finished: str | None = None
     # transfer cells only (absent from other cells' cell.json): the hash of the source cell's artifact that was
     # scored (``RunFolder.artifact_hash``), and how many target test examples the leakage filter removed, by rule

@@ -187,7 +187,7 @@ def run_cells(run_dir: str | Path, keys: Sequence[CellKey], invocation: int, job
     transfer cells after the cells that fit, since they score those cells' artifacts. Each model is loaded once
     per wave. This process writes only its cells and its own worker record (``jobs/<invocation>/worker-<job>``).
     """
-    from harness.models import load_model
+    from harness.models import load_model, release
     from harness.scorer import Scorer
 
     folder = RunFolder(run_dir)
@@ -219,6 +219,10 @@ def run_cells(run_dir: str | Path, keys: Sequence[CellKey], invocation: int, job
             split_of(key.scored_task, key.seed)
         for model_name in dict.fromkeys(k.scored_model for k in todo):
             if lm is None or lm.name != model_name:
+                if lm is not None:  # the previous model's memory is given back before the next one loads
+                    device = lm.device
+                    lm = scorer = None
+                    release(device)
                 lm = load_model(model_name, device=cfg.run["device"], dtype=cfg.run["dtype"])
                 worker.models[model_name] = provenance.model_record(model_name, lm)
                 folder.write_worker(worker)
@@ -277,6 +281,7 @@ def _run_cell(folder: RunFolder, cfg: RunConfig, code: dict[str, Any], job: dict
                         dtype=str(lm.dtype).removeprefix("torch."), threads=torch.get_num_threads(),
                         code={k: code.get(k) for k in ("version", "commit", "dirty")}, job=job)
     evidence = Evidence()
+    fell_back = len(lm.fallbacks)
     with folder.new_cell(key) as cell:
         try:
             if key.is_transfer:  # nothing is fitted: the source's artifact, on what is left of the target's test
@@ -327,6 +332,7 @@ def _run_cell(folder: RunFolder, cfg: RunConfig, code: dict[str, Any], job: dict
             record.error = str(e) if str(e).startswith(owner) else f"{owner}: {type(e).__name__}: {e}"
             record.traceback = traceback.format_exc(limit=8)
             console.print(f"[red]failed[/] {key.label}: {escape(record.error)}")
+        record.fallbacks = lm.fallbacks[fell_back:] or None
         record.finished = provenance.now()
         cell.evidence(evidence)
         cell.finish(record)  # cell.json last; the folder appears when the block ends

@@ -11,7 +11,10 @@ work that requests share is done once:
    of a WinoGrande example share a node up to the option; BoolQ's choices share the input;
 2. nodes run level by level, batched by length; a node's past is its ancestors' saved
    key/value slices, so nothing is recomputed. On a multi-core CPU the passes of a level
-   run side by side on single-threaded workers;
+   run side by side on single-threaded workers. Memory is bounded: a level runs in chunks
+   whose subtrees finish before the next chunk starts, each node keeps only its own tokens'
+   keys/values, a pass's budget counts each row's past, and a pass that runs out of memory
+   is halved and retried;
 3. only the positions that predict continuation tokens go through the LM head.
 
 Rows of different lengths are padded; an explicit 4D attention mask hides padded keys
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -32,7 +36,7 @@ import torch
 from harness.artifact import PromptArtifact
 from harness.data import Example, TaskKind
 from harness.forward import common_prefix, head_logits, run_tree_rows
-from harness.models import LoadedModel
+from harness.models import OUT_OF_MEMORY, LoadedModel, release
 from harness.progress import bar
 from harness.render import Ledger, Renderer, TokenRequest
 
@@ -95,7 +99,6 @@ class _Node:
     children: list[_Node] = field(default_factory=list, repr=False)
     # (offset in this node, request index, target token): positions whose logits are read here
     reads: list[tuple[int, int, int]] = field(default_factory=list, repr=False)
-    size: int = 0  # tokens in this node's subtree
 
     @property
     def end(self) -> int:
@@ -135,29 +138,77 @@ def build_tree(seqs: list[tuple[int, ...]]) -> tuple[_Node, list[_Node]]:
 # a forward pass's fixed cost in tokens' worth of work (measured on CPU: a pass of ~50 one-token
 # rows took as long as ~100 tokens in a wide pass)
 PASS_COST = 64
+# what scoring may hold beyond the model, by default: on a CPU a share of lm-eval's own footprint at batch 32 (its
+# logits table alone is ~300 MB for this vocabulary); on a GPU half of what is free once the model is loaded
+CPU_MEMORY = 512 * 2**20
+GPU_SHARE = 0.5
+
+
+def default_memory(lm: LoadedModel) -> int:
+    """Bytes a scorer may use for keys/values, pass buffers and LM-head tables on ``lm``'s device."""
+    if lm.device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(lm.device)
+        return max(CPU_MEMORY, int(free * GPU_SHARE))
+    return CPU_MEMORY
+
+
+@dataclass
+class _Budget:
+    """What one pass may hold, and what a level keeps for its children, in token positions (and LM-head rows)."""
+
+    batch_tokens: int  # padded tokens through the model in one pass (compute)
+    max_rows: int  # rows in one pass
+    pass_kv: int  # key/value positions of one pass's buffer: rows x (widest past + widest row)
+    keep_kv: int  # key/value positions kept for the children of a chunk of a level
+    head_rows: int  # LM-head rows at once (each a vocabulary-wide float32 row, twice: logits and log-softmax)
+
+    def halved(self) -> _Budget:
+        return _Budget(max(1, self.batch_tokens // 2), max(1, self.max_rows // 2), max(1, self.pass_kv // 2),
+                       max(1, self.keep_kv // 2), max(1, self.head_rows // 2))
 
 
 class Scorer:
     """Log-likelihoods of continuations under one frozen model, each distinct prefix computed once."""
 
-    def __init__(self, lm: LoadedModel, batch_size: int = 32, batch_tokens: int | None = None) -> None:
+    def __init__(self, lm: LoadedModel, batch_size: int = 32, batch_tokens: int | None = None,
+                 memory: int | None = None) -> None:
         """``batch_size`` sets the size of a forward pass; results do not depend on it.
 
         Tree nodes are short (often a few tokens), so a pass of ``batch_size`` rows would be too
         small to use the hardware well: a pass holds up to ``batch_tokens`` padded tokens (default
-        64 per unit of ``batch_size``) in up to ``8 * batch_size`` rows.
+        64 per unit of ``batch_size``) in up to ``8 * batch_size`` rows. ``memory`` (bytes; default
+        ``default_memory``) bounds what scoring holds beyond the model: 40% for the key/value buffers of
+        the passes running at once, 40% for the keys/values kept for the next level, 20% for LM-head tables.
         """
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         self.lm = lm
         self.batch_size = batch_size
-        self.batch_tokens = batch_tokens or 64 * batch_size
-        self.max_rows = 8 * batch_size  # bounds the key/value buffer of a pass of narrow nodes
-        self.renderer = Renderer(lm.tokenizer)
+        self.memory = memory or default_memory(lm)
         cfg = lm.model.config.get_text_config()
+        layers, kv_heads, head_dim = lm.kv_shape
+        self.kv_bytes = layers * 2 * kv_heads * head_dim * lm.dtype.itemsize  # one position's keys and values
+        self.vocab = lm.model.get_output_embeddings().weight.shape[0]
+        self._budget0 = _Budget(batch_tokens=batch_tokens or 64 * batch_size,
+                                max_rows=8 * batch_size,  # bounds the key/value buffer of a pass of narrow nodes
+                                pass_kv=max(1, int(0.4 * self.memory) // self.kv_bytes),
+                                keep_kv=max(1, int(0.4 * self.memory) // self.kv_bytes),
+                                head_rows=max(1, int(0.2 * self.memory) // (2 * 4 * self.vocab)))
+        self.budget = self._budget0  # halved for good after an out-of-memory error
+        self.renderer = Renderer(lm.tokenizer)
         self.max_len = getattr(cfg, "max_position_embeddings", None)
         self._soft: torch.Tensor | None = None  # the soft vectors of the current ``loglikelihood`` call
         self._pool: ThreadPoolExecutor | None = None
+        self._workers_n = 1
+        self._lock = threading.Lock()
+
+    @property
+    def batch_tokens(self) -> int:
+        return self.budget.batch_tokens
+
+    @property
+    def max_rows(self) -> int:
+        return self.budget.max_rows
 
     # --- the public entry points -------------------------------------------
     @contextlib.contextmanager
@@ -221,8 +272,11 @@ class Scorer:
                 seqs.append(s)
         if self.max_len and n_prefix + max(map(len, seqs)) >= self.max_len:
             raise ValueError(f"a request is longer than the model's {self.max_len} positions")
-        if self._soft is None and any(t < 0 for s in seqs for t in s):
+        lowest = min(min(s) for s in seqs)
+        if self._soft is None and lowest < 0:
             raise ValueError("requests hold soft-prompt sentinel ids but no soft_prompt was given")
+        if self._soft is not None and -1 - lowest >= self._soft.shape[0]:
+            raise ValueError(f"a sentinel id asks for a soft vector beyond the {self._soft.shape[0]} given")
 
         root, ends = build_tree(seqs)
         for ri, r in enumerate(requests):
@@ -232,24 +286,28 @@ class Scorer:
                 while node.start > pos:
                     node = node.parent
                 node.reads.append((pos - node.start, ri, r.continuation[j]))
-        self._sizes(root)
 
-        self._sum = [0.0] * len(requests)
-        self._count = [0] * len(requests)
-        self._greedy = [True] * len(requests)
+        # each pass's log-probabilities and greedy hits stay on the device until the end (no wait per pass); they
+        # are summed per request in the order the passes ran, and a request is read by at most one pass per level
+        self._reads: list[tuple[list[int], torch.Tensor, torch.Tensor]] = []
         with bar(desc, sum(len(r.continuation) for r in requests)) as advance:
             self._advance = advance
-            # level by level; a node's saved keys/values cover its whole prefix, so they
-            # are needed only by its children and are dropped once those have run
-            kv_of: dict[_Node, torch.Tensor] = {}
+            kv: dict[_Node, torch.Tensor] = {}  # a node's own keys/values, while its descendants still run
             if n_prefix:
-                kv_of = self._prefix_root(root, prompt.prefix_kv)
-            level = [root] if root.tokens else root.children
+                kv = self._prefix_root(root, prompt.prefix_kv)
             with self._workers():
-                while level:
-                    kv_of = self._run_level(level, kv_of)
-                    level = [c for n in level for c in n.children]
-        return [Loglik(s, n, g) for s, n, g in zip(self._sum, self._count, self._greedy, strict=True)]
+                self._run_tree([root] if root.tokens else root.children, kv)
+        sums, counts, greedy = [0.0] * len(requests), [0] * len(requests), [True] * len(requests)
+        if self._reads:
+            lps = torch.cat([lp for _, lp, _ in self._reads]).tolist()
+            hits = torch.cat([hit for _, _, hit in self._reads]).tolist()
+            owners = [ri for o, _, _ in self._reads for ri in o]
+            for ri, lp, g in zip(owners, lps, hits, strict=True):
+                sums[ri] += lp
+                counts[ri] += 1
+                greedy[ri] = greedy[ri] and g
+        self._reads = []
+        return [Loglik(s, n, g) for s, n, g in zip(sums, counts, greedy, strict=True)]
 
     # --- running -------------------------------------------------------------
     @contextlib.contextmanager
@@ -262,15 +320,15 @@ class Scorer:
         """
         threads = torch.get_num_threads()
         if self.lm.device.type != "cpu" or threads < 2:
-            self._pool = None
+            self._pool, self._workers_n = None, 1
             yield
             return
         with ThreadPoolExecutor(threads, initializer=torch.set_num_threads, initargs=(1,)) as pool:
-            self._pool = pool
+            self._pool, self._workers_n = pool, threads
             try:
                 yield
             finally:
-                self._pool = None
+                self._pool, self._workers_n = None, 1
                 torch.set_num_threads(threads)
 
     def _prefix_root(self, root: _Node, prefix_kv: torch.Tensor) -> dict[_Node, torch.Tensor]:
@@ -289,34 +347,75 @@ class Scorer:
             root.parent = parent
         return {parent: prefix_kv.to(self.lm.device, self.lm.dtype)}
 
-    @staticmethod
-    def _sizes(root: _Node) -> None:
-        order, stack = [], [root]
+    def _run_tree(self, level: list[_Node], kv: dict[_Node, torch.Tensor]) -> None:
+        """Run ``level`` (nodes whose ancestors' keys/values are in ``kv``) and everything below it.
+
+        Depth first over chunks of a level: a chunk keeps at most ``budget.keep_kv`` positions of its own
+        keys/values for its children, its whole subtree runs, then its keys/values are dropped and the next chunk
+        of the level starts. Memory is so bounded by the tree's depth times one chunk, not by a whole level (a
+        level of WinoGrande dev is 1267 examples' contexts), while a chunk's children still fill whole passes.
+        """
+        stack: list[list[_Node] | tuple[_Node, ...]] = [level]
         while stack:
-            n = stack.pop()
-            order.append(n)
-            stack.extend(n.children)
-        for n in reversed(order):
-            n.size = len(n.tokens) + sum(c.size for c in n.children)
+            item = stack.pop()
+            if isinstance(item, tuple):  # a chunk whose subtree has run: its keys/values are needed no more
+                for n in item:
+                    kv.pop(n, None)
+                continue
+            chunk, kept = [], 0
+            for n in item:
+                if chunk and n.children and kept + len(n.tokens) > self.budget.keep_kv:
+                    break
+                chunk.append(n)
+                kept += len(n.tokens) if n.children else 0
+            if len(chunk) < len(item):
+                stack.append(item[len(chunk):])
+            kv.update(self._run_level(chunk, kv))
+            parents = tuple(n for n in chunk if n.children)
+            if parents:
+                stack.append(parents)
+                stack.append([c for n in parents for c in n.children])
 
-    def _run_level(self, nodes: list[_Node], kv_of: dict[_Node, torch.Tensor]) -> dict[_Node, torch.Tensor]:
-        """Run ``nodes`` (whose parents are done) in length-sorted batches.
+    @staticmethod
+    def _past(node: _Node, kv: dict[_Node, torch.Tensor]) -> list[torch.Tensor]:
+        """A node's past: its ancestors' own keys/values, root first."""
+        out = []
+        a = node.parent
+        while a is not None:
+            if a in kv:
+                out.append(kv[a])
+            a = a.parent
+        return out[::-1]
 
-        Returns, for each node with children, its prefix's keys/values as one tensor
-        [layers, 2, kv_heads, node.end, head_dim].
+    def _run_level(self, nodes: list[_Node], kv: dict[_Node, torch.Tensor]) -> dict[_Node, torch.Tensor]:
+        """Run ``nodes`` (whose ancestors are done) in length-sorted passes.
+
+        Returns, for each node with children, its own tokens' keys/values [layers, 2, kv_heads, len, head_dim].
         """
         out: dict[_Node, torch.Tensor] = {}
 
-        def run(batch: list[_Node]) -> None:
-            buf, n_past, hidden = self._forward([list(n.tokens) for n in batch],
-                                                [kv_of.get(n.parent) for n in batch], [n.start for n in batch])
-            self._read(hidden, batch)
-            for row, n in enumerate(batch):
-                if n.children:  # the row's past is right-aligned, so its whole prefix is one slice
-                    out[n] = buf[:, :, row, :, n_past - n.start : n_past + len(n.tokens)].clone()
+        def run(batch: list[_Node], tries: int = 0) -> None:
+            try:
+                kept, read = self._pass(batch, kv)
+            except OUT_OF_MEMORY:
+                if len(batch) == 1 and tries >= 2:  # a single row, with LM-head chunks already quartered
+                    raise
+                kept = None  # the retry happens outside the handler, whose frame holds the failed pass's tensors
+            if kept is None:
+                self._shrink(batch)
+                if len(batch) == 1:  # a row cannot be split: what shrinks is how many LM-head rows run at once
+                    run(batch, tries + 1)
+                else:
+                    for half in (batch[: len(batch) // 2], batch[len(batch) // 2 :]):
+                        run(half)
+                return
+            out.update(kept)
+            if read is not None:
+                self._reads.append(read)
+                self._advance(len(read[0]))
 
         self.lm.usage.tokens += sum(len(n.tokens) for n in nodes)  # here, not in the workers: no shared counter
-        passes = self._batches(sorted(nodes, key=lambda n: len(n.tokens)))
+        passes = self._batches(sorted(nodes, key=lambda n: (len(n.tokens), n.start)))
         if self._pool is None:
             for batch in passes:
                 run(batch)
@@ -326,6 +425,32 @@ class Scorer:
                 pass
         return out
 
+    def _shrink(self, batch: list[_Node]) -> None:
+        """After an out-of-memory error: halve every budget for the rest of this scorer's life (the next call, and
+        the next cell, start at the size that fits), free what the failed pass held, and say so."""
+        with self._lock:
+            self.budget = self.budget.halved()
+            b = self.budget
+            self.lm.fallbacks.append({
+                "where": "scorer",
+                "what": f"out of memory in a pass of {len(batch)} row(s); "
+                        f"{'pass halved' if len(batch) > 1 else 'LM-head chunks halved'} and retried; passes now at "
+                        f"most {b.max_rows} rows, {b.batch_tokens} tokens, {b.pass_kv} key/value positions, "
+                        f"{b.head_rows} LM-head rows at once"})
+        release(self.lm.device)
+
+    def _pass(self, batch: list[_Node], kv: dict[_Node, torch.Tensor]):
+        """One forward pass: (the batch's nodes with children -> their own keys/values, the pass's reads or None).
+        Nothing is accumulated here, so a pass that fails can run again."""
+        buf, n_past, hidden = self._forward([list(n.tokens) for n in batch], [self._past(n, kv) for n in batch],
+                                            [n.start for n in batch])
+        read = self._read(hidden, batch)
+        kept = {}
+        for row, n in enumerate(batch):
+            if n.children:  # its own tokens only: its ancestors' keys/values are kept once, by them
+                kept[n] = buf[:, :, row, :, n_past : n_past + len(n.tokens)].clone()
+        return kept, read
+
     def _batches(self, ordered: list[_Node]) -> list[list[_Node]]:
         """Cut width-sorted nodes into passes that minimise padded tokens plus a fixed cost per pass.
 
@@ -334,17 +459,26 @@ class Scorer:
         op is dispatched once). Splitting a level only where widths jump is therefore not enough:
         many narrow passes waste more than some padding does. Contiguous groups of the sorted nodes
         are optimal for this cost; dynamic programming finds the best cut, with at most
-        ``batch_tokens`` padded tokens and ``max_rows`` rows per pass.
+        ``batch_tokens`` padded tokens and ``max_rows`` rows per pass, and a key/value buffer of at most
+        ``pass_kv`` positions (rows x (longest past + widest row)), shared by the passes that run at once.
         """
         n = len(ordered)
+        b = self.budget
+        pass_kv = max(1, b.pass_kv // self._workers_n)
         widths = np.array([len(x.tokens) for x in ordered], dtype=np.float64)
+        starts = np.array([x.start for x in ordered], dtype=np.float64)
         best = np.zeros(n + 1)  # best[j]: cost of the first j nodes
         cut = np.zeros(n + 1, dtype=np.int64)
         for j in range(1, n + 1):
             w = widths[j - 1]  # the widest of any group ending at j
-            lo = max(0, j - min(self.max_rows, max(1, int(self.batch_tokens // w))))
-            starts = np.arange(lo, j)
-            costs = best[lo:j] + (j - starts) * w
+            lo = max(0, j - min(b.max_rows, max(1, int(b.batch_tokens // w))))
+            # the longest past of each group [i, j), and its buffer; groups only grow as i falls, so the ones that
+            # fit are a run ending at j (a single row always runs)
+            past = np.maximum.accumulate(starts[lo:j][::-1])[::-1]
+            fits = (j - np.arange(lo, j)) * (past + w) <= pass_kv
+            lo = max(lo + int(np.argmax(fits)) if fits.any() else j - 1, lo)
+            starts_i = np.arange(lo, j)
+            costs = best[lo:j] + (j - starts_i) * w
             k = int(np.argmin(costs))
             best[j], cut[j] = costs[k] + PASS_COST, lo + k
         out: list[list[_Node]] = []
@@ -354,8 +488,9 @@ class Scorer:
             j = int(cut[j])
         return out[::-1]
 
-    def _read(self, hidden: torch.Tensor, batch: list[_Node]) -> None:
-        """LM head only at continuation-predicting positions; accumulate sums, counts, greedy flags."""
+    def _read(self, hidden: torch.Tensor, batch: list[_Node]):
+        """LM head only at continuation-predicting positions, ``budget.head_rows`` at a time: (request of each
+        read, log-probabilities, greedy hits), the last two on the device; None when the pass reads nothing."""
         rows, offs, targets, owners = [], [], [], []
         for row, node in enumerate(batch):
             for off, ri, tok in node.reads:
@@ -364,20 +499,19 @@ class Scorer:
                 targets.append(tok)
                 owners.append(ri)
         if not rows:
-            return
+            return None
         dev = hidden.device
-        h = hidden[torch.tensor(rows, device=dev), torch.tensor(offs, device=dev)]
-        logits = head_logits(self.lm, h)
-        # log p(target) = logit - logsumexp: no full log-softmax table is written
-        tgt = torch.tensor(targets, device=dev)
-        tok_lp = torch.log_softmax(logits, dim=-1).gather(1, tgt[:, None])[:, 0].tolist()
-        hit = (logits.argmax(dim=-1) == tgt).tolist()
-        for ri, lp, g in zip(owners, tok_lp, hit, strict=True):
-            self._sum[ri] += lp
-            self._count[ri] += 1
-            self._greedy[ri] = self._greedy[ri] and g
-        self._advance(len(rows))
+        where = torch.tensor([rows, offs, targets], device=dev)
+        h = hidden[where[0], where[1]]
+        step = max(1, self.budget.head_rows // self._workers_n)
+        lps, hits = [], []
+        for a in range(0, len(rows), step):
+            logits = head_logits(self.lm, h[a : a + step])
+            tgt = where[2, a : a + step]
+            lps.append(torch.log_softmax(logits, dim=-1).gather(1, tgt[:, None])[:, 0])
+            hits.append(logits.argmax(dim=-1) == tgt)
+        return owners, torch.cat(lps), torch.cat(hits)
 
-    def _forward(self, rows: list[list[int]], parents: list[torch.Tensor | None], starts: list[int]):
-        """(buffer, past width, hidden) of ``rows`` after their parents' prefixes: ``forward.run_tree_rows``."""
-        return run_tree_rows(self.lm, rows, parents, starts, self._soft)
+    def _forward(self, rows: list[list[int]], pasts: list[list[torch.Tensor]], starts: list[int]):
+        """(buffer, past width, hidden) of ``rows`` after their pasts: ``forward.run_tree_rows``."""
+        return run_tree_rows(self.lm, rows, pasts, starts, self._soft)

@@ -20,7 +20,7 @@ import torch
 from harness.artifact import PromptArtifact
 from harness.data import Example, TaskKind
 from harness.errors import UserError
-from harness.forward import common_prefix, embed_tokens, head_logits, kv_of, run_after
+from harness.forward import common_prefix, embed_tokens, embedding_rows, head_logits, kv_of, run_after
 from harness.models import LoadedModel
 from harness.render import TokenRequest, soft_ids
 from optimizers.base import FitContext
@@ -145,10 +145,7 @@ class SlotObjective:
             self.spans.append((k, k + len(reqs)))
             k += len(reqs)
         self.forward = PromptForward(lm, self.requests)
-        table = lm.model.get_input_embeddings()
-        with torch.no_grad():
-            scale = getattr(table, "embed_scale", 1.0)
-            self.embeddings = (table.weight.float() * (scale.float() if torch.is_tensor(scale) else scale)).detach()
+        self.embeddings = embedding_rows(lm)  # the module's own output: a scale (Gemma) rounded as the model rounds it
         self.allowed = self._allowed(vocab, ascii_only)
         if not bool(self.allowed.any()):
             raise UserError(f"condition {condition}: no token is allowed; widen vocab or set ascii_only = false")

@@ -23,8 +23,8 @@ import torch
 
 from harness.artifact import FORMATS, PLACEMENTS, PromptArtifact
 from harness.errors import UserError
-from harness.forward import kv_of
-from harness.models import LoadedModel
+from harness.forward import embedding_rows, kv_of
+from harness.models import OUT_OF_MEMORY, LoadedModel, release
 from harness.progress import bar
 from optimizers.base import FitContext, Settings
 from optimizers.gradient import PromptForward, task_loss
@@ -131,33 +131,32 @@ def init_text_ids(lm: LoadedModel, text: str) -> list[int]:
 def init_vectors(lm: LoadedModel, init: str, length: int | None, text_ids: list[int] | None,
                  gen: torch.Generator) -> torch.Tensor:
     """Starting vectors [length, hidden] (float32, CPU): a text's embeddings (cut, or filled up with sampled
-    vocabulary tokens as Lester et al. do), sampled vocabulary tokens, or draws from the embedding table's
-    per-dimension mean and standard deviation."""
-    table = lm.model.get_input_embeddings()
-    weight = table.weight.detach().float().cpu()
+    vocabulary tokens as Lester et al. do), sampled vocabulary tokens, or draws from the per-dimension mean and
+    standard deviation of the vocabulary's input vectors (the embedding module's output, so a scaled embedding's
+    vectors get its scale). Random draws come from ``gen`` on the host, so a seed gives the same vectors on any
+    device; the table's work runs on the model's device."""
+    vocab = lm.model.get_input_embeddings().num_embeddings
     if init == "text":
         assert text_ids is not None
         n = length or len(text_ids)
-        ids = text_ids[:n] + torch.randint(0, weight.shape[0], (max(0, n - len(text_ids)),), generator=gen).tolist()
+        ids = text_ids[:n] + torch.randint(0, vocab, (max(0, n - len(text_ids)),), generator=gen).tolist()
     elif init == "vocab":
-        ids = torch.randint(0, weight.shape[0], (length or 8,), generator=gen).tolist()
+        ids = torch.randint(0, vocab, (length or 8,), generator=gen).tolist()
     else:
-        n = length or 8
-        noise = torch.randn(n, weight.shape[1], generator=gen)
-        return weight.mean(0) + noise * weight.std(0)
-    with torch.no_grad():  # through the module: embedding scales (Gemma) included
-        return table(torch.tensor(ids, device=lm.device)).float().cpu()
+        rows = embedding_rows(lm)
+        noise = torch.randn(length or 8, rows.shape[1], generator=gen).to(rows.device)
+        return (rows.mean(0) + noise * rows.std(0)).cpu()
+    return embedding_rows(lm, torch.tensor(ids)).cpu()
 
 
 # --- readability --------------------------------------------------------------------------------------------------
 def _nearest(lm: LoadedModel, soft: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cosine similarities and ids [n, k] of the vocabulary tokens whose input embeddings are nearest."""
-    table = lm.model.get_input_embeddings()
-    with torch.no_grad():
-        weight = table(torch.arange(table.num_embeddings, device=lm.device)).float().cpu()
-    sims = torch.nn.functional.normalize(soft.float(), dim=1) @ torch.nn.functional.normalize(weight, dim=1).T
+    """Cosine similarities and ids [n, k] (on the host) of the vocabulary tokens whose input embeddings are nearest;
+    computed on the model's device."""
+    weight = torch.nn.functional.normalize(embedding_rows(lm), dim=1)
+    sims = torch.nn.functional.normalize(soft.float().to(weight.device), dim=1) @ weight.T
     top = sims.topk(k, dim=1)
-    return top.values, top.indices
+    return top.values.cpu(), top.indices.cpu()
 
 
 def nearest_tokens(lm: LoadedModel, soft: torch.Tensor, k: int = NEAREST_K) -> list[list[list]]:
@@ -170,9 +169,7 @@ def nearest_tokens(lm: LoadedModel, soft: torch.Tensor, k: int = NEAREST_K) -> l
 def project(lm: LoadedModel, soft: torch.Tensor) -> tuple[list[int], torch.Tensor]:
     """Each soft vector replaced by its nearest token (cosine): the token ids and their exact embeddings."""
     ids = [int(i) for i in _nearest(lm, soft, 1)[1][:, 0]]
-    table = lm.model.get_input_embeddings()
-    with torch.no_grad():
-        return ids, table(torch.tensor(ids, device=lm.device)).float().cpu()
+    return ids, embedding_rows(lm, torch.tensor(ids)).cpu()
 
 
 # --- trials and the sweep -----------------------------------------------------------------------------------------
@@ -215,6 +212,7 @@ class PromptTrainer:
         if text is None:
             text = (" " + self.marker) if self.placement == "marker" else ctx.task.instruction
         self.text_ids = init_text_ids(lm, text) if "text" in _as_list(settings.init) else None
+        self.micro: int | None = None  # examples per micro-batch, once a whole batch ran out of memory
         if not ctx.train:
             raise UserError(f"condition {condition}: no training examples; give the task a train split")
         if not ctx.dev:
@@ -238,6 +236,48 @@ class PromptTrainer:
         if self.s.select_on == "accuracy":
             return (acc, -loss) > (best[1], -best[0])
         return loss < best[0]
+
+    def _loss(self, fwd: PromptForward, flat: list, batch: list[int], spans: list[tuple[int, int]],
+              tensor: torch.Tensor) -> torch.Tensor:
+        """The mean task loss of train examples ``batch`` (``spans``: each one's requests in ``flat``)."""
+        ctx = self.ctx
+        req_index = [j for a, b in spans for j in range(a, b)]
+        loglik = fwd.loglik(req_index, soft=tensor if self.kind == "soft" else None,
+                            prefix_kv=tensor if self.kind == "prefix" else None)
+        local, pos = [], 0
+        for a, b in spans:
+            local.append((pos, pos + b - a))
+            pos += b - a
+        return task_loss(ctx.task.kind, [ctx.train[i] for i in batch], local, loglik,
+                         [len(flat[j].continuation) for j in req_index])
+
+    def _backward(self, batch: list[int], spans: list[tuple[int, int]], loss_of, params: list[torch.Tensor]
+                  ) -> torch.Tensor:
+        """Forward and backward of the batch's mean loss, whole or, after running out of memory, in micro-batches
+        whose gradients add up to the batch's (each micro-batch's mean weighted by its share). An out-of-memory
+        error halves the micro-batch and runs the step again from zero gradients; the size holds for the rest of
+        the sweep and is recorded in ``lm.fallbacks``. Returns the batch's loss (detached)."""
+        lm = self.ctx.lm
+        while True:
+            size = self.micro or len(batch)
+            try:
+                total = torch.zeros((), device=lm.device)
+                for a in range(0, len(batch), size):
+                    part = batch[a : a + size]
+                    loss = loss_of(part, [spans[i] for i in part]) * (len(part) / len(batch))
+                    loss.backward()
+                    total = total + loss.detach().float()
+                return total
+            except OUT_OF_MEMORY:
+                if size == 1:
+                    raise
+            for p in params:  # outside the handler, whose frame holds the failed step's tensors
+                p.grad = None
+            self.micro = max(1, min(size, len(batch)) // 2)
+            lm.fallbacks.append({"where": "training", "what": f"{self.condition}: out of memory in a step of {size} "
+                                 f"examples; micro-batches of {self.micro} with gradient accumulation from then on"})
+            log.warning("%s: %s", self.condition, lm.fallbacks[-1]["what"])
+            release(lm.device)
 
     def train_trial(self, trial: Trial, advance) -> Trial:
         ctx, s, lm = self.ctx, self.s, self.ctx.lm
@@ -284,27 +324,19 @@ class PromptTrainer:
                 rng.shuffle(order)
                 batches = [order[i : i + s.batch_size] for i in range(0, len(order), s.batch_size)]
             batch = batches.pop(0)
-            req_index = [j for i in batch for j in range(*spans[i])]
-            tensor = current()
-            loglik = fwd.loglik(req_index, soft=tensor if self.kind == "soft" else None,
-                                prefix_kv=tensor if self.kind == "prefix" else None)
-            local, pos = [], 0
-            for i in batch:
-                a, b = spans[i]
-                local.append((pos, pos + b - a))
-                pos += b - a
-            loss = task_loss(ctx.task.kind, [ctx.train[i] for i in batch], local, loglik,
-                             [len(flat[j].continuation) for j in req_index])
-            if not torch.isfinite(loss):
-                raise TrialDiverged(f"loss became {loss.item()} at step {step} (lr {trial.lr}); lower the lr")
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss = self._backward(batch, spans, lambda part, sub: self._loss(fwd, flat, part, sub, current()), params)
             if s.grad_clip:
                 torch.nn.utils.clip_grad_norm_(params, s.grad_clip)
             opt.step()
-            if not all(bool(torch.isfinite(p).all()) for p in params):
+            # one wait for the device per step: the loss and whether every tensor stayed finite
+            value, finite = torch.stack([loss.float(), torch.stack([torch.isfinite(p).all() for p in params]).all()
+                                         .float()]).tolist()
+            if not math.isfinite(value):
+                raise TrialDiverged(f"loss became {value} at step {step} (lr {trial.lr}); lower the lr")
+            if not finite:
                 raise TrialDiverged(f"the prompt tensor became non-finite at step {step} (lr {trial.lr}); lower the lr")
-            recent.append(loss.item())
+            recent.append(value)
             advance(1, f"{self.condition} n={n} lr={trial.lr:g} {trial.init}: loss {recent[-1]:.3f}")
             if step % s.eval_every == 0 or step == s.steps:
                 dev_loss, dev_acc = self._dev_eval(snapshot())
