@@ -666,9 +666,15 @@ def check_report(run: Run, report: Path) -> Item:
     warnings = []
     run_code = ((run.manifest.get("invocations") or [{}])[-1].get("code") or {})
     rep_code = stamp.get("code") or {}
+    rerendered, newer = "", None
     if rep_code.get("commit") != run_code.get("commit"):
-        older = (provenance.is_ancestor(rep_code["commit"], run_code["commit"])
-                 if rep_code.get("commit") and run_code.get("commit") else None)
+        both = bool(rep_code.get("commit") and run_code.get("commit"))
+        newer = provenance.is_ancestor(run_code["commit"], rep_code["commit"]) if both else None
+        older = provenance.is_ancestor(rep_code["commit"], run_code["commit"]) if both else None
+        # A report re-rendered by later code from the same cells is what `promptgap report` is for.
+        if newer:
+            rerendered = f" (re-rendered; the cells ran on {provenance.code_label(run_code)})"
+    if rep_code.get("commit") != run_code.get("commit") and not newer:
         warnings.append(f"{report} was written by {provenance.code_label(rep_code)}, "
                         + ("older than " if older else "not ") + f"the code that last ran the cells "
                         f"({provenance.code_label(run_code)}); regenerate it with `promptgap report {run.dir}`")
@@ -678,7 +684,8 @@ def check_report(run: Run, report: Path) -> Item:
         warnings.append(f"{report} was written at {written}, before the last cell finished ({max(finished)})")
     if rep_code.get("dirty"):
         warnings.append(f"{report} was written from a tree with uncommitted changes")
-    return _item(title, [], f"{report}: written by {provenance.code_label(rep_code)} at {written}, after every cell",
+    return _item(title, [], f"{report}: written by {provenance.code_label(rep_code)}{rerendered} at {written}, "
+                            f"after every cell",
                  "", warnings)
 
 

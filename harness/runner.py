@@ -187,6 +187,17 @@ def run_cells(run_dir: str | Path, keys: Sequence[CellKey], invocation: int, job
     transfer cells after the cells that fit, since they score those cells' artifacts. Each model is loaded once
     per wave. This process writes only its cells and its own worker record (``jobs/<invocation>/worker-<job>``).
     """
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        _run_cells(run_dir, keys, invocation, job, executor, after_cell)
+    finally:  # a run inside a longer process (a notebook, the tests) leaves its thread count as it found it
+        torch.set_num_threads(threads)
+
+
+def _run_cells(run_dir: str | Path, keys: Sequence[CellKey], invocation: int, job: str, executor: str,
+               after_cell: Callable[[], None] | None = None) -> None:
     from harness.models import load_model, release
     from harness.scorer import Scorer
 

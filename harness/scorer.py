@@ -142,6 +142,10 @@ PASS_COST = 64
 # logits table alone is ~300 MB for this vocabulary); on a GPU half of what is free once the model is loaded
 CPU_MEMORY = 512 * 2**20
 GPU_SHARE = 0.5
+# passes are planned as if this many run at once, whatever the thread count: the plan decides which rows share a
+# pass, and so the last bits of the scores, which must not depend on the process's threads (each pass runs on one
+# thread either way). With more CPU threads than this, more passes than planned may be in flight.
+PLANNED_WORKERS = 2
 
 
 def default_memory(lm: LoadedModel) -> int:
@@ -199,7 +203,6 @@ class Scorer:
         self.max_len = getattr(cfg, "max_position_embeddings", None)
         self._soft: torch.Tensor | None = None  # the soft vectors of the current ``loglikelihood`` call
         self._pool: ThreadPoolExecutor | None = None
-        self._workers_n = 1
         self._lock = threading.Lock()
 
     @property
@@ -320,15 +323,15 @@ class Scorer:
         """
         threads = torch.get_num_threads()
         if self.lm.device.type != "cpu" or threads < 2:
-            self._pool, self._workers_n = None, 1
+            self._pool = None
             yield
             return
         with ThreadPoolExecutor(threads, initializer=torch.set_num_threads, initargs=(1,)) as pool:
-            self._pool, self._workers_n = pool, threads
+            self._pool = pool
             try:
                 yield
             finally:
-                self._pool, self._workers_n = None, 1
+                self._pool = None
                 torch.set_num_threads(threads)
 
     def _prefix_root(self, root: _Node, prefix_kv: torch.Tensor) -> dict[_Node, torch.Tensor]:
@@ -464,7 +467,7 @@ class Scorer:
         """
         n = len(ordered)
         b = self.budget
-        pass_kv = max(1, b.pass_kv // self._workers_n)
+        pass_kv = max(1, b.pass_kv // PLANNED_WORKERS)
         widths = np.array([len(x.tokens) for x in ordered], dtype=np.float64)
         starts = np.array([x.start for x in ordered], dtype=np.float64)
         best = np.zeros(n + 1)  # best[j]: cost of the first j nodes
@@ -503,7 +506,7 @@ class Scorer:
         dev = hidden.device
         where = torch.tensor([rows, offs, targets], device=dev)
         h = hidden[where[0], where[1]]
-        step = max(1, self.budget.head_rows // self._workers_n)
+        step = max(1, self.budget.head_rows // PLANNED_WORKERS)
         lps, hits = [], []
         for a in range(0, len(rows), step):
             logits = head_logits(self.lm, h[a : a + step])

@@ -87,7 +87,8 @@ def test_training_forward_keeps_the_sliding_window(lm, requests, family) -> None
         with torch.no_grad():
             logp = own_logprobs(tiny, embeds=embed_tokens(tiny.model, seq, soft)[0])[len(r.context) - 1 :]
         ref = float(logp.gather(1, torch.tensor(r.continuation)[:, None]).sum())
-        assert abs(o - ref) < 1e-5
+        # float32 sums of ~90 nats round at ~1e-5; the window's own effect is > 0.1 (the test above)
+        assert abs(o - ref) < 1e-6 * max(1.0, abs(ref))
 
 
 def test_unsupported_layer_types_are_refused(lm) -> None:
