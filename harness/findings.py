@@ -12,6 +12,7 @@ per-example ``scores.jsonl`` lines, read through ``harness.run_folder``.
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -605,6 +606,7 @@ def fit_checks(log: dict[str, Any] | None) -> list[FitCheck]:
 def _fit_check(label: str, curve: list[dict[str, Any]], selected: Any, status: str, winner: bool) -> FitCheck:
     train: dict[int, float] = {}  # step -> train loss (a search logs a point per step; training one per evaluation)
     evals: list[tuple[int, float, float | None]] = []  # (step, dev loss, mean train loss since the last evaluation)
+    windows: list[list[float]] = []  # the train losses behind each evaluation's mean
     since: list[float] = []
     for p in curve:
         step = p.get("step")
@@ -615,6 +617,7 @@ def _fit_check(label: str, curve: list[dict[str, Any]], selected: Any, status: s
             since.append(float(p["train_loss"]))
         if is_number(p.get("dev_loss")):
             evals.append((int(step), float(p["dev_loss"]), sum(since) / len(since) if since else None))
+            windows.append(since)
             since = []
     check = FitCheck(label, winner, int(selected) if is_number(selected) else None, len(evals), None, None, [])
     at = next((e for e in evals if e[0] == check.selected), None)
@@ -629,10 +632,21 @@ def _fit_check(label: str, curve: list[dict[str, Any]], selected: Any, status: s
     first_train = next((e[2] for e in after if e[2] is not None), None)
     last = after[-1]
     if len(after) > 1 and first_train is not None and last[2] is not None and last[2] < first_train \
-            and last[1] > at[1]:
+            and last[1] > at[1] and _falls(windows[evals.index(next(e for e in after if e[2] is not None))],
+                                           windows[len(evals) - 1]):
         check.warnings.append(f"after step {at[0]} train loss falls ({first_train:.3f} -> {last[2]:.3f}) while dev "
                               f"loss rises ({at[1]:.3f} -> {last[1]:.3f}, step {last[0]})")
     return check
+
+
+def _falls(before: list[float], later: list[float]) -> bool:
+    """Whether the later window's mean train loss is below the earlier one's by more than minibatch noise: two
+    standard errors of the difference of the means, when both windows hold several steps (a search logs every step;
+    a window of one point, as training logs, cannot tell noise and is taken as it is)."""
+    if len(before) < 2 or len(later) < 2:
+        return True
+    se = math.sqrt(statistics.variance(before) / len(before) + statistics.variance(later) / len(later))
+    return statistics.fmean(before) - statistics.fmean(later) > 2 * se
 
 
 def overfitting(g: Group) -> dict[str, list[tuple[int, list[FitCheck]]]]:

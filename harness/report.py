@@ -525,7 +525,8 @@ def _overfitting_section(run: Run, groups: list[Group]) -> list[str]:
            "From each trial's train and dev curves (log.json): the dev-selected step, the mean train loss over the "
            "steps before that evaluation, the dev loss there and their gap (dev − train). Flagged: a selected step "
            "that is the first evaluation (nothing learned generalised to dev), and train loss falling while dev loss "
-           "rises after the selected step. ★: the trial the condition chose.", ""]
+           "rises after the selected step (for a search, which logs each minibatch's loss, a fall larger than two "
+           "standard errors of the difference of the windows' means). ★: the trial the condition chose.", ""]
     for g, per_condition in found:
         out += [f"### {g.name}", ""]
         rows = []

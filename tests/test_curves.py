@@ -166,6 +166,22 @@ def test_overfitting_flags_from_train_and_dev_curves() -> None:
     [check] = fit_checks(search)
     assert check.label == "search" and check.train_loss == pytest.approx(1.5) and check.warnings == []
 
+    def searched(later: list[float]) -> dict:  # dev best at step 4, worse at step 8; train losses of every step
+        def window(first: int, losses: list[float]) -> list[dict]:
+            return [{"step": first + i, "train_loss": t} for i, t in enumerate(losses)]
+
+        return {"best_step": 4, "curves": [{"step": 0, "dev_loss": 1.5}, *window(1, [3.0, 2.0, 3.0, 2.0]),
+                                           {"step": 4, "dev_loss": 1.0}, *window(5, later),
+                                           {"step": 8, "dev_loss": 1.2}]}
+
+    # minibatch noise: means 2.5 -> 2.45, two standard errors of their difference 2 * 0.388 (by hand): no flag
+    [noisy] = fit_checks(searched([2.9, 2.0, 3.0, 1.9]))
+    assert noisy.train_loss == pytest.approx(2.5) and noisy.warnings == []
+    # a real fall: 2.5 -> 1.0, against 2 * 0.292
+    [real] = fit_checks(searched([1.0, 1.1, 0.9, 1.0]))
+    assert real.warnings == ["after step 4 train loss falls (2.500 -> 1.000) while dev loss rises (1.000 -> 1.200, "
+                             "step 8)"]
+
 
 # --- a curve: every train size a prefix of one split ------------------------------------------------------------------
 CURVE = f"""
