@@ -264,10 +264,22 @@ def headline(run: Run, g: Group) -> Headline:
         for name, mm in a.metrics.items():
             if mm.conditions[t].flag:
                 flags.append(f"{_metric_name(g, name).split(' (')[0]}: {mm.conditions[t].flag}")
+        for name, other in v.by_metric.items():  # the same rules on the metric that does not decide, when they differ
+            if name != v.metric and other not in (v.label, "uninformative", "inconclusive"):
+                flags.append(f"**{_metric_name(g, name).split(' (')[0]} says {other}**")
         rows.append(Row([t], v.label, v.reason, r_json, c.diff, c.clear, g.costs.get(t, Cost()), flags, v.n_needed))
     for row in rows:  # identical prompts share one row; their costs may differ
         if len(row.texts) > 1:
             row.flags.insert(0, f"{len(row.texts)} conditions, identical scores")
+    split = [(t, k, lab) for t in run.texts if t in a.verdicts and a.duplicates.get(t) not in a.texts
+             for k, lab in a.verdicts[t].by_metric.items()
+             if k != metric and lab not in (a.verdicts[t].label, "uninformative", "inconclusive")]
+    if split:
+        notes.append("The metrics disagree: " + "; ".join(
+            f"**{t}** is {a.verdicts[t].label} on {_metric_name(g, metric).split(' (')[0]} but {lab} on "
+            f"{_metric_name(g, k).split(' (')[0]}" for t, k, lab in split)
+            + ". The verdict follows the deciding metric; a prompt that raises the gold answer's likelihood without "
+              "changing what the model answers has not closed the gap for a user who reads the answers.")
     notes += _noise_floors(run, g, metric)
     family = len(m.family)
     if a.n_seeds == 1:

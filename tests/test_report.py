@@ -383,6 +383,18 @@ def test_headline_collapses_duplicates_and_names_uninformative_metrics(tmp_path)
     assert {r["texts"][0]: r["verdict"] for r in group["rows"]}["guess"] == "uninformative"
 
 
+def test_metrics_that_disagree_are_flagged_in_the_headline(tmp_path) -> None:
+    # "likely" has the gold NLL of "most" (R = 0.75 on log-likelihood: text-closes-gap) but is right on 11 of 30
+    # where the base is right on 10 and the ceiling on 25: R on accuracy = 1/15, soft-only by the same rules
+    extra = {"likely": lambda i, s: (gold_nll("most", i, s), i < 11)}
+    md, _ = build(tmp_path, failures={}, extra=extra)
+    row = next(x for x in md.splitlines()[:40] if x.startswith("| likely"))
+    assert "**text-closes-gap**" in row and "**accuracy says soft-only**" in row
+    most = next(x for x in md.splitlines()[:40] if x.startswith("| most"))
+    assert "says" not in most  # 22 of 30 right: R on accuracy = 12/15, text-closes-gap on both
+    assert "The metrics disagree: **likely** is text-closes-gap on gold log-likelihood but soft-only on accuracy" in md
+
+
 def test_three_seeds_show_per_seed_rows_and_the_wider_interval(tmp_path) -> None:
     shares = {0: 0.2, 1: 0.5, 2: 0.8}  # the text recovers a different share of the gap with each seed's fit
     extra = {"wobbly": lambda i, s: (gold_nll("base-chat", i, s) - shares[s] * (gold_nll("base-chat", i, s)
