@@ -666,18 +666,17 @@ def check_report(run: Run, report: Path) -> Item:
     warnings = []
     run_code = ((run.manifest.get("invocations") or [{}])[-1].get("code") or {})
     rep_code = stamp.get("code") or {}
-    rerendered, newer = "", None
+    rerendered = ""
     if rep_code.get("commit") != run_code.get("commit"):
         both = bool(rep_code.get("commit") and run_code.get("commit"))
-        newer = provenance.is_ancestor(run_code["commit"], rep_code["commit"]) if both else None
-        older = provenance.is_ancestor(rep_code["commit"], run_code["commit"]) if both else None
-        # A report re-rendered by later code from the same cells is what `promptgap report` is for.
-        if newer:
+        if both and provenance.is_ancestor(run_code["commit"], rep_code["commit"]):
+            # re-rendered by later code from the same cells: what `promptgap report` is for
             rerendered = f" (re-rendered; the cells ran on {provenance.code_label(run_code)})"
-    if rep_code.get("commit") != run_code.get("commit") and not newer:
-        warnings.append(f"{report} was written by {provenance.code_label(rep_code)}, "
-                        + ("older than " if older else "not ") + f"the code that last ran the cells "
-                        f"({provenance.code_label(run_code)}); regenerate it with `promptgap report {run.dir}`")
+        else:
+            older = both and provenance.is_ancestor(rep_code["commit"], run_code["commit"])
+            warnings.append(f"{report} was written by {provenance.code_label(rep_code)}, "
+                            + ("older than " if older else "not ") + f"the code that last ran the cells "
+                            f"({provenance.code_label(run_code)}); regenerate it with `promptgap report {run.dir}`")
     finished = [c.record.finished for c in _present(run) if c.record is not None and c.record.finished]
     written = stamp.get("written")
     if written and finished and datetime.fromisoformat(max(finished)) > datetime.fromisoformat(written):

@@ -242,6 +242,7 @@ def headline(run: Run, g: Group) -> Headline:
               f"half of what {a.ceiling!r} gains, and the verdicts claim no more.")
 
     rows: list[Row] = []
+    split: list[tuple[str, str, str]] = []  # (text, metric, its verdict there) where the metrics disagree
     for t in run.texts:
         if t not in g.usable:
             rows.append(Row([t], None, f"no verdict: its cell did not succeed for every seed ({failure(g.cells[t])})",
@@ -267,13 +268,11 @@ def headline(run: Run, g: Group) -> Headline:
         for name, other in v.by_metric.items():  # the same rules on the metric that does not decide, when they differ
             if name != v.metric and other not in (v.label, "uninformative", "inconclusive"):
                 flags.append(f"**{_metric_name(g, name).split(' (')[0]} says {other}**")
+                split.append((t, name, other))
         rows.append(Row([t], v.label, v.reason, r_json, c.diff, c.clear, g.costs.get(t, Cost()), flags, v.n_needed))
     for row in rows:  # identical prompts share one row; their costs may differ
         if len(row.texts) > 1:
             row.flags.insert(0, f"{len(row.texts)} conditions, identical scores")
-    split = [(t, k, lab) for t in run.texts if t in a.verdicts and a.duplicates.get(t) not in a.texts
-             for k, lab in a.verdicts[t].by_metric.items()
-             if k != metric and lab not in (a.verdicts[t].label, "uninformative", "inconclusive")]
     if split:
         notes.append("The metrics disagree: " + "; ".join(
             f"**{t}** is {a.verdicts[t].label} on {_metric_name(g, metric).split(' (')[0]} but {lab} on "
