@@ -18,6 +18,8 @@ from harness.errors import UserError
 log = logging.getLogger("promptgap")
 
 SPLITS = ("test", "dev", "train", "all")
+DETERMINISTIC_HELP = ("torch's deterministic algorithms and the math attention kernel: reproducible training on a GPU, "
+                      "slower")
 
 
 def _parse_settings(pairs: list[str]) -> dict:
@@ -97,7 +99,7 @@ def _summary_line(task: Any, scores: list) -> str:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from harness.atomic import write_json, write_jsonl
-    from harness.models import load_model, resolve_source
+    from harness.models import deterministic, load_model, resolve_source
     from harness.registry import get_optimizer, get_tasks
     from harness.run_folder import score_lines
     from harness.scorer import Scorer
@@ -123,6 +125,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         resolve_source(args.model)
     cells = [(task, *_eval_examples(task, args)) for task in tasks]  # a group: each subtask is fitted and scored
 
+    if args.deterministic:
+        deterministic(True)
     lm = load_model(args.model, device=args.device, dtype=args.dtype)
     scorer = Scorer(lm, batch_size=args.batch_size)
     rows, report, fit_logs, artifacts = [], [], {}, {}
@@ -214,7 +218,11 @@ def cmd_lm_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from harness.models import deterministic
     from harness.runner import Runner
+
+    if args.deterministic:  # before the manifest records the machine; jobs inherit it through the environment
+        deterministic(True)
 
     runner = Runner(args.config, run_id=args.run_id, resume=args.resume, only=args.only,
                     results_root=args.results, executor=args.executor, wait=not args.no_wait)
@@ -302,11 +310,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_export_peft(args: argparse.Namespace) -> int:
     from harness.artifact import PromptArtifact
-    from harness.models import load_model
     from harness.peft_export import export_peft
 
     artifact = PromptArtifact.load(args.artifact)
-    print(f"wrote {export_peft(artifact, load_model(args.model, device='cpu'), args.out)}")
+    print(f"wrote {export_peft(artifact, args.model, args.out)}")
     return 0
 
 
@@ -345,6 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=32)
     e.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     e.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16")
+    e.add_argument("--deterministic", action="store_true", help=DETERMINISTIC_HELP)
     e.add_argument("--artifact-out", type=Path, default=None, help="also save the prompt artifact to this folder")
     e.add_argument("--out", type=Path, required=True, help="JSONL file to write (written whole, or not at all)")
     e.set_defaults(func=cmd_eval)
@@ -360,6 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--reports", type=Path, default=Path("reports"), help="reports root (default reports/)")
     r.add_argument("--executor", default=None, metavar="KIND", help="where cells run: local (this process, the "
                    "default), processes (local worker processes) or slurm; replaces the config's [executor] kind")
+    r.add_argument("--deterministic", action="store_true", help=DETERMINISTIC_HELP + "; recorded in the manifest "
+                   "and in each cell")
     r.add_argument("--no-wait", action="store_true", help="slurm: return once the jobs are submitted; then "
                    "`promptgap status RUN_DIR`, and `promptgap report RUN_DIR` when they are done")
     r.set_defaults(func=cmd_run)

@@ -129,6 +129,34 @@ def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return torch.float32
 
 
+DETERMINISTIC_ENV = "PROMPTGAP_DETERMINISTIC"
+
+
+def deterministic(on: bool | None = None) -> bool:
+    """Opt-in deterministic mode (``--deterministic``): torch's deterministic algorithms (an op without a
+    deterministic implementation raises instead of running), cuDNN without autotuning, and only the math kernel of
+    scaled-dot-product attention (the fused kernels' backward accumulates in a varying order). Slower on a GPU.
+
+    ``on=True`` switches it on in this process and, through ``PROMPTGAP_DETERMINISTIC``, in every job it starts;
+    ``on=None`` switches it on when that variable asks (a job's process). Returns whether it is on."""
+    if on is None:
+        on = os.environ.get(DETERMINISTIC_ENV) == "1"
+    if not on:
+        return torch.are_deterministic_algorithms_enabled()
+    os.environ[DETERMINISTIC_ENV] = "1"
+    # cuBLAS needs a fixed workspace to be deterministic; read when CUDA initialises, so set before any kernel runs
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    cuda = torch.backends.cuda
+    for kernel in ("enable_flash_sdp", "enable_mem_efficient_sdp", "enable_cudnn_sdp"):
+        if hasattr(cuda, kernel):
+            getattr(cuda, kernel)(False)
+    cuda.enable_math_sdp(True)
+    return True
+
+
 def embedded_gguf() -> Path:
     try:
         path = Path(str(importlib.metadata.distribution(EMBEDDED_DIST).locate_file(EMBEDDED_GGUF)))
@@ -188,6 +216,17 @@ def prepare_model(name: str) -> None:
     once (``atomic_dir(keep_existing=True)`` already keeps two builders from clobbering each other; this keeps them
     from spending the time twice). Names are checked on the way."""
     resolve_source(name)
+
+
+def model_config(name: str):
+    """A model's config alone, no weights read (what ``export-peft`` needs: the model's shape)."""
+    from transformers import AutoConfig
+
+    source, kwargs = resolve_source(name)
+    try:
+        return AutoConfig.from_pretrained(source, **kwargs)
+    except OSError as e:
+        raise UserError(f"could not read the config of model {name!r} ({str(e).splitlines()[0][:200]})") from None
 
 
 def load_model(name: str = EMBEDDED, device: str = "auto", dtype: str = "auto") -> LoadedModel:

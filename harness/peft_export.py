@@ -7,11 +7,12 @@ from pathlib import Path
 from harness.artifact import PromptArtifact
 from harness.atomic import atomic_dir
 from harness.errors import UserError
-from harness.models import LoadedModel
+from harness.models import model_config
 
 
-def export_peft(artifact: PromptArtifact, lm: LoadedModel, folder: str | Path) -> Path:
-    """Write ``folder`` as PEFT writes a prompt-tuning adapter (adapter_config.json, adapter_model.safetensors).
+def export_peft(artifact: PromptArtifact, model: str, folder: str | Path) -> Path:
+    """Write ``folder`` as PEFT writes a prompt-tuning adapter (adapter_config.json, adapter_model.safetensors)
+    for ``model`` (a name, hub id or folder, as everywhere), of which only the config is read.
 
     Only the ``start`` placement has a PEFT equivalent: PEFT puts the vectors before every input token.
     The adapter sees whatever ids it is given, so for a chat-format artifact apply the chat template first
@@ -26,14 +27,14 @@ def export_peft(artifact: PromptArtifact, lm: LoadedModel, folder: str | Path) -
     if artifact.placement != "start":
         raise UserError(f"a soft prompt with placement {artifact.placement!r} has no PEFT form (PEFT prepends "
                         f"before every token); train with placement = \"start\" to export")
-    cfg = lm.model.config.get_text_config()
+    cfg = model_config(model).get_text_config()
     if artifact.soft_prompt.shape[1] != cfg.hidden_size:
-        raise UserError(f"the soft prompt's width {artifact.soft_prompt.shape[1]} is not model {lm.name}'s "
+        raise UserError(f"the soft prompt's width {artifact.soft_prompt.shape[1]} is not model {model}'s "
                         f"{cfg.hidden_size}; export with the model it was trained on")
     config = PromptTuningConfig(
         task_type=TaskType.CAUSAL_LM, num_virtual_tokens=artifact.n_soft, token_dim=cfg.hidden_size,
         num_transformer_submodules=1, num_attention_heads=cfg.num_attention_heads, num_layers=cfg.num_hidden_layers,
-        base_model_name_or_path=lm.name,
+        base_model_name_or_path=model,
     )
     folder = Path(folder)
     with atomic_dir(folder) as tmp:

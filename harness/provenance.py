@@ -158,7 +158,10 @@ def machine() -> dict[str, Any]:
                             "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
     if torch.cuda.is_available():
         info["cuda"] = torch.version.cuda
+        info["cudnn"] = torch.backends.cudnn.version()
         info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    # --deterministic (models.deterministic): torch's deterministic algorithms and the math attention kernel
+    info["deterministic"] = torch.are_deterministic_algorithms_enabled()
     return info
 
 

@@ -298,6 +298,7 @@ class CellRecord:
     device: str | None = None
     dtype: str | None = None
     threads: int | None = None
+    deterministic: bool | None = None  # torch's deterministic algorithms were on (--deterministic)
     code: dict[str, Any] | None = None  # provenance.code_state() of the process that ran the cell
     job: dict[str, Any] | None = None  # the job that ran it: {"invocation", "id", "executor", "host"}
     selection: dict[str, Any] | None = None  # what the condition reported selecting on (FitContext.report_selection)

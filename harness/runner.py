@@ -198,9 +198,10 @@ def run_cells(run_dir: str | Path, keys: Sequence[CellKey], invocation: int, job
 
 def _run_cells(run_dir: str | Path, keys: Sequence[CellKey], invocation: int, job: str, executor: str,
                after_cell: Callable[[], None] | None = None) -> None:
-    from harness.models import load_model, release
+    from harness.models import deterministic, load_model, release
     from harness.scorer import Scorer
 
+    deterministic()  # on in a job when the invocation that started it asked (--deterministic)
     folder = RunFolder(run_dir)
     cfg = RunConfig.from_json(folder.read_json(CONFIG))
     worker = WorkerRecord(invocation=invocation, job=job, executor=executor, host=socket.gethostname(),
@@ -290,6 +291,7 @@ def _run_cell(folder: RunFolder, cfg: RunConfig, code: dict[str, Any], job: dict
                         n_train=0 if key.is_transfer else len(fitted.train),
                         n_dev=0 if key.is_transfer else len(fitted.dev), device=str(lm.device),
                         dtype=str(lm.dtype).removeprefix("torch."), threads=torch.get_num_threads(),
+                        deterministic=torch.are_deterministic_algorithms_enabled(),
                         code={k: code.get(k) for k in ("version", "commit", "dirty")}, job=job)
     evidence = Evidence()
     fell_back = len(lm.fallbacks)

@@ -10,6 +10,11 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("PROMPTGAP_PROGRESS", "0")
+# every model a test loads, in this process or a job it starts, runs on the CPU in float32 (the tolerances assume
+# float32) unless PROMPTGAP_TEST_DEVICE names another device, e.g. cuda; "auto" devices and dtypes follow these
+TEST_DEVICE = os.environ.get("PROMPTGAP_TEST_DEVICE") or "cpu"
+os.environ["PROMPTGAP_DEVICE"] = TEST_DEVICE
+os.environ["PROMPTGAP_DTYPE"] = "float32"
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -25,7 +30,7 @@ def shared_data() -> Path:
 def lm():
     from harness.models import load_model
 
-    return load_model()
+    return load_model(device=TEST_DEVICE, dtype="float32")
 
 
 @pytest.fixture(scope="session")

@@ -96,3 +96,20 @@ def test_unsupported_layer_types_are_refused(lm) -> None:
     tiny.model.config.layer_types = ["chunked_attention"] * 4
     with pytest.raises(UserError, match="chunked_attention"):
         attention_kinds(tiny)
+
+
+def test_random_init_has_the_scale_of_a_scaled_embedding(lm) -> None:
+    """Gemma's embedding module multiplies its table by sqrt(hidden) (8 here): random init vectors drawn from the
+    vocabulary's statistics have the norm of the module's output rows, not of the raw table's."""
+    from optimizers.prompt_training import init_vectors
+
+    tiny = tiny_lm("gemma3_text", lm.tokenizer, initializer_range=0.02)
+    table = tiny.model.get_input_embeddings()
+    with torch.no_grad():
+        rows = table(torch.arange(table.num_embeddings))
+    want = rows.norm(dim=1).pow(2).mean().sqrt()  # the root-mean-square norm of what the layers read
+    raw = table.weight.norm(dim=1).pow(2).mean().sqrt()
+    assert want > 5 * raw  # the scale is real: the raw table's statistics would be far off
+    vectors = init_vectors(tiny, "random", 512, None, torch.Generator().manual_seed(0))
+    got = vectors.norm(dim=1).pow(2).mean().sqrt()
+    assert abs(float(got / want) - 1) < 0.05

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -217,7 +218,7 @@ def test_manifest_traces_every_input(run_dir) -> None:
     if head.returncode == 0:
         assert inv["code"]["commit"] == head.stdout.strip() and isinstance(inv["code"]["dirty"], bool)
     cell = json.loads((run_dir / CELLS / "soft-prompt" / "cell.json").read_text())
-    assert cell["device"] == "cpu" and cell["dtype"] == "float32" and cell["threads"] >= 1
+    assert cell["device"] == os.environ["PROMPTGAP_DEVICE"] and cell["dtype"] == "float32" and cell["threads"] >= 1
     assert cell["selection"]["reported_by"] == "condition" and cell["selection"]["n"] == 5
 
 

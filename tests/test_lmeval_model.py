@@ -97,7 +97,7 @@ def test_exported_soft_prompt_in_lm_evals_hf_model_with_peft(lm, scorer, tmp_pat
 
     soft = torch.randn(4, 576, generator=torch.Generator().manual_seed(5)) * 0.1
     art = PromptArtifact(format=fmt, placement="start", soft_prompt=soft, condition="soft-prompt")
-    adapter = export_peft(art, lm, tmp_path / "adapter")
+    adapter = export_peft(art, lm.name, tmp_path / "adapter")
     peft_lm = HFLM(pretrained=str(embedded_folder()), peft=str(adapter), dtype="float32", batch_size=32, device="cpu")
     chat = fmt == "chat"
     theirs = run_lm_eval(peft_lm, ["pgfx_capitals"], tm(), chat=chat).reference("pgfx_capitals")

@@ -20,10 +20,10 @@ def naive(lm, requests: list[TokenRequest]) -> list[tuple[float, bool]]:
     out = []
     with torch.no_grad():
         for r in requests:
-            ids = torch.tensor([list(r.context + r.continuation)[:-1]])
+            ids = torch.tensor([list(r.context + r.continuation)[:-1]], device=lm.device)
             logp = torch.log_softmax(lm.model(input_ids=ids).logits[0].float(), dim=-1)
             rows = logp[len(r.context) - 1 :]
-            tgt = torch.tensor(r.continuation)
+            tgt = torch.tensor(r.continuation, device=lm.device)
             out.append((float(rows.gather(1, tgt[:, None]).sum()), bool((rows.argmax(-1) == tgt).all())))
     return out
 
@@ -112,7 +112,7 @@ def test_greedy_flag_follows_the_models_own_argmax(lm, scorer) -> None:
     ids, greedy_tokens = list(ctx), []
     with torch.no_grad():
         for _ in range(3):  # the model's own greedy continuation, one token at a time
-            nxt = int(lm.model(input_ids=torch.tensor([ids])).logits[0, -1].argmax())
+            nxt = int(lm.model(input_ids=torch.tensor([ids], device=lm.device)).logits[0, -1].argmax())
             greedy_tokens.append(nxt)
             ids.append(nxt)
     own = TokenRequest(tuple(ctx), tuple(greedy_tokens))
