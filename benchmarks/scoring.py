@@ -19,6 +19,7 @@ import logging
 import os
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -32,6 +33,39 @@ from harness.registry import get_task  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 FILES = {"winogrande": "dev.jsonl", "boolq": "dev.jsonl"}
+
+
+@dataclass
+class SideBySide:
+    """One format scored by promptgap's scorer and by lm-eval's HFLM over the same loaded model."""
+
+    requests: int
+    seconds_ours: float
+    seconds_ref: float
+    max_dll: float  # the largest per-request |log-likelihood difference|
+    acc_ours: float
+    acc_ref: float
+    same_correct: int  # examples both call correct, or both wrong
+    greedy_differs: int  # requests whose greedy flags differ
+    ours: list = field(repr=False, default_factory=list)  # promptgap's ExampleScores
+
+
+def side_by_side(scorer, task: str, data_file: Path, examples: list, fmt: str, batch_size: int) -> SideBySide:
+    """Score ``examples`` (the first rows of ``data_file``) in ``fmt`` with both, each timed on its scoring calls."""
+    kind = get_task(task, data_dir=data_file.parent).kind
+    t0 = time.perf_counter()
+    ours = scorer.score(PromptArtifact(format=fmt), examples, kind, desc=f"promptgap {fmt}")
+    seconds = time.perf_counter() - t0
+    ref = lm_eval_reference(scorer.lm, task, data_file, limit=len(examples), chat=fmt == "chat",
+                            batch_size=batch_size)
+    diffs = [abs(a - b) for o, r in zip(ours, ref.lls, strict=True) for a, b in zip(o.choice_loglik, r, strict=True)]
+    return SideBySide(
+        requests=len(diffs), seconds_ours=seconds, seconds_ref=ref.seconds, max_dll=max(diffs),
+        acc_ours=sum(o.correct for o in ours) / len(ours), acc_ref=sum(ref.acc) / len(ref.acc),
+        same_correct=sum(o.correct == bool(a) for o, a in zip(ours, ref.acc, strict=True)),
+        greedy_differs=sum(a != b for o, r in zip(ours, ref.greedy, strict=True)
+                           for a, b in zip(o.choice_greedy, r, strict=True)),
+        ours=ours)
 
 
 def main() -> None:
@@ -61,23 +95,13 @@ def main() -> None:
     for fmt in args.formats:
         t_ours_all, t_ref_all = [], []
         for _ in range(args.repeat):
-            t0 = time.perf_counter()
-            ours = scorer.score(PromptArtifact(format=fmt), examples, task.kind, desc=f"promptgap {fmt}")
-            t_ours_all.append(time.perf_counter() - t0)
-            ref = lm_eval_reference(lm, args.task, data_dir / FILES[args.task], limit=len(examples),
-                                    chat=fmt == "chat", batch_size=args.batch_size)
-            t_ref_all.append(ref.seconds)
+            row = side_by_side(scorer, args.task, data_dir / FILES[args.task], examples, fmt, args.batch_size)
+            t_ours_all.append(row.seconds_ours)
+            t_ref_all.append(row.seconds_ref)
         print(f"{fmt}: promptgap runs {', '.join(f'{t:.1f}' for t in t_ours_all)} s; "
               f"lm-eval runs {', '.join(f'{t:.1f}' for t in t_ref_all)} s", flush=True)
-        t_ours, t_ref = min(t_ours_all), min(t_ref_all)
-        diffs = [abs(a - b) for o, r in zip(ours, ref.lls, strict=True)
-                 for a, b in zip(o.choice_loglik, r, strict=True)]
-        greedy_diff = sum(a != b for o, r in zip(ours, ref.greedy, strict=True)
-                          for a, b in zip(o.choice_greedy, r, strict=True))
-        acc_ours = sum(o.correct for o in ours) / len(ours)
-        acc_ref = sum(ref.acc) / len(ref.acc)
-        same_pred = sum(o.correct == bool(a) for o, a in zip(ours, ref.acc, strict=True))
-        rows.append((fmt, len(diffs), t_ours, t_ref, max(diffs), acc_ours, acc_ref, same_pred, greedy_diff))
+        rows.append((fmt, row.requests, min(t_ours_all), min(t_ref_all), row.max_dll, row.acc_ours, row.acc_ref,
+                     row.same_correct, row.greedy_differs))
     print(f"\n{args.task}, {len(examples)} examples, batch {args.batch_size}, "
           f"model {lm.name} ({lm.dtype}, {lm.device}), best of {args.repeat} runs per side")
     print(f"{'format':6} {'requests':>8} {'promptgap s':>11} {'lm-eval s':>9} {'speed-up':>8} "

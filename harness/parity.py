@@ -123,3 +123,17 @@ def lm_eval_reference(lm: LoadedModel, task: str, data_file: Path, limit: int | 
                    training_split=None, validation_split="validation")
         run = run_lm_eval(hf_model(lm, batch_size), [cfg], chat=chat, num_fewshot=None)
     return run.reference(cfg["task"])
+
+
+def greedy_margin(lm: LoadedModel, context: Sequence[int], continuation: Sequence[int]) -> float:
+    """How far (nats) a request's greedy flag is from changing, from the model's own forward over the whole sequence
+    (the reference the scorer's numbers are checked against): when every continuation token is the argmax, the
+    smallest lead of a token over the best other; else the largest shortfall of a token behind the argmax."""
+    import torch
+
+    seq = torch.tensor([list(context) + list(continuation)[:-1]], device=lm.device)
+    with torch.no_grad():
+        logp = torch.log_softmax(lm.model(input_ids=seq).logits[0, len(context) - 1 :].float(), dim=-1)
+    target = torch.tensor(list(continuation), device=lm.device)[:, None]
+    lead = logp.gather(1, target)[:, 0] - logp.scatter(1, target, -torch.inf).max(1).values
+    return float(lead.min()) if bool((lead > 0).all()) else float(-lead.min())

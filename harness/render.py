@@ -68,6 +68,7 @@ class Ledger:
         self.bare_calls = 0
         self.keep_requests = keep_requests
         self.requests: list[dict] = []
+        self.first: dict | None = None  # with keep_requests: the first request's text, as the model reads it
         self.bos_id = getattr(tokenizer, "bos_token_id", None)
         prefix = self.bos_id if self.bos_id is not None else getattr(tokenizer, "eos_token_id", None)
         # lm-eval's HFLM adds no BOS to text that already starts with the prefix token's text
@@ -81,6 +82,9 @@ class Ledger:
         self.read(example)
         if not self.keep_requests:
             return
+        if self.first is None and texts:
+            self.first = {"example_id": example.id, "context": texts[0].context,
+                          "continuation": texts[0].continuation}
         for choice, (text, req) in enumerate(zip(texts, tokens, strict=True)):
             real = [t for t in req.context if t >= 0]  # soft-prompt slots may stand before the BOS
             lead = 0

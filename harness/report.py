@@ -51,6 +51,7 @@ from harness.findings import (
     transfers,
     verdict_json,
 )
+from harness.render import SLOT
 from harness.run_folder import Run, is_number, load_run
 from harness.stats import (
     DEFAULT_N_BOOT,
@@ -630,10 +631,42 @@ def _tokens(v: Any) -> str:
     return _tok(v) if isinstance(v, str) else str(v)
 
 
+def _as_read_lines(run: Run, g: Group) -> list[str]:
+    """One test example per format as the model read it (the harness's record of a cell's first test request),
+    the base condition's where it has that format, and what the chat template reads and what promptgap pinned."""
+    shown: dict[str, tuple[str, dict[str, str], PromptArtifact]] = {}
+    for c in sorted(run.conditions, key=lambda c: run.role(c) != "base"):
+        for x in g.cells[c]:
+            if x.ok and x.artifact is not None and x.evidence is not None and x.evidence.example:
+                shown.setdefault(x.artifact.format, (c, x.evidence.example, x.artifact))
+    if not shown:
+        return ["As the model reads them: not recorded (the code that computed these cells did not keep the text of "
+                "a test request; cells computed since commit 'Evidence: the first test request as text' do).", ""]
+    out = ["As the model reads them: one test example per format, the first test request of the condition named "
+           "(recorded by the harness while it scored the test split; the continuation is what is scored).", ""]
+    for fmt in sorted(shown, key=lambda f: f != "raw"):
+        c, ex, art = shown[fmt]
+        context = ex["context"].replace(SLOT, f"⟨soft prompt: {art.n_soft} vectors⟩")
+        lead = [f"(a key/value prefix of {art.n_prefix} positions precedes every token)", ""] \
+            if art.prefix_kv is not None else []
+        out += [f"**{fmt}** ({c}, example `{ex['example_id']}`):", "", *lead, *_fenced(context), "",
+                f"Continuation: {_tok(ex['continuation'])}", ""]
+        if fmt == "chat":
+            facts = (((run.manifest.get("models") or {}).get(g.model) or {}).get("tokenizer") or {}).get(
+                "chat_template")
+            if facts:
+                pinned = ", ".join(f"{k} = {v!r}" for k, v in facts.get("pinned", {}).items()) or "nothing"
+                today = {True: "**yes: results can change from day to day**", False: "no", None: "unknown"}[
+                    facts.get("today_in_prompt")]
+                out += [f"Chat template: reads {', '.join(facts.get('variables') or []) or 'no other variables'}; "
+                        f"promptgap pinned {pinned}; today's date in the prompt: {today}.", ""]
+    return out
+
+
 def _prompts_section(run: Run, groups: list[Group]) -> list[str]:
     out = ["## Final prompts", ""]
     for g in groups:
-        out += [f"### {g.name}", ""]
+        out += [f"### {g.name}", "", *_as_read_lines(run, g)]
         for c in run.conditions:
             out += [f"#### {_role_name(run, c)}", ""]
             # seeds with an identical artifact are shown once

@@ -338,7 +338,8 @@ class Evidence:
     ``selection``: the ids and metric the condition said it chose on (its word, which the audit checks against
     the split and ``fit_reads``). ``requests``: per test request, its example, choice, how many BOS tokens lead
     its context (after any soft-prompt slots) and whether its text starts with the BOS text (lm-eval's rule then
-    adds none).
+    adds none). ``example``: the first test request as text (example id, context, continuation), what the model
+    read, template and any soft-prompt slot (``render.SLOT``) included.
     """
 
     fit_reads: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -348,12 +349,10 @@ class Evidence:
     requests: list[dict[str, Any]] = field(default_factory=list)
     # transfer cells only: {"removed": {target test id: "same" | "mirror"}, "fitted_on": content keys compared}
     leakage: dict[str, Any] | None = None
+    example: dict[str, str] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        if d["leakage"] is None:
-            del d["leakage"]
-        return d
+        return {k: v for k, v in asdict(self).items() if v is not None or k not in ("leakage", "example")}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Evidence:

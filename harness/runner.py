@@ -324,7 +324,7 @@ def _run_cell(folder: RunFolder, cfg: RunConfig, code: dict[str, Any], job: dict
                 scores = scorer.score(artifact, test, task.kind, desc=key.label)
             record.score_seconds = round(time.perf_counter() - t0, 2)
             record.score_tokens = lm.usage.since(before).tokens
-            evidence.test_reads, evidence.requests = seen.reads, seen.requests
+            evidence.test_reads, evidence.requests, evidence.example = seen.reads, seen.requests, seen.first
             lines = score_lines(scores, {"model": lm.name, "task": task.name, "condition": key.condition,
                                          "split": "test", "split_hash": record.split_hash,
                                          "format": artifact.format})

@@ -287,3 +287,27 @@ def test_conditions_import_nothing_of_the_orchestrator() -> None:
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             found += [f"{p.relative_to(ROOT)}: {n}" for n in names if n in orchestrator]
     assert found == []
+
+
+def test_the_report_shows_each_format_as_the_model_reads_it(run_dir, tmp_path) -> None:
+    """The first test example of base-raw and base-chat, as the report prints it, is what lm-eval's rules give for
+    that example: its context as is (raw), and the tokenizer's own chat template with promptgap's pins (chat)."""
+    from transformers import AutoTokenizer
+
+    from harness.models import embedded_folder
+    from harness.render import TEMPLATE_PINS
+    from tasks.antonyms import Antonyms
+
+    text = write_report(run_dir, tmp_path / "reports", n_boot=50).read_text()
+    first = json.loads((run_dir / SPLIT).read_text())["test"][0]
+    [ex] = [e for e in Antonyms().all_examples() if e.id == first]
+    shown = re.findall(r"\*\*(raw|chat)\*\* \(base-\w+, example `" + re.escape(first) + r"`\):\n\n```text\n(.*?)\n```",
+                       text, re.S)
+    blocks = dict(shown)
+    assert len(shown) == 2 and set(blocks) == {"raw", "chat"}
+    assert blocks["raw"] == ex.contexts[0]
+    tok = AutoTokenizer.from_pretrained(embedded_folder())
+    chat = tok.apply_chat_template([{"role": "user", "content": ex.contexts[0]}], tokenize=False,
+                                   add_generation_prompt=True, **TEMPLATE_PINS)
+    assert blocks["chat"] == chat
+    assert "today's date in the prompt: no" in text

@@ -1,5 +1,6 @@
-"""Device and dtype: the opt-in deterministic mode reaches the manifest and every cell, export-peft reads a model's
-config only, and a run with two models frees the first before the second loads."""
+"""Device and dtype: bf16 stays within the stated tolerance of float32, the opt-in deterministic mode reaches the
+manifest and every cell, export-peft reads a model's config only, and a run with two models frees the first before
+the second loads."""
 
 from __future__ import annotations
 
@@ -14,10 +15,13 @@ import weakref
 import torch
 
 from harness.artifact import PromptArtifact
-from harness.models import embedded_folder
+from harness.models import BF16_TOLERANCE, embedded_folder, load_model
+from harness.parity import greedy_margin
 from harness.peft_export import export_peft
 from harness.run_folder import load_run
 from harness.runner import Runner
+from harness.scorer import Scorer
+from tasks.winogrande import WinoGrande
 
 RUN = """
 [run]
@@ -38,6 +42,25 @@ format = "chat"
 base = "base-chat"
 texts = ["handwritten"]
 """
+
+
+def test_bf16_stays_within_the_stated_tolerance(lm, shared_data) -> None:
+    """A WinoGrande slice, raw and chat, scored by the same weights in bf16 and in float32: every request's
+    log-likelihood within BF16_TOLERANCE, and a greedy flag changes only where the float32 margin (the model's own
+    forward) is below it."""
+    examples = WinoGrande(shared_data / "winogrande").all_examples()[:16]
+    bf16 = load_model(device=str(lm.device), dtype="bfloat16")
+    assert bf16.dtype == torch.bfloat16
+    f32, b16 = Scorer(lm), Scorer(bf16)
+    requests = [r for fmt in ("raw", "chat")
+                for reqs in f32.renderer.requests(PromptArtifact(format=fmt), examples) for r in reqs]
+    a, b = f32.loglikelihood(requests), b16.loglikelihood(requests)
+    diffs = [abs(x.loglik - y.loglik) for x, y in zip(a, b, strict=True)]
+    assert max(diffs) < BF16_TOLERANCE
+    assert max(diffs) > 1e-3  # bf16 did run: this is not float32 against itself
+    for r, x, y in zip(requests, a, b, strict=True):
+        if x.greedy != y.greedy:
+            assert greedy_margin(lm, r.context, r.continuation) < BF16_TOLERANCE
 
 
 def test_deterministic_mode_is_recorded(tmp_path) -> None:
