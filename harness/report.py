@@ -640,8 +640,8 @@ def _as_read_lines(run: Run, g: Group) -> list[str]:
             if x.ok and x.artifact is not None and x.evidence is not None and x.evidence.example:
                 shown.setdefault(x.artifact.format, (c, x.evidence.example, x.artifact))
     if not shown:
-        return ["As the model reads them: not recorded (the code that computed these cells did not keep the text of "
-                "a test request; cells computed since commit 'Evidence: the first test request as text' do).", ""]
+        return ["As the model reads them: not recorded (the code that computed these cells kept no test request's "
+                "text in evidence.json; runs made since do).", ""]
     out = ["As the model reads them: one test example per format, the first test request of the condition named "
            "(recorded by the harness while it scored the test split; the continuation is what is scored).", ""]
     for fmt in sorted(shown, key=lambda f: f != "raw"):
@@ -711,7 +711,13 @@ def _setup_section(run: Run) -> list[str]:
     out += _table(["condition", "role", "optimizer", "settings"],
                   [[c, run.role(c) or "—", conds[c].get("optimizer", c),
                     _code(json.dumps(conds[c].get("settings") or {}, ensure_ascii=False))] for c in run.conditions])
-    return out + [""] + _provenance_lines(run)
+    fell = [[c.label, f["where"], f["what"]] for c in run.cells.values() if c.record and c.record.fallbacks
+            for f in c.record.fallbacks]
+    out += ["", "Out-of-memory fallbacks (cell.json `fallbacks`; the numbers are the same, the work was cut finer): "
+            + ("none." if not fell else f"{len(fell)}."), ""]
+    if fell:
+        out += _table(["cell", "where", "what"], fell) + [""]
+    return out + _provenance_lines(run)
 
 
 def _short(digest: Any) -> str:

@@ -143,3 +143,10 @@ def test_a_run_survives_out_of_memory_with_the_same_numbers(tmp_path, lm, monkey
     assert "micro-batches of 4" in fell["soft-prompt"][0]["what"]
     trained = [c.artifact.soft_prompt for r in (clean, hit) for k, c in r.cells.items() if k.condition == "soft-prompt"]
     assert (trained[0] - trained[1]).abs().max() < 1e-4
+    from harness.report import write_report
+
+    text = write_report(hit.folder.root, tmp_path / "reports", n_boot=50).read_text()
+    assert "the work was cut finer): 2." in text
+    assert "micro-batches of 4" in text
+    clean_text = write_report(clean.folder.root, tmp_path / "reports", n_boot=50).read_text()
+    assert "the work was cut finer): none." in clean_text
