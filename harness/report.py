@@ -509,7 +509,7 @@ def _transfer_section(run: Run, blocks: list[TransferBlock], fig_dir: Path, link
             out += ["R is not shown: the run has no ceiling ([ratio] ceiling) on the target.", ""]
         if _can_draw():
             name = _file_name(b.source_model, b.source_task, b.target_model, b.target_task, f"seed{b.seed}",
-                              f"train{b.train_size}") + "-transfer.png"
+                              *([f"train{b.train_size}"] if b.train_size is not None else [])) + "-transfer.png"
             transfer_figure(fig_dir / name, b)
             out += [f"![transfer {b.name}]({link_dir}/{quote(name)})", "",
                     "Each condition's gain over the target's base: transferred from the source (filled) and fitted on "
