@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import importlib.metadata
@@ -9,6 +10,7 @@ import inspect
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,31 +51,39 @@ class Usage:
 OUT_OF_MEMORY: tuple[type[BaseException], ...] = (getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError),)
 
 
-# glibc's mallopt parameter, and the threshold promptgap fixes it to (bytes)
+# glibc's mallopt parameter; the threshold promptgap sets while it scores, and the most glibc's own raises it to
 M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = int(os.environ.get("PROMPTGAP_MMAP_THRESHOLD", 4 * 2**20))
+GLIBC_MMAP_MAX = 32 * 2**20
 
 
-def map_large_buffers() -> bool:
-    """Host memory: have glibc map each allocation above ``MMAP_THRESHOLD`` on its own, and unmap it when freed.
+def _mallopt_threshold(value: int) -> bool:
+    if sys.platform != "linux" or MMAP_THRESHOLD <= 0:
+        return False
+    try:
+        return bool(ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, value))
+    except (OSError, AttributeError):  # not glibc: nothing to set
+        return False
+
+
+@contextlib.contextmanager
+def map_large_buffers() -> Iterator[None]:
+    """While scoring on the host: glibc maps each allocation above ``MMAP_THRESHOLD`` on its own and unmaps it when
+    freed.
 
     By default glibc raises that threshold to the size of every mapped block that is freed (up to 32 MB), so after
-    the first passes the scorer's key/value buffers, hidden states and LM-head tables, all short-lived and of
-    varying size, come from the heap, which they fragment: on WinoGrande dev raw the process then peaked at 2.59 GB
-    resident against 1.74 GB with a fixed threshold (``benchmarks/memory.py``). Once per process; nothing off
-    Linux/glibc. Returns whether the threshold is set."""
-    global _mapped
-    if _mapped is None:
-        _mapped = False
-        if sys.platform == "linux" and MMAP_THRESHOLD > 0:
-            try:
-                _mapped = bool(ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD))
-            except (OSError, AttributeError):  # not glibc: nothing to set
-                pass
-    return _mapped
-
-
-_mapped: bool | None = None
+    the first passes the scorer's key/value buffers, hidden states and LM-head tables, short-lived and of varying
+    size, come from the heap, which they fragment: WinoGrande dev raw then peaked at 2.57 GB resident in process
+    against 1.78 GB with a fixed threshold, at the same speed. Training is the other way round: its many mid-sized
+    tensors per step ran about 20% slower when each was mapped, so on leaving, the threshold goes to glibc's own
+    ceiling. Nothing off Linux/glibc, or with ``PROMPTGAP_MMAP_THRESHOLD=0``."""
+    if not _mallopt_threshold(MMAP_THRESHOLD):
+        yield
+        return
+    try:
+        yield
+    finally:
+        _mallopt_threshold(GLIBC_MMAP_MAX)
 
 
 def release(device: torch.device) -> None:

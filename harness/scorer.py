@@ -188,8 +188,6 @@ class Scorer:
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         self.lm = lm
-        if lm.device.type == "cpu":
-            map_large_buffers()  # pass buffers live in host memory: keep them from fragmenting it
         self.batch_size = batch_size
         self.memory = memory or default_memory(lm)
         cfg = lm.model.config.get_text_config()
@@ -257,9 +255,16 @@ class Scorer:
                     ledger.read(e)
         return self._loglikelihood(requests, desc, prompt)
 
-    @torch.no_grad()
     def _loglikelihood(self, requests: Sequence[TokenRequest], desc: str = "scoring",
                        prompt: PromptArtifact | None = None) -> list[Loglik]:
+        if self.lm.device.type != "cpu":
+            return self._score_requests(requests, desc, prompt)
+        with map_large_buffers():  # the passes' buffers live in host memory: keep them from fragmenting it
+            return self._score_requests(requests, desc, prompt)
+
+    @torch.no_grad()
+    def _score_requests(self, requests: Sequence[TokenRequest], desc: str, prompt: PromptArtifact | None
+                        ) -> list[Loglik]:
         if not requests:
             return []
         n_prefix = prompt.n_prefix if prompt is not None else 0
