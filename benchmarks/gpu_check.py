@@ -13,7 +13,7 @@ GPU it takes a few minutes for the whole WinoGrande dev set (1267 examples). It 
    continuation token) against ``harness.models.BF16_TOLERANCE``, greedy flags and multiple-choice predictions that
    change, with the largest float32 margin among those that change, and the bf16 scoring times;
 4. a short soft-prompt training run on the antonym task in the device's default dtype (bf16 on a GPU): seconds per
-   step, and the train loss at its start and end;
+   step, and the mean train loss over its first and its second half;
 5. peak memory: on a GPU the allocator's peak per section, on the CPU the process's peak resident set.
 """
 
@@ -66,27 +66,24 @@ def describe(device: torch.device) -> None:
     print(f"bf16       {'supported' if bf16 else 'NOT supported: the bf16 section measures float16 emulation'}")
 
 
-def bf16_against_float32(f32: Scorer, b16: Scorer, examples: list, fmt: str, batch_size: int) -> None:
-    art = PromptArtifact(format=fmt)
-    per_example = f32.renderer.requests(art, examples)
-    requests = [r for reqs in per_example for r in reqs]
-    a = f32.loglikelihood(requests, desc=f"float32 {fmt}")
+def bf16_against_float32(f32: Scorer, ours32: list, b16: Scorer, examples: list, fmt: str, batch_size: int) -> None:
+    """bf16 against the float32 scores of the parity section (``ours32``, ExampleScores of the same examples)."""
     t0 = time.perf_counter()
-    b = b16.loglikelihood(requests, desc=f"bf16 {fmt}")
+    ours16 = b16.score(PromptArtifact(format=fmt), examples, "multiple_choice", desc=f"bf16 {fmt}")
     seconds = time.perf_counter() - t0
-    d = sorted(abs(x.loglik - y.loglik) for x, y in zip(a, b, strict=True))
-    per_token = max(abs(x.loglik - y.loglik) / x.n_tokens for x, y in zip(a, b, strict=True))
-    changed = [r for r, x, y in zip(requests, a, b, strict=True) if x.greedy != y.greedy]
+    requests = [r for reqs in f32.renderer.requests(PromptArtifact(format=fmt), examples) for r in reqs]
+    a = [(ll, n, g) for s in ours32
+         for ll, n, g in zip(s.choice_loglik, s.choice_ntokens, s.choice_greedy, strict=True)]
+    b = [(ll, g) for s in ours16 for ll, g in zip(s.choice_loglik, s.choice_greedy, strict=True)]
+    d = sorted(abs(x[0] - y[0]) for x, y in zip(a, b, strict=True))
+    per_token = max(abs(x[0] - y[0]) / x[1] for x, y in zip(a, b, strict=True))
+    changed = [r for r, x, y in zip(requests, a, b, strict=True) if x[2] != y[1]]
     margins = [greedy_margin(f32.lm, r.context, r.continuation) for r in changed]
-    flips, k = [], 0
-    for reqs in per_example:  # multiple choice: the argmax over an example's choices (two for WinoGrande)
-        la, lb = [x.loglik for x in a[k : k + len(reqs)]], [y.loglik for y in b[k : k + len(reqs)]]
-        k += len(reqs)
-        pa, pb = la.index(max(la)), lb.index(max(lb))
-        if pa != pb:
-            flips.append(la[pa] - la[pb])
+    # multiple choice: where the argmax over an example's choices moved, the float32 margin it moved across
+    flips = [s.choice_loglik[s.pred] - s.choice_loglik[t.pred] for s, t in zip(ours32, ours16, strict=True)
+             if s.pred != t.pred]
     ref = lm_eval_reference(b16.lm, "winogrande", DEV, limit=len(examples), chat=fmt == "chat", batch_size=batch_size)
-    theirs = [abs(x.loglik - r) for x, r in zip(a, (r for lls in ref.lls for r in lls), strict=True)]
+    theirs = [abs(x[0] - r) for x, r in zip(a, (r for lls in ref.lls for r in lls), strict=True)]
     print(f"  {fmt:4}: ours |dLL| median {statistics.median(d):.3f}, p99 {d[int(0.99 * (len(d) - 1))]:.3f}, "
           f"max {d[-1]:.3f} nats ({per_token:.3f} per token; tolerance {BF16_TOLERANCE}: "
           f"{'within' if d[-1] < BF16_TOLERANCE else 'EXCEEDED'}); lm-eval hf bf16 max {max(theirs):.3f}")
@@ -136,8 +133,10 @@ def main() -> None:
 
     print("\nfloat32 parity with lm-eval's hf model (scoring calls timed, same loaded model)")
     f32 = Scorer(load_model(device=str(device), dtype="float32"), batch_size=args.batch_size)
+    ours32 = {}
     for fmt in ("raw", "chat"):
         row = side_by_side(f32, "winogrande", DEV, examples, fmt, args.batch_size)
+        ours32[fmt] = row.ours
         print(f"  {fmt:4}: max |dLL| {row.max_dll:.1e}, acc {row.acc_ours:.4f} (lm-eval {row.acc_ref:.4f}), "
               f"same correct {row.same_correct}/{len(examples)}, greedy flags differ {row.greedy_differs}; "
               f"promptgap {row.seconds_ours:.1f} s, lm-eval {row.seconds_ref:.1f} s "
@@ -147,7 +146,7 @@ def main() -> None:
     print("\nbf16 against float32 (the float32 numbers are the reference)")
     b16 = Scorer(load_model(device=str(device), dtype="bfloat16"), batch_size=args.batch_size)
     for fmt in ("raw", "chat"):
-        bf16_against_float32(f32, b16, examples, fmt, args.batch_size)
+        bf16_against_float32(f32, ours32[fmt], b16, examples, fmt, args.batch_size)
     print(f"  {peak(device)}")
     del f32, b16
     release(device)

@@ -139,8 +139,9 @@ def build_tree(seqs: list[tuple[int, ...]]) -> tuple[_Node, list[_Node]]:
 # rows took as long as ~100 tokens in a wide pass)
 PASS_COST = 64
 # what scoring may hold beyond the model, by default: on a CPU less than lm-eval's logits table at batch 32 (~300 MB
-# for this vocabulary), which with map_large_buffers kept WinoGrande dev below lm-eval's peak resident memory at the
-# same speed (512 MB peaked 0.2 GB higher, 128 MB ran slower); on a GPU half of what is free once the model is loaded
+# for this vocabulary), which with map_large_buffers kept WinoGrande dev below lm-eval's peak resident memory (512 MB
+# was ~5% faster and peaked ~0.15 GB higher, 128 MB looked slower); on a GPU half of what is free once the model is
+# loaded
 CPU_MEMORY = 256 * 2**20
 GPU_SHARE = 0.5
 # passes are planned as if this many run at once, whatever the thread count: the plan decides which rows share a
