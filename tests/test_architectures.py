@@ -54,7 +54,9 @@ def test_scorer_keeps_the_sliding_window(lm, requests, family) -> None:
     ours = Scorer(tiny, batch_size=4).loglikelihood(requests)
     for o, r in zip(ours, requests, strict=True):
         ll, greedy = own_loglik(tiny, r.context, r.continuation)
-        assert abs(o.loglik - ll) < 1e-5, (family, o.loglik, ll)
+        # batched (padded rows, batch 4) against one row alone: float32 sums in another order, whose rounding grows
+        # with the sum's size (~|ll| * 2**-24 per addition); the window's own effect is > 0.1 (the test below)
+        assert abs(o.loglik - ll) < 1e-6 * max(1.0, abs(ll)), (family, o.loglik, ll)
         assert o.greedy == greedy
 
 

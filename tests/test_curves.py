@@ -345,10 +345,13 @@ def test_transfer_removes_the_planted_pairs_and_scores_the_source_artifact(trans
             assert datetime.fromisoformat(cell.record.finished) > datetime.fromisoformat(
                 run.cells[key.source].record.finished)
         # the hand-written instruction is the same artifact on either list: transferred, it scores what the target's
-        # own hand-written cell scores, example by example
+        # own hand-written cell scores, example by example. Not to the bit: the transferred cell scores two fewer
+        # examples, so its passes hold other rows (other padding, other kernel shapes), and float32 sums in another
+        # order differ in their last bits; 1e-4 nats is the scorer's layout tolerance (test_scorer's batch sizes)
         moved = run.cells[CellKey(MODEL, "antonyms-fv", 0, "handwritten", n, target_task="antonyms-antsynnet")]
         own = {x["example_id"]: x for x in run.cell(MODEL, "antonyms-antsynnet", 0, "handwritten").lines}
-        assert all(x["choice_loglik"] == own[x["example_id"]]["choice_loglik"] for x in moved.lines)
+        assert all(abs(a - b) < 1e-4 for x in moved.lines
+                   for a, b in zip(x["choice_loglik"], own[x["example_id"]]["choice_loglik"], strict=True))
         soft = run.cells[CellKey(MODEL, "antonyms-fv", 0, "soft-prompt", n, target_task="antonyms-antsynnet")]
         assert soft.artifact.soft_prompt is not None and soft.artifact.soft_prompt.equal(
             run.cells[soft.key.source].artifact.soft_prompt)
@@ -485,6 +488,7 @@ conditions = ["handwritten", "soft-prompt"]   # a soft prompt is trained for one
     key = next(k for k in moved if k.model == MODEL)
     assert key.target_model == other and key.target_task is None and run.cells[key].ok
     own = {x["example_id"]: x["choice_loglik"] for x in run.cell(other, "antonyms", 0, "handwritten").lines}
+    # to the bit: the same requests (same artifact, tokenizer and test) in the same passes, threads pinned to 1
     assert {x["example_id"]: x["choice_loglik"] for x in run.cells[key].lines} == own
     assert run.cells[key].record.removed == {"same": 0, "mirror": 0}  # the same task: its own test, nothing fitted on
     result = audit(run_dir, report=tmp_path / "none.md")

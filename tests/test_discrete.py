@@ -61,7 +61,8 @@ def test_gcg_prompt_is_text_that_rescores_identically(lm, scorer, tmp_path) -> N
     # the rendered test requests hold exactly the found ids after the chat header, where an instruction goes
     rendered = scorer.renderer.requests(art, split.test[:1])[0][0].context
     assert any(rendered[i:i + len(ids)] == tuple(ids) for i in range(len(rendered)))
-    # re-scored from the saved artifact alone, and as its text pasted into a hand-written condition: identical
+    # re-scored from the saved artifact alone, and as its text pasted into a hand-written condition: identical to the
+    # bit, since all three render the same token ids and the one scorer runs them in the same passes
     direct = scorer.score(art, split.test, task.kind)
     saved = scorer.score(PromptArtifact.load(art.save(tmp_path / "a")), split.test, task.kind)
     pasted = get_optimizer("handwritten")(instruction=art.instruction, format="chat")
