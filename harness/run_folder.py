@@ -582,7 +582,7 @@ class RunFolder:
                     raise UserError(f"{self.root / LOCK} cannot be read; if no promptgap run writes into "
                                     f"{self.root}, pass --force-unlock")
                 log.warning("%s: unreadable lock replaced (--force-unlock)", self.root / LOCK)
-            elif old.host == mine.host and process_alive(old.pid):
+            elif not old.jobs and old.host == mine.host and process_alive(old.pid):
                 raise UserError(f"run folder {self.root} is in use by {old.label}; wait for it to end, or give "
                                 f"another --run-id")
             elif running := live_jobs(self):
