@@ -632,6 +632,8 @@ class RunFolder:
             return True
         except FileExistsError:
             return False
+        except FileNotFoundError:  # the holder's start cleared temp files (ours among them): try again
+            return False
         finally:
             Path(tmp).unlink(missing_ok=True)
 
