@@ -40,6 +40,7 @@ artifact changed since it was scored is not finished.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -569,7 +570,6 @@ class RunFolder:
 
         mine = LockRecord(host=socket.gethostname(), pid=os.getpid(), started=now(), command=command,
                           token=uuid.uuid4().hex)
-        self.root.mkdir(parents=True, exist_ok=True)
         for _ in range(10):  # each pass either takes the lock, refuses, or clears a lock that is not held
             if self._link_lock(mine):
                 return mine
@@ -623,7 +623,11 @@ class RunFolder:
         return None if found is None else found[0]
 
     def _link_lock(self, record: LockRecord) -> bool:
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{LOCK}{TEMP_MARK}")
+        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{LOCK}{TEMP_MARK}")
+        except FileNotFoundError:  # a run refused under the lock removed the empty folder it had made: try again
+            return False
         try:
             with os.fdopen(fd, "w") as f:
                 f.write(json.dumps(record.to_json(), indent=2) + "\n")
@@ -659,10 +663,8 @@ class RunFolder:
         except FileNotFoundError:
             return
         if aside.stat().st_ino != inode:  # another process's fresh lock: put it back
-            try:
+            with contextlib.suppress(FileExistsError):  # a third process took it meanwhile: that one holds it
                 os.link(aside, self.root / LOCK)
-            except FileExistsError:
-                pass
         aside.unlink()
 
     # --- jobs --------------------------------------------------------------------------------------------------
