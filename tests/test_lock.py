@@ -60,7 +60,8 @@ def sleeper():
     proc.wait()
 
 
-def test_a_run_on_a_folder_held_by_a_live_process_is_refused_naming_it(tmp_path, capsys) -> None:
+def test_a_run_on_a_folder_held_by_a_live_process_is_refused_naming_it(tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # whatever a default path would write lands here, where the test sees it
     (tmp_path / "c.toml").write_text(CONFIG)
     folder = RunFolder(tmp_path / "results" / "r")
     put_lock(folder, holder(os.getpid()))  # another process of this host, alive: this test's own pid
@@ -73,7 +74,7 @@ def test_a_run_on_a_folder_held_by_a_live_process_is_refused_naming_it(tmp_path,
         assert f"is in use by `promptgap run other.toml` (pid {os.getpid()} on {socket.gethostname()}" in err
     assert sorted(p.name for p in folder.root.iterdir()) == before == [LOCK]  # nothing written beside the lock
     assert LockRecord.from_json(json.loads((folder.root / LOCK).read_text())) == holder(os.getpid())
-    assert not (tmp_path / "reports").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.toml", "results"]
 
 
 def test_a_stale_lock_of_this_host_is_reported_and_replaced(tmp_path, caplog) -> None:
