@@ -21,7 +21,7 @@ from harness.errors import UserError
 
 MAX_NAME = 120  # well under the 255 bytes of a file name, with room for the temp-name and ".md" decorations
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-LM_EVAL_PREFIX = "lm-eval:"  # tasks.lm_eval_task.PREFIX (not imported: harness must not import tasks at load)
+LM_EVAL_PREFIX = "lm-eval:"  # = tasks.lm_eval_task.PREFIX; not imported: harness.atomic imports this module
 ALPHABET = (f"1 to {MAX_NAME} letters, digits, '.', '_' or '-', starting with a letter or digit (it becomes a "
             f"folder name)")
 
