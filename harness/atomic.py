@@ -18,6 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from harness.names import check_inside
+
 TEMP_MARK = ".tmp-"  # in the name of every temporary file and folder made here (hidden: they start with ".")
 
 
@@ -56,14 +58,17 @@ def write_jsonl(path: str | Path, rows: Iterable[Any]) -> Path:
 
 
 @contextmanager
-def atomic_dir(final: str | Path, keep_existing: bool = False) -> Iterator[Path]:
+def atomic_dir(final: str | Path, keep_existing: bool = False, root: str | Path | None = None) -> Iterator[Path]:
     """Yield an empty temp folder beside ``final``; when the block ends normally it becomes ``final``.
 
     A previous ``final`` is replaced (moved aside first and put back if the rename fails), unless
     ``keep_existing``: then a ``final`` that appeared meanwhile (another process built the same thing) wins
     and the temp folder is dropped. If the block raises, the temp folder is removed and ``final`` is untouched.
+    ``final`` must lie strictly below ``root`` (default: its own parent folder), checked before anything is made:
+    a name such as ``..`` or ``.`` would otherwise replace a folder above it, with everything in it.
     """
     final = Path(final)
+    check_inside(final.parent if root is None else Path(root), final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}{TEMP_MARK}"))
     os.chmod(tmp, 0o777 & ~_umask())

@@ -225,7 +225,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         deterministic(True)
 
     runner = Runner(args.config, run_id=args.run_id, resume=args.resume, only=args.only,
-                    results_root=args.results, executor=args.executor, wait=not args.no_wait)
+                    results_root=args.results, executor=args.executor, wait=not args.no_wait,
+                    force_unlock=args.force_unlock)
     run_dir = runner.run()
     if args.no_wait:
         print(f"submitted: {run_dir}")
@@ -361,8 +362,11 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run models x tasks x seeds x conditions from a TOML config. "
                        "Example: promptgap run configs/quickstart.toml")
     r.add_argument("config", type=Path, help="the TOML run config (see configs/)")
-    r.add_argument("--run-id", default=None, help="name of the run folder (default: <config name>-<UTC time>)")
+    r.add_argument("--run-id", default=None, help="name of the run folder and its report (default: <config "
+                   "name>-<UTC time>): letters, digits, '.', '_', '-', starting with a letter or digit")
     r.add_argument("--resume", action="store_true", help="continue a run: finished cells are kept, not recomputed")
+    r.add_argument("--force-unlock", action="store_true", help="take the run folder's lock (lock.json) from a run "
+                   "started on another host, whose process cannot be seen from here; only when it no longer runs")
     r.add_argument("--only", nargs="+", default=None, metavar="CONDITION", help="run only these conditions")
     r.add_argument("--results", type=Path, default=Path("results"), help="results root (default results/)")
     r.add_argument("--reports", type=Path, default=Path("reports"), help="reports root (default reports/)")

@@ -68,6 +68,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import UserError
+from harness.names import check_name
 from harness.run_folder import TO_MODEL_SEGMENT, TO_TASK_SEGMENT, TRAIN_SEGMENT, TransferPlan
 from tasks.base import SplitSizes
 from tasks.lm_eval_task import is_lm_eval_name
@@ -399,9 +400,10 @@ def load_config(path: str | Path, executor: str | None = None) -> RunConfig:
         if data_dir is not None:
             data_dir = str((path.parent / data_dir).resolve())
         alias, data = t.get("as"), t.get("data")
-        for key, value in (("as", alias), ("data", data)):
-            if value is not None and (not isinstance(value, str) or not value.strip() or "/" in value):
-                raise UserError(f"{where}: {key} = {value!r}; give a name (text without '/')")
+        if alias is not None:
+            check_name(f"{where}: as =", alias, "give the task's name in this run in that alphabet")
+        if data is not None and (not isinstance(data, str) or not data.strip() or "/" in data):
+            raise UserError(f"{where}: data = {data!r}; give a name (text without '/')")
         sizes = t.get("sizes")
         if sizes is not None:
             _unknown(f"{where} sizes", sizes, {"train", "dev", "test"})
@@ -430,7 +432,8 @@ def load_config(path: str | Path, executor: str | None = None) -> RunConfig:
         names.append(task.name)
         tasks.append(entry)
     seen: set[str] = set()
-    for name in names:
+    for name in names:  # the run's task names become folders (cells/<model>/<task>, splits/<task>)
+        check_name(f"config {path}: task", name, "give the entry a name of its own with as = \"...\"", task=True)
         if name in seen:
             raise UserError(f"config {path}: task {name} is listed twice (a group's subtasks count too); list each "
                             f"task once, or give each entry of one family its own name with as = \"...\"")
@@ -456,12 +459,18 @@ def load_config(path: str | Path, executor: str | None = None) -> RunConfig:
     if not raw_conditions:
         raise UserError(f"config {path}: no [conditions.*]; add e.g. [conditions.base-raw]")
     for name, body in raw_conditions.items():
+        # a condition's name is its cell's folder; a paraphrase variant's too (<name>.N, checked for its length)
+        fix = "rename the [conditions.NAME] table (optimizer = \"...\" inside it keeps the condition)"
+        check_name(f"config {path}: condition", name, fix)
         settings = dict(body)
         optimizer = str(settings.pop("optimizer", name))
         get_optimizer(optimizer)(**settings)  # unknown condition or setting: fail now
         conditions[name] = ConditionConfig(optimizer=optimizer, settings=settings)
         if optimizer == "paraphrases":
-            conditions.update(paraphrase_variants(name, settings))
+            variants = paraphrase_variants(name, settings)
+            for variant in variants:
+                check_name(f"config {path}: condition", variant, fix)
+            conditions.update(variants)
 
     ratio = dict(raw.get("ratio", {}))
     _unknown(f"config {path} [ratio]", ratio, RATIO_KEYS)

@@ -239,7 +239,7 @@ def squeue() -> dict[str, str] | None:
     return dict(line.strip().split("|", 1) for line in out.stdout.splitlines() if "|" in line)
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -270,7 +270,7 @@ def job_states(records: Sequence[JobRecord]) -> list[JobState]:
         elif r.host != socket.gethostname():
             out.append(JobState(r, "unknown"))
         else:
-            out.append(JobState(r, "running" if _process_alive(int(r.id)) else "ended"))
+            out.append(JobState(r, "running" if process_alive(int(r.id)) else "ended"))
     return out
 
 

@@ -51,6 +51,7 @@ from harness.findings import (
     transfers,
     verdict_json,
 )
+from harness.names import check_inside
 from harness.render import SLOT
 from harness.run_folder import Run, is_number, load_run
 from harness.stats import (
@@ -808,8 +809,8 @@ def write_report(run_dir: Path, reports_dir: Path = Path("reports"), n_boot: int
     if n_boot is None:
         n_boot = int((run.config.get("run") or {}).get("n_boot") or DEFAULT_N_BOOT)
     reports_dir = Path(reports_dir)
-    md_path = reports_dir / f"{run.run_id}.md"
-    with atomic_dir(reports_dir / run.run_id) as fig_dir:
+    md_path = check_inside(reports_dir, reports_dir / f"{run.run_id}.md")
+    with atomic_dir(reports_dir / run.run_id, root=reports_dir) as fig_dir:
         text = render_report(run, fig_dir, n_boot)
     write_atomic(md_path, text)
     log.info("report written: %s", md_path)

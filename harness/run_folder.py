@@ -3,6 +3,8 @@
     results/<run-id>/
       config.json                   the resolved config (``RunConfig.to_json``)
       manifest.json                 provenance: command, code state, versions, machine, model and data file hashes
+      lock.json                     ``LockRecord``: the one `promptgap run` writing here (host, pid, start), while
+                                    it runs (or, once it has returned, while its jobs do: ``jobs``)
       summary.csv                   one row per cell (``SUMMARY_FIELDS``)
       splits/<task>/seed-<s>.json   ``SplitRecord``: the ordered ids and content keys of train, dev and test (with a
                                     list of train sizes, made at the largest: each smaller train set is a prefix)
@@ -38,22 +40,30 @@ artifact changed since it was scored is not finished.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
 import json
 import logging
 import math
+import os
+import socket
+import tempfile
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from harness.artifact import PromptArtifact
-from harness.atomic import atomic_dir, clear_temporaries, write_atomic, write_json
+from harness.atomic import TEMP_MARK, atomic_dir, clear_temporaries, write_atomic, write_json
 from harness.data import Split, ids_hash
 from harness.errors import UserError
+from harness.names import check_inside
+from harness.provenance import now
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +72,7 @@ PARTS = ("train", "dev", "test")
 # so that the same config gives the same summary.csv, byte for byte, whatever the executor
 SUMMARY_FIELDS = ["model", "task", "condition", "seed", "split_hash", "n", "accuracy", "gold_nll", "format", "status",
                   "fit_tokens", "prompt_tokens", "trainable_params"]
-CONFIG, MANIFEST, SUMMARY, JOBS = "config.json", "manifest.json", "summary.csv", "jobs"
+CONFIG, MANIFEST, SUMMARY, JOBS, LOCK = "config.json", "manifest.json", "summary.csv", "jobs", "lock.json"
 CELL, SCORES, EVIDENCE, LOG, ARTIFACT, FILES = "cell.json", "scores.jsonl", "evidence.json", "log.json", "artifact", \
     "files"
 
@@ -416,6 +426,39 @@ def summarize(lines: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "gold_nll": sum(float(x["gold_nll"]) for x in lines) / n if n else None}
 
 
+@dataclass
+class LockRecord:
+    """lock.json: who holds the run folder. ``token`` tells its holder's record from a later one; ``jobs``: the
+    process that took it has returned (``--no-wait``, or interrupted) and the run's live jobs hold it now."""
+
+    host: str
+    pid: int
+    started: str
+    command: str
+    token: str
+    jobs: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> LockRecord:
+        return cls(str(data["host"]), int(data["pid"]), str(data["started"]), str(data["command"]),
+                   str(data["token"]), bool(data.get("jobs", False)))
+
+    @property
+    def label(self) -> str:
+        return f"`{self.command}` (pid {self.pid} on {self.host}, since {self.started}, {self.age} ago)"
+
+    @property
+    def age(self) -> str:
+        try:
+            seconds = (datetime.now(UTC) - datetime.fromisoformat(self.started)).total_seconds()
+        except (ValueError, TypeError):
+            return "an unknown time"
+        return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
+
+
 # --- writing -------------------------------------------------------------------------------------------------------
 class CellWriter:
     """A cell under construction in its temp folder; whatever is written appears only if the block ends normally."""
@@ -459,16 +502,22 @@ class RunFolder:
 
     @property
     def run_id(self) -> str:
-        return self.root.name
+        # the folder's own name even when given as "." or "results/x/.." (the report is named by it); abspath, not
+        # resolve: a symlinked run folder keeps the name it was given
+        return Path(os.path.abspath(self.root)).name
 
     def exists(self) -> bool:
         return (self.root / CONFIG).exists()
 
+    def path(self, *parts: str) -> Path:
+        """A path below the run folder: the one way this class builds one, checked to stay inside it."""
+        return check_inside(self.root, self.root.joinpath(*parts))
+
     def cell_dir(self, key: CellKey) -> Path:
-        return self.root.joinpath("cells", *key.parts())
+        return self.path("cells", *key.parts())
 
     def split_path(self, task: str, seed: int) -> Path:
-        return self.root / "splits" / slug(task) / f"seed-{seed}.json"
+        return self.path("splits", slug(task), f"seed-{seed}.json")
 
     # --- run-level files -------------------------------------------------------------------------------------
     def read_json(self, name: str) -> Any:
@@ -506,10 +555,122 @@ class RunFolder:
                             f"prepared (start it with `promptgap run`)")
         self.record_split(record)
 
+    # --- the lock --------------------------------------------------------------------------------------------
+    def take_lock(self, command: str, force: bool = False) -> LockRecord:
+        """Make this process the run folder's one writer (lock.json), before anything is written into it.
+
+        A lock another process holds is a one-line error naming it: a process alive on this host, or the run's live
+        jobs (``executors.live_jobs``: they hold it once the process that submitted them returned). Not held, it is
+        replaced: one whose jobs have ended; one from this host whose process is dead (stale: a warning says so);
+        one from another host, whose process cannot be seen from here, only with ``force`` (``--force-unlock``).
+        The lock file appears whole or not at all: the record is written to a temp file and hard-linked to
+        lock.json, which, like O_CREAT|O_EXCL, fails when lock.json exists (on NFS too).
+        """
+        from harness.executors import live_jobs, process_alive
+
+        mine = LockRecord(host=socket.gethostname(), pid=os.getpid(), started=now(), command=command,
+                          token=uuid.uuid4().hex)
+        for _ in range(10):  # each pass either takes the lock, refuses, or clears a lock that is not held
+            if self._link_lock(mine):
+                return mine
+            found = self._read_lock()
+            if found is None:  # released meanwhile
+                continue
+            old, inode = found
+            if old is None:
+                if not force:
+                    raise UserError(f"{self.root / LOCK} cannot be read; if no promptgap run writes into "
+                                    f"{self.root}, pass --force-unlock")
+                log.warning("%s: unreadable lock replaced (--force-unlock)", self.root / LOCK)
+            elif not old.jobs and old.host == mine.host and process_alive(old.pid):
+                raise UserError(f"run folder {self.root} is in use by {old.label}; wait for it to end, or give "
+                                f"another --run-id")
+            elif running := live_jobs(self):
+                raise UserError(f"run folder {self.root} is in use by {len(running)} live job(s) of "
+                                f"{old.label} ({', '.join(j.id for j in running[:5])}); wait for them (`promptgap "
+                                f"status {self.root}`) or cancel them")
+            elif old.jobs:
+                log.info("%s: the jobs that held the lock have ended; taking it", self.root)
+            elif old.host != mine.host:
+                if not force:
+                    raise UserError(f"run folder {self.root} is locked by {old.label}; its process cannot be seen "
+                                    f"from {mine.host}: if it no longer runs, pass --force-unlock")
+                log.warning("%s: replacing the lock of %s (--force-unlock)", self.root, old.label)
+            else:
+                log.warning("%s: stale lock of %s, whose process has ended; replaced", self.root, old.label)
+            self._clear_lock(inode)
+        raise UserError(f"run folder {self.root}: other processes keep taking its lock; try again")
+
+    def release_lock(self, lock: LockRecord) -> None:
+        """Give the lock up at the end of `promptgap run`; while jobs it started still run (``--no-wait``, or an
+        interrupted wait for Slurm jobs) it stays, marked as theirs, so no other run writes beside them."""
+        from harness.executors import live_jobs
+
+        found = self._read_lock()
+        if found is None or found[0] is None or found[0].token != lock.token:
+            log.warning("%s: the lock of this run was taken over meanwhile (--force-unlock?); left as it is",
+                        self.root)
+            return
+        # the local executor's job is this process itself, which is ending
+        if [j for j in live_jobs(self) if not (j.host == lock.host and j.id == str(lock.pid))]:
+            write_json(self.root / LOCK, replace(lock, jobs=True).to_json())
+        else:
+            (self.root / LOCK).unlink(missing_ok=True)
+
+    def lock_holder(self) -> LockRecord | None:
+        """The record in lock.json, if any (whether it is still held is ``take_lock``'s question)."""
+        found = self._read_lock()
+        return None if found is None else found[0]
+
+    def _link_lock(self, record: LockRecord) -> bool:
+        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{LOCK}{TEMP_MARK}")
+        except FileNotFoundError:  # a run refused under the lock removed the empty folder it had made: try again
+            return False
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(record.to_json(), indent=2) + "\n")
+            os.chmod(tmp, 0o644)
+            os.link(tmp, self.root / LOCK)
+            return True
+        except FileExistsError:
+            return False
+        except FileNotFoundError:  # the holder's start cleared temp files (ours among them): try again
+            return False
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+
+    def _read_lock(self) -> tuple[LockRecord | None, int] | None:
+        """(record, inode) of lock.json; record None when it cannot be read; None when there is no lock.json."""
+        try:
+            with open(self.root / LOCK) as f:
+                inode = os.fstat(f.fileno()).st_ino
+                text = f.read()
+        except FileNotFoundError:
+            return None
+        try:
+            return LockRecord.from_json(json.loads(text)), inode
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            return None, inode
+
+    def _clear_lock(self, inode: int) -> None:
+        """Remove lock.json if it is still the file judged not held (``inode``): moved aside first, so that of
+        two processes clearing the same stale lock, the second cannot remove the lock the first then took."""
+        aside = self.root / f".{LOCK}{TEMP_MARK}old-{uuid.uuid4().hex[:8]}"
+        try:
+            os.rename(self.root / LOCK, aside)
+        except FileNotFoundError:
+            return
+        if aside.stat().st_ino != inode:  # another process's fresh lock: put it back
+            with contextlib.suppress(FileExistsError):  # a third process took it meanwhile: that one holds it
+                os.link(aside, self.root / LOCK)
+        aside.unlink()
+
     # --- jobs --------------------------------------------------------------------------------------------------
     def jobs_dir(self, invocation: int) -> Path:
         """Where invocation ``invocation``'s job records and submitit's files (pickles, logs) go."""
-        return self.root / JOBS / str(invocation)
+        return self.path(JOBS, str(invocation))
 
     def write_job(self, job: JobRecord) -> None:
         write_json(self.jobs_dir(job.invocation) / f"job-{job.id}.json", job.to_json())
@@ -572,7 +733,7 @@ class RunFolder:
     @contextmanager
     def new_cell(self, key: CellKey) -> Iterator[CellWriter]:
         """Build a cell in a temp folder; it replaces any previous cell of the key when the block ends normally."""
-        with atomic_dir(self.cell_dir(key)) as tmp:
+        with atomic_dir(self.cell_dir(key), root=self.root) as tmp:
             yield CellWriter(tmp)
 
     def cell_paths(self) -> list[Path]:

@@ -12,6 +12,7 @@ and the manifest's model records from what the cells and jobs wrote.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shlex
@@ -30,6 +31,7 @@ from harness import provenance
 from harness.config import RunConfig, load_config
 from harness.data import Split, ids_hash, leaks
 from harness.errors import UserError
+from harness.names import check_inside, check_name
 from harness.progress import console
 from harness.run_folder import (
     CONFIG,
@@ -53,7 +55,7 @@ class Runner:
     def __init__(self, config_path: str | Path, run_id: str | None = None, resume: bool = False,
                  only: list[str] | None = None, results_root: Path = Path("results"),
                  command: str | None = None, executor: str | None = None, wait: bool = True,
-                 cfg: RunConfig | None = None) -> None:
+                 cfg: RunConfig | None = None, force_unlock: bool = False) -> None:
         self.config_path = Path(config_path)
         # every check happens here, before any model or job: names, settings, roles, the executor and its resources;
         # ``cfg``: a config already loaded by load_config (and adjusted, as the demo's smoke budget)
@@ -63,8 +65,16 @@ class Runner:
         if not wait and self.cfg.executor.kind != "slurm":
             raise UserError(f"--no-wait: the {self.cfg.executor.kind} executor runs cells only while promptgap "
                             f"waits; drop --no-wait, or use --executor slurm")
-        self.run_id = run_id or f"{self.cfg.name}-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}"
-        self.folder = RunFolder(Path(results_root) / self.run_id)
+        given = run_id is not None
+        self.run_id = run_id if given else f"{self.cfg.name}-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}"
+        # the run id is the run folder's name and the report's (reports/<run-id>.md): one safe name, no path
+        if given:
+            check_name("run id", run_id, "choose another --run-id, e.g. my-study-2")
+        else:
+            check_name(f"run id (from [run] name, or the config's file name) of {config_path}", self.run_id,
+                       "set [run] name or give --run-id")
+        self.folder = RunFolder(check_inside(Path(results_root), Path(results_root) / self.run_id))
+        self.force_unlock = force_unlock
         self.resume = resume
         self.wait = wait
         self.only = only
@@ -123,6 +133,19 @@ class Runner:
         return [k for k in keys if not self.folder.finished(k)]
 
     def run(self) -> Path:
+        """Take the run folder's lock (``RunFolder.take_lock``), then prepare and run; the lock is held until the
+        cells have run (or, with --no-wait, passed on to the submitted jobs)."""
+        created = not self.run_dir.exists()
+        lock = self.folder.take_lock(self.command, force=self.force_unlock)
+        try:
+            return self._run()
+        finally:
+            self.folder.release_lock(lock)
+            if created:  # refused before anything was written (--resume of no run): leave no empty folder
+                with contextlib.suppress(OSError):
+                    self.run_dir.rmdir()
+
+    def _run(self) -> Path:
         from harness import executors
         from harness.models import prepare_model
 
