@@ -10,7 +10,9 @@
                                     one cell, named by its ``CellKey``; the bracketed segments only when the key has
                                     a train size (a point of a sample-efficiency curve) or a transfer target (the
                                     artifact of the cell without them, scored on another task's test or model)
-          cell.json                 ``CellRecord``, written last: a folder holding cell.json is complete
+          cell.json                 ``CellRecord``, written last, listing every other file the cell needs with
+                                    its size and sha256: ``RunFolder.cell_state`` (the one completeness test)
+                                    judges the cell done, failed, damaged or stale by it
           scores.jsonl              one line per test example (the ``eval`` schema)
           evidence.json             ``Evidence``: what the harness saw at the boundary while fitting and scoring
                                     (a transfer cell: the target test examples its leakage filter removed)
