@@ -17,10 +17,11 @@ once, each later wave's arrays with ``--dependency=afterany`` on the earlier wav
 whose source failed still runs, and records why it has nothing to score).
 
 State comes from the cell folders and from the job records this module writes at submission, never from Slurm's
-accounting (``sacct`` needs slurmdbd, and submitit reads job states from it): a cell is done or failed when its
-cell.json says so; otherwise its latest job is asked about (squeue for Slurm jobs, the process table for local
-ones). A job that has ended without writing its cell (cancelled, timed out, out of memory, node failure) leaves that
-cell failed, with the job's log; ``promptgap run --resume`` submits exactly the cells that are not done.
+accounting (``sacct`` needs slurmdbd, and submitit reads job states from it): a cell is done, failed or damaged as
+the one completeness test (``RunFolder.cell_state``) judges its folder; otherwise its latest job is asked about
+(squeue for Slurm jobs, the process table for local ones). A job that has ended without writing its cell (cancelled,
+timed out, out of memory, node failure) leaves that cell failed, with the job's log; ``promptgap run --resume``
+submits exactly the cells that are not done.
 """
 
 from __future__ import annotations

@@ -664,7 +664,7 @@ class Completeness:
 
     @property
     def label(self) -> str:
-        return f"{self.state} ({self.problem})" if self.problem and self.state != FAILED else self.state
+        return f"{self.state} ({self.problem})" if self.problem else self.state
 
 
 def file_list(cell_dir: Path) -> dict[str, dict[str, Any]]:

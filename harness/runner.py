@@ -124,9 +124,9 @@ class Runner:
         conditions = [c for c in self.cfg.conditions if not self.only or c in self.only]
         keys = matrix(self.cfg.models, self.task_sizes, self.cfg.seeds, conditions, self.cfg.transfer)
         todo: list[CellKey] = []
-        for k in keys:
+        for k in keys:  # matrix order: a transfer cell's source is decided before it
             state = self.folder.cell_state(k)
-            if state is not None and state.state == DONE and not (k.is_transfer and k.source in set(todo)):
+            if state is not None and state.state == DONE and not (k.is_transfer and k.source in todo):
                 continue
             todo.append(k)
             if state is None:
