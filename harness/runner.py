@@ -131,7 +131,8 @@ class Runner:
             todo.append(k)
             if state is None:
                 continue
-            why = "its source cell runs again" if state.state == DONE else state.label
+            why = ("its source cell runs again (scored again if the source's artifact changes)"
+                   if state.state == DONE else state.label)
             if state.state == DAMAGED:  # a repair, said where it is seen: the damage was not the run's doing
                 log.warning("recomputing %s: %s", k.label, why)
             else:
