@@ -396,7 +396,8 @@ def follow(folder: RunFolder, keys: Sequence[CellKey], alive: Callable[[], bool]
                 finished = c["done"] + c["failed"] + c["damaged"]
                 folder.write_summary()
             progress.update(bar, completed=finished, description=f"cells: {c['done']} done, {c['running']} running, "
-                                                                 f"{c['failed']} failed, {c['pending']} pending")
+                                                                 f"{c['failed']} failed, {c['damaged']} damaged, "
+                                                                 f"{c['pending']} pending")
             if not going:
                 return
             time.sleep(POLL_SECONDS)

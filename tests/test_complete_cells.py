@@ -165,6 +165,20 @@ def test_a_truncated_cell_json_is_damaged_in_status_and_report(run, tmp_path, ca
     assert any("handwritten: damaged (cell.json unreadable" in p for p in records_problems(run))
 
 
+def test_a_file_changed_in_place_or_a_lost_cell_json_is_damaged(run) -> None:
+    evidence = run / CELLS / "soft-prompt" / "evidence.json"
+    text = evidence.read_text()
+    evidence.write_text(text.replace('"times": 1', '"times": 2', 1))  # same size, other bytes
+    assert evidence.read_text() != text
+    (run / CELLS / "base-chat" / "cell.json").unlink()  # the folder is there, its record is not
+    got = states(run)
+    assert got["soft-prompt"][0] == "damaged" and got["soft-prompt"][1].startswith(
+        "evidence.json changed since the cell was written")
+    assert got["base-chat"][0] == "damaged" and got["base-chat"][1].startswith("cell.json is missing")
+    problems = records_problems(run)
+    assert any("base-chat: damaged (cell.json is missing)" in p for p in problems), problems
+
+
 def test_a_legacy_cell_is_judged_by_what_it_has_and_kept(run, capsys) -> None:
     for c in CONDITIONS:  # as written before cell.json listed its files
         path = run / CELLS / c / "cell.json"
