@@ -21,6 +21,7 @@ PLACEMENTS: tuple[str, ...] = ("start", "before_input", "marker", "instruction")
 ARTIFACT_FILE = "artifact.json"
 TENSOR_FILE = "tensors.safetensors"
 TENSOR_FIELDS = ("soft_prompt", "prefix_kv")
+TENSORS_KEY = "tensors"  # artifact.json: the tensors TENSOR_FILE holds, name -> shape
 
 
 @dataclass
@@ -90,17 +91,26 @@ class PromptArtifact:
             if t is not None:
                 setattr(self, name, t.detach().to("cpu", torch.float32).contiguous())
 
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The trained tensors it holds, by field name."""
+        return {name: getattr(self, name) for name in TENSOR_FIELDS if getattr(self, name) is not None}
+
     def to_json(self) -> dict[str, Any]:
-        """The JSON part (everything but the tensors, which go to ``TENSOR_FILE``)."""
-        return asdict(replace(self, soft_prompt=None, prefix_kv=None), dict_factory=lambda kv: {
+        """The JSON part: everything but the tensors, which go to ``TENSOR_FILE``. When there are tensors, their
+        names and shapes are listed under ``tensors``, so that an artifact whose tensor file is gone is refused on
+        load instead of being scored as the text prompt without them (a text artifact's JSON is as before)."""
+        out = asdict(replace(self, soft_prompt=None, prefix_kv=None), dict_factory=lambda kv: {
             k: v for k, v in kv if k not in TENSOR_FIELDS})
+        if self.tensors():
+            out[TENSORS_KEY] = _shapes(self.tensors())
+        return out
 
     def save(self, folder: str | Path) -> Path:
         """Write the artifact into ``folder`` atomically (a temp folder renamed into place)."""
         folder = Path(folder)
         with atomic_dir(folder) as tmp:
             write_json(tmp / ARTIFACT_FILE, self.to_json())
-            tensors = {name: getattr(self, name) for name in TENSOR_FIELDS if getattr(self, name) is not None}
+            tensors = self.tensors()
             if tensors:
                 from safetensors.torch import save_file
 
@@ -109,15 +119,30 @@ class PromptArtifact:
 
     @classmethod
     def load(cls, folder: str | Path) -> PromptArtifact:
-        path = Path(folder) / ARTIFACT_FILE
+        """Read a saved artifact; a tensor file that artifact.json names but that is absent (or holds other tensors)
+        is an error. An artifact.json written before tensors were listed is taken with whatever tensor file is
+        there."""
+        path, tensor_path = Path(folder) / ARTIFACT_FILE, Path(folder) / TENSOR_FILE
         if not path.exists():
             raise UserError(f"{folder} holds no {ARTIFACT_FILE}; give a folder written by a promptgap run")
+        fix = ("restore it, or compute the artifact again (a run's cell: `promptgap run CONFIG --run-id ID --resume` "
+               "recomputes a damaged cell)")
         try:
             data = json.loads(path.read_text())
-            if (Path(folder) / TENSOR_FILE).exists():
+            named = data.pop(TENSORS_KEY, None) if isinstance(data, dict) else None
+            if named and not tensor_path.exists():
+                raise UserError(f"{tensor_path} is missing, but {path} names tensors {', '.join(named)}; {fix}")
+            if tensor_path.exists():
                 from safetensors.torch import load_file
 
-                data.update(load_file(str(Path(folder) / TENSOR_FILE)))
+                tensors = load_file(str(tensor_path))
+                if named is not None and _shapes(tensors) != named:
+                    raise UserError(f"{tensor_path} holds {_shapes(tensors)}, but {path} names {named}; {fix}")
+                data.update(tensors)
             return cls(**data)
         except (json.JSONDecodeError, TypeError, OSError, ValueError) as e:
             raise UserError(f"{path} is not a valid artifact ({e}); re-run the condition that wrote it") from None
+
+
+def _shapes(tensors: dict[str, torch.Tensor]) -> dict[str, list[int]]:
+    return {k: list(t.shape) for k, t in tensors.items()}

@@ -103,7 +103,18 @@ def _test_content(run: Run, cell: Cell) -> set[str]:
 
 
 def _present(run: Run) -> list[Cell]:
-    return [c for c in run.cells.values() if c.status != "missing"]
+    """The cells with a readable cell.json (a damaged cell's too: its record is still checked)."""
+    return [c for c in run.cells.values() if c.record is not None]
+
+
+def _says_ok(cell: Cell) -> bool:
+    """The cell's record says ok. The audit re-derives such a cell's claims even when the completeness test found it
+    damaged (which ``check_records`` fails), so that an edited file is also caught by what it breaks."""
+    return cell.record is not None and cell.record.ok
+
+
+def _scored(run: Run) -> list[Cell]:
+    return [c for c in run.cells.values() if _says_ok(c)]
 
 
 # --- the items -----------------------------------------------------------------------------------------------------
@@ -241,7 +252,7 @@ def check_fit_reads(run: Run) -> Item:
 def check_test_once(run: Run) -> Item:
     problems = []
     n = 0
-    for cell in run.ok_cells():
+    for cell in _scored(run):
         test = _test_ids(run, cell)
         if test is None:
             problems.append(f"{cell.label}: no split file to compare with")
@@ -268,7 +279,7 @@ def check_test_once(run: Run) -> Item:
             problems.append(f"{cell.label}: the examples scored at test time are not the split's test ids"
                             + (" less those the leakage filter removes" if cell.key.is_transfer else "") + " "
                             f"({len(set(reads) - set(test))} extra, {len(set(test) - set(reads))} missing)")
-    n_transfer = sum(c.key.is_transfer for c in run.ok_cells())
+    n_transfer = sum(c.key.is_transfer for c in _scored(run))
     return _item("Each test example was scored exactly once per cell", problems,
                  f"{n} ok cell(s): the scorer rendered each test id once at test time (evidence.json test_reads) "
                  f"and scores.jsonl holds each test id once" + (
@@ -285,7 +296,7 @@ def check_bos(run: Run) -> Item:
     n_requests = 0
     counts: Counter[int] = Counter()
     models = (run.manifest.get("models") or {})
-    for cell in run.ok_cells():
+    for cell in _scored(run):
         facts = (models.get(cell.key.scored_model) or {}).get("tokenizer")
         if not facts or "adds_bos" not in facts:
             problems.append(f"{cell.label}: manifest.json records no tokenizer facts for {cell.key.scored_model}")
@@ -310,7 +321,7 @@ def check_bos(run: Run) -> Item:
                                 f"leading BOS token(s), lm-eval's rule gives {want}")
     seen = ", ".join(f"{k} BOS: {v}" for k, v in sorted(counts.items()))
     return _item("Every request has the BOS count lm-eval's rule gives", problems,
-                 f"{n_requests} test request(s) of {len(run.ok_cells())} ok cell(s) ({seen or 'none'}), each as "
+                 f"{n_requests} test request(s) of {len(_scored(run))} ok cell(s) ({seen or 'none'}), each as "
                  f"the tokenizer's default (manifest.json) and the text's own BOS decide",
                  f"the leading BOS tokens of {n_requests} request(s) (evidence.json) against lm-eval's rule")
 
@@ -332,7 +343,7 @@ def check_numbers(run: Run) -> Item:
     problems = []
     rows: dict[CellKey | None, dict[str, str]] = {_row_key(r): r for r in run.summary or []}
     n_lines = 0
-    for cell in run.ok_cells():
+    for cell in _scored(run):
         rec = cell.record
         assert rec is not None
         bad_lines = []
@@ -398,7 +409,7 @@ def check_numbers(run: Run) -> Item:
         problems += [f"summary.csv row {k.label if k else '(unreadable key)'} has no cell"
                      for k in sorted(extra, key=str)]
     return _item("Every summary number recomputes from the per-example scores", problems,
-                 f"{n_lines} scores.jsonl line(s) of {len(run.ok_cells())} ok cell(s): pred, correct and gold NLL "
+                 f"{n_lines} scores.jsonl line(s) of {len(_scored(run))} ok cell(s): pred, correct and gold NLL "
                  f"recomputed from each line's choice log-likelihoods; cell.json n, accuracy and mean gold NLL are "
                  f"their means; summary.csv repeats cell.json", "scores.jsonl lines, cell.json and summary.csv")
 
@@ -414,8 +425,11 @@ def check_records(run: Run) -> Item:
     problems, warnings = list(run.problems), []
     conditions = run.config.get("conditions") or {}
     for cell in run.cells.values():
+        if cell.damaged:  # the completeness test (``RunFolder.cell_state``): which file, what is wrong
+            problems.append(f"{cell.label}: damaged ({cell.error}); `promptgap run --resume` recomputes it")
         if cell.record is None:
-            problems.append(f"{cell.label}: missing (not run, or the run stopped before it)")
+            if not cell.damaged:
+                problems.append(f"{cell.label}: missing (not run, or the run stopped before it)")
             continue
         problems += [f"{cell.label}: {p}" for p in cell.problems]
         spec = conditions.get(cell.key.condition) or {}
@@ -427,17 +441,20 @@ def check_records(run: Run) -> Item:
                             f"{spec.get('settings')}")
         if cell.record.status not in ("ok", "error"):
             problems.append(f"{cell.label}: status {cell.record.status!r}")
-        elif not cell.ok:
+        elif not cell.record.ok and not cell.damaged:
             warnings.append(f"{cell.label}: {cell.status}" + (f" ({cell.error})" if cell.error else ""))
     problems += [f"{c.path}: a cell outside the config's matrix ({c.label})" for c in run.extra_cells]
     present = len(_present(run))
+    legacy = sum(c.legacy for c in run.cells.values())
     axes = "".join([" × train sizes" if any(k.train_size is not None for k in run.cells) else "",
                     " + transfers" if any(k.is_transfer for k in run.cells) else ""])
     return _item("Cell records agree with the config, and every cell of the matrix has one", problems,
                  f"{present} of {len(run.cells)} cell(s) of models × tasks × seeds{axes} × conditions recorded, "
-                 f"each with "
-                 f"the config's optimizer and settings" + (f"; {len(warnings)} failed (listed; failed cells are "
-                                                           f"excluded from the statistics)" if warnings else ""),
+                 f"each with the config's optimizer and settings and whole (every file its cell.json lists, by size "
+                 f"and sha256" + (f"; {legacy} legacy cell(s), written before cells listed their files, judged by "
+                                  f"the files they have" if legacy else "") + ")"
+                 + (f"; {len(warnings)} failed (listed; failed cells are excluded from the statistics)"
+                    if warnings else ""),
                  f"{present} cell record(s) against config.json", warnings)
 
 
@@ -445,7 +462,7 @@ def check_selection(run: Run) -> Item:
     title = "Searched and trained conditions selected on dev"
     problems, notes = [], []
     n = 0
-    for cell in run.ok_cells():
+    for cell in _scored(run):
         if cell.key.is_transfer:  # fits nothing, selects nothing: its source's selection is checked on the source
             continue
         sel = cell.evidence.selection if cell.evidence else None
@@ -497,7 +514,7 @@ def check_formats(run: Run) -> Item:
         for c in compared:
             for s in run.seeds:
                 cell = run.cell(m, t, s, c, n)
-                if cell.ok and cell.record is not None and c not in by_fmt.setdefault(str(cell.record.format), []):
+                if _says_ok(cell) and c not in by_fmt.setdefault(str(cell.record.format), []):
                     by_fmt[str(cell.record.format)].append(c)
         if len(by_fmt) > 1:
             problems.append(f"{_group_name(m, t, n)}: mixed formats: " + "; ".join(f"{f}: {', '.join(cs)}"
@@ -518,7 +535,7 @@ def check_same_tokens(run: Run) -> Item:
     for m, t, n in run.groups():
         for s in run.seeds:
             counts = {c: {x.get("example_id"): x.get("choice_ntokens") for x in run.cell(m, t, s, c, n).lines}
-                      for c in _compared(run) if run.cell(m, t, s, c, n).ok}
+                      for c in _compared(run) if _says_ok(run.cell(m, t, s, c, n))}
             if len(counts) < 2:
                 continue
             first, *rest = counts
@@ -536,7 +553,7 @@ def check_device(run: Run) -> Item:
     problems, summary = [], []
     for m in run.models:
         for t in run.tasks:
-            used = {(c.record.device, c.record.dtype) for c in run.ok_cells()
+            used = {(c.record.device, c.record.dtype) for c in _scored(run)
                     if c.key.scored_model == m and c.key.scored_task == t and c.record is not None}
             if len(used) > 1:
                 problems.append(f"{m} / {t}: test scores from " + ", ".join(f"{d} {dt}" for d, dt in sorted(
@@ -560,9 +577,9 @@ def check_transfer(run: Run) -> Item:
     for cell in cells:
         assert cell.record is not None
         source = run.cells.get(cell.key.source)
-        if not cell.ok:
+        if not _says_ok(cell):
             continue
-        if source is None or not source.ok:
+        if source is None or not _says_ok(source):
             problems.append(f"{cell.label}: ok, but its source cell is {source.status if source else 'missing'}")
             continue
         want = run.folder.artifact_hash(source.key)

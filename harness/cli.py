@@ -290,6 +290,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     if c["running"] or c["pending"]:
         log.warning("%s: %d cell(s) still running and %d pending; the report covers the finished ones",
                     args.run_dir, c["running"], c["pending"])
+    if c["damaged"]:
+        log.warning("%s: %d damaged cell(s), left out of the statistics and named in the report; "
+                    "`promptgap run CONFIG --run-id ID --resume` recomputes them", args.run_dir, c["damaged"])
     print(f"report: {write_report(args.run_dir, args.reports)}")
     return 0
 

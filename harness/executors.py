@@ -17,10 +17,11 @@ once, each later wave's arrays with ``--dependency=afterany`` on the earlier wav
 whose source failed still runs, and records why it has nothing to score).
 
 State comes from the cell folders and from the job records this module writes at submission, never from Slurm's
-accounting (``sacct`` needs slurmdbd, and submitit reads job states from it): a cell is done or failed when its
-cell.json says so; otherwise its latest job is asked about (squeue for Slurm jobs, the process table for local
-ones). A job that has ended without writing its cell (cancelled, timed out, out of memory, node failure) leaves that
-cell failed, with the job's log; ``promptgap run --resume`` submits exactly the cells that are not done.
+accounting (``sacct`` needs slurmdbd, and submitit reads job states from it): a cell is done, failed or damaged as
+the one completeness test (``RunFolder.cell_state``) judges its folder; otherwise its latest job is asked about
+(squeue for Slurm jobs, the process table for local ones). A job that has ended without writing its cell (cancelled,
+timed out, out of memory, node failure) leaves that cell failed, with the job's log; ``promptgap run --resume``
+submits exactly the cells that are not done.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from harness import provenance
 from harness.config import ExecutorConfig, Resources
 from harness.errors import UserError
 from harness.progress import console, enabled
-from harness.run_folder import CellKey, JobRecord, RunFolder, load_run
+from harness.run_folder import DAMAGED, DONE, FAILED, STALE, CellKey, JobRecord, RunFolder, load_run
 
 log = logging.getLogger(__name__)
 
@@ -283,9 +284,10 @@ def live_jobs(folder: RunFolder, records: Sequence[JobRecord] | None = None) -> 
 @dataclass
 class CellState:
     key: CellKey
-    state: str  # done, running, failed, pending
-    error: str | None = None
+    state: str  # done, running, failed, damaged, pending
+    error: str | None = None  # failed: the error; damaged: which file and what is wrong; pending: why
     job: JobRecord | None = None
+    legacy: bool = False  # written before cell.json listed its files (``run_folder.Completeness.legacy``)
 
     @property
     def log(self) -> str | None:
@@ -303,16 +305,25 @@ def cell_states(folder: RunFolder, keys: Sequence[CellKey]) -> list[CellState]:
     states = {(s.job.invocation, s.job.id): s.state for s in job_states(list(unique.values()))}
     out = []
     for k in keys:
-        status, job = folder.status(k), latest.get(k)
+        # the one completeness test, as `check`, the report and --resume judge cells
+        judged, job = folder.cell_state(k), latest.get(k)
+        status = judged.state if judged is not None else None
+        legacy = judged is not None and judged.legacy
         job_state = states.get((job.invocation, job.id)) if job is not None else None
-        if status == "ok":
-            out.append(CellState(k, "done", job=job))
+        if status == DONE:
+            out.append(CellState(k, "done", job=job, legacy=legacy))
         elif job_state == "running":
             out.append(CellState(k, "running", job=job))
         elif job_state == "waiting":
             out.append(CellState(k, "pending", "queued", job=job))
-        elif status == "error":
-            out.append(CellState(k, "failed", folder.error(k), job=job))
+        elif status == FAILED:
+            out.append(CellState(k, "failed", judged.problem, job=job, legacy=legacy))
+        elif status == DAMAGED:
+            out.append(CellState(k, "damaged", f"{judged.problem}; `promptgap run --resume` recomputes it", job=job,
+                                 legacy=legacy))
+        elif status == STALE:
+            out.append(CellState(k, "pending", f"{judged.problem}; `promptgap run --resume` scores it again",
+                                 job=job))
         elif job_state == "ended":
             what = {"slurm": "its Slurm job", "processes": "its worker process"}.get(job.executor,
                                                                                   "the `promptgap run` process")
@@ -334,7 +345,7 @@ def status(run_dir: str | Path) -> list[CellState]:
 
 
 def counts(states: Sequence[CellState]) -> dict[str, int]:
-    out = dict.fromkeys(("done", "running", "failed", "pending"), 0)
+    out = dict.fromkeys(("done", "running", "failed", "damaged", "pending"), 0)
     for s in states:
         out[s.state] += 1
     return out
@@ -347,7 +358,15 @@ def print_status(run_dir: Path, states: Sequence[CellState]) -> None:
     out = Console(highlight=False, soft_wrap=True)
     c = counts(states)
     out.print(f"[bold]{escape(str(run_dir))}[/]: {len(states)} cells: [green]{c['done']} done[/], "
-              f"[cyan]{c['running']} running[/], [red]{c['failed']} failed[/], {c['pending']} pending")
+              f"[cyan]{c['running']} running[/], [red]{c['failed']} failed[/], "
+              + (f"[red]{c['damaged']} damaged[/], " if c["damaged"] else "") + f"{c['pending']} pending")
+    legacy = sum(s.legacy for s in states)
+    if legacy:
+        out.print(f"  {legacy} legacy cell(s): written before cells listed their files; judged by the files they "
+                  f"have")
+    for s in states:
+        if s.state == "damaged":
+            out.print(f"  [red]damaged[/] {escape(s.key.label)}: {escape(s.error or '')}")
     for s in states:
         if s.state == "running":
             out.print(f"  [cyan]running[/] {escape(s.key.label)} (job {s.job.id if s.job else '?'})")
@@ -373,11 +392,12 @@ def follow(folder: RunFolder, keys: Sequence[CellKey], alive: Callable[[], bool]
                 step()
             going = alive()
             c = counts(cell_states(folder, keys))
-            if c["done"] + c["failed"] != finished:
-                finished = c["done"] + c["failed"]
+            if c["done"] + c["failed"] + c["damaged"] != finished:
+                finished = c["done"] + c["failed"] + c["damaged"]
                 folder.write_summary()
             progress.update(bar, completed=finished, description=f"cells: {c['done']} done, {c['running']} running, "
-                                                                 f"{c['failed']} failed, {c['pending']} pending")
+                                                                 f"{c['failed']} failed, {c['damaged']} damaged, "
+                                                                 f"{c['pending']} pending")
             if not going:
                 return
             time.sleep(POLL_SECONDS)

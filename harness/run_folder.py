@@ -12,7 +12,9 @@
                                     one cell, named by its ``CellKey``; the bracketed segments only when the key has
                                     a train size (a point of a sample-efficiency curve) or a transfer target (the
                                     artifact of the cell without them, scored on another task's test or model)
-          cell.json                 ``CellRecord``, written last: a folder holding cell.json is complete
+          cell.json                 ``CellRecord``, written last, listing every other file the cell needs with
+                                    its size and sha256: ``RunFolder.cell_state`` (the one completeness test)
+                                    judges the cell done, failed, damaged or stale by it
           scores.jsonl              one line per test example (the ``eval`` schema)
           evidence.json             ``Evidence``: what the harness saw at the boundary while fitting and scoring
                                     (a transfer cell: the target test examples its leakage filter removed)
@@ -58,7 +60,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from harness.artifact import PromptArtifact
+from harness.artifact import ARTIFACT_FILE, TENSOR_FILE, PromptArtifact
 from harness.atomic import TEMP_MARK, atomic_dir, clear_temporaries, write_atomic, write_json
 from harness.data import Split, ids_hash
 from harness.errors import UserError
@@ -318,6 +320,9 @@ class CellRecord:
     # scored (``RunFolder.artifact_hash``), and how many target test examples the leakage filter removed, by rule
     source_artifact: str | None = None
     removed: dict[str, int] | None = None
+    # every file the cell needs, by path in its folder: {"bytes", "sha256"} (``file_list``), set by
+    # ``CellWriter.finish``; None in cells written before cells listed their files (judged by what they have)
+    files: dict[str, dict[str, Any]] | None = None
 
     @property
     def ok(self) -> bool:
@@ -326,7 +331,7 @@ class CellRecord:
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("key")
-        for k in TRANSFER_FIELDS:
+        for k in (*TRANSFER_FIELDS, "files"):
             if d[k] is None:
                 del d[k]
         return {**self.key.to_json(), **d}
@@ -489,8 +494,11 @@ class CellWriter:
         write_atomic(self.dir / EVIDENCE, json.dumps(evidence.to_json(), ensure_ascii=False) + "\n")
 
     def finish(self, record: CellRecord) -> None:
+        """cell.json, last: it lists every other file of the cell with its size and hash, so that a file lost or
+        cut short later makes the cell damaged (``RunFolder.cell_state``), not done."""
         if not any(self.workdir.iterdir()):
             self.workdir.rmdir()
+        record.files = file_list(self.dir)
         write_json(self.dir / CELL, record.to_json())
 
 
@@ -527,7 +535,19 @@ class RunFolder:
         write_json(self.root / CONFIG, config)
 
     def read_manifest(self) -> dict[str, Any] | None:
-        return self.read_json(MANIFEST) if (self.root / MANIFEST).exists() else None
+        """manifest.json, None when there is none; one that cannot be read is an error naming the way forward."""
+        path = self.root / MANIFEST
+        if not path.exists():
+            return None
+        try:
+            data = json.loads(path.read_text())
+            if not isinstance(data, dict) or not isinstance(data.get("invocations"), list):
+                raise ValueError("not a manifest: no list of invocations")
+        except (OSError, ValueError) as e:  # json.JSONDecodeError is a ValueError
+            raise UserError(f"{path}: cannot be read ({e}); restore it from a copy, or delete it and run "
+                            f"`promptgap run CONFIG --run-id {self.run_id} --resume` again, which writes a new one "
+                            f"(the provenance of the earlier invocations is then lost)") from None
+        return data
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         write_json(self.root / MANIFEST, manifest)
@@ -540,7 +560,14 @@ class RunFolder:
         """Write the split file, or check that the one written when the run started names the same examples."""
         path = self.split_path(record.task, record.seed)
         if path.exists():
-            old = SplitRecord.from_json(_read_json(path))
+            try:
+                old = SplitRecord.from_json(json.loads(path.read_text()))
+            except (OSError, AttributeError, KeyError, TypeError, ValueError) as e:
+                # safe to rebuild: the split is re-derived from the seed and the data, and `promptgap check`
+                # compares it with the split hash every cell recorded
+                raise UserError(f"{path}: not a split file ({type(e).__name__}: {e}); delete it and resume: it is "
+                                f"rebuilt from the seed and the data (`promptgap check` then compares it with the "
+                                f"cells' split hashes)") from None
             if old.hash != record.hash or any(getattr(old, k) is not None and getattr(old, k) != getattr(record, k)
                                               for k in ("content", "mirrors", "train_sizes")):
                 raise UserError(f"task {record.task} seed {record.seed}: the split changed since the run started "
@@ -690,41 +717,25 @@ class RunFolder:
         return sorted(files, key=lambda p: (int(p.parent.name) if p.parent.name.isdigit() else -1, p.name))
 
     # --- cells -----------------------------------------------------------------------------------------------
-    def status(self, key: CellKey) -> str | None:
-        """The status a complete cell records (ok or error), None when the cell is not there (or unreadable)."""
-        path = self.cell_dir(key) / CELL
-        if not path.exists():
-            return None
-        try:
-            return json.loads(path.read_text()).get("status")
-        except (OSError, json.JSONDecodeError):
-            return None
-
-    def error(self, key: CellKey) -> str | None:
-        """The error a failed cell records."""
-        try:
-            return json.loads((self.cell_dir(key) / CELL).read_text()).get("error")
-        except (OSError, json.JSONDecodeError):
-            return None
+    def cell_state(self, key: CellKey) -> Completeness | None:
+        """The one completeness test (``check``, ``status``, the report and ``--resume`` all use it): None when the
+        cell is not there; else done, failed, damaged (what is wrong, and with which file) or stale (a transfer cell
+        whose source's artifact changed since it was scored). ``--resume`` keeps exactly the done cells."""
+        judged = judge_cell(self.cell_dir(key), key)
+        if judged is None or judged.state != DONE or not key.is_transfer:
+            return judged
+        if judged.record is None or judged.record.source_artifact != self.artifact_hash(key.source):
+            return replace(judged, state=STALE, problem="its source cell's artifact changed since it was scored")
+        return judged
 
     def finished(self, key: CellKey) -> bool:
-        """Whether the cell is complete and ok (an errored cell is redone on resume). A transfer cell is finished
-        only while its source's artifact is the one it scored: a source computed again makes it stale."""
-        if self.status(key) != "ok":
-            return False
-        if not key.is_transfer:
-            return True
-        try:
-            scored = json.loads((self.cell_dir(key) / CELL).read_text()).get("source_artifact")
-        except (OSError, json.JSONDecodeError):
-            return False
-        return scored is not None and scored == self.artifact_hash(key.source)
+        """Whether the cell is done: complete, whole and ok (failed, damaged and stale cells are redone on resume)."""
+        state = self.cell_state(key)
+        return state is not None and state.state == DONE
 
     def artifact(self, key: CellKey) -> PromptArtifact | None:
-        """The artifact a complete, ok cell saved (a transfer cell's source), or None."""
-        if self.status(key) != "ok" or not (self.cell_dir(key) / ARTIFACT).exists():
-            return None
-        return PromptArtifact.load(self.cell_dir(key) / ARTIFACT)
+        """The artifact a done cell saved (a transfer cell's source), or None."""
+        return PromptArtifact.load(self.cell_dir(key) / ARTIFACT) if self.finished(key) else None
 
     def artifact_hash(self, key: CellKey) -> str | None:
         """sha256 (first 16 hex digits) of the files of a cell's artifact folder, names included; None without one."""
@@ -792,10 +803,129 @@ def _visible(path: Path, root: Path) -> bool:
     return not any(p.startswith(".") for p in path.relative_to(root).parts)
 
 
+# --- completeness --------------------------------------------------------------------------------------------------
+DONE, FAILED, DAMAGED, STALE = "done", "failed", "damaged", "stale"
+
+
+@dataclass(frozen=True)
+class Completeness:
+    """A cell folder judged by the one completeness test (``RunFolder.cell_state``).
+
+    ``state``: done (whole, ok), failed (whole, the condition raised: ``problem`` is its error), damaged (cell.json
+    unreadable, or a file the cell needs missing, cut short or changed: ``problem`` names the file and what is wrong)
+    or stale (a transfer cell whose source's artifact changed since). ``legacy``: written before cell.json listed the
+    cell's files, so it was judged by the files it has (scores.jsonl whole and as long as cell.json's n, the artifact
+    there, its tensor file when cell.json counts trained parameters), not by their hashes.
+    """
+
+    state: str
+    problem: str | None = None
+    legacy: bool = False
+    record: CellRecord | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.state} ({self.problem})" if self.problem else self.state
+
+
+def file_list(cell_dir: Path) -> dict[str, dict[str, Any]]:
+    """What cell.json records of the files a cell needs: every file in its folder (artifact/ included) but cell.json
+    itself and files/ (the condition's working folder, which nothing reads back), by relative path, with its size
+    and sha256."""
+    out = {}
+    for p in sorted(cell_dir.rglob("*")):
+        rel = p.relative_to(cell_dir)
+        if p.is_file() and rel.parts[0] not in (CELL, FILES) and _visible(p, cell_dir):
+            out[rel.as_posix()] = {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+    return out
+
+
+def judge_cell(path: Path, key: CellKey | None = None) -> Completeness | None:
+    """The completeness test of one cell folder (``key``: the cell it must hold); None when there is no folder.
+    ``RunFolder.cell_state`` adds a transfer cell's staleness."""
+    if not (path / CELL).is_file():
+        # cells are renamed into place whole, so a cell folder without cell.json lost it afterwards
+        return Completeness(DAMAGED, f"{CELL} is missing") if path.is_dir() else None
+    try:
+        record = CellRecord.from_json(json.loads((path / CELL).read_text()))
+    except json.JSONDecodeError as e:
+        return Completeness(DAMAGED, f"{CELL} unreadable: {e.msg} at line {e.lineno}")
+    except (OSError, AttributeError, KeyError, TypeError, ValueError) as e:
+        return Completeness(DAMAGED, f"{CELL} unreadable: {type(e).__name__}: {e}")
+    if key is not None and record.key != key:
+        return Completeness(DAMAGED, f"{CELL} names another cell ({record.key.label})")
+    legacy = record.files is None
+    problem = _legacy_problem(path, record) if legacy else _files_problem(path, record.files)
+    if problem is not None:
+        return Completeness(DAMAGED, problem, legacy, record)
+    if not record.ok:
+        return Completeness(FAILED, record.error or f"status {record.status!r}", legacy, record)
+    return Completeness(DONE, None, legacy, record)
+
+
+def _files_problem(path: Path, files: Any) -> str | None:
+    """What is wrong with the files cell.json lists (the first problem), or None."""
+    if not isinstance(files, dict) or not all(isinstance(v, dict) and "sha256" in v and "bytes" in v
+                                              for v in files.values()):
+        return f"{CELL}: its file list is malformed"
+    for rel, want in files.items():
+        p = path / rel
+        if not p.is_file():
+            return f"{rel} is missing"
+        size = p.stat().st_size
+        if size != want["bytes"]:
+            return f"{rel} is {size} bytes, cell.json recorded {want['bytes']} (cut short or changed)"
+        if _sha256(p) != want["sha256"]:
+            return f"{rel} changed since the cell was written (its sha256 is not the one cell.json recorded)"
+    return None
+
+
+def _legacy_problem(path: Path, record: CellRecord) -> str | None:
+    """A cell written before cell.json listed its files, judged by what it has: an ok cell needs whole score lines,
+    as many as cell.json's n, its artifact, and the tensor file when it counts trained parameters."""
+    if not record.ok:
+        return None
+    try:
+        text = (path / SCORES).read_text()
+    except OSError:
+        return f"{SCORES} is missing"
+    lines = [x for x in text.splitlines() if x.strip()]
+    for i, x in enumerate(lines, 1):
+        try:
+            json.loads(x)
+        except json.JSONDecodeError:
+            return f"{SCORES} line {i} is not whole JSON (cut short?)"
+    if len(lines) != record.n:
+        return f"{SCORES} has {len(lines)} line(s), cell.json n = {record.n} (cut short?)"
+    if not (path / ARTIFACT / ARTIFACT_FILE).is_file():
+        return f"{ARTIFACT}/{ARTIFACT_FILE} is missing"
+    if record.trainable_params and not (path / ARTIFACT / TENSOR_FILE).is_file():
+        return f"{ARTIFACT}/{TENSOR_FILE} is missing (cell.json counts {record.trainable_params} trained parameters)"
+    return None
+
+
+_HASHES: dict[tuple[str, int, int], str] = {}  # (path, size, mtime): sha256; `status` polls every cell repeatedly
+
+
+def _sha256(path: Path) -> str:
+    st = path.stat()
+    memo = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if memo not in _HASHES:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _HASHES[memo] = h.hexdigest()
+    return _HASHES[memo]
+
+
 # --- reading -------------------------------------------------------------------------------------------------------
 @dataclass
 class Cell:
-    """One cell of the matrix as found on disk. ``status`` is the record's, or ``missing``/``invalid``."""
+    """One cell of the matrix as found on disk. ``status`` is the record's (ok, error), or ``damaged`` (the
+    completeness test found a file missing, cut short or changed, or cell.json unreadable: ``error`` says which and
+    what; whatever could be read is still read, for the audit) or ``missing`` (no cell folder). ``legacy``: written
+    before cell.json listed its files (``Completeness.legacy``)."""
 
     key: CellKey
     path: Path | None = None
@@ -807,10 +937,15 @@ class Cell:
     log: dict[str, Any] | None = None
     evidence: Evidence | None = None
     problems: list[str] = field(default_factory=list)  # files that could not be read
+    legacy: bool = False
 
     @property
     def ok(self) -> bool:
         return self.status == "ok"
+
+    @property
+    def damaged(self) -> bool:
+        return self.status == DAMAGED
 
     @property
     def label(self) -> str:
@@ -825,14 +960,16 @@ class Cell:
         return self.key.condition
 
 
-def load_cell(path: Path) -> Cell | None:
-    """Read one cell folder; None when its cell.json cannot name a cell at all."""
-    try:
-        record = CellRecord.from_json(_read_json(path / CELL))
-    except (UserError, KeyError, TypeError, ValueError) as e:
-        log.warning("%s: unreadable cell.json (%s)", path, e)
+def load_cell(path: Path, judged: Completeness | None = None) -> Cell | None:
+    """Read one cell folder; None when its cell.json cannot name a cell at all. ``judged``: the folder's completeness
+    (``RunFolder.cell_state``; default ``judge_cell``), which makes the cell damaged or legacy."""
+    judged = judged or judge_cell(path)
+    if judged is None or judged.record is None:
         return None
-    cell = Cell(record.key, path, record, status=record.status, error=record.error)
+    record = judged.record
+    cell = Cell(record.key, path, record, status=record.status, error=record.error, legacy=judged.legacy)
+    if judged.state == DAMAGED:
+        cell.status, cell.error = DAMAGED, judged.problem
     if (path / LOG).exists():
         try:
             cell.log = _read_json(path / LOG)
@@ -848,12 +985,11 @@ def load_cell(path: Path) -> Cell | None:
             cell.evidence = Evidence.from_json(_read_json(path / EVIDENCE))
         except (UserError, TypeError) as e:
             cell.problems.append(f"{path / EVIDENCE}: {e}")
-    if cell.ok:
-        # a cell the runner calls ok whose scores cannot be read is not usable for the statistics
+    if record.ok:
+        # read even when damaged: the audit re-derives what it can from every line that is there
         try:
             cell.lines = [json.loads(x) for x in (path / SCORES).read_text().splitlines() if x.strip()]
         except (OSError, json.JSONDecodeError) as e:
-            cell.status, cell.error = "invalid", f"scores.jsonl cannot be read ({e})"
             cell.problems.append(f"{path / SCORES}: {e}")
     return cell
 
@@ -937,10 +1073,14 @@ def load_run(run_dir: str | Path) -> Run:
     if not folder.exists():
         raise UserError(f"{folder.root} is not a run folder (no {CONFIG}); give results/<run-id>")
     config = folder.read_json(CONFIG)
-    manifest = folder.read_manifest() or {}
+    problems: list[str] = []
+    try:
+        manifest = folder.read_manifest() or {}
+    except UserError as e:  # the audit says so (provenance is not recorded); the cells can still be read
+        manifest = {}
+        problems.append(str(e))
     ratio = config.get("ratio") or {}
     conditions = list(config.get("conditions") or {})
-    problems: list[str] = []
 
     splits: dict[tuple[str, int], SplitRecord] = {}
     for path in folder.split_paths():
@@ -950,16 +1090,17 @@ def load_run(run_dir: str | Path) -> Run:
             problems.append(f"{path.relative_to(folder.root)}: unreadable split file ({e})")
             continue
         splits[(rec.task, rec.seed)] = rec
-    found: dict[CellKey, Cell] = {}
+    found: dict[CellKey, Path] = {}
+    unreadable: list[Path] = []  # cell.json that names no cell: damaged when the folder is an expected cell's
     for path in folder.cell_paths():
-        cell = load_cell(path)
-        if cell is None:
-            problems.append(f"{path.relative_to(folder.root)}/{CELL}: unreadable, or it names no cell")
-        elif cell.path is not None and cell.path != folder.cell_dir(cell.key):
-            problems.append(f"{path.relative_to(folder.root)}: its cell.json names {cell.label}, whose folder is "
-                            f"{folder.cell_dir(cell.key).relative_to(folder.root)}")
+        judged = judge_cell(path)
+        if judged is None or judged.record is None:
+            unreadable.append(path)
+        elif path != folder.cell_dir(judged.record.key):
+            problems.append(f"{path.relative_to(folder.root)}: its cell.json names {judged.record.key.label}, whose "
+                            f"folder is {folder.cell_dir(judged.record.key).relative_to(folder.root)}")
         else:
-            found[cell.key] = cell
+            found[judged.record.key] = path
 
     # a task given as a spec path in the config is named by the spec inside the run, so tasks come from the run;
     # its train sizes from its split files (written before any cell), else from the cells found
@@ -975,15 +1116,24 @@ def load_run(run_dir: str | Path) -> Run:
     transfer = TransferPlan.from_json(config.get("transfer"))
     cells: dict[CellKey, Cell] = {}
     for key in matrix(models, [(t, train_sizes[t]) for t in tasks], seeds, conditions, transfer):
-        cells[key] = found.pop(key, None) or Cell(key, error="no cell.json: not run, or the run stopped before this "
-                                                             "cell")
+        found.pop(key, None)
+        judged = folder.cell_state(key)
+        if judged is None:
+            cells[key] = Cell(key, error="no cell.json: not run, or the run stopped before this cell")
+        elif judged.record is None:  # a cell folder without a readable cell.json: damaged, named as such
+            cells[key] = Cell(key, folder.cell_dir(key), status=DAMAGED, error=judged.problem)
+            unreadable = [p for p in unreadable if p != folder.cell_dir(key)]
+        else:
+            cells[key] = load_cell(folder.cell_dir(key), judged) or Cell(key)
+    problems += [f"{p.relative_to(folder.root)}/{CELL}: unreadable, or it names no cell" for p in unreadable]
+    extra = [c for c in map(load_cell, found.values()) if c is not None]
     summary = None
     if (folder.root / SUMMARY).exists():
         with open(folder.root / SUMMARY, newline="") as f:
             summary = list(csv.DictReader(f))
     return Run(folder=folder, config=config, manifest=manifest, models=models, tasks=tasks, seeds=seeds,
                conditions=conditions, base=ratio.get("base"), texts=list(ratio.get("texts") or []),
-               ceiling=ratio.get("ceiling"), splits=splits, cells=cells, extra_cells=list(found.values()),
+               ceiling=ratio.get("ceiling"), splits=splits, cells=cells, extra_cells=extra,
                summary=summary, problems=problems, train_sizes=train_sizes, transfer=transfer)
 
 

@@ -35,6 +35,8 @@ from harness.names import check_inside, check_name
 from harness.progress import console
 from harness.run_folder import (
     CONFIG,
+    DAMAGED,
+    DONE,
     CellKey,
     CellRecord,
     Evidence,
@@ -126,11 +128,26 @@ class Runner:
 
     # --- running -------------------------------------------------------------------------------------------
     def todo(self) -> list[CellKey]:
-        """The cells to run, in run order (transfer cells after their sources): every cell of the config that is
-        not finished and ok."""
+        """The cells to run, in run order (transfer cells after their sources): every cell of the config that is not
+        done by the completeness test (``RunFolder.cell_state``): not there, failed, damaged or stale; and a transfer
+        cell whose source runs again. On resume, each cell found but not done is logged with why."""
         conditions = [c for c in self.cfg.conditions if not self.only or c in self.only]
         keys = matrix(self.cfg.models, self.task_sizes, self.cfg.seeds, conditions, self.cfg.transfer)
-        return [k for k in keys if not self.folder.finished(k)]
+        todo: list[CellKey] = []
+        for k in keys:  # matrix order: a transfer cell's source is decided before it
+            state = self.folder.cell_state(k)
+            if state is not None and state.state == DONE and not (k.is_transfer and k.source in todo):
+                continue
+            todo.append(k)
+            if state is None:
+                continue
+            why = ("its source cell runs again (scored again if the source's artifact changes)"
+                   if state.state == DONE else state.label)
+            if state.state == DAMAGED:  # a repair, said where it is seen: the damage was not the run's doing
+                log.warning("recomputing %s: %s", k.label, why)
+            else:
+                log.info("recomputing %s: %s", k.label, why)
+        return todo
 
     def run(self) -> Path:
         """Take the run folder's lock (``RunFolder.take_lock``), then prepare and run; the lock is held until the
@@ -281,8 +298,9 @@ def _transfer_artifact(folder: RunFolder, lm: Any, key: CellKey, fitted: Split, 
 
     artifact = folder.artifact(key.source)
     if artifact is None:
+        source = folder.cell_state(key.source)
         raise UserError(f"its source cell ({key.source.label}) has no artifact: "
-                        f"{folder.error(key.source) or 'it has not run'}; nothing to transfer")
+                        f"{source.label if source is not None else 'it has not run'}; nothing to transfer")
     record.source_artifact = folder.artifact_hash(key.source)
     if key.target_model is not None and (artifact.soft_prompt is not None or artifact.prefix_kv is not None):
         raise UserError(f"the artifact holds tensors trained for {key.model}; only text transfers to another model")
