@@ -48,9 +48,19 @@ def cmd_list(args: argparse.Namespace) -> int:
     t.add_column("name")
     t.add_column("kind")
     t.add_column("what")
+    broken: list[str] = []
+
+    def loaded(group: str, name: str, what: str) -> Any:
+        """A plugin that fails to import is listed as broken (and named on stderr); the others are listed."""
+        try:
+            return load(group, name, what)
+        except UserError as e:
+            broken.append(str(e))
+            return None
+
     for n in names(TASK_GROUP):
-        cls = load(TASK_GROUP, n, "task")
-        t.add_row(n, cls.kind, cls.summary)
+        cls = loaded(TASK_GROUP, n, "task")
+        t.add_row(n, *((cls.kind, cls.summary) if cls is not None else ("?", "BROKEN: cannot be imported")))
     t.add_row("lm-eval:NAME", "either", "any lm-evaluation-harness task with output_type multiple_choice or "
               "loglikelihood (a group: its subtasks); --lm-eval-include DIR for your own YAML files")
     console.print(t)
@@ -59,7 +69,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     c.add_column("what")
     c.add_column("package")
     for n in names(OPTIMIZER_GROUP):
-        c.add_row(n, load(OPTIMIZER_GROUP, n, "condition").summary, origin(n))
+        cls = loaded(OPTIMIZER_GROUP, n, "condition")
+        c.add_row(n, cls.summary if cls is not None else "BROKEN: cannot be imported", origin(n))
     console.print(c)
     m = Table(title="models (--model; or any hub id or local folder)")
     m.add_column("name")
@@ -67,6 +78,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     for n, what in KNOWN_MODELS.items():
         m.add_row(n, what)
     console.print(m)
+    for line in broken:
+        print(f"promptgap: warning: {line}", file=sys.stderr)
     return 0
 
 
