@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness.errors import UserError
+from harness.errors import DiskFull, UserError, is_disk_full
 
 log = logging.getLogger("promptgap")
 
@@ -239,7 +239,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     runner = Runner(args.config, run_id=args.run_id, resume=args.resume, only=args.only,
                     results_root=args.results, executor=args.executor, wait=not args.no_wait)
-    run_dir = runner.run()
+    try:
+        run_dir = runner.run()
+    except DiskFull as e:
+        if not runner.folder.exists():  # it never started: there is nothing to resume
+            raise e.with_hint("free space there and run the command again") from None
+        raise e.with_hint(f"free space there, then `promptgap run {args.config} --run-id {runner.run_id} --resume` "
+                          f"continues the run (finished cells are intact)") from None
     if args.no_wait:
         print(f"submitted: {run_dir}")
         print(f"follow it with `promptgap status {run_dir}`; when it is done, `promptgap report {run_dir}` "
@@ -480,6 +486,12 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except UserError as e:
         print(f"promptgap: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if not is_disk_full(e):
+            raise
+        # a write outside the atomic writer (a library's own file); what it names is all there is to name
+        print(f"promptgap: error: {DiskFull(e.filename or os.getcwd())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("promptgap: interrupted; nothing was written", file=sys.stderr)

@@ -29,7 +29,7 @@ from rich.markup import escape
 from harness import provenance
 from harness.config import RunConfig, load_config
 from harness.data import Split, ids_hash, leaks
-from harness.errors import UserError
+from harness.errors import DiskFull, UserError, is_disk_full
 from harness.progress import console
 from harness.run_folder import (
     CONFIG,
@@ -339,7 +339,11 @@ def _run_cell(folder: RunFolder, cfg: RunConfig, code: dict[str, Any], job: dict
                 setattr(record, k, v)
             console.print(f"[green]done[/] {key.label}: accuracy {record.accuracy:.4f}, "
                           f"gold NLL {record.gold_nll:.4f}")
+        except DiskFull:
+            raise  # not the condition's failure: the run stops, this cell is not written, --resume redoes it
         except Exception as e:  # a failing condition is reported in its cell; the matrix goes on
+            if is_disk_full(e):  # a condition's own write (its working files) on a full disk
+                raise DiskFull(cell.dir) from None
             log.debug("cell %s failed", key.label, exc_info=True)
             record.status = "error"
             record.error = str(e) if str(e).startswith(owner) else f"{owner}: {type(e).__name__}: {e}"

@@ -170,3 +170,27 @@ def test_killed_in_the_middle_of_training_resumes_to_the_same_result(tmp_path) -
     clean_dir = clean / "cells" / "smollm2-135m-instruct" / "antonyms" / "seed-0"
     for name in ("base-chat", "soft-prompt"):  # the resumed run equals a run that was never killed
         assert (seed_dir / name / "scores.jsonl").read_bytes() == (clean_dir / name / "scores.jsonl").read_bytes()
+
+
+def test_full_disk_stops_the_run_in_one_line_and_resume_is_named(tmp_path, full_disk) -> None:
+    root, fill = full_disk
+    config = write(tmp_path, TINY.replace("train = 5, dev = 5, test = 12", "train = 2, dev = 2, test = 3"))
+    argv = [sys.executable, "-m", "harness.cli", "run", str(config), "--run-id", "full", "--results", str(root),
+            "--reports", str(tmp_path / "rep")]
+    # in processes of their own: a local run's job is its process, which --resume would find still alive
+    done = subprocess.run([*argv, "--only", "base-raw"], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    cells = root / "full" / "cells" / "smollm2-135m-instruct" / "antonyms" / "seed-0"
+    before = {p.relative_to(root): p.read_bytes() for p in (cells / "base-raw").rglob("*") if p.is_file()}
+
+    fill()
+    done = subprocess.run([*argv, "--resume"], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 2
+    err = done.stderr.strip().splitlines()
+    assert len(err) == 1, done.stderr
+    assert str(root / "full") in err[0] and "no space left" in err[0]
+    assert "--run-id full --resume" in err[0] and "finished cells are intact" in err[0]
+    after = {p.relative_to(root): p.read_bytes() for p in (cells / "base-raw").rglob("*") if p.is_file()}
+    assert after == before  # the finished cell, byte for byte
+    assert not (cells / "base-chat").exists()
+    assert not [p for p in root.rglob("*") if ".tmp-" in p.name]  # nothing half-written
