@@ -114,6 +114,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from harness.atomic import write_json, write_jsonl
     from harness.models import deterministic, load_model, resolve_source
     from harness.registry import get_optimizer, get_tasks
+    from harness.render import check_row_lengths
     from harness.run_folder import score_lines
     from harness.scorer import Scorer
     from optimizers.base import check_artifact, fit_condition
@@ -137,6 +138,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.model.endswith(".gguf") or Path(args.model).expanduser().exists():
         resolve_source(args.model)
     cells = [(task, *_eval_examples(task, args)) for task in tasks]  # a group: each subtask is fitted and scored
+    for task, examples, train, dev, _ in cells:  # a row longer than the model reads, before the model loads
+        check_row_lengths(args.model, task.name, [*examples, *train, *dev])
 
     if args.deterministic:
         deterministic(True)

@@ -275,6 +275,41 @@ def model_config(name: str):
         raise UserError(f"could not read the config of model {name!r} ({str(e).splitlines()[0][:200]})") from None
 
 
+# the config attributes that hold a model's positions, in the order lm-eval's resolve_max_length reads them
+POSITION_ATTRS = ("n_positions", "max_position_embeddings", "n_ctx")
+
+
+def config_positions(config) -> int | None:
+    """The most positions the model reads (its text model's, for a composite config); None when it says none."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for cfg in (text, config):
+        for attr in POSITION_ATTRS:
+            value = getattr(cfg, attr, None)
+            if isinstance(value, int) and value > 0:
+                return value
+    return None
+
+
+def max_positions(name: str) -> int | None:
+    """``config_positions`` of model ``name``, from its config alone (no weights); None when the config cannot be
+    read here (a hub id offline): the scorer checks again once the model is loaded."""
+    try:
+        return config_positions(model_config(name))
+    except UserError:
+        return None
+
+
+def load_tokenizer(name: str):
+    """Model ``name``'s tokenizer alone (no weights): what the checks before a model loads need."""
+    from transformers import AutoTokenizer
+
+    source, kwargs = resolve_source(name)
+    try:
+        return AutoTokenizer.from_pretrained(source, **kwargs)
+    except OSError as e:
+        raise UserError(f"could not read the tokenizer of model {name!r} ({str(e).splitlines()[0][:200]})") from None
+
+
 def load_model(name: str = EMBEDDED, device: str = "auto", dtype: str = "auto") -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -54,6 +54,17 @@ class TextRequest:
     continuation: str
 
 
+def positions(request: TokenRequest, n_prefix: int = 0) -> int:
+    """Positions a request takes in the model: lm-eval feeds (context + continuation)[:-1], after any key/value
+    prefix."""
+    return n_prefix + len(request.context) + len(request.continuation) - 1
+
+
+class RequestTooLong(UserError):
+    """A request longer than the model's positions (lm-eval would cut it from the left, silently but for a log
+    line; promptgap refuses and names the row)."""
+
+
 class Ledger:
     """What the renderer turned into tokens while it recorded: the harness's evidence of what a condition read
     during fit, and of how each test request was built (not what the condition says about itself).
@@ -98,8 +109,9 @@ class Ledger:
 class Renderer:
     """Renders prompts for one tokenizer, exactly as lm-eval's HFLM would tokenize them."""
 
-    def __init__(self, tokenizer) -> None:
+    def __init__(self, tokenizer, max_positions: int | None = None) -> None:
         self.tok = tokenizer
+        self.max_positions = max_positions  # the model's; a longer request is refused, naming its example
         self.ledger: Ledger | None = None  # set while the scorer records (Scorer.recording)
         self._template_checked = False
 
@@ -258,10 +270,50 @@ class Renderer:
         for e in examples:
             texts = self.text_requests(artifact, e)
             reqs = [self.token_request(artifact, r.context, r.continuation) for r in texts]
+            self.check_length(artifact, e, reqs)
             if self.ledger is not None:
                 self.ledger.saw(e, texts, reqs)
             out.append(reqs)
         return out
+
+
+    def check_length(self, artifact: PromptArtifact, example: Example, reqs: Sequence[TokenRequest]) -> None:
+        if self.max_positions is None:
+            return
+        longest = max(positions(r, artifact.n_prefix) for r in reqs)
+        if longest > self.max_positions:
+            raise RequestTooLong(
+                f"example {example.id!r} is {longest} tokens long as the model reads it ({artifact.format} format"
+                f"{', with the prompt' if artifact.instruction or artifact.demos or artifact.n_soft else ''}), "
+                f"more than the model's {self.max_positions} positions; shorten or remove that row")
+
+
+# a token covers at least one byte of text for byte-level BPE and SentencePiece tokenizers alike, so a request's
+# tokens are at most its UTF-8 bytes plus what the tokenizer adds on its own (BOS, a SentencePiece word-start
+# piece): a row below that bound cannot be too long and is not tokenized. Where the bound is wrong (a normalizer
+# that lengthens text), the scorer's own check still refuses the row, only later.
+ADDED_TOKENS_SLACK = 8
+
+
+def check_row_lengths(model: str, task: str, examples: Sequence[Example]) -> None:
+    """Refuse, before any model loads, a row whose bare request (the task's own prompt, raw format: the least any
+    condition puts before the model) is longer than the model's positions. Reads the model's config, and its
+    tokenizer only when some row is long enough to be in doubt; a prompt a condition adds is checked when it is
+    scored (the scorer's renderer, same message)."""
+    from harness.models import load_tokenizer, max_positions
+
+    limit = max_positions(model)
+    if limit is None:
+        return
+    doubtful = [e for e in examples
+                if any(len((e.description + ctx + e.delimiter + cont).encode("utf-8")) + ADDED_TOKENS_SLACK > limit
+                       for ctx, cont in map(e.choice, range(e.n_choices)))]
+    if not doubtful:
+        return
+    try:
+        Renderer(load_tokenizer(model), max_positions=limit).requests(PromptArtifact(format="raw"), doubtful)
+    except RequestTooLong as e:
+        raise RequestTooLong(f"task {task}, model {model}: {e} (refused before the model loads)") from None
 
 
 def template_facts(tokenizer) -> dict | None:

@@ -125,12 +125,20 @@ class Runner:
     def run(self) -> Path:
         from harness import executors
         from harness.models import prepare_model
+        from harness.render import check_row_lengths
 
-        self._prepare()
         tasks = [(t.build(), t) for t in self.cfg.tasks]
+        splits = {(task.name, seed): task.split(seed, task_cfg.split_sizes(task.default_sizes))
+                  for task, task_cfg in tasks for seed in self.cfg.seeds}
+        for model in self.cfg.models:  # a row longer than a model reads: refused before the run folder is made
+            for task, _ in tasks:
+                rows = {e.id: e for (name, _), split in splits.items() if name == task.name
+                        for e in (*split.train, *split.dev, *split.test)}
+                check_row_lengths(model, task.name, list(rows.values()))
+        self._prepare()
         for task, task_cfg in tasks:  # the split files every job checks its own split against
             for seed in self.cfg.seeds:
-                split = task.split(seed, task_cfg.split_sizes(task.default_sizes))
+                split = splits[(task.name, seed)]
                 self.folder.record_split(SplitRecord.of(task.name, seed, split, task_cfg.train_sizes))
             self.manifest["tasks"][task.name] = task.provenance()  # the files the splits were read from, hashed
         self.folder.write_manifest(self.manifest)
