@@ -114,7 +114,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from harness.atomic import write_json, write_jsonl
     from harness.models import deterministic, load_model, resolve_source
     from harness.registry import get_optimizer, get_tasks
-    from harness.render import check_row_lengths
+    from harness.render import check_row_lengths, warn_control
     from harness.run_folder import score_lines
     from harness.scorer import Scorer
     from optimizers.base import check_artifact, fit_condition
@@ -139,28 +139,32 @@ def cmd_eval(args: argparse.Namespace) -> int:
         resolve_source(args.model)
     cells = [(task, *_eval_examples(task, args)) for task in tasks]  # a group: each subtask is fitted and scored
     for task, examples, train, dev, _ in cells:  # a row longer than the model reads, before the model loads
-        check_row_lengths(args.model, task.name, [*examples, *train, *dev])
+        check_row_lengths(args.model, task.name, [*examples, *train, *dev],
+                          split_special_tokens=args.split_special_tokens)
 
     if args.deterministic:
         deterministic(True)
-    lm = load_model(args.model, device=args.device, dtype=args.dtype)
+    lm = load_model(args.model, device=args.device, dtype=args.dtype, split_special_tokens=args.split_special_tokens)
     scorer = Scorer(lm, batch_size=args.batch_size)
     rows, report, fit_logs, artifacts = [], [], {}, {}
     for task, examples, train, dev, split_hash in cells:
         t0 = time.perf_counter()
-        if condition is None:
-            artifact = check_artifact(loaded, lm, f"artifact {args.artifact}")
-        else:
-            with tempfile.TemporaryDirectory() as workdir:
-                fit = fit_condition(condition, lm, task, train, dev, scorer, args.seed, workdir=Path(workdir),
-                                    owner=f"condition {args.condition}")
-            artifact = fit.artifact
-            if fit.log is not None:
-                fit_logs[task.name] = fit.log
+        with scorer.recording() as fitting:  # what the renderer meets: control-token text, for one warning
+            if condition is None:
+                artifact = check_artifact(loaded, lm, f"artifact {args.artifact}")
+            else:
+                with tempfile.TemporaryDirectory() as workdir:
+                    fit = fit_condition(condition, lm, task, train, dev, scorer, args.seed, workdir=Path(workdir),
+                                        owner=f"condition {args.condition}")
+                artifact = fit.artifact
+                if fit.log is not None:
+                    fit_logs[task.name] = fit.log
         t_fit = time.perf_counter() - t0
         t0 = time.perf_counter()
-        scores = scorer.score(artifact, examples, task.kind, desc=f"scoring {args.condition} on {task.name}")
+        with scorer.recording() as scoring:
+            scores = scorer.score(artifact, examples, task.kind, desc=f"scoring {args.condition} on {task.name}")
         t_score = time.perf_counter() - t0
+        warn_control(f"{task.name} / {args.condition}", fitting.control + scoring.control, lm.split_special_tokens)
         common = {"model": lm.name, "task": task.name, "condition": args.condition, "split": args.split,
                   "split_hash": split_hash, "format": artifact.format}
         rows += score_lines(scores, common)
@@ -375,6 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     e.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16")
     e.add_argument("--deterministic", action="store_true", help=DETERMINISTIC_HELP)
+    e.add_argument("--split-special-tokens", action="store_true", help="keep control-token text found in the data "
+                   "or the prompt (<|im_end|> in an example) as text; by default it becomes control tokens, as in "
+                   "lm-eval and transformers' apply_chat_template")
     e.add_argument("--artifact-out", type=Path, default=None, help="also save the prompt artifact to this folder")
     e.add_argument("--out", type=Path, required=True, help="JSONL file to write (written whole, or not at all)")
     e.set_defaults(func=cmd_eval)

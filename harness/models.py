@@ -110,6 +110,9 @@ class LoadedModel:
     # what the scorer and training fell back to after running out of memory, oldest first (the runner copies a
     # cell's share into its cell.json): {"where": "scorer" | "training", "what": ...}
     fallbacks: list[dict] = field(default_factory=list, repr=False)
+    # how the renderer tokenizes control-token text found in the data (``<|im_end|>`` in an example): as control
+    # ids (False: lm-eval's and transformers' way) or as text
+    split_special_tokens: bool = False
 
     # DSPy and friends deep-copy whatever they can reach; a model handle must never be copied
     def __deepcopy__(self, memo: dict) -> LoadedModel:
@@ -310,7 +313,8 @@ def load_tokenizer(name: str):
         raise UserError(f"could not read the tokenizer of model {name!r} ({str(e).splitlines()[0][:200]})") from None
 
 
-def load_model(name: str = EMBEDDED, device: str = "auto", dtype: str = "auto") -> LoadedModel:
+def load_model(name: str = EMBEDDED, device: str = "auto", dtype: str = "auto",
+               split_special_tokens: bool = False) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source, kwargs = resolve_source(name)
@@ -328,4 +332,5 @@ def load_model(name: str = EMBEDDED, device: str = "auto", dtype: str = "auto") 
         ) from None
     model.to(dev).eval().requires_grad_(False)
     log.info("loaded %s on %s as %s", name, dev, dt)
-    return LoadedModel(name=name, model=model, tokenizer=tok, device=dev, dtype=dt)
+    return LoadedModel(name=name, model=model, tokenizer=tok, device=dev, dtype=dt,
+                       split_special_tokens=split_special_tokens)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Sequence
+import re
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import jinja2
@@ -25,6 +28,19 @@ TEMPLATE_PLUMBING = {"messages", "add_generation_prompt", "bos_token", "eos_toke
                      "raise_exception", "tools", "documents", "loop", "range", "namespace", "strftime_now"}
 # where a soft prompt sits in the text; split out before encoding, so it never reaches the tokenizer
 SLOT = "\x00soft-prompt\x00"
+# with split_special_tokens: what a control token's text in the data stands as until it is encoded as text
+# (``\x00ctl<i>\x00``, i its index in ``Renderer.control``), so the chat template's own control tokens stay apart
+PROTECTED = re.compile("\x00ctl(\\d+)\x00")
+
+
+def control_strings(tokenizer) -> tuple[str, ...]:
+    """The text of the tokenizer's special tokens (``<|im_end|>``, ...): text that the tokenizer turns into one
+    control id wherever it occurs, data included, unless asked to split special tokens. Longest first, so that one
+    control string inside another is not counted twice."""
+    decoder = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    found = {t.content for t in decoder.values() if getattr(t, "special", False)}
+    found |= set(getattr(tokenizer, "all_special_tokens", []) or [])
+    return tuple(sorted((t for t in found if t), key=lambda t: (-len(t), t)))
 
 
 def soft_id(i: int) -> int:
@@ -80,6 +96,9 @@ class Ledger:
         self.keep_requests = keep_requests
         self.requests: list[dict] = []
         self.first: dict | None = None  # with keep_requests: the first request's text, as the model reads it
+        # control-token text found in what was rendered (each example's text, the prompt's instruction and demos,
+        # once per example rendered): token text -> occurrences
+        self.control: Counter[str] = Counter()
         self.bos_id = getattr(tokenizer, "bos_token_id", None)
         prefix = self.bos_id if self.bos_id is not None else getattr(tokenizer, "eos_token_id", None)
         # lm-eval's HFLM adds no BOS to text that already starts with the prefix token's text
@@ -89,13 +108,15 @@ class Ledger:
         entry = self.reads.setdefault(example.id, {"content": example.content_key, "times": 0})
         entry["times"] += 1
 
-    def saw(self, example: Example, texts: Sequence[TextRequest], tokens: Sequence[TokenRequest]) -> None:
+    def saw(self, example: Example, texts: Sequence[TextRequest], tokens: Sequence[TokenRequest],
+            as_written: Callable[[str], str] = str) -> None:
+        """``as_written``: the renderer's text with any placeholder of the data's control-token text undone."""
         self.read(example)
         if not self.keep_requests:
             return
         if self.first is None and texts:
-            self.first = {"example_id": example.id, "context": texts[0].context,
-                          "continuation": texts[0].continuation}
+            self.first = {"example_id": example.id, "context": as_written(texts[0].context),
+                          "continuation": as_written(texts[0].continuation)}
         for choice, (text, req) in enumerate(zip(texts, tokens, strict=True)):
             real = [t for t in req.context if t >= 0]  # soft-prompt slots may stand before the BOS
             lead = 0
@@ -109,11 +130,85 @@ class Ledger:
 class Renderer:
     """Renders prompts for one tokenizer, exactly as lm-eval's HFLM would tokenize them."""
 
-    def __init__(self, tokenizer, max_positions: int | None = None) -> None:
+    def __init__(self, tokenizer, max_positions: int | None = None, split_special_tokens: bool = False) -> None:
         self.tok = tokenizer
         self.max_positions = max_positions  # the model's; a longer request is refused, naming its example
         self.ledger: Ledger | None = None  # set while the scorer records (Scorer.recording)
         self._template_checked = False
+        self.control = control_strings(tokenizer)
+        self._control = re.compile("|".join(map(re.escape, self.control))) if self.control else None
+        # off (lm-eval's way, and transformers' apply_chat_template's): control-token text in the data becomes
+        # control ids. On: it stays text, tokenized as the characters it is; the chat template's own stay control
+        self.split_special_tokens = split_special_tokens
+        if split_special_tokens and self._control is not None:
+            self._check_split_encoding()
+
+    # --- control tokens in the data -----------------------------------------------
+    def control_counts(self, artifact: PromptArtifact, example: Example) -> Counter[str]:
+        """Control-token text in what the data and the condition put into ``example``'s requests (its text, the
+        instruction, the demos)."""
+        found: Counter[str] = Counter()
+        if self._control is None:
+            return found
+        for text in (artifact.instruction, *artifact.demos, example.description, *example.contexts,
+                     *example.continuations):
+            found.update(self._control.findall(text))
+        return found
+
+    def protect(self, text: str) -> str:
+        """With split_special_tokens: the data's control-token text replaced by placeholders (``PROTECTED``) that
+        ``encode`` turns back into text and tokenizes as text."""
+        if not self.split_special_tokens or self._control is None:
+            return text
+        index = {c: i for i, c in enumerate(self.control)}
+        return self._control.sub(lambda m: f"\x00ctl{index[m.group()]}\x00", text)
+
+    def unprotect(self, text: str) -> str:
+        return PROTECTED.sub(lambda m: self.control[int(m.group(1))], text) if "\x00ctl" in text else text
+
+    def _protected(self, artifact: PromptArtifact, example: Example) -> tuple[PromptArtifact, Example]:
+        if not self.split_special_tokens or self._control is None:
+            return artifact, example
+        return (dataclasses.replace(artifact, instruction=self.protect(artifact.instruction),
+                                    demos=[self.protect(d) for d in artifact.demos]),
+                dataclasses.replace(example, description=self.protect(example.description),
+                                    contexts=tuple(map(self.protect, example.contexts)),
+                                    continuations=tuple(map(self.protect, example.continuations))))
+
+    def _encode_split(self, text: str, add_special_tokens: bool) -> list[int]:
+        """``text`` with split_special_tokens: the control tokens left in it (the chat template's) are control ids,
+        the text between them (the data's control-token text included) is tokenized as text, piece by piece, as the
+        tokenizer itself tokenizes the text between control tokens."""
+        ids: list[int] = []
+        at = 0
+        for m in self._control.finditer(text):  # type: ignore[union-attr]
+            ids += self._encode_text(text[at:m.start()])
+            ids.append(self.tok.convert_tokens_to_ids(m.group()))
+            at = m.end()
+        ids += self._encode_text(text[at:])
+        if add_special_tokens:  # what the tokenizer adds around a text of its own accord (a BOS, say)
+            with_added = self.tok.encode("a")
+            bare = self.tok.encode("a", add_special_tokens=False)
+            i = next(i for i in range(len(with_added) - len(bare) + 1) if with_added[i:i + len(bare)] == bare)
+            ids = with_added[:i] + ids + with_added[i + len(bare):]
+        return ids
+
+    def _encode_text(self, text: str) -> list[int]:
+        if not text:
+            return []
+        return self.tok.encode(self.unprotect(text), add_special_tokens=False, split_special_tokens=True)
+
+    def _check_split_encoding(self) -> None:
+        """Encoding the text between control tokens piece by piece is the tokenizer's own rule for byte-level BPE
+        (SmolLM2, GPT-2, Llama 3); a tokenizer that treats text after a control token differently when it is
+        encoded alone (a SentencePiece word-start piece) is refused rather than rendered wrongly."""
+        c = next(t for t in self.control if t != getattr(self.tok, "bos_token", None)) if len(self.control) > 1 \
+            else self.control[0]
+        probe = f"{c}user\nHi there, one{c}\n{c}two three\n"
+        if self._encode_split(probe, False) != self.tok.encode(probe, add_special_tokens=False):
+            raise UserError(f"split_special_tokens: this tokenizer ({type(self.tok).__name__}) tokenizes the text "
+                            f"after a control token differently when it stands alone, so promptgap cannot keep the "
+                            f"data's control-token text as text exactly; leave split_special_tokens off")
 
     # --- text ------------------------------------------------------------------
     def body(self, artifact: PromptArtifact, context: str) -> str:
@@ -144,7 +239,8 @@ class Renderer:
     def prompt_tokens(self, artifact: PromptArtifact) -> int:
         """Tokens the prompt puts before each input: its instruction and demos as the body writes them, plus its
         virtual tokens (soft vectors, key/value prefix). A cost, not an exact count of any one request."""
-        text = BLOCK_SEP.join([artifact.instruction, *artifact.demos] if artifact.instruction else artifact.demos)
+        text = self.protect(BLOCK_SEP.join([artifact.instruction, *artifact.demos] if artifact.instruction
+                                           else artifact.demos))
         return (len(self.encode_plain(text)) if text else 0) + artifact.n_soft + artifact.n_prefix
 
     def system_text(self, artifact: PromptArtifact, system: str = "") -> str:
@@ -199,7 +295,9 @@ class Renderer:
             return self.tok.apply_chat_template(rest, **kwargs)
 
     def text_requests(self, artifact: PromptArtifact, example: Example) -> list[TextRequest]:
-        """One (context, continuation) text pair per choice, in the task's choice order."""
+        """One (context, continuation) text pair per choice, in the task's choice order (with split_special_tokens,
+        the data's control-token text held as ``PROTECTED`` placeholders until it is encoded)."""
+        artifact, example = self._protected(artifact, example)
         out = []
         for i in range(example.n_choices):
             ctx, cont = example.choice(i)
@@ -214,9 +312,10 @@ class Renderer:
     def encode(self, text: str) -> list[int]:
         """lm-eval's tok_encode: the tokenizer's own special-token default, but never a second BOS."""
         bos = getattr(self.tok, "bos_token", None)
-        if bos and text.startswith(bos):
-            return self.tok.encode(text, add_special_tokens=False)
-        return self.tok.encode(text)
+        add = not (bos and text.startswith(bos))
+        if self.split_special_tokens and self._control is not None:
+            return self._encode_split(text, add)
+        return self.tok.encode(text) if add else self.tok.encode(text, add_special_tokens=False)
 
     def encode_pair(self, context: str, continuation: str, n_soft: int = 0) -> TokenRequest:
         """lm-eval's _encode_pair: trailing whitespace moves to the continuation; encode the whole, then split.
@@ -246,6 +345,8 @@ class Renderer:
 
     def encode_plain(self, text: str) -> list[int]:
         """Text in the middle of a sequence: no special tokens added."""
+        if self.split_special_tokens and self._control is not None:
+            return self._encode_split(text, False)
         return self.tok.encode(text, add_special_tokens=False)
 
     def encode_without_context(self, continuation: str) -> TokenRequest:
@@ -272,7 +373,8 @@ class Renderer:
             reqs = [self.token_request(artifact, r.context, r.continuation) for r in texts]
             self.check_length(artifact, e, reqs)
             if self.ledger is not None:
-                self.ledger.saw(e, texts, reqs)
+                self.ledger.control.update(self.control_counts(artifact, e))
+                self.ledger.saw(e, texts, reqs, self.unprotect)
             out.append(reqs)
         return out
 
@@ -288,6 +390,20 @@ class Renderer:
                 f"more than the model's {self.max_positions} positions; shorten or remove that row")
 
 
+def warn_control(where: str, counts: Counter[str], split_special_tokens: bool) -> None:
+    """One warning for a cell whose data or prompt holds control-token text (``counts``: text -> occurrences)."""
+    if not counts:
+        return
+    found = ", ".join(f"{t} x{n}" for t, n in counts.most_common())
+    if split_special_tokens:
+        log.warning("%s: control-token text in the data or the prompt (%s), kept as text (split_special_tokens)",
+                    where, found)
+    else:
+        log.warning("%s: control-token text in the data or the prompt (%s) became control tokens, as lm-eval and "
+                    "transformers' apply_chat_template make it; to keep it as text set split_special_tokens "
+                    "(a run's [run] table, eval's --split-special-tokens)", where, found)
+
+
 # a token covers at least one byte of text for byte-level BPE and SentencePiece tokenizers alike, so a request's
 # tokens are at most its UTF-8 bytes plus what the tokenizer adds on its own (BOS, a SentencePiece word-start
 # piece): a row below that bound cannot be too long and is not tokenized. Where the bound is wrong (a normalizer
@@ -295,7 +411,7 @@ class Renderer:
 ADDED_TOKENS_SLACK = 8
 
 
-def check_row_lengths(model: str, task: str, examples: Sequence[Example]) -> None:
+def check_row_lengths(model: str, task: str, examples: Sequence[Example], split_special_tokens: bool = False) -> None:
     """Refuse, before any model loads, a row whose bare request (the task's own prompt, raw format: the least any
     condition puts before the model) is longer than the model's positions. Reads the model's config, and its
     tokenizer only when some row is long enough to be in doubt; a prompt a condition adds is checked when it is
@@ -311,7 +427,8 @@ def check_row_lengths(model: str, task: str, examples: Sequence[Example]) -> Non
     if not doubtful:
         return
     try:
-        Renderer(load_tokenizer(model), max_positions=limit).requests(PromptArtifact(format="raw"), doubtful)
+        renderer = Renderer(load_tokenizer(model), max_positions=limit, split_special_tokens=split_special_tokens)
+        renderer.requests(PromptArtifact(format="raw"), doubtful)
     except RequestTooLong as e:
         raise RequestTooLong(f"task {task}, model {model}: {e} (refused before the model loads)") from None
 

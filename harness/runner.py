@@ -19,6 +19,7 @@ import socket
 import sys
 import time
 import traceback
+from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +32,7 @@ from harness.config import RunConfig, load_config
 from harness.data import Split, ids_hash, leaks
 from harness.errors import DiskFull, UserError, is_disk_full
 from harness.progress import console
+from harness.render import warn_control
 from harness.run_folder import (
     CONFIG,
     CellKey,
@@ -134,7 +136,8 @@ class Runner:
             for task, _ in tasks:
                 rows = {e.id: e for (name, _), split in splits.items() if name == task.name
                         for e in (*split.train, *split.dev, *split.test)}
-                check_row_lengths(model, task.name, list(rows.values()))
+                check_row_lengths(model, task.name, list(rows.values()),
+                                  split_special_tokens=self.cfg.run.get("split_special_tokens", False))
         self._prepare()
         for task, task_cfg in tasks:  # the split files every job checks its own split against
             for seed in self.cfg.seeds:
@@ -243,7 +246,8 @@ def _run_cells(run_dir: str | Path, keys: Sequence[CellKey], invocation: int, jo
                     device = lm.device
                     lm = scorer = None
                     release(device)
-                lm = load_model(model_name, device=cfg.run["device"], dtype=cfg.run["dtype"])
+                lm = load_model(model_name, device=cfg.run["device"], dtype=cfg.run["dtype"],
+                                split_special_tokens=cfg.run.get("split_special_tokens", False))
                 worker.models[model_name] = provenance.model_record(model_name, lm)
                 folder.write_worker(worker)
                 scorer = Scorer(lm, batch_size=cfg.run["batch_size"])
@@ -302,6 +306,7 @@ def _run_cell(folder: RunFolder, cfg: RunConfig, code: dict[str, Any], job: dict
                         deterministic=torch.are_deterministic_algorithms_enabled(),
                         code={k: code.get(k) for k in ("version", "commit", "dirty")}, job=job)
     evidence = Evidence()
+    control: dict[str, Counter[str]] = {}  # control-token text the renderer met, while fitting and scoring test
     fell_back = len(lm.fallbacks)
     with folder.new_cell(key) as cell:
         try:
@@ -316,6 +321,7 @@ def _run_cell(folder: RunFolder, cfg: RunConfig, code: dict[str, Any], job: dict
                                             workdir=cell.workdir, owner=owner)
                     finally:
                         evidence.fit_reads, evidence.fit_bare_calls = reads.reads, reads.bare_calls
+                        control["fit"] = reads.control
                 evidence.selection = fit.selection
                 if fit.selection is not None:
                     record.selection = {"metric": fit.selection["metric"], "n": len(fit.selection["ids"]),
@@ -329,7 +335,10 @@ def _run_cell(folder: RunFolder, cfg: RunConfig, code: dict[str, Any], job: dict
             record.trainable_params = artifact.trainable_params
             t0, before = time.perf_counter(), lm.usage.snapshot()
             with scorer.recording(keep_requests=True) as seen:
-                scores = scorer.score(artifact, test, task.kind, desc=key.label)
+                try:
+                    scores = scorer.score(artifact, test, task.kind, desc=key.label)
+                finally:
+                    control["test"] = seen.control
             record.score_seconds = round(time.perf_counter() - t0, 2)
             record.score_tokens = lm.usage.since(before).tokens
             evidence.test_reads, evidence.requests, evidence.example = seen.reads, seen.requests, seen.first
@@ -359,5 +368,9 @@ def _run_cell(folder: RunFolder, cfg: RunConfig, code: dict[str, Any], job: dict
             console.print(f"[red]failed[/] {key.label}: {escape(record.error)}")
         record.fallbacks = lm.fallbacks[fell_back:] or None
         record.finished = provenance.now()
+        if any(control.values()):  # once per cell, whatever the phase it was met in
+            evidence.control_tokens = {**{phase: dict(c) for phase, c in control.items()},
+                                       "as": "text" if lm.split_special_tokens else "control"}
+            warn_control(key.label, sum(control.values(), Counter()), lm.split_special_tokens)
         cell.evidence(evidence)
         cell.finish(record)  # cell.json last; the folder appears when the block ends

@@ -201,7 +201,8 @@ class Scorer:
                                 head_rows=max(1, int(0.2 * self.memory) // (2 * 4 * self.vocab)))
         self.budget = self._budget0  # halved for good after an out-of-memory error
         self.max_len = config_positions(lm.model.config)
-        self.renderer = Renderer(lm.tokenizer, max_positions=self.max_len)
+        self.renderer = Renderer(lm.tokenizer, max_positions=self.max_len,
+                                 split_special_tokens=lm.split_special_tokens)
         self._soft: torch.Tensor | None = None  # the soft vectors of the current ``loglikelihood`` call
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
