@@ -137,6 +137,7 @@ class Renderer:
         self._template_checked = False
         self.control = control_strings(tokenizer)
         self._control = re.compile("|".join(map(re.escape, self.control))) if self.control else None
+        self._placeholder = {c: f"\x00ctl{i}\x00" for i, c in enumerate(self.control)}
         # off (lm-eval's way, and transformers' apply_chat_template's): control-token text in the data becomes
         # control ids. On: it stays text, tokenized as the characters it is; the chat template's own stay control
         self.split_special_tokens = split_special_tokens
@@ -160,8 +161,7 @@ class Renderer:
         ``encode`` turns back into text and tokenizes as text."""
         if not self.split_special_tokens or self._control is None:
             return text
-        index = {c: i for i, c in enumerate(self.control)}
-        return self._control.sub(lambda m: f"\x00ctl{index[m.group()]}\x00", text)
+        return self._control.sub(lambda m: self._placeholder[m.group()], text)
 
     def unprotect(self, text: str) -> str:
         return PROTECTED.sub(lambda m: self.control[int(m.group(1))], text) if "\x00ctl" in text else text
@@ -202,8 +202,7 @@ class Renderer:
         """Encoding the text between control tokens piece by piece is the tokenizer's own rule for byte-level BPE
         (SmolLM2, GPT-2, Llama 3); a tokenizer that treats text after a control token differently when it is
         encoded alone (a SentencePiece word-start piece) is refused rather than rendered wrongly."""
-        c = next(t for t in self.control if t != getattr(self.tok, "bos_token", None)) if len(self.control) > 1 \
-            else self.control[0]
+        c = self.control[0]
         probe = f"{c}user\nHi there, one{c}\n{c}two three\n"
         if self._encode_split(probe, False) != self.tok.encode(probe, add_special_tokens=False):
             raise UserError(f"split_special_tokens: this tokenizer ({type(self.tok).__name__}) tokenizes the text "

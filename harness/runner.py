@@ -360,7 +360,7 @@ def _run_cell(folder: RunFolder, cfg: RunConfig, code: dict[str, Any], job: dict
             raise  # not the condition's failure: the run stops, this cell is not written, --resume redoes it
         except Exception as e:  # a failing condition is reported in its cell; the matrix goes on
             if is_disk_full(e):  # a condition's own write (its working files) on a full disk
-                raise DiskFull(cell.dir) from None
+                raise DiskFull(folder.cell_dir(key)) from None
             log.debug("cell %s failed", key.label, exc_info=True)
             record.status = "error"
             record.error = str(e) if str(e).startswith(owner) else f"{owner}: {type(e).__name__}: {e}"
