@@ -263,7 +263,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if runner.cfg.executor.kind != "local":
         print_status(run_dir, status(run_dir))
-    report = write_report(run_dir, args.reports)
+    try:
+        report = write_report(run_dir, args.reports)
+    except DiskFull as e:  # every cell is done: only the report is missing
+        raise e.with_hint(f"free space there, then `promptgap report {run_dir}` writes the report (the run is "
+                          f"complete)") from None
     print_headlines(run_dir)
     print(f"results: {run_dir}")
     print(f"report:  {report}")
