@@ -505,7 +505,10 @@ def main(argv: list[str] | None = None) -> int:
         if not is_disk_full(e):
             raise
         # a write outside the atomic writer (a library's own file); what it names is all there is to name
-        print(f"promptgap: error: {DiskFull(e.filename or os.getcwd())}", file=sys.stderr)
+        where = DiskFull(e.filename) if e.filename else ("no space left on a device being written (the writing "
+                                                         "library named no file); free space and run the command "
+                                                         "again")
+        print(f"promptgap: error: {where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("promptgap: interrupted; nothing was written", file=sys.stderr)

@@ -32,7 +32,7 @@ from harness.config import RunConfig, load_config
 from harness.data import Split, ids_hash, leaks
 from harness.errors import DiskFull, UserError, is_disk_full
 from harness.progress import console
-from harness.render import warn_control
+from harness.render import check_row_lengths, warn_control
 from harness.run_folder import (
     CONFIG,
     CellKey,
@@ -127,7 +127,6 @@ class Runner:
     def run(self) -> Path:
         from harness import executors
         from harness.models import prepare_model
-        from harness.render import check_row_lengths
 
         tasks = [(t.build(), t) for t in self.cfg.tasks]
         splits = {(task.name, seed): task.split(seed, task_cfg.split_sizes(task.default_sizes))
