@@ -114,7 +114,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from harness.atomic import write_json, write_jsonl
     from harness.models import deterministic, load_model, resolve_source
     from harness.registry import get_optimizer, get_tasks
-    from harness.render import check_row_lengths, warn_control
+    from harness.render import check_row_lengths, warn_control, warn_cut
     from harness.run_folder import score_lines
     from harness.scorer import Scorer
     from optimizers.base import check_artifact, fit_condition
@@ -140,11 +140,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     cells = [(task, *_eval_examples(task, args)) for task in tasks]  # a group: each subtask is fitted and scored
     for task, examples, train, dev, _ in cells:  # a row longer than the model reads, before the model loads
         check_row_lengths(args.model, task.name, [*examples, *train, *dev],
-                          split_special_tokens=args.split_special_tokens)
+                          split_special_tokens=args.split_special_tokens, truncate_left=args.truncate_left)
 
     if args.deterministic:
         deterministic(True)
-    lm = load_model(args.model, device=args.device, dtype=args.dtype, split_special_tokens=args.split_special_tokens)
+    lm = load_model(args.model, device=args.device, dtype=args.dtype, split_special_tokens=args.split_special_tokens,
+                    truncate_left=args.truncate_left)
     scorer = Scorer(lm, batch_size=args.batch_size)
     rows, report, fit_logs, artifacts = [], [], {}, {}
     for task, examples, train, dev, split_hash in cells:
@@ -165,6 +166,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             scores = scorer.score(artifact, examples, task.kind, desc=f"scoring {args.condition} on {task.name}")
         t_score = time.perf_counter() - t0
         warn_control(f"{task.name} / {args.condition}", fitting.control + scoring.control, lm.split_special_tokens)
+        warn_cut(f"{task.name} / {args.condition}", scoring.cut)
         common = {"model": lm.name, "task": task.name, "condition": args.condition, "split": args.split,
                   "split_hash": split_hash, "format": artifact.format}
         rows += score_lines(scores, common)
@@ -386,6 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--split-special-tokens", action="store_true", help="keep control-token text found in the data "
                    "or the prompt (<|im_end|> in an example) as text; by default it becomes control tokens, as in "
                    "lm-eval and transformers' apply_chat_template")
+    e.add_argument("--truncate-left", action="store_true", help="cut a request longer than the model's positions "
+                   "from the left, as lm-eval does (default: refuse it, naming the row)")
     e.add_argument("--artifact-out", type=Path, default=None, help="also save the prompt artifact to this folder")
     e.add_argument("--out", type=Path, required=True, help="JSONL file to write (written whole, or not at all)")
     e.set_defaults(func=cmd_eval)

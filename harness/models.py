@@ -113,6 +113,8 @@ class LoadedModel:
     # how the renderer tokenizes control-token text found in the data (``<|im_end|>`` in an example): as control
     # ids (False: lm-eval's and transformers' way) or as text
     split_special_tokens: bool = False
+    # a request longer than the model's positions: refused (False), or cut from the left as lm-eval cuts it
+    truncate_left: bool = False
 
     # DSPy and friends deep-copy whatever they can reach; a model handle must never be copied
     def __deepcopy__(self, memo: dict) -> LoadedModel:
@@ -314,7 +316,7 @@ def load_tokenizer(name: str):
 
 
 def load_model(name: str = EMBEDDED, device: str = "auto", dtype: str = "auto",
-               split_special_tokens: bool = False) -> LoadedModel:
+               split_special_tokens: bool = False, truncate_left: bool = False) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source, kwargs = resolve_source(name)
@@ -333,4 +335,4 @@ def load_model(name: str = EMBEDDED, device: str = "auto", dtype: str = "auto",
     model.to(dev).eval().requires_grad_(False)
     log.info("loaded %s on %s as %s", name, dev, dt)
     return LoadedModel(name=name, model=model, tokenizer=tok, device=dev, dtype=dt,
-                       split_special_tokens=split_special_tokens)
+                       split_special_tokens=split_special_tokens, truncate_left=truncate_left)

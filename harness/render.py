@@ -99,6 +99,7 @@ class Ledger:
         # control-token text found in what was rendered (each example's text, the prompt's instruction and demos,
         # once per example rendered): token text -> occurrences
         self.control: Counter[str] = Counter()
+        self.cut: dict[str, int] = {}  # with truncate_left: example id -> most context tokens cut from a request
         self.bos_id = getattr(tokenizer, "bos_token_id", None)
         prefix = self.bos_id if self.bos_id is not None else getattr(tokenizer, "eos_token_id", None)
         # lm-eval's HFLM adds no BOS to text that already starts with the prefix token's text
@@ -109,9 +110,12 @@ class Ledger:
         entry["times"] += 1
 
     def saw(self, example: Example, texts: Sequence[TextRequest], tokens: Sequence[TokenRequest],
-            as_written: Callable[[str], str] = str) -> None:
-        """``as_written``: the renderer's text with any placeholder of the data's control-token text undone."""
+            as_written: Callable[[str], str] = str, cut: Sequence[int] = ()) -> None:
+        """``as_written``: the renderer's text with any placeholder of the data's control-token text undone.
+        ``cut``: per request, the context tokens ``truncate_left`` dropped before the model read it."""
         self.read(example)
+        if any(cut):
+            self.cut[example.id] = max(cut)
         if not self.keep_requests:
             return
         if self.first is None and texts:
@@ -125,14 +129,18 @@ class Ledger:
             self.requests.append({"example_id": example.id, "choice": choice, "bos": lead,
                                   "text_bos": bool(self.prefix_text) and text.context.startswith(self.prefix_text),
                                   "n_context": len(req.context), "n_continuation": len(req.continuation)})
+            if cut and cut[choice]:  # the request as built (BOS and all), then what the model did not read of it
+                self.requests[-1]["cut"] = cut[choice]
 
 
 class Renderer:
     """Renders prompts for one tokenizer, exactly as lm-eval's HFLM would tokenize them."""
 
-    def __init__(self, tokenizer, max_positions: int | None = None, split_special_tokens: bool = False) -> None:
+    def __init__(self, tokenizer, max_positions: int | None = None, split_special_tokens: bool = False,
+                 truncate_left: bool = False) -> None:
         self.tok = tokenizer
         self.max_positions = max_positions  # the model's; a longer request is refused, naming its example
+        self.truncate_left = truncate_left  # ...or cut from the left, as lm-eval does (opt-in)
         self.ledger: Ledger | None = None  # set while the scorer records (Scorer.recording)
         self._template_checked = False
         self.control = control_strings(tokenizer)
@@ -370,23 +378,41 @@ class Renderer:
         for e in examples:
             texts = self.text_requests(artifact, e)
             reqs = [self.token_request(artifact, r.context, r.continuation) for r in texts]
-            self.check_length(artifact, e, reqs)
+            fitted = self.fit_length(artifact, e, reqs)
             if self.ledger is not None:
                 self.ledger.control.update(self.control_counts(artifact, e))
-                self.ledger.saw(e, texts, reqs, self.unprotect)
-            out.append(reqs)
+                self.ledger.saw(e, texts, reqs, self.unprotect,
+                                cut=[len(r.context) - len(f.context) for r, f in zip(reqs, fitted, strict=True)])
+            out.append(fitted)
         return out
 
-
-    def check_length(self, artifact: PromptArtifact, example: Example, reqs: Sequence[TokenRequest]) -> None:
+    def fit_length(self, artifact: PromptArtifact, example: Example,
+                   reqs: list[TokenRequest]) -> list[TokenRequest]:
+        """``reqs``, none longer than the model's positions: a longer one is refused, naming its example, or with
+        ``truncate_left`` loses the first tokens of its context, as lm-eval's HFLM cuts it (its input is
+        ``(context + continuation)[-(max_length + 1):][:-1]``). A cut that would reach into the continuation or a
+        soft prompt is refused all the same."""
         if self.max_positions is None:
-            return
+            return reqs
         longest = max(positions(r, artifact.n_prefix) for r in reqs)
-        if longest > self.max_positions:
-            raise RequestTooLong(
-                f"example {example.id!r} is {longest} tokens long as the model reads it ({artifact.format} format"
-                f"{', with the prompt' if artifact.instruction or artifact.demos or artifact.n_soft else ''}), "
-                f"more than the model's {self.max_positions} positions; shorten or remove that row")
+        if longest <= self.max_positions:
+            return reqs
+        out = []
+        for r in reqs:
+            cut = positions(r, artifact.n_prefix) - self.max_positions
+            if cut <= 0:
+                out.append(r)
+            elif self.truncate_left and cut < len(r.context) and min(r.context[:cut]) >= 0:
+                out.append(TokenRequest(r.context[cut:], r.continuation))
+            else:
+                prompted = ", with the prompt" if artifact.instruction or artifact.demos or artifact.n_soft else ""
+                fix = ("cutting its context from the left would leave none of it or cut the soft prompt; shorten or "
+                       "remove that row") if self.truncate_left else ("shorten or remove that row (or set "
+                                                                      "truncate_left to cut it as lm-eval does)")
+                raise RequestTooLong(f"example {example.id!r} is {longest} tokens long as the model reads it "
+                                     f"({artifact.format} format{prompted}), more than the model's "
+                                     f"{self.max_positions} positions; {fix}")
+        return out
 
 
 def warn_control(where: str, counts: Counter[str], split_special_tokens: bool) -> None:
@@ -403,6 +429,13 @@ def warn_control(where: str, counts: Counter[str], split_special_tokens: bool) -
                     "(a run's [run] table, eval's --split-special-tokens)", where, found)
 
 
+def warn_cut(where: str, cut: dict[str, int]) -> None:
+    """One warning for a cell some of whose requests ``truncate_left`` cut (``cut``: example id -> tokens)."""
+    if cut:
+        log.warning("%s: %d example(s) longer than the model's positions, cut from the left as lm-eval cuts them "
+                    "(truncate_left; up to %d tokens, e.g. %s)", where, len(cut), max(cut.values()), next(iter(cut)))
+
+
 # a token covers at least one byte of text for byte-level BPE and SentencePiece tokenizers alike, so a request's
 # tokens are at most its UTF-8 bytes plus what the tokenizer adds on its own (BOS, a SentencePiece word-start
 # piece): a row below that bound cannot be too long and is not tokenized. Where the bound is wrong (a normalizer
@@ -410,7 +443,8 @@ def warn_control(where: str, counts: Counter[str], split_special_tokens: bool) -
 ADDED_TOKENS_SLACK = 8
 
 
-def check_row_lengths(model: str, task: str, examples: Sequence[Example], split_special_tokens: bool = False) -> None:
+def check_row_lengths(model: str, task: str, examples: Sequence[Example], split_special_tokens: bool = False,
+                      truncate_left: bool = False) -> None:
     """Refuse, before any model loads, a row whose bare request (the task's own prompt, raw format: the least any
     condition puts before the model) is longer than the model's positions. Reads the model's config, and its
     tokenizer only when some row is long enough to be in doubt; a prompt a condition adds is checked when it is
@@ -426,7 +460,8 @@ def check_row_lengths(model: str, task: str, examples: Sequence[Example], split_
     if not doubtful:
         return
     try:
-        renderer = Renderer(load_tokenizer(model), max_positions=limit, split_special_tokens=split_special_tokens)
+        renderer = Renderer(load_tokenizer(model), max_positions=limit, split_special_tokens=split_special_tokens,
+                            truncate_left=truncate_left)
         renderer.requests(PromptArtifact(format="raw"), doubtful)
     except RequestTooLong as e:
         raise RequestTooLong(f"task {task}, model {model}: {e} (refused before the model loads)") from None

@@ -32,7 +32,7 @@ from harness.config import RunConfig, load_config
 from harness.data import Split, ids_hash, leaks
 from harness.errors import DiskFull, UserError, is_disk_full
 from harness.progress import console
-from harness.render import check_row_lengths, warn_control
+from harness.render import check_row_lengths, warn_control, warn_cut
 from harness.run_folder import (
     CONFIG,
     CellKey,
@@ -136,7 +136,8 @@ class Runner:
                 rows = {e.id: e for (name, _), split in splits.items() if name == task.name
                         for e in (*split.train, *split.dev, *split.test)}
                 check_row_lengths(model, task.name, list(rows.values()),
-                                  split_special_tokens=self.cfg.run.get("split_special_tokens", False))
+                                  split_special_tokens=self.cfg.run.get("split_special_tokens", False),
+                                  truncate_left=self.cfg.run.get("truncate_left", False))
         self._prepare()
         for task, task_cfg in tasks:  # the split files every job checks its own split against
             for seed in self.cfg.seeds:
@@ -246,7 +247,8 @@ def _run_cells(run_dir: str | Path, keys: Sequence[CellKey], invocation: int, jo
                     lm = scorer = None
                     release(device)
                 lm = load_model(model_name, device=cfg.run["device"], dtype=cfg.run["dtype"],
-                                split_special_tokens=cfg.run.get("split_special_tokens", False))
+                                split_special_tokens=cfg.run.get("split_special_tokens", False),
+                                truncate_left=cfg.run.get("truncate_left", False))
                 worker.models[model_name] = provenance.model_record(model_name, lm)
                 folder.write_worker(worker)
                 scorer = Scorer(lm, batch_size=cfg.run["batch_size"])
@@ -306,6 +308,7 @@ def _run_cell(folder: RunFolder, cfg: RunConfig, code: dict[str, Any], job: dict
                         code={k: code.get(k) for k in ("version", "commit", "dirty")}, job=job)
     evidence = Evidence()
     control: dict[str, Counter[str]] = {}  # control-token text the renderer met, while fitting and scoring test
+    evidence_cut: dict[str, int] = {}  # truncate_left: test examples cut (each cut request is marked in evidence)
     fell_back = len(lm.fallbacks)
     with folder.new_cell(key) as cell:
         try:
@@ -337,7 +340,7 @@ def _run_cell(folder: RunFolder, cfg: RunConfig, code: dict[str, Any], job: dict
                 try:
                     scores = scorer.score(artifact, test, task.kind, desc=key.label)
                 finally:
-                    control["test"] = seen.control
+                    control["test"], evidence_cut = seen.control, seen.cut
             record.score_seconds = round(time.perf_counter() - t0, 2)
             record.score_tokens = lm.usage.since(before).tokens
             evidence.test_reads, evidence.requests, evidence.example = seen.reads, seen.requests, seen.first
@@ -371,5 +374,6 @@ def _run_cell(folder: RunFolder, cfg: RunConfig, code: dict[str, Any], job: dict
             evidence.control_tokens = {**{phase: dict(c) for phase, c in control.items()},
                                        "as": "text" if lm.split_special_tokens else "control"}
             warn_control(key.label, sum(control.values(), Counter()), lm.split_special_tokens)
+        warn_cut(key.label, evidence_cut)
         cell.evidence(evidence)
         cell.finish(record)  # cell.json last; the folder appears when the block ends

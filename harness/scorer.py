@@ -202,7 +202,7 @@ class Scorer:
         self.budget = self._budget0  # halved for good after an out-of-memory error
         self.max_len = config_positions(lm.model.config)
         self.renderer = Renderer(lm.tokenizer, max_positions=self.max_len,
-                                 split_special_tokens=lm.split_special_tokens)
+                                 split_special_tokens=lm.split_special_tokens, truncate_left=lm.truncate_left)
         self._soft: torch.Tensor | None = None  # the soft vectors of the current ``loglikelihood`` call
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()

@@ -129,3 +129,30 @@ def test_split_special_tokens_changes_nothing_without_control_text(tokenizer, fm
     art = PromptArtifact(format=fmt, instruction="Pick the option that fits.", demos=["A demo.\nAnswer: yes"])
     assert (Renderer(tokenizer, split_special_tokens=True).requests(art, examples)
             == Renderer(tokenizer).requests(art, examples))
+
+
+def test_truncate_left_cuts_as_lm_eval_and_is_recorded(tokenizer) -> None:
+    """lm-eval's HFLM feeds ``(context + continuation)[-(max_length + 1):][:-1]``; with truncate_left the renderer
+    cuts the context to that, records the cut, and refuses what cannot be cut (a soft prompt, the continuation)."""
+    from harness.render import Ledger, RequestTooLong, positions
+
+    art = PromptArtifact(instruction="Answer yes or no. " * 10)
+    full = Renderer(tokenizer).requests(art, [EX])[0]
+    limit = positions(full[0]) - 7
+    with pytest.raises(RequestTooLong, match=f"'x' is {positions(full[1])} tokens long .* {limit} positions"):
+        Renderer(tokenizer, max_positions=limit).requests(art, [EX])
+
+    cutter = Renderer(tokenizer, max_positions=limit, truncate_left=True)
+    cutter.ledger = Ledger(tokenizer, keep_requests=True)
+    for whole, cut in zip(full, cutter.requests(art, [EX])[0], strict=True):
+        seq = whole.context + whole.continuation
+        assert (cut.context + cut.continuation)[:-1] == seq[-(limit + 1):][:-1]  # what lm-eval's model reads
+        assert cut.continuation == whole.continuation and positions(cut) == limit
+    assert [r["cut"] for r in cutter.ledger.requests] == [positions(r) - limit for r in full]
+    assert cutter.ledger.cut == {"x": max(positions(r) - limit for r in full)}
+
+    import torch
+
+    soft = PromptArtifact(instruction=art.instruction, soft_prompt=torch.zeros(4, 8))  # "start": before every token
+    with pytest.raises(RequestTooLong, match="cut the soft prompt"):
+        Renderer(tokenizer, max_positions=limit, truncate_left=True).requests(soft, [EX])

@@ -49,6 +49,8 @@ def write(tmp_path: Path, text: str, name: str = "c.toml") -> Path:
 
 @pytest.mark.parametrize(("edit", "needle"), [
     (("[run]", "[run]\ncolour = 1"), "unknown key(s) colour"),
+    (("[run]", "[run]\nsplit_special_tokens = \"yes\""), "split_special_tokens = 'yes'; give true"),
+    (("[run]", "[run]\ntruncate_left = 1"), "truncate_left = 1; give true"),
     (("seeds = [0]", "seeds = []"), "seeds = []"),
     (('texts = ["handwritten", "terse"]', 'texts = ["handwritten"]\nceiling = "soft-prompt"'),
      "ceiling 'soft-prompt' is not a condition of this run"),
