@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from harness.errors import DiskFull, is_disk_full
 from harness.names import check_inside
 
 TEMP_MARK = ".tmp-"  # in the name of every temporary file and folder made here (hidden: they start with ".")
@@ -32,15 +33,22 @@ def _umask() -> int:
 def write_atomic(path: str | Path, data: str | bytes) -> Path:
     """Write ``data`` to ``path``: a temp file in the same folder, renamed into place."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}{TEMP_MARK}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}{TEMP_MARK}")
+    except OSError as e:
+        if is_disk_full(e):
+            raise DiskFull(path) from None
+        raise
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode("utf-8") if isinstance(data, str) else data)
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if is_disk_full(e):  # a full disk names the file, not a bare errno
+            raise DiskFull(path) from None
         raise
     return path
 
@@ -69,11 +77,21 @@ def atomic_dir(final: str | Path, keep_existing: bool = False, root: str | Path 
     """
     final = Path(final)
     check_inside(final.parent if root is None else Path(root), final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}{TEMP_MARK}"))
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}{TEMP_MARK}"))
+    except OSError as e:
+        if is_disk_full(e):
+            raise DiskFull(final) from None
+        raise
     os.chmod(tmp, 0o777 & ~_umask())
     try:
-        yield tmp
+        try:
+            yield tmp
+        except OSError as e:  # what other libraries write into the folder (safetensors, a condition's files)
+            if is_disk_full(e):
+                raise DiskFull(final) from None
+            raise
         _normal_modes(tmp)
         if final.exists():
             if keep_existing:

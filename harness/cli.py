@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness.errors import UserError
+from harness.errors import DiskFull, UserError, is_disk_full
 
 log = logging.getLogger("promptgap")
 
@@ -48,9 +48,19 @@ def cmd_list(args: argparse.Namespace) -> int:
     t.add_column("name")
     t.add_column("kind")
     t.add_column("what")
+    broken: list[str] = []
+
+    def loaded(group: str, name: str, what: str) -> Any:
+        """A plugin that fails to import is listed as broken (and named on stderr); the others are listed."""
+        try:
+            return load(group, name, what)
+        except UserError as e:
+            broken.append(str(e))
+            return None
+
     for n in names(TASK_GROUP):
-        cls = load(TASK_GROUP, n, "task")
-        t.add_row(n, cls.kind, cls.summary)
+        cls = loaded(TASK_GROUP, n, "task")
+        t.add_row(n, *((cls.kind, cls.summary) if cls is not None else ("?", "BROKEN: cannot be imported")))
     t.add_row("lm-eval:NAME", "either", "any lm-evaluation-harness task with output_type multiple_choice or "
               "loglikelihood (a group: its subtasks); --lm-eval-include DIR for your own YAML files")
     console.print(t)
@@ -59,7 +69,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     c.add_column("what")
     c.add_column("package")
     for n in names(OPTIMIZER_GROUP):
-        c.add_row(n, load(OPTIMIZER_GROUP, n, "condition").summary, origin(n))
+        cls = loaded(OPTIMIZER_GROUP, n, "condition")
+        c.add_row(n, cls.summary if cls is not None else "BROKEN: cannot be imported", origin(n))
     console.print(c)
     m = Table(title="models (--model; or any hub id or local folder)")
     m.add_column("name")
@@ -67,6 +78,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     for n, what in KNOWN_MODELS.items():
         m.add_row(n, what)
     console.print(m)
+    for line in broken:
+        print(f"promptgap: warning: {line}", file=sys.stderr)
     return 0
 
 
@@ -101,6 +114,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from harness.atomic import write_json, write_jsonl
     from harness.models import deterministic, load_model, resolve_source
     from harness.registry import get_optimizer, get_tasks
+    from harness.render import check_row_lengths, warn_control, warn_cut
     from harness.run_folder import score_lines
     from harness.scorer import Scorer
     from optimizers.base import check_artifact, fit_condition
@@ -124,27 +138,35 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.model.endswith(".gguf") or Path(args.model).expanduser().exists():
         resolve_source(args.model)
     cells = [(task, *_eval_examples(task, args)) for task in tasks]  # a group: each subtask is fitted and scored
+    for task, examples, train, dev, _ in cells:  # a row longer than the model reads, before the model loads
+        check_row_lengths(args.model, task.name, [*examples, *train, *dev],
+                          split_special_tokens=args.split_special_tokens, truncate_left=args.truncate_left)
 
     if args.deterministic:
         deterministic(True)
-    lm = load_model(args.model, device=args.device, dtype=args.dtype)
+    lm = load_model(args.model, device=args.device, dtype=args.dtype, split_special_tokens=args.split_special_tokens,
+                    truncate_left=args.truncate_left)
     scorer = Scorer(lm, batch_size=args.batch_size)
     rows, report, fit_logs, artifacts = [], [], {}, {}
     for task, examples, train, dev, split_hash in cells:
         t0 = time.perf_counter()
-        if condition is None:
-            artifact = check_artifact(loaded, lm, f"artifact {args.artifact}")
-        else:
-            with tempfile.TemporaryDirectory() as workdir:
-                fit = fit_condition(condition, lm, task, train, dev, scorer, args.seed, workdir=Path(workdir),
-                                    owner=f"condition {args.condition}")
-            artifact = fit.artifact
-            if fit.log is not None:
-                fit_logs[task.name] = fit.log
+        with scorer.recording() as fitting:  # what the renderer meets: control-token text, for one warning
+            if condition is None:
+                artifact = check_artifact(loaded, lm, f"artifact {args.artifact}")
+            else:
+                with tempfile.TemporaryDirectory() as workdir:
+                    fit = fit_condition(condition, lm, task, train, dev, scorer, args.seed, workdir=Path(workdir),
+                                        owner=f"condition {args.condition}")
+                artifact = fit.artifact
+                if fit.log is not None:
+                    fit_logs[task.name] = fit.log
         t_fit = time.perf_counter() - t0
         t0 = time.perf_counter()
-        scores = scorer.score(artifact, examples, task.kind, desc=f"scoring {args.condition} on {task.name}")
+        with scorer.recording() as scoring:
+            scores = scorer.score(artifact, examples, task.kind, desc=f"scoring {args.condition} on {task.name}")
         t_score = time.perf_counter() - t0
+        warn_control(f"{task.name} / {args.condition}", fitting.control + scoring.control, lm.split_special_tokens)
+        warn_cut(f"{task.name} / {args.condition}", scoring.cut)
         common = {"model": lm.name, "task": task.name, "condition": args.condition, "split": args.split,
                   "split_hash": split_hash, "format": artifact.format}
         rows += score_lines(scores, common)
@@ -227,7 +249,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     runner = Runner(args.config, run_id=args.run_id, resume=args.resume, only=args.only,
                     results_root=args.results, executor=args.executor, wait=not args.no_wait,
                     force_unlock=args.force_unlock)
-    run_dir = runner.run()
+    try:
+        run_dir = runner.run()
+    except DiskFull as e:
+        if not runner.folder.exists():  # it never started: there is nothing to resume
+            raise e.with_hint("free space there and run the command again") from None
+        raise e.with_hint(f"free space there, then `promptgap run {args.config} --run-id {runner.run_id} --resume` "
+                          f"continues the run (finished cells are intact)") from None
     if args.no_wait:
         print(f"submitted: {run_dir}")
         print(f"follow it with `promptgap status {run_dir}`; when it is done, `promptgap report {run_dir}` "
@@ -238,7 +266,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if runner.cfg.executor.kind != "local":
         print_status(run_dir, status(run_dir))
-    report = write_report(run_dir, args.reports)
+    try:
+        report = write_report(run_dir, args.reports)
+    except DiskFull as e:  # every cell is done: only the report is missing
+        raise e.with_hint(f"free space there, then `promptgap report {run_dir}` writes the report (the run is "
+                          f"complete)") from None
     print_headlines(run_dir)
     print(f"results: {run_dir}")
     print(f"report:  {report}")
@@ -357,6 +389,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     e.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16")
     e.add_argument("--deterministic", action="store_true", help=DETERMINISTIC_HELP)
+    e.add_argument("--split-special-tokens", action="store_true", help="keep control-token text found in the data "
+                   "or the prompt (<|im_end|> in an example) as text; by default it becomes control tokens, as in "
+                   "lm-eval and transformers' apply_chat_template")
+    e.add_argument("--truncate-left", action="store_true", help="cut a request longer than the model's positions "
+                   "from the left, as lm-eval does (default: refuse it, naming the row)")
     e.add_argument("--artifact-out", type=Path, default=None, help="also save the prompt artifact to this folder")
     e.add_argument("--out", type=Path, required=True, help="JSONL file to write (written whole, or not at all)")
     e.set_defaults(func=cmd_eval)
@@ -474,6 +511,15 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except UserError as e:
         print(f"promptgap: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if not is_disk_full(e):
+            raise
+        # a write outside the atomic writer (a library's own file); what it names is all there is to name
+        where = DiskFull(e.filename) if e.filename else ("no space left on a device being written (the writing "
+                                                         "library named no file); free space and run the command "
+                                                         "again")
+        print(f"promptgap: error: {where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("promptgap: interrupted; nothing was written", file=sys.stderr)

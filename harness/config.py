@@ -73,7 +73,8 @@ from harness.run_folder import TO_MODEL_SEGMENT, TO_TASK_SEGMENT, TRAIN_SEGMENT,
 from tasks.base import SplitSizes
 from tasks.lm_eval_task import is_lm_eval_name
 
-RUN_KEYS = {"name", "models", "seeds", "n_boot", "batch_size", "device", "dtype", "threads"}
+RUN_KEYS = {"name", "models", "seeds", "n_boot", "batch_size", "device", "dtype", "threads", "split_special_tokens",
+            "truncate_left"}
 TASK_KEYS = {"name", "as", "data", "data_dir", "sizes", "lm_eval_include"}
 TRANSFER_KEYS = {"tasks", "conditions", "models"}
 RATIO_KEYS = {"base", "texts", "ceiling", "metric"}
@@ -382,6 +383,14 @@ def load_config(path: str | Path, executor: str | None = None) -> RunConfig:
             raise UserError(f"config {path} [run]: {key} = {run[key]!r}; give a whole number >= 1")
     if "threads" in run:  # only when given: a config without it keeps the config.json of runs made before
         _whole(f"config {path} [run]", "threads", run["threads"], 1)
+    if "split_special_tokens" in run and not isinstance(run["split_special_tokens"], bool):  # also only when given
+        raise UserError(f"config {path} [run]: split_special_tokens = {run['split_special_tokens']!r}; give true "
+                        f"(control-token text in the data stays text) or false (it becomes control tokens, as in "
+                        f"lm-eval; the default)")
+    if "truncate_left" in run and not isinstance(run["truncate_left"], bool):  # also only when given
+        raise UserError(f"config {path} [run]: truncate_left = {run['truncate_left']!r}; give true (a request longer "
+                        f"than the model's positions is cut from the left, as lm-eval cuts it) or false (it is "
+                        f"refused; the default)")
 
     tasks = []
     names: list[str] = []  # each entry's name in the run (its ``as``, else the task's own name)

@@ -110,6 +110,11 @@ class LoadedModel:
     # what the scorer and training fell back to after running out of memory, oldest first (the runner copies a
     # cell's share into its cell.json): {"where": "scorer" | "training", "what": ...}
     fallbacks: list[dict] = field(default_factory=list, repr=False)
+    # how the renderer tokenizes control-token text found in the data (``<|im_end|>`` in an example): as control
+    # ids (False: lm-eval's and transformers' way) or as text
+    split_special_tokens: bool = False
+    # a request longer than the model's positions: refused (False), or cut from the left as lm-eval cuts it
+    truncate_left: bool = False
 
     # DSPy and friends deep-copy whatever they can reach; a model handle must never be copied
     def __deepcopy__(self, memo: dict) -> LoadedModel:
@@ -275,7 +280,43 @@ def model_config(name: str):
         raise UserError(f"could not read the config of model {name!r} ({str(e).splitlines()[0][:200]})") from None
 
 
-def load_model(name: str = EMBEDDED, device: str = "auto", dtype: str = "auto") -> LoadedModel:
+# the config attributes that hold a model's positions, in the order lm-eval's resolve_max_length reads them
+POSITION_ATTRS = ("n_positions", "max_position_embeddings", "n_ctx")
+
+
+def config_positions(config) -> int | None:
+    """The most positions the model reads (its text model's, for a composite config); None when it says none."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for cfg in (text, config):
+        for attr in POSITION_ATTRS:
+            value = getattr(cfg, attr, None)
+            if isinstance(value, int) and value > 0:
+                return value
+    return None
+
+
+def max_positions(name: str) -> int | None:
+    """``config_positions`` of model ``name``, from its config alone (no weights); None when the config cannot be
+    read here (a hub id offline): the scorer checks again once the model is loaded."""
+    try:
+        return config_positions(model_config(name))
+    except UserError:
+        return None
+
+
+def load_tokenizer(name: str):
+    """Model ``name``'s tokenizer alone (no weights): what the checks before a model loads need."""
+    from transformers import AutoTokenizer
+
+    source, kwargs = resolve_source(name)
+    try:
+        return AutoTokenizer.from_pretrained(source, **kwargs)
+    except OSError as e:
+        raise UserError(f"could not read the tokenizer of model {name!r} ({str(e).splitlines()[0][:200]})") from None
+
+
+def load_model(name: str = EMBEDDED, device: str = "auto", dtype: str = "auto",
+               split_special_tokens: bool = False, truncate_left: bool = False) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source, kwargs = resolve_source(name)
@@ -293,4 +334,5 @@ def load_model(name: str = EMBEDDED, device: str = "auto", dtype: str = "auto") 
         ) from None
     model.to(dev).eval().requires_grad_(False)
     log.info("loaded %s on %s as %s", name, dev, dt)
-    return LoadedModel(name=name, model=model, tokenizer=tok, device=dev, dtype=dt)
+    return LoadedModel(name=name, model=model, tokenizer=tok, device=dev, dtype=dt,
+                       split_special_tokens=split_special_tokens, truncate_left=truncate_left)

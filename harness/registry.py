@@ -25,7 +25,14 @@ def load(group: str, name: str, what: str) -> Any:
     if name not in eps:
         valid = ", ".join(sorted(eps)) or "none (is promptgap installed? run `pip install -e .`)"
         raise UserError(f"unknown {what} {name!r}; valid: {valid}")
-    return eps[name].load()
+    ep = eps[name]
+    try:
+        return ep.load()
+    except Exception as e:  # a plugin's own bug: name it, its entry point and package, not a traceback of ours
+        first = (str(e).splitlines() or [""])[0][:200]
+        raise UserError(f"{what} {name!r} could not be imported: entry point {ep.group}:{name} = {ep.value} from "
+                        f"package {_package(ep)} raised {type(e).__name__}: {first}; fix or uninstall that "
+                        f"package") from None
 
 
 def get_tasks(name: str, data_dir: str | Path | None = None, lm_eval_include: str | Path | None = None) -> list:
@@ -60,8 +67,11 @@ def get_optimizer(name: str):
     return load(OPTIMIZER_GROUP, name, "condition")
 
 
-def origin(name: str, group: str = OPTIMIZER_GROUP) -> str:
-    """The installed distribution that registers ``name`` (``promptgap`` for built-ins), for error messages."""
-    ep = _entries(group).get(name)
+def _package(ep: Any) -> str:
     dist = getattr(ep, "dist", None)
     return f"{dist.name} {dist.version}" if dist is not None else "an unknown package"
+
+
+def origin(name: str, group: str = OPTIMIZER_GROUP) -> str:
+    """The installed distribution that registers ``name`` (``promptgap`` for built-ins), for error messages."""
+    return _package(_entries(group).get(name))

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Sequence
+import re
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import jinja2
@@ -25,6 +28,19 @@ TEMPLATE_PLUMBING = {"messages", "add_generation_prompt", "bos_token", "eos_toke
                      "raise_exception", "tools", "documents", "loop", "range", "namespace", "strftime_now"}
 # where a soft prompt sits in the text; split out before encoding, so it never reaches the tokenizer
 SLOT = "\x00soft-prompt\x00"
+# with split_special_tokens: what a control token's text in the data stands as until it is encoded as text
+# (``\x00ctl<i>\x00``, i its index in ``Renderer.control``), so the chat template's own control tokens stay apart
+PROTECTED = re.compile("\x00ctl(\\d+)\x00")
+
+
+def control_strings(tokenizer) -> tuple[str, ...]:
+    """The text of the tokenizer's special tokens (``<|im_end|>``, ...): text that the tokenizer turns into one
+    control id wherever it occurs, data included, unless asked to split special tokens. Longest first, so that one
+    control string inside another is not counted twice."""
+    decoder = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    found = {t.content for t in decoder.values() if getattr(t, "special", False)}
+    found |= set(getattr(tokenizer, "all_special_tokens", []) or [])
+    return tuple(sorted((t for t in found if t), key=lambda t: (-len(t), t)))
 
 
 def soft_id(i: int) -> int:
@@ -54,6 +70,17 @@ class TextRequest:
     continuation: str
 
 
+def positions(request: TokenRequest, n_prefix: int = 0) -> int:
+    """Positions a request takes in the model: lm-eval feeds (context + continuation)[:-1], after any key/value
+    prefix."""
+    return n_prefix + len(request.context) + len(request.continuation) - 1
+
+
+class RequestTooLong(UserError):
+    """A request longer than the model's positions (lm-eval would cut it from the left, silently but for a log
+    line; promptgap refuses and names the row)."""
+
+
 class Ledger:
     """What the renderer turned into tokens while it recorded: the harness's evidence of what a condition read
     during fit, and of how each test request was built (not what the condition says about itself).
@@ -69,6 +96,10 @@ class Ledger:
         self.keep_requests = keep_requests
         self.requests: list[dict] = []
         self.first: dict | None = None  # with keep_requests: the first request's text, as the model reads it
+        # control-token text found in what was rendered (each example's text, the prompt's instruction and demos,
+        # once per example rendered): token text -> occurrences
+        self.control: Counter[str] = Counter()
+        self.cut: dict[str, int] = {}  # with truncate_left: example id -> most context tokens cut from a request
         self.bos_id = getattr(tokenizer, "bos_token_id", None)
         prefix = self.bos_id if self.bos_id is not None else getattr(tokenizer, "eos_token_id", None)
         # lm-eval's HFLM adds no BOS to text that already starts with the prefix token's text
@@ -78,13 +109,18 @@ class Ledger:
         entry = self.reads.setdefault(example.id, {"content": example.content_key, "times": 0})
         entry["times"] += 1
 
-    def saw(self, example: Example, texts: Sequence[TextRequest], tokens: Sequence[TokenRequest]) -> None:
+    def saw(self, example: Example, texts: Sequence[TextRequest], tokens: Sequence[TokenRequest],
+            as_written: Callable[[str], str] = str, cut: Sequence[int] = ()) -> None:
+        """``as_written``: the renderer's text with any placeholder of the data's control-token text undone.
+        ``cut``: per request, the context tokens ``truncate_left`` dropped before the model read it."""
         self.read(example)
+        if any(cut):
+            self.cut[example.id] = max(cut)
         if not self.keep_requests:
             return
         if self.first is None and texts:
-            self.first = {"example_id": example.id, "context": texts[0].context,
-                          "continuation": texts[0].continuation}
+            self.first = {"example_id": example.id, "context": as_written(texts[0].context),
+                          "continuation": as_written(texts[0].continuation)}
         for choice, (text, req) in enumerate(zip(texts, tokens, strict=True)):
             real = [t for t in req.context if t >= 0]  # soft-prompt slots may stand before the BOS
             lead = 0
@@ -93,15 +129,93 @@ class Ledger:
             self.requests.append({"example_id": example.id, "choice": choice, "bos": lead,
                                   "text_bos": bool(self.prefix_text) and text.context.startswith(self.prefix_text),
                                   "n_context": len(req.context), "n_continuation": len(req.continuation)})
+            if cut and cut[choice]:  # the request as built (BOS and all), then what the model did not read of it
+                self.requests[-1]["cut"] = cut[choice]
 
 
 class Renderer:
     """Renders prompts for one tokenizer, exactly as lm-eval's HFLM would tokenize them."""
 
-    def __init__(self, tokenizer) -> None:
+    def __init__(self, tokenizer, max_positions: int | None = None, split_special_tokens: bool = False,
+                 truncate_left: bool = False) -> None:
         self.tok = tokenizer
+        self.max_positions = max_positions  # the model's; a longer request is refused, naming its example
+        self.truncate_left = truncate_left  # ...or cut from the left, as lm-eval does (opt-in)
         self.ledger: Ledger | None = None  # set while the scorer records (Scorer.recording)
         self._template_checked = False
+        self.control = control_strings(tokenizer)
+        self._control = re.compile("|".join(map(re.escape, self.control))) if self.control else None
+        self._placeholder = {c: f"\x00ctl{i}\x00" for i, c in enumerate(self.control)}
+        # off (lm-eval's way, and transformers' apply_chat_template's): control-token text in the data becomes
+        # control ids. On: it stays text, tokenized as the characters it is; the chat template's own stay control
+        self.split_special_tokens = split_special_tokens
+        if split_special_tokens and self._control is not None:
+            self._check_split_encoding()
+
+    # --- control tokens in the data -----------------------------------------------
+    def control_counts(self, artifact: PromptArtifact, example: Example) -> Counter[str]:
+        """Control-token text in what the data and the condition put into ``example``'s requests (its text, the
+        instruction, the demos)."""
+        found: Counter[str] = Counter()
+        if self._control is None:
+            return found
+        for text in (artifact.instruction, *artifact.demos, example.description, *example.contexts,
+                     *example.continuations):
+            found.update(self._control.findall(text))
+        return found
+
+    def protect(self, text: str) -> str:
+        """With split_special_tokens: the data's control-token text replaced by placeholders (``PROTECTED``) that
+        ``encode`` turns back into text and tokenizes as text."""
+        if not self.split_special_tokens or self._control is None:
+            return text
+        return self._control.sub(lambda m: self._placeholder[m.group()], text)
+
+    def unprotect(self, text: str) -> str:
+        return PROTECTED.sub(lambda m: self.control[int(m.group(1))], text) if "\x00ctl" in text else text
+
+    def _protected(self, artifact: PromptArtifact, example: Example) -> tuple[PromptArtifact, Example]:
+        if not self.split_special_tokens or self._control is None:
+            return artifact, example
+        return (dataclasses.replace(artifact, instruction=self.protect(artifact.instruction),
+                                    demos=[self.protect(d) for d in artifact.demos]),
+                dataclasses.replace(example, description=self.protect(example.description),
+                                    contexts=tuple(map(self.protect, example.contexts)),
+                                    continuations=tuple(map(self.protect, example.continuations))))
+
+    def _encode_split(self, text: str, add_special_tokens: bool) -> list[int]:
+        """``text`` with split_special_tokens: the control tokens left in it (the chat template's) are control ids,
+        the text between them (the data's control-token text included) is tokenized as text, piece by piece, as the
+        tokenizer itself tokenizes the text between control tokens."""
+        ids: list[int] = []
+        at = 0
+        for m in self._control.finditer(text):  # type: ignore[union-attr]
+            ids += self._encode_text(text[at:m.start()])
+            ids.append(self.tok.convert_tokens_to_ids(m.group()))
+            at = m.end()
+        ids += self._encode_text(text[at:])
+        if add_special_tokens:  # what the tokenizer adds around a text of its own accord (a BOS, say)
+            with_added = self.tok.encode("a")
+            bare = self.tok.encode("a", add_special_tokens=False)
+            i = next(i for i in range(len(with_added) - len(bare) + 1) if with_added[i:i + len(bare)] == bare)
+            ids = with_added[:i] + ids + with_added[i + len(bare):]
+        return ids
+
+    def _encode_text(self, text: str) -> list[int]:
+        if not text:
+            return []
+        return self.tok.encode(self.unprotect(text), add_special_tokens=False, split_special_tokens=True)
+
+    def _check_split_encoding(self) -> None:
+        """Encoding the text between control tokens piece by piece is the tokenizer's own rule for byte-level BPE
+        (SmolLM2, GPT-2, Llama 3); a tokenizer that treats text after a control token differently when it is
+        encoded alone (a SentencePiece word-start piece) is refused rather than rendered wrongly."""
+        c = self.control[0]
+        probe = f"{c}user\nHi there, one{c}\n{c}two three\n"
+        if self._encode_split(probe, False) != self.tok.encode(probe, add_special_tokens=False):
+            raise UserError(f"split_special_tokens: this tokenizer ({type(self.tok).__name__}) tokenizes the text "
+                            f"after a control token differently when it stands alone, so promptgap cannot keep the "
+                            f"data's control-token text as text exactly; leave split_special_tokens off")
 
     # --- text ------------------------------------------------------------------
     def body(self, artifact: PromptArtifact, context: str) -> str:
@@ -132,7 +246,8 @@ class Renderer:
     def prompt_tokens(self, artifact: PromptArtifact) -> int:
         """Tokens the prompt puts before each input: its instruction and demos as the body writes them, plus its
         virtual tokens (soft vectors, key/value prefix). A cost, not an exact count of any one request."""
-        text = BLOCK_SEP.join([artifact.instruction, *artifact.demos] if artifact.instruction else artifact.demos)
+        text = self.protect(BLOCK_SEP.join([artifact.instruction, *artifact.demos] if artifact.instruction
+                                           else artifact.demos))
         return (len(self.encode_plain(text)) if text else 0) + artifact.n_soft + artifact.n_prefix
 
     def system_text(self, artifact: PromptArtifact, system: str = "") -> str:
@@ -187,7 +302,9 @@ class Renderer:
             return self.tok.apply_chat_template(rest, **kwargs)
 
     def text_requests(self, artifact: PromptArtifact, example: Example) -> list[TextRequest]:
-        """One (context, continuation) text pair per choice, in the task's choice order."""
+        """One (context, continuation) text pair per choice, in the task's choice order (with split_special_tokens,
+        the data's control-token text held as ``PROTECTED`` placeholders until it is encoded)."""
+        artifact, example = self._protected(artifact, example)
         out = []
         for i in range(example.n_choices):
             ctx, cont = example.choice(i)
@@ -202,9 +319,10 @@ class Renderer:
     def encode(self, text: str) -> list[int]:
         """lm-eval's tok_encode: the tokenizer's own special-token default, but never a second BOS."""
         bos = getattr(self.tok, "bos_token", None)
-        if bos and text.startswith(bos):
-            return self.tok.encode(text, add_special_tokens=False)
-        return self.tok.encode(text)
+        add = not (bos and text.startswith(bos))
+        if self.split_special_tokens and self._control is not None:
+            return self._encode_split(text, add)
+        return self.tok.encode(text) if add else self.tok.encode(text, add_special_tokens=False)
 
     def encode_pair(self, context: str, continuation: str, n_soft: int = 0) -> TokenRequest:
         """lm-eval's _encode_pair: trailing whitespace moves to the continuation; encode the whole, then split.
@@ -234,6 +352,8 @@ class Renderer:
 
     def encode_plain(self, text: str) -> list[int]:
         """Text in the middle of a sequence: no special tokens added."""
+        if self.split_special_tokens and self._control is not None:
+            return self._encode_split(text, False)
         return self.tok.encode(text, add_special_tokens=False)
 
     def encode_without_context(self, continuation: str) -> TokenRequest:
@@ -258,10 +378,93 @@ class Renderer:
         for e in examples:
             texts = self.text_requests(artifact, e)
             reqs = [self.token_request(artifact, r.context, r.continuation) for r in texts]
+            fitted = self.fit_length(artifact, e, reqs)
             if self.ledger is not None:
-                self.ledger.saw(e, texts, reqs)
-            out.append(reqs)
+                self.ledger.control.update(self.control_counts(artifact, e))
+                self.ledger.saw(e, texts, reqs, self.unprotect,
+                                cut=[len(r.context) - len(f.context) for r, f in zip(reqs, fitted, strict=True)])
+            out.append(fitted)
         return out
+
+    def fit_length(self, artifact: PromptArtifact, example: Example,
+                   reqs: list[TokenRequest]) -> list[TokenRequest]:
+        """``reqs``, none longer than the model's positions: a longer one is refused, naming its example, or with
+        ``truncate_left`` loses the first tokens of its context, as lm-eval's HFLM cuts it (its input is
+        ``(context + continuation)[-(max_length + 1):][:-1]``). A cut that would reach into the continuation or a
+        soft prompt is refused all the same."""
+        if self.max_positions is None:
+            return reqs
+        longest = max(positions(r, artifact.n_prefix) for r in reqs)
+        if longest <= self.max_positions:
+            return reqs
+        out = []
+        for r in reqs:
+            cut = positions(r, artifact.n_prefix) - self.max_positions
+            if cut <= 0:
+                out.append(r)
+            elif self.truncate_left and cut < len(r.context) and min(r.context[:cut]) >= 0:
+                out.append(TokenRequest(r.context[cut:], r.continuation))
+            else:
+                prompted = ", with the prompt" if artifact.instruction or artifact.demos or artifact.n_soft else ""
+                fix = ("cutting its context from the left would leave none of it or cut the soft prompt; shorten or "
+                       "remove that row") if self.truncate_left else ("shorten or remove that row (or set "
+                                                                      "truncate_left to cut it as lm-eval does)")
+                raise RequestTooLong(f"example {example.id!r} is {longest} tokens long as the model reads it "
+                                     f"({artifact.format} format{prompted}), more than the model's "
+                                     f"{self.max_positions} positions; {fix}")
+        return out
+
+
+def warn_control(where: str, counts: Counter[str], split_special_tokens: bool) -> None:
+    """One warning for a cell whose data or prompt holds control-token text (``counts``: text -> occurrences)."""
+    if not counts:
+        return
+    found = ", ".join(f"{t} x{n}" for t, n in counts.most_common())
+    if split_special_tokens:
+        log.warning("%s: control-token text in the data or the prompt (%s), kept as text (split_special_tokens)",
+                    where, found)
+    else:
+        log.warning("%s: control-token text in the data or the prompt (%s) became control tokens, as lm-eval and "
+                    "transformers' apply_chat_template make it; to keep it as text set split_special_tokens "
+                    "(a run's [run] table, eval's --split-special-tokens)", where, found)
+
+
+def warn_cut(where: str, cut: dict[str, int]) -> None:
+    """One warning for a cell some of whose requests ``truncate_left`` cut (``cut``: example id -> tokens)."""
+    if cut:
+        log.warning("%s: %d example(s) longer than the model's positions, cut from the left as lm-eval cuts them "
+                    "(truncate_left; up to %d tokens, e.g. %s)", where, len(cut), max(cut.values()), next(iter(cut)))
+
+
+# a token covers at least one byte of text for byte-level BPE and SentencePiece tokenizers alike, so a request's
+# tokens are at most its UTF-8 bytes plus what the tokenizer adds on its own (BOS, a SentencePiece word-start
+# piece): a row below that bound cannot be too long and is not tokenized. Where the bound is wrong (a normalizer
+# that lengthens text), the scorer's own check still refuses the row, only later.
+ADDED_TOKENS_SLACK = 8
+
+
+def check_row_lengths(model: str, task: str, examples: Sequence[Example], split_special_tokens: bool = False,
+                      truncate_left: bool = False) -> None:
+    """Refuse, before any model loads, a row whose bare request (the task's own prompt, raw format: the least any
+    condition puts before the model) is longer than the model's positions. Reads the model's config, and its
+    tokenizer only when some row is long enough to be in doubt; a prompt a condition adds is checked when it is
+    scored (the scorer's renderer, same message)."""
+    from harness.models import load_tokenizer, max_positions
+
+    limit = max_positions(model)
+    if limit is None:
+        return
+    doubtful = [e for e in examples
+                if any(len((e.description + ctx + e.delimiter + cont).encode("utf-8")) + ADDED_TOKENS_SLACK > limit
+                       for ctx, cont in map(e.choice, range(e.n_choices)))]
+    if not doubtful:
+        return
+    try:
+        renderer = Renderer(load_tokenizer(model), max_positions=limit, split_special_tokens=split_special_tokens,
+                            truncate_left=truncate_left)
+        renderer.requests(PromptArtifact(format="raw"), doubtful)
+    except RequestTooLong as e:
+        raise RequestTooLong(f"task {task}, model {model}: {e} (refused before the model loads)") from None
 
 
 def template_facts(tokenizer) -> dict | None:

@@ -354,7 +354,10 @@ class Evidence:
     the split and ``fit_reads``). ``requests``: per test request, its example, choice, how many BOS tokens lead
     its context (after any soft-prompt slots) and whether its text starts with the BOS text (lm-eval's rule then
     adds none). ``example``: the first test request as text (example id, context, continuation), what the model
-    read, template and any soft-prompt slot (``render.SLOT``) included.
+    read, template and any soft-prompt slot (``render.SLOT``) included. ``control_tokens``: only when the text the
+    data and the condition put into the requests holds control-token text (``<|im_end|>``): occurrences per token
+    text while fitting and while scoring test (once per example rendered), and ``as``: ``control`` (it became
+    control ids, lm-eval's way) or ``text`` (``split_special_tokens``).
     """
 
     fit_reads: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -365,9 +368,11 @@ class Evidence:
     # transfer cells only: {"removed": {target test id: "same" | "mirror"}, "fitted_on": content keys compared}
     leakage: dict[str, Any] | None = None
     example: dict[str, str] | None = None
+    control_tokens: dict[str, Any] | None = None  # {"fit": {text: n}, "test": {text: n}, "as": "control" | "text"}
 
     def to_json(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None or k not in ("leakage", "example")}
+        return {k: v for k, v in asdict(self).items()
+                if v is not None or k not in ("leakage", "example", "control_tokens")}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Evidence:

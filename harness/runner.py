@@ -20,6 +20,7 @@ import socket
 import sys
 import time
 import traceback
+from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,9 +31,10 @@ from rich.markup import escape
 from harness import provenance
 from harness.config import RunConfig, load_config
 from harness.data import Split, ids_hash, leaks
-from harness.errors import UserError
+from harness.errors import DiskFull, UserError, is_disk_full
 from harness.names import check_inside, check_name
 from harness.progress import console
+from harness.render import check_row_lengths, warn_control, warn_cut
 from harness.run_folder import (
     CONFIG,
     DAMAGED,
@@ -166,11 +168,20 @@ class Runner:
         from harness import executors
         from harness.models import prepare_model
 
-        self._prepare()
         tasks = [(t.build(), t) for t in self.cfg.tasks]
+        splits = {(task.name, seed): task.split(seed, task_cfg.split_sizes(task.default_sizes))
+                  for task, task_cfg in tasks for seed in self.cfg.seeds}
+        for model in self.cfg.models:  # a row longer than a model reads: refused before the run folder is made
+            for task, _ in tasks:
+                rows = {e.id: e for (name, _), split in splits.items() if name == task.name
+                        for e in (*split.train, *split.dev, *split.test)}
+                check_row_lengths(model, task.name, list(rows.values()),
+                                  split_special_tokens=self.cfg.run.get("split_special_tokens", False),
+                                  truncate_left=self.cfg.run.get("truncate_left", False))
+        self._prepare()
         for task, task_cfg in tasks:  # the split files every job checks its own split against
             for seed in self.cfg.seeds:
-                split = task.split(seed, task_cfg.split_sizes(task.default_sizes))
+                split = splits[(task.name, seed)]
                 self.folder.record_split(SplitRecord.of(task.name, seed, split, task_cfg.train_sizes))
             self.manifest["tasks"][task.name] = task.provenance()  # the files the splits were read from, hashed
         self.folder.write_manifest(self.manifest)
@@ -275,7 +286,9 @@ def _run_cells(run_dir: str | Path, keys: Sequence[CellKey], invocation: int, jo
                     device = lm.device
                     lm = scorer = None
                     release(device)
-                lm = load_model(model_name, device=cfg.run["device"], dtype=cfg.run["dtype"])
+                lm = load_model(model_name, device=cfg.run["device"], dtype=cfg.run["dtype"],
+                                split_special_tokens=cfg.run.get("split_special_tokens", False),
+                                truncate_left=cfg.run.get("truncate_left", False))
                 worker.models[model_name] = provenance.model_record(model_name, lm)
                 folder.write_worker(worker)
                 scorer = Scorer(lm, batch_size=cfg.run["batch_size"])
@@ -335,6 +348,8 @@ def _run_cell(folder: RunFolder, cfg: RunConfig, code: dict[str, Any], job: dict
                         deterministic=torch.are_deterministic_algorithms_enabled(),
                         code={k: code.get(k) for k in ("version", "commit", "dirty")}, job=job)
     evidence = Evidence()
+    control: dict[str, Counter[str]] = {}  # control-token text the renderer met, while fitting and scoring test
+    evidence_cut: dict[str, int] = {}  # truncate_left: test examples cut (each cut request is marked in evidence)
     fell_back = len(lm.fallbacks)
     with folder.new_cell(key) as cell:
         try:
@@ -349,6 +364,7 @@ def _run_cell(folder: RunFolder, cfg: RunConfig, code: dict[str, Any], job: dict
                                             workdir=cell.workdir, owner=owner)
                     finally:
                         evidence.fit_reads, evidence.fit_bare_calls = reads.reads, reads.bare_calls
+                        control["fit"] = reads.control
                 evidence.selection = fit.selection
                 if fit.selection is not None:
                     record.selection = {"metric": fit.selection["metric"], "n": len(fit.selection["ids"]),
@@ -362,7 +378,10 @@ def _run_cell(folder: RunFolder, cfg: RunConfig, code: dict[str, Any], job: dict
             record.trainable_params = artifact.trainable_params
             t0, before = time.perf_counter(), lm.usage.snapshot()
             with scorer.recording(keep_requests=True) as seen:
-                scores = scorer.score(artifact, test, task.kind, desc=key.label)
+                try:
+                    scores = scorer.score(artifact, test, task.kind, desc=key.label)
+                finally:
+                    control["test"], evidence_cut = seen.control, seen.cut
             record.score_seconds = round(time.perf_counter() - t0, 2)
             record.score_tokens = lm.usage.since(before).tokens
             evidence.test_reads, evidence.requests, evidence.example = seen.reads, seen.requests, seen.first
@@ -380,7 +399,11 @@ def _run_cell(folder: RunFolder, cfg: RunConfig, code: dict[str, Any], job: dict
                 setattr(record, k, v)
             console.print(f"[green]done[/] {key.label}: accuracy {record.accuracy:.4f}, "
                           f"gold NLL {record.gold_nll:.4f}")
+        except DiskFull:
+            raise  # not the condition's failure: the run stops, this cell is not written, --resume redoes it
         except Exception as e:  # a failing condition is reported in its cell; the matrix goes on
+            if is_disk_full(e):  # a condition's own write (its working files) on a full disk
+                raise DiskFull(folder.cell_dir(key)) from None
             log.debug("cell %s failed", key.label, exc_info=True)
             record.status = "error"
             record.error = str(e) if str(e).startswith(owner) else f"{owner}: {type(e).__name__}: {e}"
@@ -388,5 +411,10 @@ def _run_cell(folder: RunFolder, cfg: RunConfig, code: dict[str, Any], job: dict
             console.print(f"[red]failed[/] {key.label}: {escape(record.error)}")
         record.fallbacks = lm.fallbacks[fell_back:] or None
         record.finished = provenance.now()
+        if any(control.values()):  # once per cell, whatever the phase it was met in
+            evidence.control_tokens = {**{phase: dict(c) for phase, c in control.items()},
+                                       "as": "text" if lm.split_special_tokens else "control"}
+            warn_control(key.label, sum(control.values(), Counter()), lm.split_special_tokens)
+        warn_cut(key.label, evidence_cut)
         cell.evidence(evidence)
         cell.finish(record)  # cell.json last; the folder appears when the block ends

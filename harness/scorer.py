@@ -36,7 +36,7 @@ import torch
 from harness.artifact import PromptArtifact
 from harness.data import Example, TaskKind
 from harness.forward import common_prefix, head_logits, run_tree_rows
-from harness.models import OUT_OF_MEMORY, LoadedModel, map_large_buffers, release
+from harness.models import OUT_OF_MEMORY, LoadedModel, config_positions, map_large_buffers, release
 from harness.progress import bar
 from harness.render import Ledger, Renderer, TokenRequest
 
@@ -191,7 +191,6 @@ class Scorer:
         self.lm = lm
         self.batch_size = batch_size
         self.memory = memory or default_memory(lm)
-        cfg = lm.model.config.get_text_config()
         layers, kv_heads, head_dim = lm.kv_shape
         self.kv_bytes = layers * 2 * kv_heads * head_dim * lm.dtype.itemsize  # one position's keys and values
         self.vocab = lm.model.get_output_embeddings().weight.shape[0]
@@ -201,8 +200,9 @@ class Scorer:
                                 keep_kv=max(1, int(0.4 * self.memory) // self.kv_bytes),
                                 head_rows=max(1, int(0.2 * self.memory) // (2 * 4 * self.vocab)))
         self.budget = self._budget0  # halved for good after an out-of-memory error
-        self.renderer = Renderer(lm.tokenizer)
-        self.max_len = getattr(cfg, "max_position_embeddings", None)
+        self.max_len = config_positions(lm.model.config)
+        self.renderer = Renderer(lm.tokenizer, max_positions=self.max_len,
+                                 split_special_tokens=lm.split_special_tokens, truncate_left=lm.truncate_left)
         self._soft: torch.Tensor | None = None  # the soft vectors of the current ``loglikelihood`` call
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
@@ -282,7 +282,7 @@ class Scorer:
             if s not in seq_of:
                 seq_of[s] = len(seqs)
                 seqs.append(s)
-        if self.max_len and n_prefix + max(map(len, seqs)) >= self.max_len:
+        if self.max_len and n_prefix + max(map(len, seqs)) > self.max_len:  # bare requests (rendered ones: above)
             raise ValueError(f"a request is longer than the model's {self.max_len} positions")
         lowest = min(min(s) for s in seqs)
         if self._soft is None and lowest < 0:

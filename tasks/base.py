@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import os
@@ -159,12 +160,24 @@ def require(row: Row, key: str, where: str) -> Any:
     return row[key]
 
 
+def read_text(path: Path, what: str) -> str:
+    """A text file as UTF-8, a leading byte-order mark dropped (spreadsheet programs write one, and it would
+    otherwise become part of the first column's name); bytes that are not UTF-8 are named by file and line."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise UserError(f"{path}:{line}: {what} is not valid UTF-8 (byte {raw[e.start]:#04x} at offset {e.start}); "
+                        f"save the file as UTF-8") from None
+
+
 def read_rows(path: Path, fieldnames: list[str] | None = None) -> Iterator[tuple[Row, str]]:
     """Rows of a .jsonl, .csv or .tsv file, each with a 'file:line' location for errors."""
     if not path.exists():
         raise UserError(f"data file {path} does not exist; check --data-dir or the task spec")
     suffix = path.suffix.lower()
-    with path.open(encoding="utf-8", newline="") as f:
+    with io.StringIO(read_text(path, "data file"), newline="") as f:
         if suffix == ".jsonl":
             for n, line in enumerate(f, 1):
                 if not line.strip():

@@ -29,7 +29,7 @@ from typing import Any
 
 from harness.data import Example, Split
 from harness.errors import UserError
-from tasks.base import Row, SplitSizes, Task, require, split_from_pool
+from tasks.base import Row, SplitSizes, Task, read_text, require, split_from_pool
 
 REQUIRED_KEYS = ("name", "data", "template", "label_field")
 OPTIONAL_KEYS = ("dev_data", "choices", "choices_field", "id_field", "delimiter", "instruction", "summary", "sizes")
@@ -91,7 +91,7 @@ class Spec:
         if not path.is_file():
             raise UserError(f"task spec {path} does not exist; check the path")
         try:
-            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+            raw = tomllib.loads(read_text(path, "task spec"))
         except tomllib.TOMLDecodeError as e:
             raise UserError(f"task spec {path}: not valid TOML ({e}); fix the spec") from None
         where = f"task spec {path}"

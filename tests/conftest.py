@@ -38,3 +38,36 @@ def scorer(lm):
     from harness.scorer import Scorer
 
     return Scorer(lm, batch_size=32)
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path):
+    """A small tmpfs mounted in ``tmp_path``; call the yielded ``fill()`` to leave no byte free on it. Needs root
+    (mount); skipped otherwise."""
+    import subprocess
+
+    mount = tmp_path / "tmpfs"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (root needed): {done.stderr.strip()}")
+
+    def fill() -> None:
+        chunk = b"\0" * 65536
+        with open(mount / "filler", "wb", buffering=0) as f:
+            try:
+                while True:
+                    f.write(chunk)
+            except OSError:  # ENOSPC: now smaller writes, to take the last partial chunk too
+                pass
+            try:
+                while True:
+                    f.write(b"\0" * 512)
+            except OSError:
+                pass
+
+    try:
+        yield mount, fill
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)

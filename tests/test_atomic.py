@@ -56,3 +56,18 @@ def test_keep_existing_and_clearing_leftovers(tmp_path) -> None:
     (tmp_path / ".f.txt.tmp-1").write_text("half")
     assert clear_temporaries(tmp_path) == 2
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["cache", "v", "x"]
+
+
+def test_full_disk_names_the_file_and_leaves_nothing_behind(full_disk) -> None:
+    from harness.errors import DiskFull
+
+    root, fill = full_disk
+    write_json(root / "kept.json", {"k": 1})
+    fill()
+    with pytest.raises(DiskFull, match="no space left on the device to write .*new.json"):
+        write_json(root / "new.json", {"k": list(range(2000))})
+    with pytest.raises(DiskFull, match="no space left on the device to write .*folder"):
+        with atomic_dir(root / "folder") as d:
+            (d / "big").write_bytes(b"x" * 100_000)  # a library's own write, not through write_atomic
+    assert sorted(p.name for p in root.iterdir()) == ["filler", "kept.json"]
+    assert (root / "kept.json").read_text() == '{\n  "k": 1\n}\n'

@@ -101,3 +101,60 @@ def test_bad_rows_name_file_and_row_and_leave_no_output(capsys, tmp_path, row, n
                        "--split", "all", "--out", str(out_file))
     assert code == 2 and needle in err and str(data / "dev.jsonl") in err
     assert not out_file.parent.exists() or not list(out_file.parent.iterdir())
+
+
+def weightless_model(folder: Path, positions: int) -> Path:
+    """The embedded model's config and tokenizer without its weights, reading ``positions`` positions: loading it
+    fails, so a refusal that comes with it came before any model loaded."""
+    import shutil
+
+    from harness.models import embedded_folder
+
+    folder.mkdir()
+    for f in embedded_folder().iterdir():
+        if f.suffix != ".safetensors":
+            shutil.copy(f, folder / f.name)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "max_position_embeddings": positions}))
+    return folder
+
+
+def test_over_long_row_is_refused_before_any_model_loads(capsys, tmp_path) -> None:
+    from transformers import AutoTokenizer
+
+    model = weightless_model(tmp_path / "model", positions=64)
+    long_question = "Which of these words " + "is a word " * 20 + "?"
+    rows = [{"id": f"q{i}", "question": f"Is {i} even?", "label": i % 2} for i in range(6)]
+    rows[3] = {"id": "q3", "question": long_question, "label": 0}
+    (tmp_path / "q.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    spec = tmp_path / "q.toml"
+    spec.write_text('name = "q"\ndata = "q.jsonl"\ntemplate = "Q: {question}\\nA:"\nchoices = ["yes", "no"]\n'
+                    'label_field = "label"\nid_field = "id"\n[sizes]\ntrain = 2\ndev = 1\ntest = "all"\n')
+    # the length, counted here with the tokenizer alone: lm-eval's positions, (context + continuation)[:-1]
+    tok = AutoTokenizer.from_pretrained(model)
+    length = max(len(tok.encode(f"Q: {long_question}\nA: {c}")) - 1 for c in ("yes", "no"))
+    assert length > 64
+
+    code, _, err = run(capsys, "eval", "--model", str(model), "--task", str(spec), "--condition", "base-raw",
+                       "--split", "test", "--out", str(tmp_path / "o.jsonl"))
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    for part in ("task q", "'q3'", f"{length} tokens", "64 positions", "before the model loads"):
+        assert part in err, err
+    assert not (tmp_path / "o.jsonl").exists()
+
+    config = tmp_path / "c.toml"
+    config.write_text(f'[run]\nmodels = ["{model}"]\n[[tasks]]\nname = "{spec}"\n'
+                      '[conditions.base-raw]\n[conditions.handwritten]\n')
+    code, _, err = run(capsys, "run", str(config), "--run-id", "long", "--results", str(tmp_path / "res"))
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    for part in ("'q3'", f"{length} tokens", "64 positions"):
+        assert part in err, err
+    assert not (tmp_path / "res" / "long").exists()  # refused before the run folder is made
+
+    # without the long row the same weightless model gets as far as loading, and fails there: the check above is
+    # what stopped the run, not the missing weights
+    rows[3] = {"id": "q3", "question": "Is 3 even?", "label": 0}
+    (tmp_path / "q.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code, _, err = run(capsys, "eval", "--model", str(model), "--task", str(spec), "--condition", "base-raw",
+                       "--out", str(tmp_path / "o.jsonl"))
+    assert code == 2 and "could not load model" in err, err

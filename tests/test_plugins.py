@@ -103,3 +103,46 @@ def test_plugin_runs_in_the_matrix_and_rule_breakers_fail_alone(plugin_env, tmp_
     tried = json.loads((tmp_path / "results" / "p" / "cells" / "smollm2-135m-instruct" / "antonyms" / "seed-0" /
                         "paraphrase-search" / "artifact" / "artifact.json").read_text())["meta"]["tried"]
     assert len(tried) == 2 and min(tried, key=lambda t: t["dev_gold_nll"])["instruction"] in report
+
+
+@pytest.fixture(scope="module")
+def broken_plugin_env(tmp_path_factory) -> dict[str, str]:
+    """A package whose entry point raises at import (a missing dependency, say), registered the way pip registers
+    one: a dist-info folder with entry_points.txt on the path."""
+    site = tmp_path_factory.mktemp("broken-site")
+    (site / "explodes_plugin.py").write_text('raise RuntimeError("needs the frobnicate library")\n')
+    info = site / "promptgap_explodes-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: promptgap-explodes\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[promptgap.optimizers]\nexplodes = explodes_plugin:Explodes\n")
+    path = os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])
+    return {**os.environ, "PYTHONPATH": path, "PROMPTGAP_PROGRESS": "0", "HF_HUB_OFFLINE": "1"}
+
+
+def one_line_naming_the_plugin(stderr: str) -> None:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    for part in ("explodes", "explodes_plugin:Explodes", "promptgap-explodes 0.1", "RuntimeError",
+                 "needs the frobnicate library"):
+        assert part in lines[0], lines[0]
+
+
+def test_plugin_raising_at_import_is_named_and_list_goes_on(broken_plugin_env, tmp_path) -> None:
+    out = promptgap(broken_plugin_env, "list", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    one_line_naming_the_plugin(out.stderr)
+    listed = {line.split("│")[1].strip() for line in out.stdout.splitlines() if line.count("│") >= 3}
+    assert {"explodes", "base-raw", "handwritten", "antonyms"} <= listed
+    assert "BROKEN" in next(line for line in out.stdout.splitlines() if "explodes" in line)
+
+    out = promptgap(broken_plugin_env, "eval", "--task", "antonyms", "--condition", "explodes", "--out", "o.jsonl",
+                    cwd=tmp_path)
+    assert out.returncode == 2
+    one_line_naming_the_plugin(out.stderr)
+    assert not (tmp_path / "o.jsonl").exists()
+
+    (tmp_path / "c.toml").write_text('[[tasks]]\nname = "antonyms"\n[conditions.explodes]\n')
+    out = promptgap(broken_plugin_env, "run", "c.toml", "--run-id", "b", cwd=tmp_path)
+    assert out.returncode == 2
+    one_line_naming_the_plugin(out.stderr)
+    assert not (tmp_path / "results" / "b").exists()

@@ -142,3 +142,22 @@ def test_empty_and_invalid_requests(scorer) -> None:
         scorer.loglikelihood([TokenRequest((), (5,))])
     with pytest.raises(ValueError):
         Scorer(scorer.lm, batch_size=0)
+
+
+def test_a_prompt_that_makes_a_request_too_long_names_the_example(scorer) -> None:
+    """The rows passed the check before the model loaded; a condition's long instruction is caught where it is
+    rendered, before any pass, naming the example, its length and the model's limit."""
+    from harness.render import RequestTooLong
+
+    example = Example(id="short-1", contexts=("Here are two antonyms hot and",), continuations=(" cold",), gold=0)
+    limit = scorer.max_len
+    assert limit == 8192  # the embedded SmolLM2's, from its config
+    artifact = PromptArtifact(format="raw", instruction="yes " * limit)
+    text = scorer.renderer.text_requests(artifact, example)[0]
+    tokens = scorer.renderer.token_request(artifact, text.context, text.continuation)
+    length = len(tokens.context) + len(tokens.continuation) - 1
+    assert length > limit
+    before = scorer.lm.usage.snapshot()
+    with pytest.raises(RequestTooLong, match=f"'short-1' is {length} tokens long .* the model's {limit} positions"):
+        scorer.score(artifact, [example], "continuation")
+    assert scorer.lm.usage.since(before).tokens == 0  # refused before any pass

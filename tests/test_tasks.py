@@ -427,3 +427,30 @@ def test_sst2_matches_lm_eval_template() -> None:
     render = lm_eval_doc_to_text("glue/sst2")
     for ex in SST2(FIXTURES / "sst2").all_examples():
         assert ex.contexts[0] == render({"sentence": ex.fields["sentence"]})
+
+
+def test_invalid_utf8_in_spec_data_names_file_and_line(tmp_path: Path) -> None:
+    data = tmp_path / "quiz.jsonl"
+    rows = [{"id": f"q{i}", "question": f"Q{i}?", "label": "yes"} for i in range(3)]
+    good = jsonl(rows).encode("utf-8")
+    # Latin-1 "café" on the third line: the bytes a non-UTF-8 editor writes
+    data.write_bytes(good + b'{"id": "q3", "question": "caf\xe9?", "label": "no"}\n')
+    write(tmp_path / "quiz.toml", 'name = "q"\ndata = "quiz.jsonl"\ntemplate = "{question}"\n'
+          'choices = ["no", "yes"]\nlabel_field = "label"\nid_field = "id"\n')
+    with raises_naming(f"{data}:4", "UTF-8"):
+        SpecTask.from_toml(tmp_path / "quiz.toml").all_examples()
+
+
+@pytest.mark.parametrize("suffix", ["tsv", "csv", "jsonl"])
+def test_byte_order_mark_is_read(tmp_path: Path, suffix: str) -> None:
+    """A spreadsheet's UTF-8 byte-order mark is no part of the first column's name (it was "missing field 'id'")."""
+    if suffix == "jsonl":
+        text = jsonl([{"id": "a", "word": "up", "label": "0"}, {"id": "b", "word": "hot", "label": "1"}])
+    else:
+        sep = "\t" if suffix == "tsv" else ","
+        text = "".join(sep.join(r) + "\n" for r in [("id", "word", "label"), ("a", "up", "0"), ("b", "hot", "1")])
+    (tmp_path / f"d.{suffix}").write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    write(tmp_path / "s.toml", f'\ufeffname = "bom"\ndata = "d.{suffix}"\ntemplate = "{{word}}"\n'
+          'choices = ["down", "cold"]\nlabel_field = "label"\nid_field = "id"\n')
+    examples = SpecTask.from_toml(tmp_path / "s.toml").all_examples()
+    assert [(e.id, e.contexts[0], e.gold) for e in examples] == [("a", "up", 0), ("b", "hot", 1)]
