@@ -14,7 +14,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,49 @@ def write_atomic(path: str | Path, data: str | bytes) -> Path:
             raise DiskFull(path) from None
         raise
     return path
+
+
+def create_new(path: Path, data: str) -> bool:
+    """Write ``path`` whole only if no file has that name yet (a lock): a temp file hard-linked to the final name,
+    which fails when the name exists, as O_EXCL would, is atomic on NFS too, and never shows a half-written file.
+    False when the name exists, or when the folder or the temp file vanished meanwhile (a cleaner ran): try again."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}{TEMP_MARK}")
+    except FileNotFoundError:
+        return False
+    except OSError as e:
+        if is_disk_full(e):
+            raise DiskFull(path) from None
+        raise
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(data)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.link(tmp, path)
+        return True
+    except (FileExistsError, FileNotFoundError):
+        return False
+    except OSError as e:
+        if is_disk_full(e):
+            raise DiskFull(path) from None
+        raise
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def remove_if_same(path: Path, inode: int) -> None:
+    """Remove ``path`` if it is still the file ``inode`` (the one judged stale): moved aside first, so that of two
+    processes removing the same stale file, the second cannot remove the new one the first then created (it is
+    linked back)."""
+    aside = path.with_name(f".{path.name}{TEMP_MARK}old-{uuid.uuid4().hex[:8]}")
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return
+    if aside.stat().st_ino != inode:  # another process's fresh file: put it back
+        with suppress(FileExistsError):  # a third process created one meanwhile: that one stands
+            os.link(aside, path)
+    aside.unlink()
 
 
 def json_text(data: Any) -> str:

@@ -78,9 +78,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     for n, what in KNOWN_MODELS.items():
         m.add_row(n, what)
     console.print(m)
-    for line in broken:
-        print(f"promptgap: warning: {line}", file=sys.stderr)
-    return 0
+    for line in broken:  # the rest is listed; a plugin that cannot be imported is still an error to fix
+        print(f"promptgap: error: {line}", file=sys.stderr)
+    return 2 if broken else 0
 
 
 def _eval_examples(task: Any, args: argparse.Namespace) -> tuple[list, tuple, tuple, str]:

@@ -269,15 +269,20 @@ def prepare_model(name: str) -> None:
     resolve_source(name)
 
 
+def _without_weights(name: str, what: str, auto_class):
+    """Model ``name``'s ``what`` (config or tokenizer) read by ``auto_class``, no weights read; a one-line error."""
+    source, kwargs = resolve_source(name)
+    try:
+        return auto_class.from_pretrained(source, **kwargs)
+    except OSError as e:
+        raise UserError(f"could not read the {what} of model {name!r} ({str(e).splitlines()[0][:200]})") from None
+
+
 def model_config(name: str):
     """A model's config alone, no weights read (what ``export-peft`` needs: the model's shape)."""
     from transformers import AutoConfig
 
-    source, kwargs = resolve_source(name)
-    try:
-        return AutoConfig.from_pretrained(source, **kwargs)
-    except OSError as e:
-        raise UserError(f"could not read the config of model {name!r} ({str(e).splitlines()[0][:200]})") from None
+    return _without_weights(name, "config", AutoConfig)
 
 
 # the config attributes that hold a model's positions, in the order lm-eval's resolve_max_length reads them
@@ -308,11 +313,7 @@ def load_tokenizer(name: str):
     """Model ``name``'s tokenizer alone (no weights): what the checks before a model loads need."""
     from transformers import AutoTokenizer
 
-    source, kwargs = resolve_source(name)
-    try:
-        return AutoTokenizer.from_pretrained(source, **kwargs)
-    except OSError as e:
-        raise UserError(f"could not read the tokenizer of model {name!r} ({str(e).splitlines()[0][:200]})") from None
+    return _without_weights(name, "tokenizer", AutoTokenizer)
 
 
 def load_model(name: str = EMBEDDED, device: str = "auto", dtype: str = "auto",

@@ -42,7 +42,6 @@ artifact changed since it was scored is not finished.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import hashlib
 import io
@@ -51,7 +50,6 @@ import logging
 import math
 import os
 import socket
-import tempfile
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -61,7 +59,15 @@ from pathlib import Path
 from typing import Any
 
 from harness.artifact import ARTIFACT_FILE, TENSOR_FILE, PromptArtifact
-from harness.atomic import TEMP_MARK, atomic_dir, clear_temporaries, write_atomic, write_json
+from harness.atomic import (
+    atomic_dir,
+    clear_temporaries,
+    create_new,
+    json_text,
+    remove_if_same,
+    write_atomic,
+    write_json,
+)
 from harness.data import Split, ids_hash
 from harness.errors import UserError
 from harness.names import check_inside
@@ -656,22 +662,7 @@ class RunFolder:
 
     def _link_lock(self, record: LockRecord) -> bool:
         self.root.mkdir(parents=True, exist_ok=True)
-        try:
-            fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{LOCK}{TEMP_MARK}")
-        except FileNotFoundError:  # a run refused under the lock removed the empty folder it had made: try again
-            return False
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(json.dumps(record.to_json(), indent=2) + "\n")
-            os.chmod(tmp, 0o644)
-            os.link(tmp, self.root / LOCK)
-            return True
-        except FileExistsError:
-            return False
-        except FileNotFoundError:  # the holder's start cleared temp files (ours among them): try again
-            return False
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        return create_new(self.root / LOCK, json_text(record.to_json()))
 
     def _read_lock(self) -> tuple[LockRecord | None, int] | None:
         """(record, inode) of lock.json; record None when it cannot be read; None when there is no lock.json."""
@@ -687,17 +678,8 @@ class RunFolder:
             return None, inode
 
     def _clear_lock(self, inode: int) -> None:
-        """Remove lock.json if it is still the file judged not held (``inode``): moved aside first, so that of
-        two processes clearing the same stale lock, the second cannot remove the lock the first then took."""
-        aside = self.root / f".{LOCK}{TEMP_MARK}old-{uuid.uuid4().hex[:8]}"
-        try:
-            os.rename(self.root / LOCK, aside)
-        except FileNotFoundError:
-            return
-        if aside.stat().st_ino != inode:  # another process's fresh lock: put it back
-            with contextlib.suppress(FileExistsError):  # a third process took it meanwhile: that one holds it
-                os.link(aside, self.root / LOCK)
-        aside.unlink()
+        """Remove lock.json if it is still the file judged not held (``inode``)."""
+        remove_if_same(self.root / LOCK, inode)
 
     # --- jobs --------------------------------------------------------------------------------------------------
     def jobs_dir(self, invocation: int) -> Path:

@@ -173,6 +173,15 @@ class _Budget:
                        max(1, self.keep_kv // 2), max(1, self.head_rows // 2))
 
 
+def _scoring_thread() -> None:
+    """A scoring worker's thread state, set once when it starts. One intra-op thread: the workers share the cores.
+    No gradients: grad mode is per thread, and a new thread starts with it on, so the ``no_grad`` around
+    ``Scorer.loglikelihood`` does not reach the workers; with it on, a model with trainable weights (an adapter)
+    would build an autograd graph in every pass."""
+    torch.set_num_threads(1)
+    torch.set_grad_enabled(False)
+
+
 class Scorer:
     """Log-likelihoods of continuations under one frozen model, each distinct prefix computed once."""
 
@@ -335,7 +344,7 @@ class Scorer:
             self._pool = None
             yield
             return
-        with ThreadPoolExecutor(threads, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        with ThreadPoolExecutor(threads, initializer=_scoring_thread) as pool:
             self._pool = pool
             try:
                 yield

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import math
+import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -51,8 +54,6 @@ def test_matches_naive_forward_with_shared_instruction_and_demos(lm, scorer, ant
 
 
 def test_matches_naive_forward_winogrande_raw(lm, scorer) -> None:
-    from pathlib import Path
-
     examples = WinoGrande(Path(__file__).parent / "fixtures" / "winogrande").all_examples()
     reqs = flat_requests(scorer, PromptArtifact(), examples)
     for o, (ll, greedy) in zip(scorer.loglikelihood(reqs), naive(lm, reqs), strict=True):
@@ -105,6 +106,30 @@ def test_parallel_workers_and_one_thread_give_the_same_bits(lm, shared_data) -> 
     diffs = [abs(a - b) for x, y in zip(first, plain, strict=True)
              for a, b in zip(x.choice_loglik, y.choice_loglik, strict=True)]
     assert max(diffs) < 1e-4
+
+
+def test_no_pass_runs_with_gradients_in_any_worker(lm, monkeypatch) -> None:
+    """Grad mode is per thread and a new thread starts with it on, so the scorer's worker threads must turn it off
+    themselves: with a trainable adapter in the model, a pass with grad mode on would build an autograd graph."""
+    seen: list[tuple[int, bool]] = []
+    decoder = type(lm.model.base_model)
+    real = decoder.forward
+
+    @functools.wraps(real)  # the decoder's signature stays (LoadedModel.cache_kwarg reads it)
+    def forward(module, *args, **kwargs):
+        seen.append((threading.get_ident(), torch.is_grad_enabled()))
+        return real(module, *args, **kwargs)
+
+    monkeypatch.setattr(decoder, "forward", forward)
+    examples = WinoGrande(Path(__file__).parent / "fixtures" / "winogrande").all_examples()[:8]
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)  # the workers run only on a CPU with several threads
+        Scorer(lm, batch_size=2).score(PromptArtifact(format="chat"), examples, "multiple_choice")
+    finally:
+        torch.set_num_threads(threads)
+    assert {t for t, _ in seen} - {threading.get_ident()}  # passes did run on worker threads
+    assert not any(grad for _, grad in seen)
 
 
 def test_greedy_flag_follows_the_models_own_argmax(lm, scorer) -> None:
