@@ -23,8 +23,11 @@ setup: $(BIN)/promptgap
 demo: setup
 	$(BIN)/promptgap demo
 
+# ruff, then the reference in docs/ (a broken link, a missing anchor or a page out of the nav fails the build), then
+# the tests
 test: setup
 	$(BIN)/ruff check .
+	$(BIN)/mkdocs build --strict --quiet --site-dir build/site
 	$(BIN)/python -m pytest -q --durations=25
 
 clean:

@@ -177,7 +177,7 @@ def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
 # How far bf16 moves a request's log-likelihood from float32 (nats), with the LM head and any softcap in float32
 # (forward.head_logits): measured on the embedded model over the first 50 and 100 WinoGrande dev examples, raw and
 # chat (largest 0.48 nats: bf16 numbers also move with how requests share passes), with benchmarks/gpu_check.py
-# (README, "bf16"). A greedy flag or a prediction whose float32 margin is below it may change in bf16.
+# (docs/gpu.md, "bf16"). A greedy flag or a prediction whose float32 margin is below it may change in bf16.
 BF16_TOLERANCE = 0.75
 
 DETERMINISTIC_ENV = "PROMPTGAP_DETERMINISTIC"

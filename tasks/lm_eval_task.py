@@ -35,7 +35,7 @@ SERVED = ("multiple_choice", "loglikelihood")
 # dataset_path values that are datasets' packaged builders over local files, not hub datasets
 LOCAL_BUILDERS = ("json", "csv", "parquet", "text", "arrow", "pandas")
 PIP_HINT = "pip install 'lm-eval[hf]>=0.4.13,<0.5'"
-README_HINT = "see README, 'For lm-eval users'"
+README_HINT = "see docs/lm-eval.md, 'A bundled task YAML pointed at local files'"
 
 
 def is_lm_eval_name(name: str) -> bool:
