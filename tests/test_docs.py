@@ -116,3 +116,16 @@ def test_every_docs_page_is_in_the_nav() -> None:
     nav = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
     for page in sorted((ROOT / "docs").glob("*.md")):
         assert f": {page.name}" in nav, f"docs/{page.name} is not in mkdocs.yml's nav"
+
+
+def test_the_readmes_config_passes_the_checks(tmp_path: Path) -> None:
+    """The tour's run config is a real one: every key, name and role passes the checks `promptgap run` makes first."""
+    from harness.config import load_config
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    configs = re.findall(r"```toml\n(.*?)```", text, flags=re.S)
+    assert configs, "the README's tour shows a run config"
+    for i, body in enumerate(configs):
+        path = tmp_path / f"readme-{i}.toml"
+        path.write_text(body, encoding="utf-8")
+        assert load_config(path).ratio["ceiling"]
