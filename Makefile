@@ -27,7 +27,7 @@ demo: setup
 # the tests
 test: setup
 	$(BIN)/ruff check .
-	$(BIN)/mkdocs build --strict --quiet --site-dir build/site
+	$(BIN)/mkdocs build --strict --site-dir build/site
 	$(BIN)/python -m pytest -q --durations=25
 
 clean:
