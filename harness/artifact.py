@@ -22,6 +22,10 @@ ARTIFACT_FILE = "artifact.json"
 TENSOR_FILE = "tensors.safetensors"
 TENSOR_FIELDS = ("soft_prompt", "prefix_kv")
 TENSORS_KEY = "tensors"  # artifact.json: the tensors TENSOR_FILE holds, name -> shape
+# what an artifact can hold, in the words a condition declares (``Optimizer.produces``): an instruction, demos, a
+# soft prompt's vectors, a key/value prefix
+PRODUCTS: tuple[str, ...] = ("text", "demos", "soft", "prefix")
+TENSOR_PRODUCTS = frozenset({"soft", "prefix"})  # trained for one model's embeddings or layers: they stay on it
 
 
 @dataclass
@@ -60,6 +64,13 @@ class PromptArtifact:
     @property
     def n_prefix(self) -> int:
         return 0 if self.prefix_kv is None else int(self.prefix_kv.shape[3])
+
+    @property
+    def parts(self) -> frozenset[str]:
+        """What this artifact holds, in the words of ``PRODUCTS`` (``format``, ``placement`` and ``meta`` aside)."""
+        held = {"text": bool(self.instruction), "demos": bool(self.demos), "soft": self.soft_prompt is not None,
+                "prefix": self.prefix_kv is not None}
+        return frozenset(k for k, v in held.items() if v)
 
     @property
     def trainable_params(self) -> int:

@@ -139,7 +139,13 @@ class TaskConfig:
 class ConditionConfig:
     optimizer: str
     settings: dict[str, Any] = field(default_factory=dict)
-    variant_of: str | None = None  # a paraphrase of a `paraphrases` condition: its noise floor, not judged
+    variant_of: str | None = None  # one of a condition's variants (``Optimizer.variants``): its spread, not judged
+
+    def build(self) -> Any:
+        """The condition (an ``optimizers.base.Optimizer``), to ask what it is: unknown names and settings fail."""
+        from harness.registry import get_optimizer
+
+        return get_optimizer(self.optimizer)(**self.settings)
 
 
 @dataclass(frozen=True)
@@ -237,14 +243,11 @@ def _size(where: str, key: str, value: Any) -> int | list[int] | None:
     return value
 
 
-def paraphrase_variants(name: str, settings: dict[str, Any]) -> dict[str, ConditionConfig]:
-    """Each instruction of a `paraphrases` condition as a hand-written condition of its own (``<name>.0`` is the
-    task's own instruction), so each is scored on test in its own cell: their spread is the noise floor."""
-    fmt = {"format": settings["format"]} if settings.get("format") else {}
-    out = {f"{name}.0": ConditionConfig("handwritten", dict(fmt), variant_of=name)}
-    for i, text in enumerate(settings.get("instructions") or [], 1):
-        out[f"{name}.{i}"] = ConditionConfig("handwritten", {"instruction": text, **fmt}, variant_of=name)
-    return out
+def condition_variants(name: str, condition: Any) -> dict[str, ConditionConfig]:
+    """The variants ``condition`` declares (``Optimizer.variants``) as conditions of their own, ``<name>.0``,
+    ``<name>.1``, ..., so each is scored on test in its own cell (a `paraphrases` condition's: the noise floor)."""
+    return {f"{name}.{i}": ConditionConfig(v.optimizer, dict(v.settings), variant_of=name)
+            for i, v in enumerate(condition.variants())}
 
 
 def _whole(where: str, key: str, value: Any, minimum: int) -> int:
@@ -349,8 +352,6 @@ def _lm_eval_tasks(where: str, path: Path, name: str, raw: dict[str, Any],
 def load_config(path: str | Path, executor: str | None = None) -> RunConfig:
     """Parse and check ``path``: every name, key, setting and role, before anything slow happens. ``executor``
     (``--executor``) replaces the config's ``[executor] kind``."""
-    from harness.registry import get_optimizer
-
     path = Path(path)
     if not path.exists():
         raise UserError(f"config {path} does not exist")
@@ -473,13 +474,16 @@ def load_config(path: str | Path, executor: str | None = None) -> RunConfig:
         check_name(f"config {path}: condition", name, fix)
         settings = dict(body)
         optimizer = str(settings.pop("optimizer", name))
-        get_optimizer(optimizer)(**settings)  # unknown condition or setting: fail now
         conditions[name] = ConditionConfig(optimizer=optimizer, settings=settings)
-        if optimizer == "paraphrases":
-            variants = paraphrase_variants(name, settings)
-            for variant in variants:
-                check_name(f"config {path}: condition", variant, fix)
-            conditions.update(variants)
+        condition = conditions[name].build()  # unknown condition or setting: fail now
+        variants = condition_variants(name, condition)
+        for variant, spec in variants.items():
+            check_name(f"config {path}: condition", variant, fix)
+            try:
+                spec.build()  # a plugin's variant is checked as its own condition would be
+            except UserError as e:
+                raise UserError(f"config {path}: condition {name}: variant {variant}: {e}") from None
+        conditions.update(variants)
 
     ratio = dict(raw.get("ratio", {}))
     _unknown(f"config {path} [ratio]", ratio, RATIO_KEYS)
@@ -535,10 +539,9 @@ def _names(where: str, key: str, value: Any, known: Any, what: str) -> list[str]
 
 def _transfer(path: Path, raw: Any, entries: dict[str, TaskConfig], instance: Any,
               conditions: dict[str, ConditionConfig], ratio: dict[str, Any], models: list[str]) -> TransferPlan | None:
-    """``[transfer]`` checked against the run's tasks (same kind; a marker placement only where the target has the
-    same marker) and resolved to a ``TransferPlan``."""
-    from harness.registry import get_optimizer
-    from optimizers.prompt_training import PromptTrainingSettings
+    """``[transfer]`` checked against the run's tasks (same kind; a condition that replaces a marker only where the
+    target has the same marker) and resolved to a ``TransferPlan``."""
+    from harness.artifact import TENSOR_PRODUCTS
 
     if raw is None:
         return None
@@ -566,12 +569,12 @@ def _transfer(path: Path, raw: Any, entries: dict[str, TaskConfig], instance: An
     variants = {c for c, spec in conditions.items() if spec.variant_of is not None}
     default = [c for c in conditions if c != ratio.get("base") and c not in variants]
     chosen = _names(where, "conditions", raw.get("conditions", default), conditions, "condition")
-    for c in chosen:
-        settings = get_optimizer(conditions[c].optimizer)(**conditions[c].settings).settings
-        if getattr(settings, "placement", None) != "marker":
+    built = {c: conditions[c].build() for c in chosen}
+    for c, condition in built.items():
+        if not condition.needs_marker():
             continue
         for source, targets in plan.items():
-            marker = getattr(settings, "marker", None) or getattr(instance(source), "marker", "") or ""
+            marker = condition.marker(getattr(instance(source), "marker", "") or "")
             for target in targets:
                 theirs = getattr(instance(target), "marker", "") or ""
                 if theirs != marker:
@@ -586,8 +589,7 @@ def _transfer(path: Path, raw: Any, entries: dict[str, TaskConfig], instance: An
         raise UserError(f"{where}: models = true scores text artifacts on the run's other models, but the run has "
                         f"one model; add models to [run] or drop models")
     # trained tensors belong to the model they were trained on; only text crosses models
-    texts = [c for c in chosen if not issubclass(get_optimizer(conditions[c].optimizer).settings_class,
-                                                 PromptTrainingSettings)] if across else []
+    texts = [c for c, condition in built.items() if not set(condition.produces) & TENSOR_PRODUCTS] if across else []
     return TransferPlan(plan, list(chosen), texts)
 
 

@@ -3,7 +3,10 @@
 Built-in conditions and third-party plugins use exactly this module. The harness enforces what a
 plugin must not do rather than trusting it: ``FitContext`` holds only the train and dev splits and a
 read-only ``TaskInfo`` (no way back to the task's data), and ``check_artifact`` validates what ``fit``
-returns against the model before anything is scored.
+returns against the model, and against what the condition declares it produces, before anything is scored.
+
+A condition says what it is (``Optimizer.produces``, ``needs_marker``, ``marker``, ``variants``); the harness asks
+these, never a condition's class or name, so a plugin is held to the same config checks as a built-in.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from harness.artifact import PromptArtifact
+from harness.artifact import PRODUCTS, PromptArtifact
 from harness.data import Example
 from harness.errors import UserError
 from harness.models import LoadedModel
@@ -100,19 +103,55 @@ class Settings:
         return cls(**raw)
 
 
+@dataclass
+class Variant:
+    """A prompt a condition stands for besides its own, scored in a cell of its own: a registered condition and
+    its settings (``Optimizer.variants``)."""
+
+    optimizer: str
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
 class Optimizer(ABC):
-    """A condition. Subclasses set ``name``, ``summary`` and ``settings_class`` and implement ``fit``."""
+    """A condition. Subclasses set ``name``, ``summary`` and ``settings_class`` and implement ``fit``; one whose
+    artifact holds more than text and demos declares it in ``produces``."""
 
     name: ClassVar[str]
     summary: ClassVar[str]
     settings_class: ClassVar[type[Settings]] = Settings
+    # What the artifact may hold, in the words of harness.artifact.PRODUCTS; every fit is checked against it (a
+    # property where it depends on the settings). The default, text and demos, is the one the harness treats most
+    # freely (text crosses models), so a condition that trains tensors must declare them ("soft", "prefix") to be
+    # held to their rules when its config is checked, not only when a cell fails.
+    produces: frozenset[str] = frozenset({"text", "demos"})
 
     def __init__(self, **settings: Any) -> None:
         self.settings = self.settings_class.parse(self.name, settings)
+        declared = self.produces
+        if isinstance(declared, str) or not isinstance(declared, set | frozenset | tuple | list) \
+                or not set(declared) <= set(PRODUCTS):
+            raise UserError(f"condition {self.name}: produces = {declared!r}; declare a set of "
+                            f"{', '.join(PRODUCTS)}, e.g. produces = frozenset({{\"soft\"}})")
 
     @abstractmethod
     def fit(self, ctx: FitContext) -> PromptArtifact:
         """Return the prompt artifact this condition puts in front of every test input."""
+
+    def needs_marker(self) -> bool:
+        """Whether the prompt takes the place of a marker word of the task's template (``TaskInfo.marker``): it
+        then transfers only to tasks that mark the same text."""
+        return False
+
+    def marker(self, task_marker: str) -> str:
+        """The text the prompt replaces on a task whose own marker is ``task_marker`` ("" for none); asked only
+        where ``needs_marker()``."""
+        return task_marker
+
+    def variants(self) -> list[Variant]:
+        """Prompts this condition stands for besides its own, each scored in a cell of its own (``<name>.0``,
+        ``<name>.1``, ... in a run, in this order) and reported as its spread, not judged: e.g. the paraphrases
+        whose spread is the noise floor of hand-writing. None by default."""
+        return []
 
 
 SELECT_ON = ("loss", "accuracy")
@@ -143,8 +182,13 @@ def choose_on_dev(ctx: FitContext, candidates: Sequence[PromptArtifact], select_
     return best[1], tried
 
 
-def check_artifact(artifact: Any, lm: LoadedModel, owner: str) -> PromptArtifact:
-    """What ``fit`` returned, checked against the model before anything is scored; ``owner`` names the condition."""
+FIELDS = {"text": "an instruction", "demos": "demos", "soft": "a soft_prompt", "prefix": "a prefix_kv"}
+
+
+def check_artifact(artifact: Any, lm: LoadedModel, owner: str,
+                   produces: frozenset[str] | set[str] | None = None) -> PromptArtifact:
+    """What ``fit`` returned, checked against the model before anything is scored; ``owner`` names the condition.
+    ``produces``: what the condition declares (``Optimizer.produces``); None for a saved artifact, which has none."""
     if not isinstance(artifact, PromptArtifact):
         raise UserError(f"{owner} returned {type(artifact).__name__}, not a PromptArtifact; "
                         f"return harness.artifact.PromptArtifact(...) from fit")
@@ -165,6 +209,13 @@ def check_artifact(artifact: Any, lm: LoadedModel, owner: str) -> PromptArtifact
             raise UserError(f"{owner} returned {name} of shape {list(t.shape)}; model {lm.name} needs {want}")
         if not torch.isfinite(t).all():
             raise UserError(f"{owner} returned {name} with NaN or infinite values; check its training (learning rate)")
+    # last: a tensor of the wrong shape is named as such first, whatever the declaration
+    undeclared = sorted(artifact.parts - set(produces), key=PRODUCTS.index) if produces is not None else []
+    if undeclared:
+        said = ", ".join(sorted(produces, key=PRODUCTS.index)) or "nothing"
+        raise UserError(f"{owner} returned {' and '.join(FIELDS[p] for p in undeclared)} but declares produces = "
+                        f"{said}; add {', '.join(map(repr, undeclared))} to its produces (a run then checks its "
+                        f"config as such) or return what it declares")
     return artifact
 
 
@@ -188,5 +239,5 @@ def fit_condition(optimizer: Optimizer, lm: LoadedModel, task: Any, train: tuple
     t0 = time.perf_counter()
     artifact = optimizer.fit(ctx)
     seconds = time.perf_counter() - t0
-    artifact = check_artifact(artifact, lm, owner or f"condition {optimizer.name}")
+    artifact = check_artifact(artifact, lm, owner or f"condition {optimizer.name}", frozenset(optimizer.produces))
     return Fit(artifact, ctx.reported_log, ctx.reported_selection, seconds)

@@ -8,12 +8,13 @@ from dataclasses import dataclass, field
 
 from harness.artifact import FORMATS, PromptArtifact
 from harness.errors import UserError
-from optimizers.base import SELECT_ON, FitContext, Optimizer, Settings, choose_on_dev
+from optimizers.base import SELECT_ON, FitContext, Optimizer, Settings, Variant, choose_on_dev
 
 
 class BaseRaw(Optimizer):
     name = "base-raw"
     summary = "the task prompt alone, plain text (lm-eval's default format)"
+    produces = frozenset()  # the task prompt alone
 
     def fit(self, ctx: FitContext) -> PromptArtifact:
         return PromptArtifact(format="raw", condition=self.name)
@@ -22,6 +23,7 @@ class BaseRaw(Optimizer):
 class BaseChat(Optimizer):
     name = "base-chat"
     summary = "the task prompt alone, in the model's chat template (lm-eval's --apply_chat_template)"
+    produces = frozenset()
 
     def fit(self, ctx: FitContext) -> PromptArtifact:
         if not ctx.lm.has_chat_template:
@@ -45,6 +47,7 @@ class Handwritten(Optimizer):
     name = "handwritten"
     summary = "a hand-written instruction before the task prompt (the task's default, or one from the config)"
     settings_class = HandwrittenSettings
+    produces = frozenset({"text"})
 
     def fit(self, ctx: FitContext) -> PromptArtifact:
         s: HandwrittenSettings = self.settings  # type: ignore[assignment]
@@ -85,6 +88,7 @@ class Paraphrases(Optimizer):
     name = "paraphrases"
     summary = "the task's instruction and hand-written paraphrases of it, the best on dev (their spread: a noise floor)"
     settings_class = ParaphrasesSettings
+    produces = frozenset({"text"})
 
     def fit(self, ctx: FitContext) -> PromptArtifact:
         s: ParaphrasesSettings = self.settings  # type: ignore[assignment]
@@ -96,6 +100,14 @@ class Paraphrases(Optimizer):
         ctx.report_log({"select_metric": s.select_on,
                         "tried": [{"instruction": t, **x} for t, x in zip(texts, tried, strict=True)]})
         return best
+
+    def variants(self) -> list[Variant]:
+        """Each instruction as a hand-written condition of its own (the first, with no instruction set, is the
+        task's own), so each is scored on test in its own cell: their spread is the noise floor."""
+        s: ParaphrasesSettings = self.settings  # type: ignore[assignment]
+        fmt = {"format": s.format} if s.format else {}
+        return [Variant("handwritten", dict(fmt)),
+                *(Variant("handwritten", {"instruction": text, **fmt}) for text in s.instructions)]
 
 
 @dataclass
@@ -125,6 +137,7 @@ class FewShot(Optimizer):
     name = "fewshot"
     summary = "k solved train examples as demos (one fixed set drawn with the seed), k chosen on dev"
     settings_class = FewShotSettings
+    produces = frozenset({"demos"})
 
     def fit(self, ctx: FitContext) -> PromptArtifact:
         s: FewShotSettings = self.settings  # type: ignore[assignment]

@@ -131,6 +131,8 @@ class Search:
 class _Discrete(Optimizer):
     """The loop both searches share: batches, dev evaluations, early stopping, the time cap, the artifact."""
 
+    produces = frozenset({"text"})  # real tokens, returned as the instruction's text
+
     def fit(self, ctx: FitContext) -> PromptArtifact:
         s: DiscreteSettings = self.settings  # type: ignore[assignment]
         if not ctx.dev:

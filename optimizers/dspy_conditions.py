@@ -159,6 +159,8 @@ class DSPyCondition(Optimizer):
     """Shared fit: check the data against the budget, then hand a Search to the bridge."""
 
     compile_with: ClassVar[str]  # the bridge function that builds the compile step from the settings
+    # an instruction and demos; which of them a search fills is DSPy's (a few-shot search leaves the instruction)
+    produces = frozenset({"text", "demos"})
 
     def fit(self, ctx: FitContext) -> PromptArtifact:
         s: DSPySettings = self.settings  # type: ignore[assignment]

@@ -11,7 +11,17 @@ from optimizers.base import FitContext, Optimizer
 from optimizers.prompt_training import PromptTrainer, PromptTrainingSettings, nearest_tokens, project
 
 
-class _Trained(Optimizer):
+class _Tensors(Optimizer):
+    """A condition trained with ``PromptTrainingSettings``: its placement says whether it replaces a marker."""
+
+    def needs_marker(self) -> bool:
+        return self.settings.placement == "marker"  # type: ignore[attr-defined]
+
+    def marker(self, task_marker: str) -> str:
+        return self.settings.marker or task_marker  # type: ignore[attr-defined]  # as PromptTrainer chooses it
+
+
+class _Trained(_Tensors):
     """A condition whose artifact is a trained prompt tensor of ``kind`` ("soft" or "prefix")."""
 
     kind: ClassVar[str]
@@ -26,6 +36,7 @@ class SoftPrompt(_Trained):
     summary = "trained input-embedding vectors (model frozen), swept over length x lr x init and selected on dev"
     settings_class = PromptTrainingSettings
     kind = "soft"
+    produces = frozenset({"soft"})
 
 
 @dataclass
@@ -54,6 +65,7 @@ class PrefixTuning(_Trained):
     summary = "trained per-layer key/value prefixes (model frozen), swept and selected on dev"
     settings_class = PrefixTuningSettings
     kind = "prefix"
+    produces = frozenset({"prefix"})  # its placement is always start: never a marker
 
 
 @dataclass
@@ -61,7 +73,7 @@ class SoftProjectedSettings(PromptTrainingSettings):
     artifact: str | None = None  # a saved soft-prompt artifact folder to project, instead of training one
 
 
-class SoftProjected(Optimizer):
+class SoftProjected(_Tensors):
     """Trains a soft prompt exactly as ``soft-prompt`` does (same settings and seed give the same tensor) and
     replaces each vector by its nearest vocabulary token (cosine). The artifact keeps those tokens' own embedding
     rows, so the scorer reads exactly the token ids listed in ``meta.projected_ids``; no re-tokenization."""
@@ -69,6 +81,8 @@ class SoftProjected(Optimizer):
     name = "soft-projected"
     summary = "a soft prompt with each vector replaced by its nearest real token (how much gain survives as text)"
     settings_class = SoftProjectedSettings
+    # real tokens, but held as their embedding rows in a soft prompt: rows of this model's table, so it stays on it
+    produces = frozenset({"soft"})
 
     def fit(self, ctx: FitContext) -> PromptArtifact:
         s: SoftProjectedSettings = self.settings  # type: ignore[assignment]

@@ -146,3 +146,175 @@ def test_plugin_raising_at_import_is_named_and_list_goes_on(broken_plugin_env, t
     assert out.returncode == 2
     one_line_naming_the_plugin(out.stderr)
     assert not (tmp_path / "results" / "b").exists()
+
+
+# --- conditions say what they are: a plugin is held to the checks a built-in of its kind gets -------------------------
+ROLES_PLUGIN = '''
+from dataclasses import dataclass
+
+import torch
+
+from harness.artifact import PromptArtifact
+from optimizers.base import FitContext, Optimizer, Settings, Variant
+
+
+@dataclass
+class VectorSettings(Settings):
+    in_marker: bool = False  # the vectors replace the task's marker word (its own name: nothing to guess from)
+
+
+class TrainsVectors(Optimizer):
+    name = "trains-vectors"
+    summary = "input-embedding vectors, declared as such"
+    settings_class = VectorSettings
+    produces = frozenset({"soft"})
+
+    def needs_marker(self) -> bool:
+        return self.settings.in_marker
+
+    def fit(self, ctx: FitContext) -> PromptArtifact:
+        width = ctx.lm.model.get_input_embeddings().embedding_dim
+        return PromptArtifact(soft_prompt=torch.zeros(2, width), condition=self.name)
+
+
+class Undeclared(TrainsVectors):
+    name = "undeclared-vectors"
+    summary = "input-embedding vectors, not declared: the default says text and demos"
+    produces = frozenset({"text", "demos"})
+
+
+class SaysSoft(Optimizer):
+    name = "says-soft"
+    summary = "declares produces as a word, not a set"
+    produces = "soft"
+
+    def fit(self, ctx: FitContext) -> PromptArtifact:
+        return PromptArtifact()
+
+
+class Reworded(Optimizer):
+    name = "reworded"
+    summary = "the task's instruction; two rewordings scored in cells of their own"
+    produces = frozenset({"text"})
+
+    def variants(self) -> list[Variant]:
+        return [Variant("handwritten", {"instruction": "Opposite:"}),
+                Variant("handwritten", {"instruction": "Antonym:"})]
+
+    def fit(self, ctx: FitContext) -> PromptArtifact:
+        return PromptArtifact(instruction=ctx.task.instruction, condition=self.name)
+
+
+class RewordedBadly(Reworded):
+    name = "reworded-badly"
+    summary = "a variant whose settings its condition would refuse"
+
+    def variants(self) -> list[Variant]:
+        return [Variant("handwritten", {"instruction": " "})]
+'''
+CLASSES = {"trains-vectors": "TrainsVectors", "undeclared-vectors": "Undeclared", "says-soft": "SaysSoft",
+           "reworded": "Reworded", "reworded-badly": "RewordedBadly"}
+LM_EVAL = ROOT / "tests" / "fixtures" / "lm_eval"
+
+
+@pytest.fixture(scope="module")
+def roles_plugin(tmp_path_factory):
+    """The plugins above, registered in this process the way pip registers a package: a module and a dist-info
+    folder with entry_points.txt on the path."""
+    site = tmp_path_factory.mktemp("roles-site")
+    (site / "roles_plugin.py").write_text(ROLES_PLUGIN)
+    info = site / "promptgap_roles-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: promptgap-roles\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[promptgap.optimizers]\n" + "".join(
+        f"{name} = roles_plugin:{cls}\n" for name, cls in CLASSES.items()))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.syspath_prepend(str(site))
+        yield site
+    sys.modules.pop("roles_plugin", None)
+
+
+def roles_config(tmp_path: Path, conditions: str, transfer: str, models: str = '"smollm2-135m-instruct"') -> Path:
+    path = tmp_path / "c.toml"
+    path.write_text(f'[run]\nmodels = [{models}]\n\n[[tasks]]\nname = "antonyms"\n\n[[tasks]]\nname = "antonyms"\n'
+                    f'as = "antonyms-b"\n\n[conditions.handwritten]\n{conditions}\n[transfer]\n{transfer}\n')
+    return path
+
+
+@pytest.mark.parametrize("condition", ["soft-prompt", "trains-vectors"])
+def test_a_plugin_that_trains_tensors_stays_on_its_model_as_the_soft_prompt_does(roles_plugin, tmp_path,
+                                                                                 condition) -> None:
+    from harness.config import load_config
+
+    path = roles_config(tmp_path, f"[conditions.{condition}]\n",
+                        f'models = true\nconditions = ["handwritten", "{condition}"]',
+                        models='"smollm2-135m-instruct", "another-model"')
+    plan = load_config(path).transfer
+    assert plan is not None and plan.conditions == ["handwritten", condition]
+    assert plan.across_models == ["handwritten"]  # the tensors are trained for one model: only text crosses
+
+
+@pytest.mark.parametrize(("condition", "marker", "no_marker"), [
+    ("soft-prompt", 'placement = "marker"', 'placement = "before_input"'),
+    ("trains-vectors", "in_marker = true", "in_marker = false")])
+def test_a_plugin_that_replaces_the_marker_transfers_only_where_the_marker_is(roles_plugin, tmp_path, monkeypatch,
+                                                                              condition, marker, no_marker) -> None:
+    from harness.config import load_config
+    from harness.errors import UserError
+
+    monkeypatch.chdir(LM_EVAL)  # the fixture YAML's data path is relative, as lm-eval resolves it
+    path = tmp_path / "c.toml"
+    path.write_text(f'[run]\nmodels = ["smollm2-135m-instruct"]\n\n[[tasks]]\nname = "antonyms"\n\n[[tasks]]\n'
+                    f'name = "lm-eval:pgfx_antonyms"\nas = "antonyms-b"\nlm_eval_include = "{LM_EVAL}"\n\n'
+                    f'[conditions.{condition}]\n{marker}\n\n[transfer]\n'
+                    f'tasks = {{ antonyms = ["antonyms-b"] }}\n')
+    with pytest.raises(UserError) as e:
+        load_config(path)
+    assert f"{condition} puts its soft prompt in place of the marker 'antonyms' of antonyms, but antonyms-b has no " \
+           f"marker" in str(e.value) and "\n" not in str(e.value), str(e.value)
+    # the same condition without the marker has none to miss
+    path.write_text(path.read_text().replace(marker, no_marker))
+    assert load_config(path).transfer.conditions == [condition]
+
+
+def test_a_plugins_variants_are_conditions_of_their_own(roles_plugin, tmp_path) -> None:
+    from harness.config import load_config
+    from harness.errors import UserError
+
+    cfg = load_config(roles_config(tmp_path, "[conditions.reworded]\n", 'tasks = { antonyms = ["antonyms-b"] }'))
+    assert {c: (s.optimizer, s.settings, s.variant_of) for c, s in cfg.conditions.items() if c != "handwritten"} == {
+        "reworded": ("reworded", {}, None), "reworded.0": ("handwritten", {"instruction": "Opposite:"}, "reworded"),
+        "reworded.1": ("handwritten", {"instruction": "Antonym:"}, "reworded")}
+    assert cfg.transfer.conditions == ["handwritten", "reworded"]  # variants are not transferred by default
+
+    with pytest.raises(UserError) as e:  # each variant's settings are checked as its own condition's would be
+        load_config(roles_config(tmp_path, "[conditions.reworded-badly]\n", 'tasks = { antonyms = ["antonyms-b"] }'))
+    assert "condition reworded-badly: variant reworded-badly.0: condition handwritten: the instruction is empty" \
+        in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+def test_a_declaration_that_is_not_a_set_of_products_fails_in_one_line(roles_plugin, tmp_path) -> None:
+    from harness.config import load_config
+    from harness.errors import UserError
+
+    with pytest.raises(UserError) as e:
+        load_config(roles_config(tmp_path, "[conditions.says-soft]\n", 'tasks = { antonyms = ["antonyms-b"] }'))
+    assert "condition says-soft: produces = 'soft'; declare a set of text, demos, soft, prefix" in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_an_artifact_that_does_not_match_its_declaration_fails_in_one_line_naming_it(roles_plugin, lm,
+                                                                                   scorer) -> None:
+    from harness.errors import UserError
+    from harness.registry import get_optimizer, get_task
+    from optimizers.base import fit_condition
+
+    task = get_task("antonyms")
+    fit = fit_condition(get_optimizer("trains-vectors")(), lm, task, (), (), scorer, 0)
+    assert fit.artifact.parts == {"soft"}
+    with pytest.raises(UserError) as e:
+        fit_condition(get_optimizer("undeclared-vectors")(), lm, task, (), (), scorer, 0,
+                      owner="condition undeclared-vectors (undeclared-vectors, from promptgap-roles 0.1)")
+    assert str(e.value) == ("condition undeclared-vectors (undeclared-vectors, from promptgap-roles 0.1) returned a "
+                            "soft_prompt but declares produces = text, demos; add 'soft' to its produces (a run then "
+                            "checks its config as such) or return what it declares")
