@@ -151,13 +151,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for task, examples, train, dev, split_hash in cells:
         label = f"{task.name} / {args.condition}"
         # the record and evidence a run's cell keeps; eval writes their score lines (and the log and artifact)
-        record = CellRecord(key=CellKey(model=lm.name, task=task.name, seed=args.seed, condition=args.condition),
+        cell = CellRecord(key=CellKey(model=lm.name, task=task.name, seed=args.seed, condition=args.condition),
                             optimizer=condition.name if condition is not None else "artifact",
                             settings=_parse_settings(args.set), split_hash=split_hash, n_train=len(train),
                             n_dev=len(dev))
         with tempfile.TemporaryDirectory() as workdir:
             done = fit_and_score(
-                lm, scorer, task, examples, record, Evidence(), owner=f"condition {args.condition}", label=label,
+                lm, scorer, task, examples, cell, Evidence(), owner=f"condition {args.condition}", label=label,
                 split=args.split, optimizer=condition, train=train, dev=dev, workdir=Path(workdir),
                 artifact=check_artifact(loaded, lm, f"artifact {args.artifact}") if condition is None else None,
                 desc=f"scoring {args.condition} on {task.name}")

@@ -1,13 +1,15 @@
 """The comparison matrix: models x tasks x seeds x conditions, each cell fitted and scored once, resumably.
 
-The run folder's layout and every write into it belong to ``harness.run_folder``; this module decides what runs,
-in which order, and records the evidence the audit (``harness.audit``) re-derives: what each condition read while
-fitting, how often each test example was scored, and how every test request was built.
+The run folder's layout and every write into it belong to ``harness.run_folder``; one cell's fit and score, and the
+evidence the audit (``harness.audit``) re-derives from it (what each condition read while fitting, how often each test
+example was scored, how every test request was built), belong to ``harness.cell``, which ``promptgap eval`` calls
+too; this module decides what runs, in which order, on which split and artifact, and writes each cell's folder.
 
 Three steps, whatever the executor: ``Runner`` prepares the run once (config.json, manifest.json, the split files,
 the model cache) before any cell runs; ``run_cells`` fits and scores cells (in this process, or in a job that
 ``harness.executors`` started elsewhere: it re-reads everything from the run folder); ``gather`` rebuilds summary.csv
-and the manifest's model records from what the cells and jobs wrote.
+and the manifest's model records from what the cells and jobs wrote. The runner hands ``run_cells`` to the executor
+(``executors.make``), so imports go one way: the CLI, then the runner, then the executors.
 """
 
 from __future__ import annotations
