@@ -6,14 +6,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 from harness.errors import DiskFull, UserError, is_disk_full
+from harness.logs import setup_logging
 
 log = logging.getLogger("promptgap")
 
@@ -112,12 +111,13 @@ def _summary_line(task: Any, scores: list) -> str:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from harness.atomic import write_json, write_jsonl
+    from harness.cell import fit_and_score
     from harness.models import deterministic, load_model, resolve_source
     from harness.registry import get_optimizer, get_tasks
-    from harness.render import check_row_lengths, warn_control, warn_cut
-    from harness.run_folder import score_lines
+    from harness.render import check_row_lengths
+    from harness.run_folder import CellKey, CellRecord, Evidence
     from harness.scorer import Scorer
-    from optimizers.base import check_artifact, fit_condition
+    from optimizers.base import check_artifact
 
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit {args.limit}: give a positive number of examples")
@@ -149,31 +149,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
     scorer = Scorer(lm, batch_size=args.batch_size)
     rows, report, fit_logs, artifacts = [], [], {}, {}
     for task, examples, train, dev, split_hash in cells:
-        t0 = time.perf_counter()
-        with scorer.recording() as fitting:  # what the renderer meets: control-token text, for one warning
-            if condition is None:
-                artifact = check_artifact(loaded, lm, f"artifact {args.artifact}")
-            else:
-                with tempfile.TemporaryDirectory() as workdir:
-                    fit = fit_condition(condition, lm, task, train, dev, scorer, args.seed, workdir=Path(workdir),
-                                        owner=f"condition {args.condition}")
-                artifact = fit.artifact
-                if fit.log is not None:
-                    fit_logs[task.name] = fit.log
-        t_fit = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        with scorer.recording() as scoring:
-            scores = scorer.score(artifact, examples, task.kind, desc=f"scoring {args.condition} on {task.name}")
-        t_score = time.perf_counter() - t0
-        warn_control(f"{task.name} / {args.condition}", fitting.control + scoring.control, lm.split_special_tokens)
-        warn_cut(f"{task.name} / {args.condition}", scoring.cut)
-        common = {"model": lm.name, "task": task.name, "condition": args.condition, "split": args.split,
-                  "split_hash": split_hash, "format": artifact.format}
-        rows += score_lines(scores, common)
-        artifacts[task.name] = artifact
-        report.append(f"{task.name} / {args.condition} / {lm.name} [{artifact.format}] {args.split} n={len(scores)} "
-                      f"split_hash={split_hash}\n{_summary_line(task, scores)}   (fit {t_fit:.1f}s, scoring "
-                      f"{t_score:.1f}s)")
+        label = f"{task.name} / {args.condition}"
+        # the record and evidence a run's cell keeps; eval writes their score lines (and the log and artifact)
+        cell = CellRecord(key=CellKey(model=lm.name, task=task.name, seed=args.seed, condition=args.condition),
+                            optimizer=condition.name if condition is not None else "artifact",
+                            settings=_parse_settings(args.set), split_hash=split_hash, n_train=len(train),
+                            n_dev=len(dev))
+        with tempfile.TemporaryDirectory() as workdir:
+            done = fit_and_score(
+                lm, scorer, task, examples, cell, Evidence(), owner=f"condition {args.condition}", label=label,
+                split=args.split, optimizer=condition, train=train, dev=dev, workdir=Path(workdir),
+                artifact=check_artifact(loaded, lm, f"artifact {args.artifact}") if condition is None else None,
+                desc=f"scoring {args.condition} on {task.name}")
+        if done.log is not None:
+            fit_logs[task.name] = done.log
+        rows += done.lines
+        artifacts[task.name] = done.artifact
+        report.append(f"{label} / {lm.name} [{done.artifact.format}] {args.split} n={len(done.scores)} "
+                      f"split_hash={split_hash}\n{_summary_line(task, done.scores)}   (fit {done.fit_seconds:.1f}s, "
+                      f"scoring {done.score_seconds:.1f}s)")
     write_jsonl(args.out, rows)
     several = len(cells) > 1  # a group: one fit log and artifact per subtask, named by it
     for name, record in fit_logs.items():  # training curves and sweep trials, beside the output
@@ -488,25 +482,9 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def quiet_libraries(verbose: bool = False) -> None:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # read when datasets is first imported
-    if not verbose:  # lm-eval warns about every YAML it cannot resolve and every default it fills in
-        logging.getLogger("lm_eval").setLevel(logging.ERROR)
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except ImportError:
-        pass
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
-    quiet_libraries(args.verbose)
+    setup_logging(logging.INFO if args.verbose else logging.WARNING, args.verbose)
     try:
         return args.func(args)
     except UserError as e:

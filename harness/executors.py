@@ -2,8 +2,9 @@
 jobs (``slurm``), the last two through submitit; and what state each cell is in (``promptgap status``).
 
 Executors only decide where a cell runs. The runner prepares the run folder once before anything runs (config,
-manifest, split files, the model cache) and gathers summary.csv and the manifest's model records afterwards; every
-job calls ``harness.runner.run_cells`` on its cell keys, the same function the local executor calls in-process.
+manifest, split files, the model cache) and gathers summary.csv and the manifest's model records afterwards; it hands
+the executor the job to run (``RunCells``: ``harness.runner.run_cells``), which every job calls on its cell keys, the
+same function the local executor calls in-process. This module imports neither the runner nor the CLI.
 
 Grouping rule: with ``group = "cell"`` (the default) each cell is one job, so cells run side by side and a killed job
 loses one cell; with ``group = "seed"`` the cells of one model x task x seed that ask for the same resources are one
@@ -45,6 +46,7 @@ import submitit
 from harness import provenance
 from harness.config import ExecutorConfig, Resources
 from harness.errors import UserError
+from harness.logs import setup_logging
 from harness.progress import console, enabled
 from harness.run_folder import DAMAGED, DONE, FAILED, STALE, CellKey, JobRecord, RunFolder, load_run
 
@@ -57,19 +59,23 @@ ALIVE_SLURM = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "R
 WAITING_SLURM = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD"}
 
 
+# the job the runner hands an executor: ``run_cells(run_dir, keys, invocation=, job=, executor=, after_cell=)``, a
+# module-level function, so a job pickles it by name and imports it where it runs
+RunCells = Callable[..., None]
+
+
 class CellJob(submitit.helpers.Checkpointable):
-    """What a job runs: ``run_cells`` on its keys. Checkpointable, so a preempted Slurm job is requeued (submitit
-    resubmits the same call; finished cells are skipped). A job that reaches its time limit is not requeued
-    (``max_num_timeout=0``): the same cell would hit the same limit again; raise ``time`` and resume."""
+    """What a job runs: ``run`` (the runner's ``run_cells``) on its keys. Checkpointable, so a preempted Slurm job is
+    requeued (submitit resubmits the same call; finished cells are skipped). A job that reaches its time limit is not
+    requeued (``max_num_timeout=0``): the same cell would hit the same limit again; raise ``time`` and resume."""
+
+    def __init__(self, run: RunCells) -> None:
+        self.run = run
 
     def __call__(self, run_dir: str, keys: list[dict[str, Any]], invocation: int, executor: str) -> None:
-        from harness.cli import quiet_libraries
-        from harness.runner import run_cells
-
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-        quiet_libraries()
+        setup_logging(logging.INFO)
         job = submitit.JobEnvironment().job_id
-        run_cells(run_dir, [CellKey.from_json(k) for k in keys], invocation=invocation, job=job, executor=executor)
+        self.run(run_dir, [CellKey.from_json(k) for k in keys], invocation=invocation, job=job, executor=executor)
 
 
 def signal_delay(res: Resources) -> int:
@@ -94,10 +100,11 @@ def wave_of(keys: Sequence[CellKey]) -> int:
 class Executor(ABC):
     kind: str
 
-    def __init__(self, cfg: ExecutorConfig, folder: RunFolder, invocation: int) -> None:
+    def __init__(self, cfg: ExecutorConfig, folder: RunFolder, invocation: int, run_cells: RunCells) -> None:
         self.cfg = cfg
         self.folder = folder
         self.invocation = invocation
+        self.run_cells = run_cells  # the job every cell runs in (the runner's run_cells)
 
     def record(self, job_id: str, keys: list[CellKey], job: Any = None) -> JobRecord:
         rec = JobRecord(invocation=self.invocation, id=str(job_id), executor=self.kind, cells=keys,
@@ -122,12 +129,10 @@ class Local(Executor):
     kind = "local"
 
     def run(self, keys: list[CellKey], wait: bool = True) -> list[JobRecord]:
-        from harness.runner import run_cells
-
         if not keys:
             return []
         rec = self.record(str(os.getpid()), keys)
-        run_cells(self.folder.root, keys, invocation=self.invocation, job=rec.id, executor=self.kind,
+        self.run_cells(self.folder.root, keys, invocation=self.invocation, job=rec.id, executor=self.kind,
                   after_cell=self.folder.write_summary)
         return [rec]
 
@@ -152,7 +157,7 @@ class Processes(Executor):
                     all(wave_of(r.cells) >= wave_of(queue[0][1]) for _, r in running):
                 res, ks = queue.pop(0)
                 executor.update_parameters(timeout_min=res.time, signal_delay_s=signal_delay(res))
-                job = executor.submit(CellJob(), *self.args(ks))
+                job = executor.submit(CellJob(self.run_cells), *self.args(ks))
                 running.append((job, self.record(job.job_id, ks, job)))
                 records.append(running[-1][1])
 
@@ -209,7 +214,7 @@ class Slurm(Executor):
         executor.update_parameters(**params)
         try:  # submitit prints sbatch's refusal itself; it is in the one-line error instead
             with contextlib.redirect_stderr(io.StringIO()), executor.batch():
-                jobs = [executor.submit(CellJob(), *self.args(ks)) for ks in job_keys]
+                jobs = [executor.submit(CellJob(self.run_cells), *self.args(ks)) for ks in job_keys]
         except (submitit.core.utils.UncompletedJobError, submitit.core.utils.FailedSubmissionError, OSError) as e:
             first = next((x for x in str(e).splitlines() if "sbatch: error" in x), str(e).splitlines()[0])
             raise UserError(f"sbatch refused the jobs ({first.strip()}); check [executor] partition, mem, "
@@ -220,8 +225,9 @@ class Slurm(Executor):
 EXECUTORS: dict[str, type[Executor]] = {"local": Local, "processes": Processes, "slurm": Slurm}
 
 
-def make(cfg: ExecutorConfig, folder: RunFolder, invocation: int) -> Executor:
-    return EXECUTORS[cfg.kind](cfg, folder, invocation)
+def make(cfg: ExecutorConfig, folder: RunFolder, invocation: int, run_cells: RunCells) -> Executor:
+    """The executor of ``cfg.kind``; ``run_cells`` is the job it runs (the runner's, handed down: no import back)."""
+    return EXECUTORS[cfg.kind](cfg, folder, invocation, run_cells)
 
 
 # --- job and cell states ------------------------------------------------------------------------------------------

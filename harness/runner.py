@@ -1,13 +1,15 @@
 """The comparison matrix: models x tasks x seeds x conditions, each cell fitted and scored once, resumably.
 
-The run folder's layout and every write into it belong to ``harness.run_folder``; this module decides what runs,
-in which order, and records the evidence the audit (``harness.audit``) re-derives: what each condition read while
-fitting, how often each test example was scored, and how every test request was built.
+The run folder's layout and every write into it belong to ``harness.run_folder``; one cell's fit and score, and the
+evidence the audit (``harness.audit``) re-derives from it (what each condition read while fitting, how often each test
+example was scored, how every test request was built), belong to ``harness.cell``, which ``promptgap eval`` calls
+too; this module decides what runs, in which order, on which split and artifact, and writes each cell's folder.
 
 Three steps, whatever the executor: ``Runner`` prepares the run once (config.json, manifest.json, the split files,
 the model cache) before any cell runs; ``run_cells`` fits and scores cells (in this process, or in a job that
 ``harness.executors`` started elsewhere: it re-reads everything from the run folder); ``gather`` rebuilds summary.csv
-and the manifest's model records from what the cells and jobs wrote.
+and the manifest's model records from what the cells and jobs wrote. The runner hands ``run_cells`` to the executor
+(``executors.make``), so imports go one way: the CLI, then the runner, then the executors.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ import socket
 import sys
 import time
 import traceback
-from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,11 +31,11 @@ from rich.markup import escape
 
 from harness import provenance
 from harness.config import RunConfig, load_config
-from harness.data import Split, ids_hash, leaks
+from harness.data import Split, leaks
 from harness.errors import DiskFull, UserError, is_disk_full
 from harness.names import check_inside, check_name
 from harness.progress import console
-from harness.render import check_row_lengths, warn_control, warn_cut
+from harness.render import check_row_lengths
 from harness.run_folder import (
     CONFIG,
     DAMAGED,
@@ -46,8 +47,6 @@ from harness.run_folder import (
     SplitRecord,
     WorkerRecord,
     matrix,
-    score_lines,
-    summarize,
 )
 
 log = logging.getLogger(__name__)
@@ -106,7 +105,7 @@ class Runner:
                                 f"resume with the same config or start a new --run-id")
             running = executors.live_jobs(self.folder)
             if running:  # their cells would be computed twice, and their temp folders must not be cleared
-                raise UserError(f"--resume: {len(running)} job(s) of run {self.run_id} still run "
+                raise UserError(f"--resume: {len(running)} live job(s) of run {self.run_id} "
                                 f"({', '.join(j.id for j in running[:5])}); wait for them (`promptgap status "
                                 f"{self.run_dir}`) or cancel them first")
         elif self.resume:
@@ -191,7 +190,7 @@ class Runner:
         for model in dict.fromkeys(k.scored_model for k in todo):
             prepare_model(model)  # the embedded model's cache is built here once, never by two jobs at once
         t_run = time.perf_counter()
-        jobs = executors.make(self.cfg.executor, self.folder, self.invocation).run(todo, wait=self.wait)
+        jobs = executors.make(self.cfg.executor, self.folder, self.invocation, run_cells).run(todo, wait=self.wait)
         self.manifest["invocations"][-1]["jobs"] = [j.id for j in jobs]
         self.folder.write_manifest(self.manifest)
         if not self.wait:
@@ -335,8 +334,8 @@ def _run_cell(folder: RunFolder, cfg: RunConfig, code: dict[str, Any], job: dict
     split of ``scored`` (the same split, or a transfer target's) through the shared scorer."""
     import torch
 
+    from harness import cell as cell_path
     from harness.registry import get_optimizer, origin
-    from optimizers.base import fit_condition
 
     spec = cfg.conditions[key.condition]
     owner = f"condition {key.condition} ({spec.optimizer}, from {origin(spec.optimizer)})"
@@ -348,55 +347,24 @@ def _run_cell(folder: RunFolder, cfg: RunConfig, code: dict[str, Any], job: dict
                         deterministic=torch.are_deterministic_algorithms_enabled(),
                         code={k: code.get(k) for k in ("version", "commit", "dirty")}, job=job)
     evidence = Evidence()
-    control: dict[str, Counter[str]] = {}  # control-token text the renderer met, while fitting and scoring test
-    evidence_cut: dict[str, int] = {}  # truncate_left: test examples cut (each cut request is marked in evidence)
     fell_back = len(lm.fallbacks)
     with folder.new_cell(key) as cell:
         try:
+            optimizer = artifact = None
+            test = fitted.test
             if key.is_transfer:  # nothing is fitted: the source's artifact, on what is left of the target's test
                 artifact, test = _transfer_artifact(folder, lm, key, fitted, scored, record, evidence, owner)
             else:
                 optimizer = get_optimizer(spec.optimizer)(**spec.settings)
-                before = lm.usage.snapshot()
-                with scorer.recording() as reads:  # every example the condition reads through the harness
-                    try:
-                        fit = fit_condition(optimizer, lm, task, fitted.train, fitted.dev, scorer, key.seed,
-                                            workdir=cell.workdir, owner=owner)
-                    finally:
-                        evidence.fit_reads, evidence.fit_bare_calls = reads.reads, reads.bare_calls
-                        control["fit"] = reads.control
-                evidence.selection = fit.selection
-                if fit.selection is not None:
-                    record.selection = {"metric": fit.selection["metric"], "n": len(fit.selection["ids"]),
-                                        "ids_hash": ids_hash(fit.selection["ids"]), "reported_by": "condition"}
-                record.fit_seconds = round(fit.seconds, 2)
-                spent = lm.usage.since(before)
-                record.fit_tokens, record.fit_grad_tokens = spent.tokens, spent.grad_tokens
-                artifact, test = fit.artifact, fitted.test
-                cell.log(fit.log)
-            record.prompt_tokens = scorer.renderer.prompt_tokens(artifact)
-            record.trainable_params = artifact.trainable_params
-            t0, before = time.perf_counter(), lm.usage.snapshot()
-            with scorer.recording(keep_requests=True) as seen:
-                try:
-                    scores = scorer.score(artifact, test, task.kind, desc=key.label)
-                finally:
-                    control["test"], evidence_cut = seen.control, seen.cut
-            record.score_seconds = round(time.perf_counter() - t0, 2)
-            record.score_tokens = lm.usage.since(before).tokens
-            evidence.test_reads, evidence.requests, evidence.example = seen.reads, seen.requests, seen.first
-            lines = score_lines(scores, {"model": lm.name, "task": task.name, "condition": key.condition,
-                                         "split": "test", "split_hash": record.split_hash,
-                                         "format": artifact.format})
-            cell.scores(lines)
+            done = cell_path.fit_and_score(lm, scorer, task, test, record, evidence, owner=owner, label=key.label,
+                                           optimizer=optimizer, train=fitted.train, dev=fitted.dev,
+                                           workdir=cell.workdir, artifact=artifact, keep_log=cell.log)
+            cell.scores(done.lines)
             if key.is_transfer:
                 cell.artifact_copy(folder, key.source)
             else:
-                cell.artifact(artifact)
-            record.status, record.format = "ok", artifact.format
-            record.instruction_role = artifact.instruction_role
-            for k, v in summarize(lines).items():
-                setattr(record, k, v)
+                cell.artifact(done.artifact)
+            record.status = "ok"
             console.print(f"[green]done[/] {key.label}: accuracy {record.accuracy:.4f}, "
                           f"gold NLL {record.gold_nll:.4f}")
         except DiskFull:
@@ -411,10 +379,5 @@ def _run_cell(folder: RunFolder, cfg: RunConfig, code: dict[str, Any], job: dict
             console.print(f"[red]failed[/] {key.label}: {escape(record.error)}")
         record.fallbacks = lm.fallbacks[fell_back:] or None
         record.finished = provenance.now()
-        if any(control.values()):  # once per cell, whatever the phase it was met in
-            evidence.control_tokens = {**{phase: dict(c) for phase, c in control.items()},
-                                       "as": "text" if lm.split_special_tokens else "control"}
-            warn_control(key.label, sum(control.values(), Counter()), lm.split_special_tokens)
-        warn_cut(key.label, evidence_cut)
         cell.evidence(evidence)
         cell.finish(record)  # cell.json last; the folder appears when the block ends

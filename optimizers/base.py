@@ -233,7 +233,7 @@ def fit_condition(optimizer: Optimizer, lm: LoadedModel, task: Any, train: tuple
                   dev: tuple[Example, ...], scorer: Scorer, seed: int, workdir: Path | None = None,
                   owner: str | None = None) -> Fit:
     """The one way the harness runs a condition: a context without the test split, then the artifact checked.
-    (The runner wraps this in ``scorer.recording()`` to keep evidence of what the condition read.)"""
+    (``harness.cell.fit_and_score`` wraps this in ``scorer.recording()``: evidence of what the condition read.)"""
     ctx = FitContext(lm=lm, task=TaskInfo.of(task), train=tuple(train), dev=tuple(dev), scorer=scorer, seed=seed,
                      workdir=workdir)
     t0 = time.perf_counter()

@@ -141,7 +141,8 @@ def test_a_cancelled_slurm_job_fails_its_cell_and_resume_redoes_only_it(plugin_e
         assert (cwd / "go.waiting").exists()
         waiting = next(j for j in folder.jobs() if j.cells[0].condition == "waits-for-sentinel")
         early = promptgap(plugin_env, cwd, "run", "c.toml", "--run-id", "k", "--executor", "slurm", "--resume")
-        assert early.returncode == 2 and "still run" in early.stderr  # its cells would be computed twice
+        # refused by the run folder's lock, which its live jobs hold: their cells would be computed twice
+        assert early.returncode == 2 and "live job(s)" in early.stderr and waiting.id in early.stderr, early.stderr
         subprocess.run(["scancel", waiting.id], check=True)
         while time.time() < deadline:
             status = promptgap(plugin_env, cwd, "status", str(run_dir))
