@@ -30,26 +30,42 @@ def _umask() -> int:
     return mask
 
 
-def write_atomic(path: str | Path, data: str | bytes) -> Path:
-    """Write ``data`` to ``path``: a temp file in the same folder, renamed into place."""
-    path = Path(path)
+@contextmanager
+def naming_a_full_disk(path: Path) -> Iterator[None]:
+    """A full disk (or spent quota) inside the block becomes ``DiskFull(path)``: the file being written, not a bare
+    errno."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}{TEMP_MARK}")
+        yield
     except OSError as e:
         if is_disk_full(e):
             raise DiskFull(path) from None
         raise
+
+
+def _temp_beside(path: Path, data: bytes) -> str:
+    """A temp file beside ``path`` holding ``data``, with the usual modes; on any error it is removed."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}{TEMP_MARK}")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+            f.write(data)
         os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException as e:
+    except BaseException:
         Path(tmp).unlink(missing_ok=True)
-        if is_disk_full(e):  # a full disk names the file, not a bare errno
-            raise DiskFull(path) from None
         raise
+    return tmp
+
+
+def write_atomic(path: str | Path, data: str | bytes) -> Path:
+    """Write ``data`` to ``path``: a temp file in the same folder, renamed into place."""
+    path = Path(path)
+    with naming_a_full_disk(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _temp_beside(path, data.encode("utf-8") if isinstance(data, str) else data)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
     return path
 
 
@@ -57,28 +73,18 @@ def create_new(path: Path, data: str) -> bool:
     """Write ``path`` whole only if no file has that name yet (a lock): a temp file hard-linked to the final name,
     which fails when the name exists, as O_EXCL would, is atomic on NFS too, and never shows a half-written file.
     False when the name exists, or when the folder or the temp file vanished meanwhile (a cleaner ran): try again."""
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}{TEMP_MARK}")
-    except FileNotFoundError:
-        return False
-    except OSError as e:
-        if is_disk_full(e):
-            raise DiskFull(path) from None
-        raise
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.link(tmp, path)
-        return True
-    except (FileExistsError, FileNotFoundError):
-        return False
-    except OSError as e:
-        if is_disk_full(e):
-            raise DiskFull(path) from None
-        raise
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with naming_a_full_disk(path):
+        try:
+            tmp = _temp_beside(path, data.encode("utf-8"))
+        except FileNotFoundError:
+            return False
+        try:
+            os.link(tmp, path)
+            return True
+        except (FileExistsError, FileNotFoundError):
+            return False
+        finally:
+            Path(tmp).unlink(missing_ok=True)
 
 
 def remove_if_same(path: Path, inode: int) -> None:
@@ -120,21 +126,13 @@ def atomic_dir(final: str | Path, keep_existing: bool = False, root: str | Path 
     """
     final = Path(final)
     check_inside(final.parent if root is None else Path(root), final)
-    try:
+    with naming_a_full_disk(final):
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}{TEMP_MARK}"))
-    except OSError as e:
-        if is_disk_full(e):
-            raise DiskFull(final) from None
-        raise
     os.chmod(tmp, 0o777 & ~_umask())
     try:
-        try:
+        with naming_a_full_disk(final):  # what other libraries write into the folder (safetensors, a condition's)
             yield tmp
-        except OSError as e:  # what other libraries write into the folder (safetensors, a condition's files)
-            if is_disk_full(e):
-                raise DiskFull(final) from None
-            raise
         _normal_modes(tmp)
         if final.exists():
             if keep_existing:
