@@ -75,8 +75,8 @@ def ours(length: int, width: int, topk: int, steps: int) -> dict:
 
     from harness.data import Example
     from harness.models import load_model
+    from harness.optimizer import FitContext, TaskInfo
     from harness.scorer import Scorer
-    from optimizers.base import FitContext, TaskInfo
     from optimizers.discrete import GCG, PEZ
     from optimizers.gradient import SlotObjective
 

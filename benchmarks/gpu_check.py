@@ -95,7 +95,7 @@ def bf16_against_float32(f32: Scorer, ours32: list, b16: Scorer, examples: list,
 
 
 def training(lm: LoadedModel, steps: int) -> None:
-    from optimizers.base import FitContext, TaskInfo
+    from harness.optimizer import FitContext, TaskInfo
     from optimizers.prompt_training import PromptTrainer
     from optimizers.soft_prompt import SoftPrompt
     from tasks.antonyms import Antonyms

@@ -44,7 +44,7 @@ def fit_and_score(lm: Any, scorer: Any, task: Any, test: Sequence[Example], reco
     per cell, whatever phase met the control-token text or cut a request, failed cells included); ``desc`` the
     scoring's progress bar (default: ``label``). ``keep_log`` gets the condition's log as soon as fitting ends (a run
 cell's log.json, kept even when scoring then fails). The caller writes the records where they go."""
-    from optimizers.base import fit_condition
+    from harness.optimizer import fit_condition
 
     control: dict[str, Counter[str]] = {}  # control-token text the renderer met, while fitting and scoring test
     cut: dict[str, int] = {}  # truncate_left: test examples cut (each cut request is marked in the evidence)

@@ -113,11 +113,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from harness.atomic import write_json, write_jsonl
     from harness.cell import fit_and_score
     from harness.models import deterministic, load_model, resolve_source
+    from harness.optimizer import check_artifact
     from harness.registry import get_optimizer, get_tasks
     from harness.render import check_row_lengths
     from harness.run_folder import CellKey, CellRecord, Evidence
     from harness.scorer import Scorer
-    from optimizers.base import check_artifact
 
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit {args.limit}: give a positive number of examples")
@@ -183,20 +183,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_lm_eval(args: argparse.Namespace) -> int:
     from harness.artifact import PromptArtifact
-    from tasks.lm_eval_task import bare_name, load_lm_eval, require_lm_eval, resolve_includes
+    from harness.names import bare_name
+    from harness.registry import source
 
-    require_lm_eval()
+    lm_eval = source("lm-eval")  # the lm-evaluation-harness bridge, through the registry
+    lm_eval.require_lm_eval()
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit {args.limit}: give a positive number of documents")
     artifact = PromptArtifact.load(args.artifact)
     if artifact.format == "chat" and not args.apply_chat_template:
         raise UserError(f"artifact {args.artifact} is chat-format: it was fitted inside the model's chat template; "
                         f"add --apply-chat-template")
-    includes = resolve_includes(args.include)
+    includes = lm_eval.resolve_includes(args.include)
     names = [bare_name(n) for t in args.tasks for n in t.split(",") if n.strip()]
     specs = []
     for name in names:  # lm-eval's own task objects, checked before the model loads
-        loaded = load_lm_eval(name, includes)
+        loaded = lm_eval.load_lm_eval(name, includes)
         for task in loaded["tasks"].values():
             if task.OUTPUT_TYPE not in ("multiple_choice", "loglikelihood"):
                 raise UserError(f"lm-eval task {task.task_name} has output_type {task.OUTPUT_TYPE}; promptgap's "
@@ -210,11 +212,10 @@ def cmd_lm_eval(args: argparse.Namespace) -> int:
     from harness.lm_eval_lm import PromptgapLM
     from harness.models import load_model
     from harness.parity import run_lm_eval
-    from tasks.lm_eval_task import task_manager
 
     lm = load_model(args.model, device=args.device, dtype=args.dtype)
     model = PromptgapLM(artifact=artifact, lm=lm, batch_size=args.batch_size)
-    run = run_lm_eval(model, specs, task_manager(includes, defaults=False), chat=args.apply_chat_template,
+    run = run_lm_eval(model, specs, lm_eval.task_manager(includes, defaults=False), chat=args.apply_chat_template,
                       limit=args.limit, num_fewshot=args.num_fewshot, system_instruction=args.system_instruction)
     results = run.results
     print(f"promptgap lm-eval: artifact {args.artifact} ({artifact.condition or 'no condition'}, {artifact.format}"

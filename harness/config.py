@@ -68,10 +68,9 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import UserError
-from harness.names import check_name
+from harness.names import check_name, is_lm_eval_name
 from harness.run_folder import TO_MODEL_SEGMENT, TO_TASK_SEGMENT, TRAIN_SEGMENT, TransferPlan
-from tasks.base import SplitSizes
-from tasks.lm_eval_task import is_lm_eval_name
+from harness.task import SplitSizes
 
 RUN_KEYS = {"name", "models", "seeds", "n_boot", "batch_size", "device", "dtype", "threads", "split_special_tokens",
             "truncate_left"}
@@ -142,7 +141,7 @@ class ConditionConfig:
     variant_of: str | None = None  # one of a condition's variants (``Optimizer.variants``): its spread, not judged
 
     def build(self) -> Any:
-        """The condition (an ``optimizers.base.Optimizer``), to ask what it is: unknown names and settings fail."""
+        """The condition (an ``harness.optimizer.Optimizer``), to ask what it is: unknown names and settings fail."""
         from harness.registry import get_optimizer
 
         return get_optimizer(self.optimizer)(**self.settings)
@@ -325,8 +324,9 @@ def _lm_eval_tasks(where: str, path: Path, name: str, raw: dict[str, Any],
                    sizes: dict[str, int | None] | None) -> list[TaskConfig]:
     """An ``lm-eval:NAME`` entry: checked without lm-eval's full task index when the name is found cheaply; a group
     (or tag) is expanded into one entry per subtask, which needs lm-eval to build it (its index and its data)."""
-    from tasks.lm_eval_task import declare, load_tasks, name_kind
+    from harness.registry import source
 
+    lm_eval = source("lm-eval")
     if raw.get("data_dir") is not None:
         raise UserError(f"{where}: data_dir has no effect on an lm-eval task (its YAML names its data); point it at "
                         f"local files with an include YAML and lm_eval_include")
@@ -336,15 +336,15 @@ def _lm_eval_tasks(where: str, path: Path, name: str, raw: dict[str, Any],
             raise UserError(f"{where}: lm_eval_include = {include!r}; give one folder as a string")
         include = str((path.parent / include).resolve())
     try:
-        kind = name_kind(name, include)
-        declare(name, include)  # so a runner that passes only the name finds the include folder
+        kind = lm_eval.name_kind(name, include)
+        lm_eval.declare(name, include)  # so a runner that passes only the name finds the include folder
         if kind == "task":
             return [TaskConfig(name=name, sizes=sizes, lm_eval_include=include)]
-        subtasks = load_tasks(name, include)
+        subtasks = lm_eval.load_tasks(name, include)
     except UserError as e:
         raise UserError(f"{where}: {e}") from None
     for sub in subtasks:
-        declare(sub.name, include)
+        lm_eval.declare(sub.name, include)
     return [TaskConfig(name=sub.name, sizes=sizes, lm_eval_include=include, lm_eval_group=sub.group)
             for sub in subtasks]
 
@@ -580,7 +580,7 @@ def _transfer(path: Path, raw: Any, entries: dict[str, TaskConfig], instance: An
                 if theirs != marker:
                     raise UserError(f"{where}: {c} puts its soft prompt in place of the marker {marker!r} of "
                                     f"{source}, but {target} " + (f"marks {theirs!r}" if theirs else "has no marker")
-                                    + "; leave the condition out of conditions, or use placement before_input")
+                                    + "; leave the condition out of conditions, or put its prompt before the input")
     across = raw.get("models", False)
     if not isinstance(across, bool):
         raise UserError(f"{where}: models = {across!r}; give true (text artifacts scored by every model of the run) "

@@ -23,8 +23,8 @@ from lm_eval.api.registry import register_model
 from harness.artifact import PromptArtifact
 from harness.errors import UserError
 from harness.models import EMBEDDED, LoadedModel, load_model
+from harness.optimizer import check_artifact
 from harness.scorer import Scorer
-from optimizers.base import check_artifact
 
 log = logging.getLogger(__name__)
 

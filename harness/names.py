@@ -21,7 +21,7 @@ from harness.errors import UserError
 
 MAX_NAME = 120  # well under the 255 bytes of a file name, with room for the temp-name and ".md" decorations
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-LM_EVAL_PREFIX = "lm-eval:"  # = tasks.lm_eval_task.PREFIX; not imported: harness.atomic imports this module
+LM_EVAL_PREFIX = "lm-eval:"  # a task name with this prefix is an lm-evaluation-harness task
 ALPHABET = (f"1 to {MAX_NAME} letters, digits, '.', '_' or '-', starting with a letter or digit (it becomes a "
             f"folder name)")
 
@@ -50,3 +50,17 @@ def check_inside(root: Path, path: Path) -> Path:
         raise UserError(f"{path} is not inside {root} (it resolves to {p}); a name that becomes a folder must not "
                         f"climb out of it: rename it")
     return path
+
+
+def is_lm_eval_name(name: str) -> bool:
+    """Whether a task name asks for an lm-evaluation-harness task (``lm-eval:NAME``)."""
+    return name.startswith(LM_EVAL_PREFIX)
+
+
+def bare_name(name: str) -> str:
+    """``lm-eval:NAME`` -> ``NAME``; an empty name is a UserError."""
+    bare = name.removeprefix(LM_EVAL_PREFIX).strip()
+    if not bare:
+        raise UserError(f"task {name!r}: give an lm-eval task or group name after '{LM_EVAL_PREFIX}', e.g. "
+                        f"{LM_EVAL_PREFIX}arc_easy")
+    return bare

@@ -1,4 +1,10 @@
-"""Name -> class lookup for tasks and optimizers, through Python entry points (built-ins included)."""
+"""Name -> class lookup for tasks and optimizers, through Python entry points (built-ins included).
+
+This is the one door from harness/ into the implementations: no other harness module imports ``optimizers.*`` or
+``tasks.*``. Besides named tasks and conditions, two task *sources* are entry points too (group
+``promptgap.task_sources``): ``lm-eval`` (any lm-evaluation-harness task, ``lm-eval:NAME``) and ``toml`` (a generic
+multiple-choice task from a TOML spec); the harness reaches them through ``source``.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import UserError
+from harness.names import is_lm_eval_name
 
 TASK_GROUP = "promptgap.tasks"
 OPTIMIZER_GROUP = "promptgap.optimizers"
+SOURCE_GROUP = "promptgap.task_sources"
 
 
 def _entries(group: str) -> dict[str, Any]:
@@ -37,19 +45,15 @@ def load(group: str, name: str, what: str) -> Any:
 
 def get_tasks(name: str, data_dir: str | Path | None = None, lm_eval_include: str | Path | None = None) -> list:
     """The tasks ``name`` stands for: one, except an lm-eval group (``lm-eval:GROUP``), which gives its subtasks."""
-    from tasks.lm_eval_task import is_lm_eval_name, load_tasks
-
     if is_lm_eval_name(name):
         if data_dir is not None:
             raise UserError(f"task {name}: --data-dir/data_dir has no effect on an lm-eval task (its YAML names its "
                             f"data); point the task at local files with an include folder (--lm-eval-include)")
-        return list(load_tasks(name, lm_eval_include))
+        return list(source("lm-eval").load_tasks(name, lm_eval_include))
     if lm_eval_include is not None:
         raise UserError(f"task {name}: an lm-eval include folder applies to lm-eval:NAME tasks only; drop it")
     if name.endswith(".toml"):
-        from tasks.generic import SpecTask
-
-        return [SpecTask.from_toml(Path(name), data_dir=data_dir)]
+        return [source("toml").SpecTask.from_toml(Path(name), data_dir=data_dir)]
     return [load(TASK_GROUP, name, "task")(data_dir=data_dir)]
 
 
@@ -61,6 +65,11 @@ def get_task(name: str, data_dir: str | Path | None = None, lm_eval_include: str
         raise UserError(f"{name} is an lm-eval group of {len(tasks)} tasks ({', '.join(t.name for t in tasks[:4])}"
                         f"{', ...' if len(tasks) > 4 else ''}); name one of them")
     return tasks[0]
+
+
+def source(name: str) -> Any:
+    """A task source's module: ``lm-eval`` (the lm-evaluation-harness bridge) or ``toml`` (TOML task specs)."""
+    return load(SOURCE_GROUP, name, "task source")
 
 
 def get_optimizer(name: str):

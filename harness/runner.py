@@ -306,7 +306,7 @@ def _transfer_artifact(folder: RunFolder, lm: Any, key: CellKey, fitted: Split, 
                        evidence: Evidence, owner: str) -> tuple[Any, tuple[Any, ...]]:
     """A transfer cell's artifact (its source's, as saved) and the target test examples left once those the
     source was fitted on (its train and dev, by content key or the task's mirror rule) are removed."""
-    from optimizers.base import check_artifact
+    from harness.optimizer import check_artifact
 
     artifact = folder.artifact(key.source)
     if artifact is None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from harness.artifact import FORMATS, PromptArtifact
 from harness.errors import UserError
-from optimizers.base import SELECT_ON, FitContext, Optimizer, Settings, Variant, choose_on_dev
+from harness.optimizer import SELECT_ON, FitContext, Optimizer, Settings, Variant, choose_on_dev
 
 
 class BaseRaw(Optimizer):

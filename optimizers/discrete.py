@@ -26,8 +26,8 @@ import torch
 
 from harness.artifact import FORMATS, PromptArtifact
 from harness.errors import UserError
+from harness.optimizer import SELECT_ON, FitContext, Optimizer, Settings
 from harness.progress import bar
-from optimizers.base import SELECT_ON, FitContext, Optimizer, Settings
 from optimizers.gradient import SlotObjective
 
 INITS = ("text", "vocab")

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 from harness.artifact import FORMATS, PromptArtifact
 from harness.errors import UserError
-from optimizers.base import FitContext, Optimizer, Settings
+from harness.optimizer import FitContext, Optimizer, Settings
 
 FEWSHOT_METHODS = ("bootstrap-random-search", "bootstrap", "labeled")
 TYPE_CHECKS = {  # settings arrive from TOML or --set as JSON; a wrong type is a user's mistake

@@ -22,8 +22,8 @@ from harness.data import Example, TaskKind
 from harness.errors import UserError
 from harness.forward import common_prefix, embed_tokens, embedding_rows, head_logits, kv_of, run_after
 from harness.models import LoadedModel
+from harness.optimizer import FitContext
 from harness.render import TokenRequest, soft_ids
-from optimizers.base import FitContext
 
 PRINTABLE = set(string.printable) - set("\x0b\x0c")
 

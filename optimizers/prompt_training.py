@@ -25,8 +25,8 @@ from harness.artifact import FORMATS, PLACEMENTS, PromptArtifact
 from harness.errors import UserError
 from harness.forward import embedding_rows, kv_of
 from harness.models import OUT_OF_MEMORY, LoadedModel, release
+from harness.optimizer import FitContext, Settings
 from harness.progress import bar
-from optimizers.base import FitContext, Settings
 from optimizers.gradient import PromptForward, task_loss
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ from typing import ClassVar
 
 from harness.artifact import PromptArtifact
 from harness.errors import UserError
-from optimizers.base import FitContext, Optimizer
+from harness.optimizer import FitContext, Optimizer
 from optimizers.prompt_training import PromptTrainer, PromptTrainingSettings, nearest_tokens, project
 
 

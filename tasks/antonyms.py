@@ -23,7 +23,7 @@ from typing import ClassVar
 
 from harness.data import Example, Split, content_key
 from harness.errors import UserError
-from tasks.base import Row, SplitSizes, Task, require, split_from_pool
+from harness.task import Row, SplitSizes, Task, require, split_from_pool
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 from harness.data import Example, Split
 from harness.errors import UserError
-from tasks.base import Row, SplitSizes, Task, require, split_from_pool
+from harness.task import Row, SplitSizes, Task, require, split_from_pool
 
 HUB_DATASET = "aps/super_glue"
 HUB_CONFIG = "boolq"

@@ -29,7 +29,7 @@ from typing import Any
 
 from harness.data import Example, Split
 from harness.errors import UserError
-from tasks.base import Row, SplitSizes, Task, read_text, require, split_from_pool
+from harness.task import Row, SplitSizes, Task, read_text, require, split_from_pool
 
 REQUIRED_KEYS = ("name", "data", "template", "label_field")
 OPTIONAL_KEYS = ("dev_data", "choices", "choices_field", "id_field", "delimiter", "instruction", "summary", "sizes")

@@ -26,28 +26,17 @@ from typing import Any
 
 from harness.data import Example, Split
 from harness.errors import UserError
-from tasks.base import SplitSizes, Task, split_from_pool
+from harness.names import LM_EVAL_PREFIX, bare_name
+from harness.task import SplitSizes, Task, split_from_pool
 
 log = logging.getLogger(__name__)
 
-PREFIX = "lm-eval:"
+PREFIX = LM_EVAL_PREFIX
 SERVED = ("multiple_choice", "loglikelihood")
 # dataset_path values that are datasets' packaged builders over local files, not hub datasets
 LOCAL_BUILDERS = ("json", "csv", "parquet", "text", "arrow", "pandas")
 PIP_HINT = "pip install 'lm-eval[hf]>=0.4.13,<0.5'"
 README_HINT = "see docs/lm-eval.md, 'A bundled task YAML pointed at local files'"
-
-
-def is_lm_eval_name(name: str) -> bool:
-    return name.startswith(PREFIX)
-
-
-def bare_name(name: str) -> str:
-    """``lm-eval:NAME`` -> ``NAME``; an empty name is a UserError."""
-    bare = name.removeprefix(PREFIX).strip()
-    if not bare:
-        raise UserError(f"task {name!r}: give an lm-eval task or group name after '{PREFIX}', e.g. {PREFIX}arc_easy")
-    return bare
 
 
 def require_lm_eval() -> str:

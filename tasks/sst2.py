@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 from harness.data import Example, Split
 from harness.errors import UserError
-from tasks.base import Row, SplitSizes, Task, require
+from harness.task import Row, SplitSizes, Task, require
 
 HUB_DATASET = "nyu-mll/glue"
 HUB_CONFIG = "sst2"

@@ -6,7 +6,7 @@ from typing import ClassVar
 
 from harness.data import Example, Split
 from harness.errors import UserError
-from tasks.base import Row, SplitSizes, Task, require
+from harness.task import Row, SplitSizes, Task, require
 
 
 class WinoGrande(Task):

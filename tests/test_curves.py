@@ -25,8 +25,8 @@ from harness.findings import fit_checks
 from harness.report import write_report
 from harness.run_folder import CellKey, RunFolder, load_run
 from harness.runner import Runner
+from harness.task import SplitSizes
 from tasks.antonyms import Antonyms
-from tasks.base import SplitSizes
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "smollm2-135m-instruct"

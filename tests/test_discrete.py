@@ -7,10 +7,10 @@ import pytest
 from harness.artifact import PromptArtifact
 from harness.data import Example
 from harness.errors import UserError
+from harness.optimizer import FitContext, TaskInfo
 from harness.registry import get_optimizer, get_task
-from optimizers.base import FitContext, TaskInfo
+from harness.task import SplitSizes
 from optimizers.gradient import SlotObjective
-from tasks.base import SplitSizes
 
 # a synthetic task whose best one-token prompt is plain: every input asks for one word, " banana"
 STARTS = ["The secret word is", "Say the secret word:", "The password is", "Remember this word:",

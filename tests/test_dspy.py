@@ -13,9 +13,9 @@ import pytest
 from harness.artifact import PromptArtifact
 from harness.config import load_config
 from harness.errors import UserError
+from harness.optimizer import FitContext, TaskInfo
 from harness.registry import get_optimizer, get_task
-from optimizers.base import FitContext, TaskInfo
-from tasks.base import SplitSizes
+from harness.task import SplitSizes
 
 ROOT = Path(__file__).resolve().parents[1]
 # tiny budgets: what is tested is the plumbing, not the quality of the search

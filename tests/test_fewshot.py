@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from harness.errors import UserError
+from harness.optimizer import FitContext, TaskInfo
 from harness.registry import get_optimizer, get_task
-from optimizers.base import FitContext, TaskInfo
-from tasks.base import SplitSizes
+from harness.task import SplitSizes
 
 
 def _ctx(lm, scorer, seed: int = 0) -> FitContext:

@@ -220,7 +220,7 @@ def test_a_run_config_expands_a_group_and_every_condition_gets_the_same_split(tm
 
 
 def _sizes(train: int, dev: int, test: int):
-    from tasks.base import SplitSizes
+    from harness.task import SplitSizes
 
     return SplitSizes(train=train, dev=dev, test=test)
 

@@ -12,10 +12,10 @@ import torch
 
 import harness.scorer as scorer_module
 from harness.artifact import PromptArtifact
+from harness.optimizer import FitContext, TaskInfo
 from harness.run_folder import load_run
 from harness.runner import Runner
 from harness.scorer import Scorer
-from optimizers.base import FitContext, TaskInfo
 from optimizers.prompt_training import PromptTrainer, Trial
 from optimizers.soft_prompt import PrefixTuning, SoftPrompt
 from tasks.antonyms import Antonyms

@@ -155,7 +155,7 @@ from dataclasses import dataclass
 import torch
 
 from harness.artifact import PromptArtifact
-from optimizers.base import FitContext, Optimizer, Settings, Variant
+from harness.optimizer import FitContext, Optimizer, Settings, Variant
 
 
 @dataclass
@@ -306,8 +306,8 @@ def test_a_declaration_that_is_not_a_set_of_products_fails_in_one_line(roles_plu
 def test_an_artifact_that_does_not_match_its_declaration_fails_in_one_line_naming_it(roles_plugin, lm,
                                                                                    scorer) -> None:
     from harness.errors import UserError
+    from harness.optimizer import fit_condition
     from harness.registry import get_optimizer, get_task
-    from optimizers.base import fit_condition
 
     task = get_task("antonyms")
     fit = fit_condition(get_optimizer("trains-vectors")(), lm, task, (), (), scorer, 0)

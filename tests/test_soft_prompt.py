@@ -11,8 +11,8 @@ import torch
 from harness.artifact import PromptArtifact
 from harness.errors import UserError
 from harness.forward import kv_of
+from harness.optimizer import FitContext, TaskInfo
 from harness.render import TokenRequest
-from optimizers.base import FitContext, TaskInfo
 from optimizers.gradient import PromptForward
 from optimizers.prompt_training import PromptTrainer, init_text_ids, nearest_tokens
 from optimizers.soft_prompt import PrefixTuning, SoftProjected, SoftPrompt

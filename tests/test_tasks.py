@@ -14,8 +14,8 @@ import pytest
 
 from harness.data import Example
 from harness.errors import UserError
+from harness.task import SplitSizes, Task, read_rows
 from tasks.antonyms import Antonyms
-from tasks.base import SplitSizes, Task, read_rows
 from tasks.boolq import BoolQ, hub_to_local
 from tasks.generic import SpecTask
 from tasks.sst2 import SST2

@@ -1,6 +1,6 @@
 """A promptgap plugin: random search over paraphrases of the task's instruction, the winner chosen on dev.
 
-It uses only the public API (optimizers.base, harness.artifact, harness.errors) and nothing else of
+It uses only the public API (harness.api) and nothing else of
 promptgap: the harness hands it the train and dev splits and the shared scorer, and scores the returned
 artifact on the test split itself.
 """
@@ -10,9 +10,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from harness.artifact import PromptArtifact
-from harness.errors import UserError
-from optimizers.base import FitContext, Optimizer, Settings
+from harness.api import FitContext, Optimizer, PromptArtifact, Settings, UserError
 
 # {i} is the task's own instruction; each template is one readable rewording of it
 TEMPLATES = (

@@ -1,0 +1,28 @@
+"""The public plugin API: everything a condition or task plugin imports, and nothing else of promptgap.
+
+Built-in conditions (optimizers/) and tasks (tasks/) import from here too, so a plugin is held to what a built-in
+is. docs/plugins.md documents exactly these names; ``tests/test_plugins.py`` checks that the two agree and that the
+example plugins import nothing else of promptgap.
+"""
+
+from __future__ import annotations
+
+from harness.artifact import PRODUCTS, PromptArtifact
+from harness.data import Example, Split, TaskKind
+from harness.errors import UserError
+from harness.models import LoadedModel
+from harness.optimizer import SELECT_ON, FitContext, Optimizer, Settings, TaskInfo, Variant, choose_on_dev
+from harness.scorer import ExampleScore, Scorer
+from harness.task import SplitSizes, Task, read_rows, read_text, require, split_from_pool
+
+__all__ = [
+    # conditions
+    "Optimizer", "Settings", "Variant", "FitContext", "TaskInfo", "PromptArtifact", "PRODUCTS",
+    "choose_on_dev", "SELECT_ON",
+    # what a condition is handed
+    "LoadedModel", "Scorer", "ExampleScore", "Example",
+    # tasks
+    "Task", "TaskKind", "Split", "SplitSizes", "split_from_pool", "read_rows", "read_text", "require",
+    # errors
+    "UserError",
+]
