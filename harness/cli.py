@@ -84,13 +84,14 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def _eval_examples(task: Any, args: argparse.Namespace) -> tuple[list, tuple, tuple, str]:
     """The examples ``eval`` scores, the fitting data and the split hash (checked before any model loads)."""
+    from harness import plan
     from harness.data import ids_hash
 
     if args.split == "all":
         examples, train, dev = task.all_examples(), (), ()
         split_hash = "all:" + ids_hash([e.id for e in examples])
     else:
-        split = task.split(args.seed)
+        split = plan.split(task, None, args.seed)  # the split a run's cell of this task and seed uses
         examples, train, dev, split_hash = split.part(args.split), split.train, split.dev, split.hash
     examples = list(examples[: args.limit])
     if not examples:
@@ -114,9 +115,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from harness.cell import fit_and_score
     from harness.models import deterministic, load_model, resolve_source
     from harness.optimizer import check_artifact
+    from harness.plan import CellKey
     from harness.registry import get_optimizer, get_tasks
     from harness.render import check_row_lengths
-    from harness.run_folder import CellKey, CellRecord, Evidence
+    from harness.run_folder import CellRecord, Evidence
     from harness.scorer import Scorer
 
     if args.limit is not None and args.limit < 1:

@@ -69,8 +69,7 @@ from typing import Any
 
 from harness.errors import UserError
 from harness.names import check_name, is_lm_eval_name
-from harness.run_folder import TO_MODEL_SEGMENT, TO_TASK_SEGMENT, TRAIN_SEGMENT, TransferPlan
-from harness.task import SplitSizes
+from harness.plan import TO_MODEL_SEGMENT, TO_TASK_SEGMENT, TRAIN_SEGMENT, TransferPlan, split, train_sizes
 
 RUN_KEYS = {"name", "models", "seeds", "n_boot", "batch_size", "device", "dtype", "threads", "split_special_tokens",
             "truncate_left"}
@@ -104,20 +103,6 @@ class TaskConfig:
     def to_json(self) -> dict[str, Any]:
         # the optional keys only when set, so the config.json of runs without them is unchanged
         return {k: v for k, v in asdict(self).items() if v is not None or k not in OPTIONAL_TASK_KEYS}
-
-    @property
-    def train_sizes(self) -> list[int] | None:
-        """The sample-efficiency curve's train sizes, ascending (None: one train size, no curve)."""
-        train = (self.sizes or {}).get("train")
-        return sorted(train) if isinstance(train, list) else None
-
-    def split_sizes(self, default: SplitSizes) -> SplitSizes:
-        """The sizes the split is made with; for a curve, the largest train size (the others are its prefixes)."""
-        if self.sizes is None:
-            return default
-        train = self.sizes.get("train", default.train)
-        return SplitSizes(train=max(train) if isinstance(train, list) else train,
-                          dev=self.sizes.get("dev", default.dev), test=self.sizes.get("test", default.test))
 
     def build(self) -> Any:
         """The task instance, with its data choice and its name in this run: the one way a run makes its tasks."""
@@ -457,12 +442,12 @@ def load_config(path: str | Path, executor: str | None = None) -> RunConfig:
         return built[name]
 
     for name, entry in entries.items():
-        if entry.train_sizes:  # the pool must hold the largest train size beside dev and test
-            task = instance(name)
+        curve = train_sizes(entry.sizes)
+        if curve:  # the pool must hold the largest train size beside dev and test
             try:
-                task.split(seeds[0], entry.split_sizes(task.default_sizes))
+                split(instance(name), entry.sizes, seeds[0])
             except UserError as e:
-                raise UserError(f"config {path} task {name}: sizes.train = {entry.train_sizes}: {e}") from None
+                raise UserError(f"config {path} task {name}: sizes.train = {curve}: {e}") from None
 
     conditions: dict[str, ConditionConfig] = {}
     raw_conditions = raw.get("conditions", {})
@@ -517,7 +502,7 @@ def load_config(path: str | Path, executor: str | None = None) -> RunConfig:
             raise UserError(f"config {path} [ratio]: base {ratio['base']!r} also plays another role; give each "
                             f"role its own condition")
     transfer = _transfer(path, raw.get("transfer"), entries, instance, conditions, ratio, models)
-    if transfer is not None or any(t.train_sizes for t in tasks):
+    if transfer is not None or any(train_sizes(t.sizes) for t in tasks):
         for name in conditions:  # the new axes are folder segments beside condition names
             if name.startswith((TRAIN_SEGMENT, TO_MODEL_SEGMENT, TO_TASK_SEGMENT)):
                 raise UserError(f"config {path}: condition {name!r} starts like a train-size or transfer folder "

@@ -47,8 +47,9 @@ from harness import provenance
 from harness.config import ExecutorConfig, Resources
 from harness.errors import UserError
 from harness.logs import setup_logging
+from harness.plan import CellKey
 from harness.progress import console, enabled
-from harness.run_folder import DAMAGED, DONE, FAILED, STALE, CellKey, JobRecord, RunFolder, load_run
+from harness.run_folder import DAMAGED, DONE, FAILED, STALE, JobRecord, RunFolder, load_run
 
 log = logging.getLogger(__name__)
 

@@ -33,11 +33,9 @@ runner writes through ``RunFolder``, and the report, ``check`` and ``status`` re
 at the same time never write the same file: each writes its own cells and its own worker record, and only the
 process that submitted them writes config.json, manifest.json, summary.csv and the job records.
 
-The cell key grows with the run's axes (a train size, a transfer target); ``CellKey.parts`` is the one place that
-turns a key into folder names, and ``matrix`` the one place that lists the keys a config asks for (the runner's
-to-do list and the reader's expected cells alike). A transfer cell depends on its source cell: ``matrix`` lists
-sources first, executors run transfer cells after them (``CellKey.wave``), and a transfer cell whose source's
-artifact changed since it was scored is not finished.
+The design of a run (the cell key, the cells a config asks for, which split each uses) is ``harness.plan``'s; this
+module stores by ``CellKey.parts`` and reads a run back with its ``Plan``: the reader's expected cells are the
+runner's to-do list. A transfer cell whose source's artifact changed since it was scored is not finished.
 """
 
 from __future__ import annotations
@@ -71,6 +69,7 @@ from harness.atomic import (
 from harness.data import Split, ids_hash
 from harness.errors import UserError
 from harness.names import check_inside
+from harness.plan import AXES, KEY_FIELDS, CellKey, Plan, PlannedTask, TransferPlan, fitted_split, scored_split, slug
 from harness.provenance import now
 
 log = logging.getLogger(__name__)
@@ -83,133 +82,7 @@ SUMMARY_FIELDS = ["model", "task", "condition", "seed", "split_hash", "n", "accu
 CONFIG, MANIFEST, SUMMARY, JOBS, LOCK = "config.json", "manifest.json", "summary.csv", "jobs", "lock.json"
 CELL, SCORES, EVIDENCE, LOG, ARTIFACT, FILES = "cell.json", "scores.jsonl", "evidence.json", "log.json", "artifact", \
     "files"
-
-
-def slug(name: str) -> str:
-    """A model or task name as one folder name (hub ids hold a slash)."""
-    return name.replace("/", "--")
-
-
-# --- the key -------------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class CellKey:
-    """What one cell is: a condition fitted and scored for one model, task and seed.
-
-    ``train_size``: fitted on the first that many train examples of the split (a sample-efficiency curve; None: the
-    split's whole train part). ``target_task``/``target_model``: a transfer cell, which fits nothing: the artifact
-    of its ``source`` cell is scored on the target task's test split and/or by the target model (None: the source's).
-    """
-
-    model: str
-    task: str
-    seed: int
-    condition: str
-    train_size: int | None = None
-    target_task: str | None = None
-    target_model: str | None = None
-
-    def parts(self) -> tuple[str, ...]:
-        """The cell's folder below ``cells/``; the new axes add a segment only when set, so older run folders keep
-        their layout."""
-        out = [slug(self.model), slug(self.task), f"seed-{self.seed}"]
-        if self.train_size is not None:
-            out.append(f"{TRAIN_SEGMENT}{self.train_size}")
-        if self.target_model is not None:
-            out.append(f"{TO_MODEL_SEGMENT}{slug(self.target_model)}")
-        if self.target_task is not None:
-            out.append(f"{TO_TASK_SEGMENT}{slug(self.target_task)}")
-        return (*out, self.condition)
-
-    @property
-    def is_transfer(self) -> bool:
-        return self.target_task is not None or self.target_model is not None
-
-    @property
-    def scored_model(self) -> str:
-        """The model that scores the cell's test split (and fits it, unless it is a transfer)."""
-        return self.target_model or self.model
-
-    @property
-    def scored_task(self) -> str:
-        """The task whose test split the cell scores."""
-        return self.target_task or self.task
-
-    @property
-    def source(self) -> CellKey:
-        """The cell whose artifact a transfer cell scores (a cell that fits is its own source)."""
-        return replace(self, target_task=None, target_model=None)
-
-    @property
-    def wave(self) -> int:
-        """When the cell may run: 0 for cells that fit, 1 for transfer cells (after every source)."""
-        return int(self.is_transfer)
-
-    @property
-    def label(self) -> str:
-        size = f" / train {self.train_size}" if self.train_size is not None else ""
-        target = " / ".join(x for x in (self.target_model, self.target_task) if x is not None)
-        return f"{self.model} / {self.task} / seed {self.seed}{size} / {self.condition}" + (
-            f" -> {target}" if target else "")
-
-    def to_json(self) -> dict[str, Any]:
-        # the new axes only when set, so the cell.json of a plain cell is as before
-        return {k: v for k, v in asdict(self).items() if v is not None}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> CellKey:
-        """From cell.json, a job's arguments or a summary.csv row (where an unset axis is an empty string)."""
-        def opt(name: str, kind: type) -> Any:
-            v = data.get(name)
-            return None if v is None or v == "" else kind(v)
-
-        return cls(str(data["model"]), str(data["task"]), int(data["seed"]), str(data["condition"]),
-                   opt("train_size", int), opt("target_task", str), opt("target_model", str))
-
-
-TRAIN_SEGMENT, TO_MODEL_SEGMENT, TO_TASK_SEGMENT = "train-", "to-model-", "to-task-"
-AXES = ("train_size", "target_task", "target_model")  # the key's optional fields: summary.csv columns when used
-KEY_FIELDS = tuple(f.name for f in fields(CellKey))
 TRANSFER_FIELDS = ("source_artifact", "removed")
-
-
-@dataclass
-class TransferPlan:
-    """``[transfer]`` resolved: which fitted artifacts are also scored where (run task and condition names)."""
-
-    tasks: dict[str, list[str]]  # source task -> the tasks whose test splits its artifacts are scored on
-    conditions: list[str]  # the conditions whose artifacts transfer
-    across_models: list[str] = field(default_factory=list)  # of those, scored by the run's other models too (text)
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any] | None) -> TransferPlan | None:
-        if not data:
-            return None
-        return cls({str(k): [str(t) for t in v] for k, v in (data.get("tasks") or {}).items()},
-                   [str(c) for c in data.get("conditions") or []], [str(c) for c in data.get("across_models") or []])
-
-
-def matrix(models: Sequence[str], tasks: Sequence[tuple[str, Sequence[int | None]]], seeds: Sequence[int],
-           conditions: Sequence[str], transfer: TransferPlan | None = None) -> list[CellKey]:
-    """Every cell a config asks for, in run order: models x tasks x seeds x train sizes x conditions, then the
-    transfer cells (each after its source). ``tasks``: each task's name with its train sizes ([None]: no curve)."""
-    keys = [CellKey(m, t, s, c, n) for m in models for t, sizes in tasks for s in seeds for n in sizes
-            for c in conditions]
-    if transfer is None:
-        return keys
-    for m in models:
-        for t, sizes in tasks:
-            targets = transfer.tasks.get(t, [])
-            for s in seeds:
-                for n in sizes:
-                    for c in transfer.conditions:
-                        to = [(None, tt) for tt in targets]
-                        if c in transfer.across_models:
-                            to += [(m2, tt) for m2 in models if m2 != m for tt in (None, *targets)]
-                        keys += [CellKey(m, t, s, c, n, target_task=tt, target_model=tm) for tm, tt in to]
-    return keys
 
 
 # --- the records ---------------------------------------------------------------------------------------------------
@@ -261,12 +134,9 @@ class SplitRecord:
                    {p: [[str(k) for k in x] for x in mirrors[p]] for p in PARTS} if mirrors is not None else None,
                    sizes)
 
-    def prefix(self, n_train: int | None) -> SplitRecord:
-        """The split a cell of train size ``n_train`` used: train cut to its first ``n_train`` ids (the hash
-        recomputed, as ``Split.prefix(n).hash``); itself for None."""
-        if n_train is None:
-            return self
-
+    def prefix(self, n_train: int) -> SplitRecord:
+        """The same split with only the first ``n_train`` train ids (the hash recomputed), as ``Split.prefix`` cuts
+        a split of examples; ``plan.fitted_split`` says which cell uses which."""
         def cut(d: dict[str, list[Any]] | None) -> dict[str, list[Any]] | None:
             return None if d is None else {**d, "train": d["train"][:n_train]}
 
@@ -999,9 +869,8 @@ class Run:
     cells: dict[CellKey, Cell]  # every expected cell, in matrix order
     extra_cells: list[Cell]  # cells on disk outside the config's matrix
     summary: list[dict[str, str]] | None  # summary.csv rows; None when the file is missing
+    plan: Plan  # the run's design, as read back: the expected cells, the train sizes, the transfers
     problems: list[str] = field(default_factory=list)  # files that could not be read at all
-    train_sizes: dict[str, list[int | None]] = field(default_factory=dict)  # task -> its sizes ([None]: no curve)
-    transfer: TransferPlan | None = None
 
     @property
     def dir(self) -> Path:
@@ -1011,12 +880,16 @@ class Run:
     def run_id(self) -> str:
         return self.folder.run_id
 
+    @property
+    def transfer(self) -> TransferPlan | None:
+        return self.plan.transfer
+
     def sizes(self, task: str) -> list[int | None]:
-        return self.train_sizes.get(task) or [None]
+        return self.plan.sizes(task)
 
     def groups(self) -> list[tuple[str, str, int | None]]:
-        """(model, task, train size) in matrix order: the cells of one group are the conditions of one matrix."""
-        return [(m, t, n) for m in self.models for t in self.tasks for n in self.sizes(t)]
+        """(model, task, train size) in run order: the cells of one group are the conditions of one matrix."""
+        return self.plan.groups()
 
     def cell(self, model: str, task: str, seed: int, condition: str, train_size: int | None = None) -> Cell:
         return self.cells[CellKey(model, task, seed, condition, train_size)]
@@ -1025,15 +898,14 @@ class Run:
         return [c for c in self.cells.values() if c.key.is_transfer]
 
     def split_of(self, key: CellKey) -> SplitRecord | None:
-        """The split whose test part the cell scored: its own (train cut to its train size), or a transfer
-        target's."""
+        """The split whose test part the cell scored (``plan.scored_split``)."""
         sf = self.splits.get((key.scored_task, key.seed))
-        return None if sf is None else sf if key.is_transfer else sf.prefix(key.train_size)
+        return None if sf is None else scored_split(sf, key)
 
     def fitted_split(self, key: CellKey) -> SplitRecord | None:
-        """The split the cell's artifact was fitted on (a transfer cell's source's)."""
+        """The split the cell's artifact was fitted on, a transfer cell's source's (``plan.fitted_split``)."""
         sf = self.splits.get((key.task, key.seed))
-        return None if sf is None else sf.prefix(key.train_size)
+        return None if sf is None else fitted_split(sf, key)
 
     def role(self, condition: str) -> str | None:
         if condition == self.base:
@@ -1089,8 +961,9 @@ def load_run(run_dir: str | Path) -> Run:
         else:
             found[judged.record.key] = path
 
-    # a task given as a spec path in the config is named by the spec inside the run, so tasks come from the run;
-    # its train sizes from its split files (written before any cell), else from the cells found
+    # the plan as the run recorded it: a task given as a spec path in the config is named by the spec inside the run,
+    # so tasks come from the run; its train sizes from its split files (written before any cell), else from the
+    # cells found
     config_tasks = [str(t.get("alias") or t.get("name")) for t in config.get("tasks", [])]
     tasks = _ordered([t for t, _ in splits] + [k.task for k in found], config_tasks)
     train_sizes: dict[str, list[int | None]] = {}
@@ -1101,8 +974,9 @@ def load_run(run_dir: str | Path) -> Run:
     models = [str(m) for m in config.get("models", [])]
     seeds = [int(s) for s in (config.get("run") or {}).get("seeds", [])]
     transfer = TransferPlan.from_json(config.get("transfer"))
+    plan = Plan(models, [PlannedTask(t, tuple(train_sizes[t])) for t in tasks], seeds, conditions, transfer)
     cells: dict[CellKey, Cell] = {}
-    for key in matrix(models, [(t, train_sizes[t]) for t in tasks], seeds, conditions, transfer):
+    for key in plan.cells():
         found.pop(key, None)
         judged = folder.cell_state(key)
         if judged is None:
@@ -1121,7 +995,7 @@ def load_run(run_dir: str | Path) -> Run:
     return Run(folder=folder, config=config, manifest=manifest, models=models, tasks=tasks, seeds=seeds,
                conditions=conditions, base=ratio.get("base"), texts=list(ratio.get("texts") or []),
                ceiling=ratio.get("ceiling"), splits=splits, cells=cells, extra_cells=extra,
-               summary=summary, problems=problems, train_sizes=train_sizes, transfer=transfer)
+               summary=summary, problems=problems, plan=plan)
 
 
 def is_number(x: Any) -> bool:

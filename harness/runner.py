@@ -29,24 +29,23 @@ from typing import Any
 
 from rich.markup import escape
 
-from harness import provenance
+from harness import plan, provenance
 from harness.config import RunConfig, load_config
 from harness.data import Split, leaks
 from harness.errors import DiskFull, UserError, is_disk_full
 from harness.names import check_inside, check_name
+from harness.plan import CellKey, Plan
 from harness.progress import console
 from harness.render import check_row_lengths
 from harness.run_folder import (
     CONFIG,
     DAMAGED,
     DONE,
-    CellKey,
     CellRecord,
     Evidence,
     RunFolder,
     SplitRecord,
     WorkerRecord,
-    matrix,
 )
 
 log = logging.getLogger(__name__)
@@ -132,8 +131,7 @@ class Runner:
         """The cells to run, in run order (transfer cells after their sources): every cell of the config that is not
         done by the completeness test (``RunFolder.cell_state``): not there, failed, damaged or stale; and a transfer
         cell whose source runs again. On resume, each cell found but not done is logged with why."""
-        conditions = [c for c in self.cfg.conditions if not self.only or c in self.only]
-        keys = matrix(self.cfg.models, self.task_sizes, self.cfg.seeds, conditions, self.cfg.transfer)
+        keys = self.plan.cells(self.only)
         todo: list[CellKey] = []
         for k in keys:  # matrix order: a transfer cell's source is decided before it
             state = self.folder.cell_state(k)
@@ -168,7 +166,8 @@ class Runner:
         from harness.models import prepare_model
 
         tasks = [(t.build(), t) for t in self.cfg.tasks]
-        splits = {(task.name, seed): task.split(seed, task_cfg.split_sizes(task.default_sizes))
+        self.plan = Plan.of(self.cfg, [task.name for task, _ in tasks])
+        splits = {(task.name, seed): plan.split(task, task_cfg.sizes, seed)
                   for task, task_cfg in tasks for seed in self.cfg.seeds}
         for model in self.cfg.models:  # a row longer than a model reads: refused before the run folder is made
             for task, _ in tasks:
@@ -181,11 +180,9 @@ class Runner:
         for task, task_cfg in tasks:  # the split files every job checks its own split against
             for seed in self.cfg.seeds:
                 split = splits[(task.name, seed)]
-                self.folder.record_split(SplitRecord.of(task.name, seed, split, task_cfg.train_sizes))
+                self.folder.record_split(SplitRecord.of(task.name, seed, split, plan.train_sizes(task_cfg.sizes)))
             self.manifest["tasks"][task.name] = task.provenance()  # the files the splits were read from, hashed
         self.folder.write_manifest(self.manifest)
-        self.task_sizes: list[tuple[str, list[int | None]]] = [
-            (task.name, list(task_cfg.train_sizes or [None])) for task, task_cfg in tasks]
         todo = self.todo()
         for model in dict.fromkeys(k.scored_model for k in todo):
             prepare_model(model)  # the embedded model's cache is built here once, never by two jobs at once
@@ -267,15 +264,15 @@ def _run_cells(run_dir: str | Path, keys: Sequence[CellKey], invocation: int, jo
     def split_of(name: str, seed: int) -> Split:
         if (name, seed) not in splits:
             task, task_cfg = tasks[name]
-            split = task.split(seed, task_cfg.split_sizes(task.default_sizes))
-            folder.check_split(SplitRecord.of(task.name, seed, split, task_cfg.train_sizes))
+            split = plan.split(task, task_cfg.sizes, seed)
+            folder.check_split(SplitRecord.of(task.name, seed, split, plan.train_sizes(task_cfg.sizes)))
             splits[(name, seed)] = split
         return splits[(name, seed)]
 
     cell_job = {"invocation": invocation, "id": job, "executor": executor, "host": worker.host}
     lm = scorer = None
-    for wave in sorted({k.wave for k in keys}):
-        todo = [k for k in keys if k.wave == wave and not folder.finished(k)]
+    for wave in Plan.waves(keys):
+        todo = [k for k in wave if not folder.finished(k)]
         for key in todo:  # every split first: a changed data file stops the job before any cell
             split_of(key.task, key.seed)
             split_of(key.scored_task, key.seed)
@@ -292,10 +289,9 @@ def _run_cells(run_dir: str | Path, keys: Sequence[CellKey], invocation: int, jo
                 folder.write_worker(worker)
                 scorer = Scorer(lm, batch_size=cfg.run["batch_size"])
             for key in (k for k in todo if k.scored_model == model_name):
-                fitted = split_of(key.task, key.seed)
-                fitted = fitted.prefix(key.train_size) if key.train_size is not None else fitted
-                _run_cell(folder, cfg, code, cell_job, lm, scorer, tasks[key.scored_task][0], fitted,
-                          split_of(key.scored_task, key.seed), key)
+                _run_cell(folder, cfg, code, cell_job, lm, scorer, tasks[key.scored_task][0],
+                          plan.fitted_split(split_of(key.task, key.seed), key),
+                          plan.scored_split(split_of(key.scored_task, key.seed), key), key)
                 if after_cell is not None:
                     after_cell()
     worker.finished = provenance.now()
@@ -331,7 +327,8 @@ def _transfer_artifact(folder: RunFolder, lm: Any, key: CellKey, fitted: Split, 
 def _run_cell(folder: RunFolder, cfg: RunConfig, code: dict[str, Any], job: dict[str, Any], lm: Any, scorer: Any,
               task: Any, fitted: Split, scored: Split, key: CellKey) -> None:
     """One cell: fit the condition on ``fitted`` (a transfer cell: take its source's artifact) and score the test
-    split of ``scored`` (the same split, or a transfer target's) through the shared scorer."""
+    part of ``scored`` (``plan.scored_split``: the fitted split itself, or a transfer target's) through the shared
+    scorer."""
     import torch
 
     from harness import cell as cell_path
@@ -340,7 +337,7 @@ def _run_cell(folder: RunFolder, cfg: RunConfig, code: dict[str, Any], job: dict
     spec = cfg.conditions[key.condition]
     owner = f"condition {key.condition} ({spec.optimizer}, from {origin(spec.optimizer)})"
     record = CellRecord(key=key, optimizer=spec.optimizer, settings=spec.settings,
-                        split_hash=(scored if key.is_transfer else fitted).hash,
+                        split_hash=scored.hash,
                         n_train=0 if key.is_transfer else len(fitted.train),
                         n_dev=0 if key.is_transfer else len(fitted.dev), device=str(lm.device),
                         dtype=str(lm.dtype).removeprefix("torch."), threads=torch.get_num_threads(),
@@ -351,7 +348,7 @@ def _run_cell(folder: RunFolder, cfg: RunConfig, code: dict[str, Any], job: dict
     with folder.new_cell(key) as cell:
         try:
             optimizer = artifact = None
-            test = fitted.test
+            test = scored.test
             if key.is_transfer:  # nothing is fitted: the source's artifact, on what is left of the target's test
                 artifact, test = _transfer_artifact(folder, lm, key, fitted, scored, record, evidence, owner)
             else:
