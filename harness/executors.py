@@ -31,9 +31,7 @@ import contextlib
 import io
 import logging
 import os
-import shutil
 import socket
-import subprocess
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -46,6 +44,7 @@ import submitit
 from harness import provenance
 from harness.config import ExecutorConfig, Resources
 from harness.errors import UserError
+from harness.jobs import job_states, live_jobs
 from harness.logs import setup_logging
 from harness.plan import CellKey
 from harness.progress import console, enabled
@@ -55,9 +54,6 @@ log = logging.getLogger(__name__)
 
 POLL_SECONDS = 2.0  # how often a waiting run looks at the cell folders and the queue
 SIGNAL_DELAY_S = 90  # a job is warned (USR2) this long before its time limit (a quarter of a short limit)
-ALIVE_SLURM = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
-               "RESIZING", "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD"}
-WAITING_SLURM = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD"}
 
 
 # the job the runner hands an executor: ``run_cells(run_dir, keys, invocation=, job=, executor=, after_cell=)``, a
@@ -232,62 +228,6 @@ def make(cfg: ExecutorConfig, folder: RunFolder, invocation: int, run_cells: Run
 
 
 # --- job and cell states ------------------------------------------------------------------------------------------
-def squeue() -> dict[str, str] | None:
-    """Every job Slurm still lists, with its state (array tasks one by one); None when squeue cannot be asked."""
-    if shutil.which("squeue") is None:
-        return None
-    try:
-        out = subprocess.run(["squeue", "--noheader", "--array", "--format=%i|%T"], capture_output=True, text=True,
-                             timeout=60)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    if out.returncode != 0:
-        log.warning("squeue failed: %s", out.stderr.strip())
-        return None
-    return dict(line.strip().split("|", 1) for line in out.stdout.splitlines() if "|" in line)
-
-
-def process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie (ended, not yet reaped by its parent) is not running
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
-@dataclass
-class JobState:
-    job: JobRecord
-    state: str  # running, waiting, ended, unknown
-
-
-def job_states(records: Sequence[JobRecord]) -> list[JobState]:
-    """Each job's state: Slurm jobs from squeue, local ones from the process table of the host that started them."""
-    queue = squeue() if any(r.executor == "slurm" for r in records) else None
-    out = []
-    for r in records:
-        if r.executor == "slurm":
-            state = queue.get(r.id) if queue is not None else None
-            out.append(JobState(r, "unknown" if queue is None else "ended" if state not in ALIVE_SLURM
-                                else "waiting" if state in WAITING_SLURM else "running"))
-        elif r.host != socket.gethostname():
-            out.append(JobState(r, "unknown"))
-        else:
-            out.append(JobState(r, "running" if process_alive(int(r.id)) else "ended"))
-    return out
-
-
-def live_jobs(folder: RunFolder, records: Sequence[JobRecord] | None = None) -> list[JobRecord]:
-    """The jobs (of ``records``, default every job of the run) that are still queued or running."""
-    records = folder.jobs() if records is None else records
-    return [s.job for s in job_states(records) if s.state in ("running", "waiting")]
-
-
 @dataclass
 class CellState:
     key: CellKey

@@ -468,13 +468,13 @@ class RunFolder:
         """Make this process the run folder's one writer (lock.json), before anything is written into it.
 
         A lock another process holds is a one-line error naming it: a process alive on this host, or the run's live
-        jobs (``executors.live_jobs``: they hold it once the process that submitted them returned). Not held, it is
+        jobs (``jobs.live_jobs``: they hold it once the process that submitted them returned). Not held, it is
         replaced: one whose jobs have ended; one from this host whose process is dead (stale: a warning says so);
         one from another host, whose process cannot be seen from here, only with ``force`` (``--force-unlock``).
         The lock file appears whole or not at all: the record is written to a temp file and hard-linked to
         lock.json, which, like O_CREAT|O_EXCL, fails when lock.json exists (on NFS too).
         """
-        from harness.executors import live_jobs, process_alive
+        from harness.jobs import live_jobs, process_alive
 
         mine = LockRecord(host=socket.gethostname(), pid=os.getpid(), started=now(), command=command,
                           token=uuid.uuid4().hex)
@@ -512,7 +512,7 @@ class RunFolder:
     def release_lock(self, lock: LockRecord) -> None:
         """Give the lock up at the end of `promptgap run`; while jobs it started still run (``--no-wait``, or an
         interrupted wait for Slurm jobs) it stays, marked as theirs, so no other run writes beside them."""
-        from harness.executors import live_jobs
+        from harness.jobs import live_jobs
 
         found = self._read_lock()
         if found is None or found[0] is None or found[0].token != lock.token:

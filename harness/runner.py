@@ -93,7 +93,7 @@ class Runner:
 
     # --- preparing the folder ------------------------------------------------------------------------------
     def _prepare(self) -> None:
-        from harness import executors
+        from harness.jobs import live_jobs
 
         config_json = self.cfg.to_json()
         if self.folder.exists():
@@ -102,7 +102,7 @@ class Runner:
             if self.folder.read_json(CONFIG) != config_json:
                 raise UserError(f"{self.config_path} changed since run {self.run_id} started; "
                                 f"resume with the same config or start a new --run-id")
-            running = executors.live_jobs(self.folder)
+            running = live_jobs(self.folder)
             if running:  # their cells would be computed twice, and their temp folders must not be cleared
                 raise UserError(f"--resume: {len(running)} live job(s) of run {self.run_id} "
                                 f"({', '.join(j.id for j in running[:5])}); wait for them (`promptgap status "

@@ -53,3 +53,10 @@ def test_example_plugins_import_only_the_facade() -> None:
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             ours = [n for n in names if n.split(".")[0] in ("harness", *IMPLEMENTATIONS)]
             assert all(n == "harness.api" for n in ours), f"{path.name} imports {ours}"
+
+
+def test_the_run_folder_does_not_reach_up_to_the_executors() -> None:
+    from tests.test_cell_path import reaches
+
+    assert "executors" not in reaches("run_folder")  # its lock asks harness.jobs which jobs still run
+    assert {"run_folder", "executors", "runner", "config"}.isdisjoint(reaches("plan"))  # the design is below them
