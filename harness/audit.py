@@ -24,7 +24,8 @@ from typing import Any
 
 from harness import provenance
 from harness.data import leaks
-from harness.run_folder import PARTS, Cell, CellKey, Run, is_number, load_run
+from harness.plan import CellKey
+from harness.run_folder import PARTS, Cell, Run, is_number, load_run
 
 MAX_PROBLEMS = 12  # problems printed per item; the rest are counted
 TOLERANCE = 1e-9  # relative: recomputed means and per-line values are the same floats, summed in the same order
@@ -42,6 +43,15 @@ class Item:
     @property
     def source(self) -> str:
         return "reported by the condition, checked against the files" if self.reported else "re-derived from files"
+
+    @property
+    def shown(self) -> list[str]:
+        """The problems printed (the report's checklist and `promptgap check`); the rest are counted."""
+        return self.problems[:MAX_PROBLEMS]
+
+    @property
+    def hidden(self) -> int:
+        return max(0, len(self.problems) - MAX_PROBLEMS)
 
 
 @dataclass
@@ -707,8 +717,8 @@ def check_report(run: Run, report: Path) -> Item:
 
 def audit(run_dir: str | Path | Run, report: Path | None = None, with_report: bool = True) -> Audit:
     """Every item, computed from the run folder. ``report``: the markdown to check for staleness (default
-    ``reports/<run-id>.md``, when it exists); ``with_report=False`` leaves that item out (the report writer's own
-    audit)."""
+    ``reports/<run-id>.md``, when it exists); ``with_report=False`` leaves that item out (the audit that runs
+    beside the report writer, ``harness.cli.report_run``)."""
     run = run_dir if isinstance(run_dir, Run) else load_run(run_dir)
     items = [check_records(run), check_splits(run), check_disjoint(run), check_fit_reads(run), check_test_once(run),
              check_bos(run), check_numbers(run), check_selection(run), check_formats(run), check_same_tokens(run),
@@ -716,19 +726,6 @@ def audit(run_dir: str | Path | Run, report: Path | None = None, with_report: bo
     if with_report:
         items.append(check_report(run, report or Path("reports") / f"{run.run_id}.md"))
     return Audit(run.run_id, items)
-
-
-MARKS = {"pass": "✅", "fail": "❌", "warn": "⚠️", "n/a": "➖"}
-
-
-def item_lines(item: Item) -> list[str]:
-    """An item as markdown list lines (the report's checklist and the terminal output share them)."""
-    label = " (reported by the condition)" if item.reported else ""
-    out = [f"- {MARKS[item.status]} **{item.title}**{label}: {item.evidence}."]
-    out += [f"  - {p}" for p in item.problems[:MAX_PROBLEMS]]
-    if len(item.problems) > MAX_PROBLEMS:
-        out.append(f"  - … and {len(item.problems) - MAX_PROBLEMS} more")
-    return out
 
 
 def print_audit(result: Audit) -> None:
@@ -742,8 +739,8 @@ def print_audit(result: Audit) -> None:
         console.print(f"[{colour[item.status]}]{item.status.upper():4}[/] {escape(item.title)}"
                       + (" [dim](reported by the condition)[/]" if item.reported else ""))
         console.print(f"     {escape(item.evidence)}", style="dim")
-        for p in item.problems[:MAX_PROBLEMS]:
+        for p in item.shown:
             console.print(f"     - {escape(p)}")
-        if len(item.problems) > MAX_PROBLEMS:
-            console.print(f"     - … and {len(item.problems) - MAX_PROBLEMS} more")
+        if item.hidden:
+            console.print(f"     - … and {item.hidden} more")
     console.print(("[green]" if result.passed else "[red]") + escape(result.summary()) + "[/]")

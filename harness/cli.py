@@ -259,12 +259,12 @@ def cmd_run(args: argparse.Namespace) -> int:
               f"gathers summary.csv and writes the report")
         return 0
     from harness.executors import print_status, status
-    from harness.report import print_headlines, write_report
+    from harness.terminal import print_headlines
 
     if runner.cfg.executor.kind != "local":
         print_status(run_dir, status(run_dir))
     try:
-        report = write_report(run_dir, args.reports)
+        report = report_run(run_dir, args.reports)
     except DiskFull as e:  # every cell is done: only the report is missing
         raise e.with_hint(f"free space there, then `promptgap report {run_dir}` writes the report (the run is "
                           f"complete)") from None
@@ -272,6 +272,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"results: {run_dir}")
     print(f"report:  {report}")
     return 0
+
+
+def report_run(run_dir: Path, reports_dir: Path = Path("reports"), n_boot: int | None = None) -> Path:
+    """Audit a run folder and write its report with the audit's result as its checklist: the audit runs here, beside
+    the report, and the report only formats what it is handed. Returns the markdown's path."""
+    from harness.audit import audit
+    from harness.report import write_report
+    from harness.run_folder import load_run
+
+    run = load_run(Path(run_dir))
+    # the report's own staleness is no item of the report it is part of
+    return write_report(run, audit(run, with_report=False), reports_dir, n_boot)
 
 
 def packaged_config(name: str) -> Path:
@@ -283,15 +295,15 @@ def packaged_config(name: str) -> Path:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from harness.config import load_config, shrink
-    from harness.report import print_headlines, write_report
     from harness.runner import Runner
+    from harness.terminal import print_headlines
 
     path = packaged_config("demo.toml")
     cfg = shrink(load_config(path)) if args.smoke else None
     runner = Runner(path, run_id=args.run_id, results_root=args.results, cfg=cfg,
                     command="promptgap demo" + (" --smoke" if args.smoke else ""))
     run_dir = runner.run()
-    report = write_report(run_dir, args.reports)
+    report = report_run(run_dir, args.reports)
     print_headlines(run_dir)
     print(f"results: {run_dir}")
     print(f"report:  {report}  (the config: {path})")
@@ -310,7 +322,6 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from harness.executors import counts, status
-    from harness.report import write_report
     from harness.run_folder import RunFolder
     from harness.runner import gather
 
@@ -322,7 +333,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if c["damaged"]:
         log.warning("%s: %d damaged cell(s), left out of the statistics and named in the report; "
                     "`promptgap run CONFIG --run-id ID --resume` recomputes them", args.run_dir, c["damaged"])
-    print(f"report: {write_report(args.run_dir, args.reports)}")
+    print(f"report: {report_run(args.run_dir, args.reports)}")
     return 0
 
 

@@ -1,34 +1,28 @@
-"""What a run shows, per model × task (× train size): the statistics of its usable conditions, and the headline a
-reader acts on; across train sizes, the sample-efficiency curves; across tasks and models, the transfer matrix; and
-from each trial's curves, the overfitting flags.
+"""What a run shows, as data, per model × task (× train size): the statistics of its usable conditions, and the
+headline a reader acts on; across train sizes, the sample-efficiency curves; across tasks and models, the transfer
+matrix; and from each trial's curves, the overfitting flags.
 
 One place computes what the markdown report, ``verdict.json`` and the terminal's headline table all say: for each
 distinct text prompt (conditions whose per-example scores are identical collapse into one row), R on the deciding
 metric with its interval and Holm-adjusted p, the gain over the base, the cost of the fit, the verdict and the flags
-that qualify it (duplicate, uninformative metric, one seed, family size). Numbers come from ``harness.stats`` on the
-per-example ``scores.jsonl`` lines, read through ``harness.run_folder``.
+that qualify it (duplicate, uninformative metric, one seed, family size), and the notes under it. Verdicts, flags,
+notes and the reasons a number is missing are kinds with the numbers they cite, never sentences: ``harness.wording``
+words them. Numbers come from ``harness.stats`` on the per-example ``scores.jsonl`` lines, read through
+``harness.run_folder``.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from harness.errors import UserError
-from harness.run_folder import Cell, CellKey, Run, is_number
-from harness.stats import FLAG_WORDS, RECOVERY_THRESHOLD, Analysis, Estimate, analyze_records, format_p
-
-VERDICT_SHORT = {
-    "text-closes-gap": "recovers most of the gap",
-    "soft-only": "recovers less than half of the gap",
-    "inconclusive": "undecided",
-    "neither": "no clear gain from the ceiling or the prompt",
-    "uninformative": "uninformative",
-    "same-as-base": "the base in effect",
-}
+from harness.plan import CellKey
+from harness.run_folder import Cell, Run, is_number
+from harness.stats import Analysis, Estimate, Outcome, RatioStats, analyze_records
 
 
 @dataclass
@@ -50,34 +44,24 @@ class Cost:
 
         return cls(**{k: mean(k) for k in cls.__dataclass_fields__})
 
-    def text(self) -> str:
-        parts = []
-        if self.fit_seconds is not None:
-            parts.append(f"fit {_duration(self.fit_seconds)}")
-        if self.fit_tokens is not None:
-            parts.append(f"{_count(self.fit_tokens)} tok" if self.fit_tokens else "no model calls")
-        size = []
-        if self.trainable_params:
-            size.append(f"{_count(self.trainable_params)} params")
-        if self.prompt_tokens is not None:
-            size.append(f"+{_count(self.prompt_tokens)} prompt tok")
-        return ", ".join(parts) + ("; " + ", ".join(size) if size else "") if parts or size else "not recorded"
-
     def to_json(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
-def _duration(s: float) -> str:
-    return f"{s:.1f} s" if s < 60 else f"{s / 60:.1f} min"
+# why a group has no R (and so no verdict), or a headline row none: NoVerdict.kind
+NO_VERDICT_KINDS = ("no-base", "no-ceiling", "base-failed", "ceiling-failed", "stats-failed", "no-usable",
+                    "stats-error", "cell-failed", "no-statistics")
 
 
-def _count(x: float) -> str:
-    x = float(x)
-    if x >= 1e6:
-        return f"{x / 1e6:.1f} M"
-    if x >= 1e4:
-        return f"{x / 1e3:.0f} k"
-    return f"{x:.0f}"
+@dataclass(frozen=True)
+class NoVerdict:
+    """Why there is no R or no verdict: ``kind`` from ``NO_VERDICT_KINDS``, with the role ``condition`` and its
+    ``cells`` (a failed role or row), or the statistics' ``error``."""
+
+    kind: str
+    condition: str | None = None
+    cells: tuple[Cell, ...] = ()
+    error: str | None = None
 
 
 @dataclass
@@ -90,8 +74,8 @@ class Group:
     usable: list[str]  # conditions ok in every seed: the only ones in the statistics
     analysis: Analysis | None
     has_base: bool  # differences are from the configured base (else the table shows means only)
-    r_reason: str | None  # why R cannot be computed for any text condition; None when it can
-    stats_error: str | None = None
+    no_r: NoVerdict | None  # why R cannot be computed for any text condition; None when it can
+    stats_error: NoVerdict | None = None  # why there are no statistics at all
     per_token: bool = False  # continuation task: gold NLL is per token
     costs: dict[str, Cost] = field(default_factory=dict)
     same_tokens: dict[str, bool] = field(default_factory=dict)  # condition -> continuation tokens equal the base's
@@ -104,11 +88,6 @@ class Group:
     @property
     def ll_unit(self) -> str:
         return "nats per token" if self.per_token else "nats per example"
-
-
-def failure(cells: Sequence[Cell]) -> str:
-    """Why a condition is not usable: each failing seed with its status and message."""
-    return "; ".join(f"seed {c.seed}: {c.status}" + (f" ({c.error})" if c.error else "") for c in cells if not c.ok)
 
 
 def _chance(cells: dict[str, list[Cell]], usable: list[str], per_token: bool) -> dict[str, float] | None:
@@ -126,23 +105,21 @@ def analyze_group(run: Run, model: str, task: str, n_boot: int, train_size: int 
     cells = {c: [run.cell(model, task, s, c, train_size) for s in run.seeds] for c in run.conditions}
     usable = [c for c in run.conditions if cells[c] and all(x.ok for x in cells[c])]
     base, ceiling = run.base, run.ceiling
+    no_r: NoVerdict | None = None
     if base is None:
-        r_reason = "the config has no [ratio] section naming a base, so there is nothing to measure gains from"
+        no_r = NoVerdict("no-base")
     elif ceiling is None:
-        r_reason = ("the config names no ceiling condition ([ratio] ceiling is unset), so there is no gap to measure "
-                    "a recovery against")
+        no_r = NoVerdict("no-ceiling")
     elif base not in usable:
-        r_reason = f"the base {base!r} did not succeed for every seed ({failure(cells.get(base, []))})"
+        no_r = NoVerdict("base-failed", base, tuple(cells.get(base, [])))
     elif ceiling not in usable:
-        r_reason = f"the ceiling {ceiling!r} did not succeed for every seed ({failure(cells.get(ceiling, []))})"
-    else:
-        r_reason = None
+        no_r = NoVerdict("ceiling-failed", ceiling, tuple(cells.get(ceiling, [])))
     has_base = base in usable
     per_token = any("greedy_match" in r for c in usable for x in cells[c] for r in x.lines[:1])
-    group = Group(model, task, cells, usable, None, has_base, r_reason, per_token=per_token,
+    group = Group(model, task, cells, usable, None, has_base, no_r, per_token=per_token,
                   costs={c: Cost.of(cells[c]) for c in run.conditions}, train_size=train_size)
     if not usable:
-        group.stats_error = "no condition succeeded for every seed"
+        group.stats_error = NoVerdict("no-usable")
         return group
     if has_base:
         ref = {(x.seed, r["example_id"]): r.get("choice_ntokens") for x in cells[base] for r in x.lines}
@@ -153,15 +130,15 @@ def analyze_group(run: Run, model: str, task: str, n_boot: int, train_size: int 
     if len(records) == 1:
         # the statistics need a second condition; a copy of the only one gives its mean and interval unchanged
         records[f"{ref_name} (copy)"] = records[ref_name]
-    use_ceiling = ceiling if r_reason is None else None
+    use_ceiling = ceiling if no_r is None else None
     texts = [t for t in run.texts if t in usable] if use_ceiling else []
     try:
         group.analysis = analyze_records(records, base=ref_name, ceiling=use_ceiling, texts=texts, n_boot=n_boot,
                                          chance=_chance(cells, usable, per_token),
                                          deciding=(run.config.get("ratio") or {}).get("metric") or "loglik")
     except UserError as e:
-        group.stats_error = str(e)
-        group.r_reason = group.r_reason or f"the statistics could not be computed ({e})"
+        group.stats_error = NoVerdict("stats-error", error=str(e))
+        group.no_r = group.no_r or NoVerdict("stats-failed", error=str(e))
     return group
 
 
@@ -171,19 +148,100 @@ def analyze_groups(run: Run, n_boot: int) -> list[Group]:
 
 
 # --- the headline --------------------------------------------------------------------------------------------------
+# a headline row's flags: Flag.kind
+FLAG_KINDS = ("identical", "same-as-base", "metric-flag", "metric-says", "one-seed", "family")
+
+
+@dataclass(frozen=True)
+class Flag:
+    """What qualifies a row: ``kind`` from ``FLAG_KINDS``; "identical": ``n`` conditions share the row;
+    "same-as-base": ``value`` is the base; "metric-flag": ``metric`` is ``value`` (floor, saturated, chance);
+    "metric-says": the rules give ``value`` on the ``metric`` that does not decide; "family": Holm over ``n``."""
+
+    kind: str
+    metric: str | None = None
+    value: str | None = None
+    n: int | None = None
+
+
+@dataclass(frozen=True)
+class BeatenCeiling:
+    """Conditions clearly above the designated ceiling, by how much (condition minus ceiling)."""
+
+    ceiling: str
+    by: dict[str, Estimate]
+
+
+@dataclass(frozen=True)
+class MetricsDisagree:
+    """Text prompts whose verdict on another metric differs: (text, its label on ``metric``, other metric, label)."""
+
+    metric: str
+    splits: list[tuple[str, str, str, str]]
+
+
+@dataclass(frozen=True)
+class NoiseFloor:
+    """The spread of a `paraphrases` condition's instructions' gains over the base on test."""
+
+    parent: str
+    n: int
+    lo: Estimate
+    lo_name: str
+    hi: Estimate
+    hi_name: str
+    median: Estimate
+    metric: str
+
+
+@dataclass(frozen=True)
+class OneSeed:
+    """The run has one seed: verdicts hold for its one fit of each condition."""
+
+
+@dataclass(frozen=True)
+class Multiplicity:
+    """``family`` distinct text prompts tested on ``metric``, Holm-corrected at ``alpha``."""
+
+    family: int
+    metric: str
+    alpha: float
+
+
+@dataclass(frozen=True)
+class CannotRank:
+    """A metric that does not decide flags some prompts: flag -> the conditions it flags."""
+
+    metric: str
+    by_flag: dict[str, list[str]]
+    deciding: str
+
+
+@dataclass(frozen=True)
+class Overfitting:
+    """The chosen trials whose curves warn: (condition, seed, warnings)."""
+
+    flagged: list[tuple[str, int, list[FitWarning]]]
+
+
+Note = BeatenCeiling | MetricsDisagree | NoiseFloor | OneSeed | Multiplicity | CannotRank | Overfitting
+
+
 @dataclass
 class Row:
     """One distinct text prompt: the conditions that share it, and what the run says about it."""
 
     texts: list[str]  # the first is the row's name; the others scored identically on every example
     verdict: str | None  # None: no verdict (the condition failed)
-    reason: str
+    outcome: Outcome | None  # the deciding metric's outcome (None: no verdict, and ``no_verdict`` says why)
+    metric: str  # the deciding metric ("" without a verdict)
     r: dict[str, Any] | None  # value, lo, hi, method, p, p_adjusted (deciding metric)
     delta: Estimate | None  # text - base on the deciding metric
     delta_clear: int = 0
     cost: Cost = field(default_factory=Cost)
-    flags: list[str] = field(default_factory=list)
+    flags: list[Flag] = field(default_factory=list)
     n_needed: int | None = None
+    no_verdict: NoVerdict | None = None
 
     @property
     def name(self) -> str:
@@ -196,57 +254,43 @@ class Headline:
     task: str
     metric: str | None  # the deciding metric
     rows: list[Row]
-    ceiling_line: str  # what the ceiling does, or why there is no verdict
-    notes: list[str]
+    notes: list[Note]
     family: int = 0
     ceiling_gain: Estimate | None = None
     beaten_by: list[str] = field(default_factory=list)
     n_boot: int = 0
-
-
-def _metric_name(g: Group, metric: str) -> str:
-    if metric == "accuracy":
-        return "greedy exact match" if g.per_token else "accuracy"
-    return f"gold log-likelihood ({g.ll_unit})"
-
-
-def _est_text(e: Estimate, d: int = 3) -> str:
-    return f"{e.value:+.{d}f} [{e.ci.lo:+.{d}f}, {e.ci.hi:+.{d}f}]"
+    no_verdict: NoVerdict | None = None  # why no row has a verdict
+    base: str | None = None
+    ceiling: str | None = None
+    gain_clear: bool | None = None  # the ceiling's gain is clearly positive
+    ceiling_flag: str | None = None  # the ceiling's flag on the deciding metric
+    ceiling_cost: Cost = field(default_factory=Cost)
+    per_token: bool = False
 
 
 def headline(run: Run, g: Group) -> Headline:
     """The first screen for one model × task."""
     a = g.analysis
-    if a is None or g.r_reason is not None or a.ceiling is None:
-        why = g.r_reason or g.stats_error or "no statistics"
-        rows = [Row([t], None, f"no verdict: {why}", None, None, cost=g.costs.get(t, Cost())) for t in run.texts]
-        return Headline(g.model, g.task, None, rows, f"No verdict: {why}.", [])
+    if a is None or g.no_r is not None or a.ceiling is None:
+        why = g.no_r or g.stats_error or NoVerdict("no-statistics")
+        rows = [Row([t], None, None, "", None, None, cost=g.costs.get(t, Cost()), no_verdict=why) for t in run.texts]
+        return Headline(g.model, g.task, None, rows, [], no_verdict=why, per_token=g.per_token)
     metric = a.deciding
     m = a.metrics[metric]
     gain = m.conditions[a.ceiling].diff
     assert gain is not None
-    ceiling_cost = g.costs.get(a.ceiling, Cost())
-    line = (f"Ceiling **{a.ceiling}** over base **{a.base}** on {_metric_name(g, metric)}: {_est_text(gain)} "
-            f"({'clearly positive' if m.ceiling_gain_clear else 'not clearly positive'}); cost: "
-            f"{ceiling_cost.text()}.")
-    notes: list[str] = []
-    flag = m.conditions[a.ceiling].flag
-    if flag:
-        line += f" The ceiling is **{FLAG_WORDS[flag]}** on this metric, so it shows no gap to recover."
+    notes: list[Note] = []
     beaten = [c for c in g.usable if c in m.conditions and m.conditions[c].beats_ceiling]
     if beaten:
         vs = {c: m.conditions[c].vs_ceiling for c in beaten}
-        notes.append("A stronger trained condition exists: " + "; ".join(
-            f"**{c}** beats the designated ceiling by {_est_text(e)}" for c, e in vs.items() if e is not None)
-            + f". R against {a.ceiling!r} understates the real gap; \"recovers less than half\" means less than "
-              f"half of what {a.ceiling!r} gains, and the verdicts claim no more.")
+        notes.append(BeatenCeiling(a.ceiling, {c: e for c, e in vs.items() if e is not None}))
 
     rows: list[Row] = []
-    split: list[tuple[str, str, str]] = []  # (text, metric, its verdict there) where the metrics disagree
+    split: list[tuple[str, str, str, str]] = []  # where the metrics disagree
     for t in run.texts:
         if t not in g.usable:
-            rows.append(Row([t], None, f"no verdict: its cell did not succeed for every seed ({failure(g.cells[t])})",
-                            None, None, cost=g.costs.get(t, Cost())))
+            rows.append(Row([t], None, None, "", None, None, cost=g.costs.get(t, Cost()),
+                            no_verdict=NoVerdict("cell-failed", t, tuple(g.cells[t]))))
             continue
         twin = a.duplicates.get(t)
         if twin in a.texts:
@@ -261,117 +305,69 @@ def headline(run: Run, g: Group) -> Headline:
             "p_adjusted": r.p_adjusted}
         flags = []
         if twin == a.base:
-            flags.append(f"= {a.base} (identical scores)")
+            flags.append(Flag("same-as-base", value=a.base))
         for name, mm in a.metrics.items():
             if mm.conditions[t].flag:
-                flags.append(f"{_metric_name(g, name).split(' (')[0]}: {mm.conditions[t].flag}")
+                flags.append(Flag("metric-flag", metric=name, value=mm.conditions[t].flag))
         for name, other in v.by_metric.items():  # the same rules on the metric that does not decide, when they differ
             if name != v.metric and other not in (v.label, "uninformative", "inconclusive"):
-                flags.append(f"**{_metric_name(g, name).split(' (')[0]} says {other}**")
-                split.append((t, name, other))
-        rows.append(Row([t], v.label, v.reason, r_json, c.diff, c.clear, g.costs.get(t, Cost()), flags, v.n_needed))
+                flags.append(Flag("metric-says", metric=name, value=other))
+                split.append((t, v.label, name, other))
+        rows.append(Row([t], v.label, v.outcome, v.metric, r_json, c.diff, c.clear, g.costs.get(t, Cost()), flags,
+                        v.n_needed))
     for row in rows:  # identical prompts share one row; their costs may differ
         if len(row.texts) > 1:
-            row.flags.insert(0, f"{len(row.texts)} conditions, identical scores")
+            row.flags.insert(0, Flag("identical", n=len(row.texts)))
     if split:
-        notes.append("The metrics disagree: " + "; ".join(
-            f"**{t}** is {a.verdicts[t].label} on {_metric_name(g, metric).split(' (')[0]} but {lab} on "
-            f"{_metric_name(g, k).split(' (')[0]}" for t, k, lab in split)
-            + ". The verdict follows the deciding metric; a prompt that raises the gold answer's likelihood without "
-              "changing what the model answers has not closed the gap for a user who reads the answers.")
+        notes.append(MetricsDisagree(metric, split))
     notes += _noise_floors(run, g, metric)
     family = len(m.family)
     if a.n_seeds == 1:
-        notes.append("One seed: each verdict holds for this one trained ceiling and this one run of each search, "
-                     "not for the methods in general; run more seeds to see their spread.")
+        notes.append(OneSeed())
         for row in rows:
-            row.flags.append("one seed")
+            row.flags.append(Flag("one-seed"))
     if family > 1:
-        notes.append(f"Multiplicity: {family} distinct text prompts are judged against the ceiling on "
-                     f"{_metric_name(g, metric).split(' (')[0]}; their tests of R = {RECOVERY_THRESHOLD} are "
-                     f"Holm-corrected at {1 - a.confidence:.0%} (the p in the table is adjusted).")
+        notes.append(Multiplicity(family, metric, 1 - a.confidence))
         for row in rows:
             if row.r is not None and row.r.get("p_adjusted") is not None:
-                row.flags.append(f"family of {family} (Holm)")
+                row.flags.append(Flag("family", n=family))
     for name in (n for n in a.metrics if n != metric):
         flagged = [(t, a.metrics[name].conditions[t].flag) for t in dict.fromkeys([a.ceiling, *a.texts])
                    if t in a.metrics[name].conditions and a.metrics[name].conditions[t].flag]
         if flagged:
             by_flag: dict[str, list[str]] = {}
             for t, f in flagged:
+                assert f is not None
                 by_flag.setdefault(f, []).append(t)
-            notes.append(f"{_metric_name(g, name).split(' (')[0].capitalize()} cannot rank these prompts here ("
-                         + "; ".join(f"{FLAG_WORDS[f]}: {', '.join(ts)}" for f, ts in by_flag.items())
-                         + f"); the verdicts are decided on {_metric_name(g, metric).split(' (')[0]}.")
-    return Headline(g.model, g.task, metric, rows, line, notes, family, gain, beaten, a.n_boot)
+            notes.append(CannotRank(name, by_flag, metric))
+    return Headline(g.model, g.task, metric, rows, notes, family, gain, beaten, a.n_boot, base=a.base,
+                    ceiling=a.ceiling, gain_clear=m.ceiling_gain_clear, ceiling_flag=m.conditions[a.ceiling].flag,
+                    ceiling_cost=g.costs.get(a.ceiling, Cost()), per_token=g.per_token)
 
 
-def _noise_floors(run: Run, g: Group, metric: str) -> list[str]:
+def _noise_floors(run: Run, g: Group, metric: str) -> list[Note]:
     """For each `paraphrases` condition: the spread of its paraphrases' gains on test, each scored in its own cell."""
     a = g.analysis
     assert a is not None
     conditions = run.config.get("conditions") or {}
-    out = []
+    out: list[Note] = []
     for parent in dict.fromkeys(c.get("variant_of") for c in conditions.values() if c.get("variant_of")):
         variants = [c for c, spec in conditions.items() if spec.get("variant_of") == parent and c in g.usable]
-        diffs = sorted(((a.metrics[metric].conditions[c].diff, c) for c in variants
-                        if a.metrics[metric].conditions[c].diff is not None), key=lambda d: d[0].value)
+        diffs = sorted(((d, c) for c in variants if (d := a.metrics[metric].conditions[c].diff) is not None),
+                       key=lambda d: d[0].value)
         if len(diffs) < 2:
             continue
         mid = diffs[(len(diffs) - 1) // 2]
         (lo, lo_name), (hi, hi_name) = diffs[0], diffs[-1]
-        out.append(f"Noise floor of hand-writing: the {len(diffs)} instructions of **{parent}** (each scored on test "
-                   f"in its own cell) gain {_est_text(lo)} ({lo_name}, least) to {_est_text(hi)} "
-                   f"({hi_name}, most) over the base, median {_est_text(mid[0])}, on "
-                   f"{_metric_name(g, metric).split(' (')[0]}; {parent} itself is the one chosen on dev. A text "
-                   f"optimizer's gain inside this spread is no more than a choice of wording.")
+        out.append(NoiseFloor(parent, len(diffs), lo, lo_name, hi, hi_name, mid[0], metric))
     return out
 
 
-def headline_table(h: Headline, mark: Callable[[str], str] = lambda s: s) -> tuple[list[str], list[list[str]]]:
-    """The headline table's header and cells as text; ``mark`` emphasises the verdict (markdown, rich)."""
-    metric = "gold log-lik" if h.metric == "loglik" else "accuracy"
-    rows = []
-    for r in h.rows:
-        r_text = "—"
-        if r.r is not None:
-            r_text = f"{r.r['value']:.3f} [{r.r['lo']:.3f}, {r.r['hi']:.3f}]"
-            if r.r.get("p_adjusted") is not None:
-                r_text += f", p {format_p(r.r['p_adjusted'], h.n_boot, max(1, h.family))}"
-        verdict = r.reason if r.verdict is None else mark(r.verdict)
-        if r.verdict == "inconclusive" and r.n_needed:
-            verdict += f" (~{r.n_needed} examples would settle it)"
-        elif r.verdict == "uninformative":
-            verdict += f": {r.reason}"
-        rows.append([r.name, r_text, _est_text(r.delta) if r.delta is not None else "—", r.cost.text(), verdict,
-                     "; ".join(r.flags) or "—"])
-    return (["text prompt", f"R on {metric} [95% CI]", f"Δ {metric} vs base [95% CI]", "cost", "verdict", "flags"],
-            rows)
-
-
-def verdict_json(run: Run, groups: list[Group], stamp: dict[str, Any], audit: Any) -> dict[str, Any]:
-    """The headline as data, for pipelines; ``verdict.schema.json`` (package data) describes it."""
-    out: dict[str, Any] = {"schema": "promptgap-verdict/1", "run_id": run.run_id, "written": stamp["written"],
-                           "code": stamp["code"], "audit": {"passed": audit.passed,
-                                                            "failed": [i.title for i in audit.failed]}, "groups": []}
-    for g in groups:
-        h = headline(run, g)
-        a = g.analysis
-        out["groups"].append({
-            "model": g.model, "task": g.task, **({"train_size": g.train_size} if g.train_size is not None else {}),
-            "base": run.base, "ceiling": run.ceiling, "metric": h.metric,
-            "n_seeds": a.n_seeds if a else None, "n_examples": a.n_examples if a else None,
-            "confidence": a.confidence if a else None, "correction": "holm", "family_size": h.family,
-            "ceiling_gain": _est_json(h.ceiling_gain), "ceiling_beaten_by": h.beaten_by,
-            "no_verdict_reason": g.r_reason or g.stats_error,
-            "rows": [{"texts": r.texts, "verdict": r.verdict, "reason": r.reason, "R": r.r,
-                      "delta": _est_json(r.delta), "flags": r.flags, "n_needed": r.n_needed, "cost": r.cost.to_json()}
-                     for r in h.rows]})
-    return out
-
-
-def _est_json(e: Estimate | None) -> dict[str, float] | None:
-    return None if e is None else {"value": e.value, "lo": e.ci.lo, "hi": e.ci.hi}
+def overfit_note(g: Group) -> Overfitting | None:
+    """The headline's word on overfitting: the chosen trials whose curves warn (details in their own section)."""
+    flagged = [(c, seed, x.warnings) for c, per_seed in overfitting(g).items() for seed, checks in per_seed
+               for x in checks if x.winner and x.warnings]
+    return Overfitting(flagged) if flagged else None
 
 
 # --- sample-efficiency curves ----------------------------------------------------------------------------------------
@@ -391,6 +387,20 @@ class CurvePoint:
     share: Any = None  # RatioStats: (point − base) / (largest size − base)
 
 
+@dataclass(frozen=True)
+class Reach:
+    """Where a condition's gain first reaches ``REACH`` of its largest-size gain: ``kind`` "reached" (at ``size``,
+    with its ``gain`` and its ``share`` of the largest size's gain; None at the largest size itself), "no-largest"
+    (the condition or the base failed at the largest size), "no-gain" (``top``: no gain there) or "not-reached"."""
+
+    kind: str
+    size: int | None = None
+    gain: Estimate | None = None
+    share: RatioStats | None = None
+    top: Estimate | None = None
+    largest: int | None = None
+
+
 @dataclass
 class Curve:
     """Every condition of one model × task across its train sizes."""
@@ -401,7 +411,7 @@ class Curve:
     sizes: list[int]
     groups: list[Group]
     points: dict[str, list[CurvePoint]]
-    reach: dict[str, tuple[int | None, str]]  # condition -> (smallest size reaching REACH of its gain, in words)
+    reach: dict[str, Reach]  # condition -> where it reaches REACH of its largest-size gain
     per_token: bool = False
 
     @property
@@ -425,7 +435,7 @@ def curves(run: Run, groups: Sequence[Group], n_boot: int) -> list[Curve]:
             sizes = [g.train_size for g in gs if g.train_size is not None]
             largest = gs[-1]
             points: dict[str, list[CurvePoint]] = {}
-            reach: dict[str, tuple[int | None, str]] = {}
+            reach: dict[str, Reach] = {}
             for c in run.conditions:
                 if c == run.base:
                     continue
@@ -442,15 +452,15 @@ def curves(run: Run, groups: Sequence[Group], n_boot: int) -> list[Curve]:
 
 
 def _reach(run: Run, largest: Group, gs: Sequence[Group], c: str, pts: list[CurvePoint], metric: str,
-           n_boot: int) -> tuple[int | None, str]:
+           n_boot: int) -> Reach:
     """The smallest train size whose point estimate of the gain reaches ``REACH`` of the largest size's, with the
     gain's interval there and the share of the largest-size gain it is (paired bootstrap over the test examples)."""
     top = pts[-1].gain
     base_cells = largest.cells.get(run.base or "", [])
     if top is None or not base_cells or not all(x.ok for x in base_cells):
-        return None, "not defined: the condition or the base did not succeed at the largest train size"
+        return Reach("no-largest")
     if top.value <= 0:
-        return None, f"not defined: no gain at the largest train size ({_est_text(top)})"
+        return Reach("no-gain", top=top)
     for p, g in zip(pts, gs, strict=True):
         if p.gain is None or p.gain.value < REACH * top.value:
             continue
@@ -463,15 +473,8 @@ def _reach(run: Run, largest: Group, gs: Sequence[Group], c: str, pts: list[Curv
             except UserError:
                 share = None
         p.share = share
-        text = f"train {p.size}: gain {_est_text(p.gain)}"
-        if share is not None and share.value is not None and share.ci is not None:
-            text += f", {share.value:.2f} [{share.ci.lo:.2f}, {share.ci.hi:.2f}] of the train-{pts[-1].size} gain"
-        elif share is not None:
-            text += f" (its share of the train-{pts[-1].size} gain is undefined: that gain is not clearly positive)"
-        else:
-            text += " (the largest size itself)"
-        return p.size, text
-    return None, "not reached"  # unreachable: the largest size reaches its own gain
+        return Reach("reached", p.size, p.gain, share, top, pts[-1].size)
+    return Reach("not-reached")  # unreachable: the largest size reaches its own gain
 
 
 # --- transfer --------------------------------------------------------------------------------------------------------
@@ -582,6 +585,21 @@ def transfers(run: Run, n_boot: int) -> list[TransferBlock]:
 
 
 # --- overfitting -----------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FitWarning:
+    """What a trial's curves warn of: ``kind`` "first-evaluation" (the dev-selected ``step`` is the first
+    evaluation) or "dev-rises" (after ``step`` train loss falls ``train_from`` -> ``train_to`` while dev loss rises
+    ``dev_from`` -> ``dev_to``, at ``last_step``)."""
+
+    kind: str
+    step: int
+    train_from: float | None = None
+    train_to: float | None = None
+    dev_from: float | None = None
+    dev_to: float | None = None
+    last_step: int | None = None
+
+
 @dataclass
 class FitCheck:
     """One trial's train and dev curves (log.json): the dev-selected step, the losses there, and the warnings."""
@@ -592,7 +610,7 @@ class FitCheck:
     evaluations: int
     train_loss: float | None  # mean train loss over the steps up to the selected evaluation
     dev_loss: float | None
-    warnings: list[str]
+    warnings: list[FitWarning]
 
     @property
     def gap(self) -> float | None:
@@ -636,17 +654,14 @@ def _fit_check(label: str, curve: list[dict[str, Any]], selected: Any, status: s
         return check
     check.dev_loss, check.train_loss = at[1], at[2]
     if at is evals[0]:
-        check.warnings.append(f"the dev-selected step is the first evaluation (step {at[0]}"
-                              + (", before any training" if at[0] == 0 else "")
-                              + "): nothing learned on train improved dev")
+        check.warnings.append(FitWarning("first-evaluation", at[0]))
     after = evals[evals.index(at):]
     first_train = next((e[2] for e in after if e[2] is not None), None)
     last = after[-1]
     if len(after) > 1 and first_train is not None and last[2] is not None and last[2] < first_train \
             and last[1] > at[1] and _falls(windows[evals.index(next(e for e in after if e[2] is not None))],
                                            windows[len(evals) - 1]):
-        check.warnings.append(f"after step {at[0]} train loss falls ({first_train:.3f} -> {last[2]:.3f}) while dev "
-                              f"loss rises ({at[1]:.3f} -> {last[1]:.3f}, step {last[0]})")
+        check.warnings.append(FitWarning("dev-rises", at[0], first_train, last[2], at[1], last[1], last[0]))
     return check
 
 

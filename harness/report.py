@@ -1,11 +1,13 @@
-"""The run report: reads a ``results/<run-id>/`` folder and writes ``reports/<run-id>.md`` (verdict first) and figures.
+"""The markdown run report: writes ``reports/<run-id>.md`` (verdict first), its figures and ``verdict.json`` from a
+loaded run folder and the validity audit's result, which the caller runs beside it (``harness.cli.report_run``).
 
 Sections, in order: the verdict per (model, task[, train size]) in words with the intervals behind it; a table of
 conditions; the gap ratio R on both metrics; with several train sizes, the sample-efficiency curves; with a
 ``[transfer]`` table, the transfer matrix and its leakage counts; the trained and searched conditions' train and dev
 curves with overfitting flagged; figures; the final prompts as text; the setup (splits, models, environment, the
-command); a validity checklist computed from the run folder itself. Every number comes from ``harness.stats`` on the
-per-example ``scores.jsonl`` lines, or is read from the run folder, so a reader can re-derive it.
+command); the validity checklist (the audit's items). Every number comes from ``harness.stats`` on the per-example
+``scores.jsonl`` lines, or is read from the run folder, so a reader can re-derive it; the findings
+(``harness.findings``) are worded by ``harness.wording``, and this module only formats them as markdown.
 
 Conditions enter the statistics only when their cell succeeded for every seed; failed or missing cells are listed,
 never dropped silently. R is never printed when it cannot be computed (no ceiling in the config, a role condition
@@ -22,13 +24,12 @@ import logging
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from harness import provenance
+from harness import provenance, wording
 from harness.artifact import PromptArtifact
 from harness.atomic import atomic_dir, write_atomic, write_json
-from harness.audit import Audit, audit, item_lines
 from harness.figures import (
     curves_figure,
     differences_figure,
@@ -44,29 +45,22 @@ from harness.findings import (
     TransferBlock,
     analyze_groups,
     curves,
-    failure,
     headline,
-    headline_table,
+    overfit_note,
     overfitting,
     transfers,
-    verdict_json,
 )
 from harness.names import check_inside
 from harness.render import SLOT
-from harness.run_folder import Run, is_number, load_run
-from harness.stats import (
-    DEFAULT_N_BOOT,
-    FLAG_WORDS,
-    METRIC_LABELS,
-    RECOVERY_THRESHOLD,
-    Analysis,
-    Estimate,
-    Interval,
-    format_p,
-)
+from harness.run_folder import Run, is_number
+from harness.stats import DEFAULT_N_BOOT, RECOVERY_THRESHOLD, Analysis, Estimate, Interval
+from harness.verdict_file import verdict_json
+from harness.wording import FLAG_WORDS, METRIC_LABELS, failure, format_p
+
+if TYPE_CHECKING:  # the audit's result is handed in by the caller, which runs the audit
+    from harness.audit import Audit, Item
 
 log = logging.getLogger(__name__)
-
 
 
 # --- formatting ------------------------------------------------------------------------------------------------------
@@ -125,6 +119,10 @@ def _direction(clear: int) -> str:
     return DIRECTIONS.get(clear, "no clear difference from the base")
 
 
+def _stats_error(g: Group) -> str:
+    return wording.no_verdict(g.stats_error) if g.stats_error else ""
+
+
 def _role_name(run: Run, c: str) -> str:
     role = run.role(c)
     return f"{c} ({role})" if role else c
@@ -159,21 +157,15 @@ def _headline_section(run: Run, groups: list[Group]) -> list[str]:
            f"verdict needs R's interval on one side of {RECOVERY_THRESHOLD}; flags say what limits it.", ""]
     for g in groups:
         h = headline(run, g)
-        out += [f"### {g.name}", "", h.ceiling_line, ""]
+        out += [f"### {g.name}", "", wording.markdown(wording.ceiling_line(h)), ""]
         if h.metric is None:
             continue
-        out += _table(*headline_table(h, lambda s: f"**{s}**")) + [""]
-        notes = h.notes + _overfit_notes(g)
-        out += [f"- {n}" for n in notes] + ([""] if notes else [])
+        header, cells = wording.headline_table(h)
+        out += _table(header, [[wording.markdown(c) for c in row] for row in cells]) + [""]
+        overfit = overfit_note(g)
+        notes = [*h.notes, *([overfit] if overfit else [])]
+        out += [f"- {wording.markdown(wording.note(n, h.per_token))}" for n in notes] + ([""] if notes else [])
     return out
-
-
-def _overfit_notes(g: Group) -> list[str]:
-    """The headline's word on overfitting: the chosen trials whose curves warn (details in their own section)."""
-    flagged = [f"{c} (seed {seed}): {'; '.join(x.warnings)}" for c, per_seed in overfitting(g).items()
-               for seed, checks in per_seed for x in checks if x.winner and x.warnings]
-    return [f"Overfitting flagged on the chosen trial of {len(flagged)} condition(s): " + " · ".join(flagged)
-            + " (see Training curves and overfitting)."] if flagged else []
 
 
 def _verdict_section(run: Run, groups: list[Group]) -> list[str]:
@@ -181,12 +173,12 @@ def _verdict_section(run: Run, groups: list[Group]) -> list[str]:
     for g in groups:
         out += [f"### {g.name}", ""]
         a = g.analysis
-        if g.r_reason is not None:
-            out += [f"**R cannot be computed**: {g.r_reason}. No verdict is given.", ""]
+        if g.no_r is not None:
+            out += [f"**R cannot be computed**: {wording.no_verdict(g.no_r)}. No verdict is given.", ""]
             if a is not None and g.has_base:
                 out += _base_differences(run, g)
             elif g.stats_error:
-                out += [f"No statistics: {g.stats_error}.", ""]
+                out += [f"No statistics: {wording.no_verdict(g.stats_error)}.", ""]
             continue
         assert a is not None and a.ceiling is not None
         pct = round(a.confidence * 100)
@@ -209,10 +201,10 @@ def _verdict_section(run: Run, groups: list[Group]) -> list[str]:
             v = a.verdicts[t]
             name = " = ".join([t, *twins])
             others = "; ".join(f"{METRIC_LABELS[k][0]}: {lab}" for k, lab in v.by_metric.items() if k != v.metric)
-            out.append(f"- **{name}**: **{v.label}**: {v.reason}." + (f" (Other metric, not deciding: {others}.)"
-                                                                      if others else ""))
+            out.append(f"- **{name}**: **{v.label}**: {wording.reason(v.outcome, v.metric)}."
+                       + (f" (Other metric, not deciding: {others}.)" if others else ""))
         out += ["", "<details><summary>The full reasoning per text prompt</summary>", ""]
-        out += [f"- {a.verdicts[t].explanation}" for t in run.texts if t in g.usable and t in a.verdicts
+        out += [f"- {wording.explanation(a, t)}" for t in run.texts if t in g.usable and t in a.verdicts
                 and a.duplicates.get(t) not in a.texts]
         out += ["", "</details>", ""]
     return out
@@ -271,13 +263,13 @@ def _conditions_section(run: Run, groups: list[Group]) -> list[str]:
                     (_est(ll.diff, signed=True) if comparable else "— †") if diff else "—",
                     f"{_p(acc.mcnemar.p)} (b={acc.mcnemar.b}, c={acc.mcnemar.c})"
                     if diff and acc.mcnemar is not None else "—",
-                    g.costs[c].text(), flags or "—", f"{a.n_seeds} × {a.n_examples}",
+                    wording.cost(g.costs[c]), flags or "—", f"{a.n_seeds} × {a.n_examples}",
                 ])
             else:
                 n_ok = sum(x.ok for x in cells)
                 status = "; ".join(f"{x.status} (seed {x.seed})" + (f": {x.error}" if x.error else "")
-                                   for x in cells if not x.ok) or "excluded: " + (g.stats_error or "")
-                rows.append([_role_name(run, c), fmt, "—", "—", "—", "—", "—", g.costs[c].text(), status,
+                                   for x in cells if not x.ok) or "excluded: " + _stats_error(g)
+                rows.append([_role_name(run, c), fmt, "—", "—", "—", "—", "—", wording.cost(g.costs[c]), status,
                              f"{n_ok}/{len(cells)} seeds ok"])
         out += _table(["condition", "format", "accuracy [95% CI]", "gold NLL (mean)", "Δ accuracy vs base [CI]",
                        "Δ gold log-lik vs base [CI]", "McNemar p vs base", "cost (mean over seeds)",
@@ -313,13 +305,13 @@ def _conditions_section(run: Run, groups: list[Group]) -> list[str]:
                     if e is not None and e.ci.method != "wilson"]
             why: dict[str, int] = {}
             for e in ests:
-                if e.ci.note:
-                    reason = e.ci.note.removeprefix("BCa not used: ")
+                if e.ci.bca_skipped:
+                    reason = wording.bca_skipped(e.ci.bca_skipped)
                     why[reason] = why.get(reason, 0) + 1
             notes += [f"Percentile instead of BCa for {k} of {len(ests)} bootstrap intervals in this table: {w}."
                       for w, k in why.items()]
         if g.stats_error:
-            notes.append(f"Statistics: {g.stats_error}.")
+            notes.append(f"Statistics: {_stats_error(g)}.")
         if any(c not in g.usable for c in run.conditions):
             notes.append("Conditions that did not succeed for every seed are excluded from all statistics.")
         out += [f"- {n}" for n in notes] + [""]
@@ -353,8 +345,8 @@ def _ratio_section(run: Run, groups: list[Group]) -> list[str]:
            "on that metric.", ""]
     for g in groups:
         out += [f"### {g.name}", ""]
-        if g.r_reason is not None:
-            out += [f"R is **undefined** for every text condition: {g.r_reason}.", ""]
+        if g.no_r is not None:
+            out += [f"R is **undefined** for every text condition: {wording.no_verdict(g.no_r)}.", ""]
             continue
         a = g.analysis
         assert a is not None and a.ceiling is not None
@@ -376,7 +368,8 @@ def _ratio_section(run: Run, groups: list[Group]) -> list[str]:
             for metric in ("loglik", "accuracy"):
                 r = a.metrics[metric].ratios[t]
                 if r.value is None or r.ci is None:
-                    row.append(f"undefined: {r.reason}")
+                    assert r.undefined is not None
+                    row.append(f"undefined: {wording.undefined(r.undefined)}")
                     continue
                 s = f"{_num(r.value, 3)} {_iv(r.ci, 3)} ({r.ci.method}), p {_pv(r.p, g)}"
                 if r.seed_t is not None:
@@ -425,7 +418,7 @@ def _ratio_text(r: Any, d: int = 3) -> str:
     if r is None:
         return "—"
     if r.value is None or r.ci is None:
-        return f"undefined ({r.reason})"
+        return f"undefined ({wording.undefined(r.undefined)})"
     return f"{_num(r.value, d)} {_iv(r.ci, d)}"
 
 
@@ -443,7 +436,8 @@ def _efficiency_section(run: Run, found: list[Curve], fig_dir: Path, link_dir: s
         unit = "nats per token" if cv.per_token else "nats per example"
         metric = f"gold log-likelihood ({unit})" if cv.metric == "loglik" else "accuracy"
         out += [f"### {cv.name}", "", f"Gain over the base {run.base!r} on {metric}, by train size:", ""]
-        rows = [[_role_name(run, c)] + [_ci(p.gain) for p in pts] + [cv.reach[c][1]] for c, pts in cv.points.items()]
+        rows = [[_role_name(run, c)] + [_ci(p.gain) for p in pts] + [wording.reach(cv.reach[c])]
+                for c, pts in cv.points.items()]
         out += _table(["condition"] + [f"train {n}" for n in cv.sizes] + [f"reaches {REACH:.0%} of its largest gain"],
                       rows) + [""]
         texts = [c for c in run.texts if c in cv.points]
@@ -540,7 +534,7 @@ def _overfitting_section(run: Run, groups: list[Group]) -> list[str]:
                                  _num(x.train_loss, 3) if x.train_loss is not None else "—",
                                  _num(x.dev_loss, 3) if x.dev_loss is not None else "—",
                                  _num(x.gap, 3, signed=True) if x.gap is not None else "—",
-                                 "; ".join(x.warnings) or "—"])
+                                 "; ".join(wording.fit_warning(w) for w in x.warnings) or "—"])
         out += _table(["condition", "seed", "trial", "selected step", "train loss", "dev loss", "gap", "warnings"],
                       rows) + [""]
     return out
@@ -554,7 +548,7 @@ def _figures_section(run: Run, groups: list[Group], fig_dir: Path, link_dir: str
         out += [f"### {g.name}", ""]
         a = g.analysis
         if a is None:
-            out += [f"No figures: {g.stats_error}.", ""]
+            out += [f"No figures: {_stats_error(g)}.", ""]
             continue
         roles = [run.role(c) for c in g.usable]
         stem = _file_name(g.model, g.task, *([f"train{g.train_size}"] if g.train_size is not None else []))
@@ -770,6 +764,19 @@ def _provenance_lines(run: Run) -> list[str]:
     return out
 
 
+MARKS = {"pass": "✅", "fail": "❌", "warn": "⚠️", "n/a": "➖"}
+
+
+def item_lines(item: Item) -> list[str]:
+    """An audit item as markdown list lines."""
+    label = " (reported by the condition)" if item.reported else ""
+    out = [f"- {MARKS[item.status]} **{item.title}**{label}: {item.evidence}."]
+    out += [f"  - {p}" for p in item.shown]
+    if item.hidden:
+        out.append(f"  - … and {item.hidden} more")
+    return out
+
+
 def _checklist_section(result: Audit) -> list[str]:
     out = ["## Validity checklist", "",
            f"`promptgap check {result.run_id}` when this report was written: **{result.summary()}**. Each item is "
@@ -781,69 +788,36 @@ def _checklist_section(result: Audit) -> list[str]:
 
 
 # --- writing ---------------------------------------------------------------------------------------------------------
-def render_report(run: Run, fig_dir: Path, n_boot: int) -> str:
-    """The markdown of the report; figures are drawn into ``fig_dir`` and linked as ``<run-id>/<file>``."""
-    result = audit(run, with_report=False)
+def render_report(run: Run, checked: Audit, fig_dir: Path, n_boot: int) -> str:
+    """The markdown of the report, with ``checked`` (the audit of ``run``, without its report item) as its checklist;
+    figures and verdict.json are drawn into ``fig_dir`` and linked as ``<run-id>/<file>``."""
     stamp = {"run_id": run.run_id, "written": provenance.now(),
              "code": {k: v for k, v in provenance.code_state().items() if k in ("version", "commit", "dirty")}}
     groups = analyze_groups(run, n_boot)
     link_dir = quote(run.run_id)
-    write_json(fig_dir / "verdict.json", verdict_json(run, groups, stamp, result))
-    lines = (_header(run, stamp, result) + _headline_section(run, groups) + _verdict_section(run, groups)
+    write_json(fig_dir / "verdict.json", verdict_json(run, groups, stamp, checked))
+    lines = (_header(run, stamp, checked) + _headline_section(run, groups) + _verdict_section(run, groups)
              + _conditions_section(run, groups) + _ratio_section(run, groups)
              + _efficiency_section(run, curves(run, groups, n_boot), fig_dir, link_dir)
              + _transfer_section(run, transfers(run, n_boot), fig_dir, link_dir) + _overfitting_section(run, groups)
              + _figures_section(run, groups, fig_dir, link_dir)
-             + _prompts_section(run, groups) + _setup_section(run) + _checklist_section(result))
+             + _prompts_section(run, groups) + _setup_section(run) + _checklist_section(checked))
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
-def write_report(run_dir: Path, reports_dir: Path = Path("reports"), n_boot: int | None = None) -> Path:
+def write_report(run: Run, checked: Audit, reports_dir: Path = Path("reports"), n_boot: int | None = None) -> Path:
     """Write ``reports_dir/<run-id>.md`` and its figures in ``reports_dir/<run-id>/``; return the markdown's path.
 
-    ``n_boot`` defaults to the run config's ``run.n_boot`` (else the stats module's default). The figures are drawn
-    into a temp folder and the markdown is rendered before anything is replaced, so a failure leaves the previous
-    report whole.
+    ``checked`` is the audit's result for ``run``, run by the caller beside the report. ``n_boot`` defaults to the
+    run config's ``run.n_boot`` (else the stats module's default). The figures are drawn into a temp folder and the
+    markdown is rendered before anything is replaced, so a failure leaves the previous report whole.
     """
-    run = load_run(Path(run_dir))
     if n_boot is None:
         n_boot = int((run.config.get("run") or {}).get("n_boot") or DEFAULT_N_BOOT)
     reports_dir = Path(reports_dir)
     md_path = check_inside(reports_dir, reports_dir / f"{run.run_id}.md")
     with atomic_dir(reports_dir / run.run_id, root=reports_dir) as fig_dir:
-        text = render_report(run, fig_dir, n_boot)
+        text = render_report(run, checked, fig_dir, n_boot)
     write_atomic(md_path, text)
     log.info("report written: %s", md_path)
     return md_path
-
-
-def print_headlines(run_dir: Path, n_boot: int | None = None) -> None:
-    """The headline tables in the terminal (rich): what the report's first screen says."""
-    import shutil
-
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
-
-    run = load_run(Path(run_dir))
-    n_boot = n_boot or int((run.config.get("run") or {}).get("n_boot") or DEFAULT_N_BOOT)
-    console = Console(highlight=False, width=max(120, shutil.get_terminal_size((120, 40)).columns))
-    for g in analyze_groups(run, n_boot):
-        h = headline(run, g)
-        console.print(f"\n[bold]{escape(g.name)}[/]")
-        console.print(escape(h.ceiling_line.replace("**", "")))
-        if h.metric is None:
-            continue
-        header, rows = headline_table(h, lambda v: f"\0{v}\0")
-        # flags every row shares are said once, under the table
-        common = set.intersection(*(set(r[-1].split("; ")) for r in rows)) - {"—"} if rows else set()
-        table = Table(*header, show_lines=False)
-        for row in rows:
-            flags = "; ".join(f for f in row[-1].split("; ") if f not in common) or "—"
-            table.add_row(*(escape(c).replace("\0", "[bold]", 1).replace("\0", "[/]", 1)
-                            for c in [*row[:-1], flags]))
-        console.print(table)
-        if common:
-            console.print(f"Every row: {escape('; '.join(sorted(common)))}", style="dim")
-        for note in h.notes:
-            console.print(f"- {escape(note.replace('**', ''))}", style="dim")

@@ -1,4 +1,5 @@
-"""Paired statistics over conditions scored on the same test examples: means, differences, the gap ratio R, verdicts.
+"""Paired statistics over conditions scored on the same test examples: means, differences, the gap ratio R, verdicts,
+as numbers and labels only (``harness.wording`` puts them into words).
 
 Inputs
 ------
@@ -23,16 +24,16 @@ sizes) is the mean of the drawn seeds' means. Point estimates are the plain mean
 Intervals (two-sided, ``confidence`` = 0.95 by default): the percentile interval is always reported
 (``Estimate.percentile``). The interval used for decisions (``Estimate.ci``) is BCa (bias-corrected and accelerated;
 bias from the mid-rank of the estimate among the replicates, acceleration from the jackknife over examples, as
-scipy.stats.bootstrap) when there is one seed and BCa is defined; otherwise it is the percentile interval with a
-``note`` saying why (several seeds, all replicates equal, jackknife variance 0, ...).
+scipy.stats.bootstrap) when there is one seed and BCa is defined; otherwise it is the percentile interval with
+``bca_skipped`` saying why (several seeds, all replicates equal, jackknife variance 0, ...).
 
 The gap ratio
 -------------
 ``R = (mean_text - mean_base) / (mean_ceiling - mean_base)``, from the per-example differences to the base. R is only
 reported when the ceiling's gain is clearly positive, i.e. the lower bound of its difference-from-base ``ci`` is
-> 0; otherwise ``RatioStats.value`` is None and ``reason`` says why. Replicates whose ceiling gain is exactly 0 have
-no ratio; they are left out of R's interval and counted in ``RatioStats.n_excluded``. Replicates with a negative
-ceiling gain are kept (they widen the interval, as they should).
+> 0; otherwise ``RatioStats.value`` is None and ``undefined`` holds the numbers that say why. Replicates whose
+ceiling gain is exactly 0 have no ratio; they are left out of R's interval and counted in ``RatioStats.n_excluded``.
+Replicates with a negative ceiling gain are kept (they widen the interval, as they should).
 
 Proportions, seeds, multiplicity
 --------------------------------
@@ -77,10 +78,6 @@ from harness.errors import UserError
 METRICS = ("accuracy", "loglik")
 DEFAULT_N_BOOT = 10_000
 RECOVERY_THRESHOLD = 0.5  # "the text recovers most of the gap" means R > this, with confidence
-METRIC_LABELS = {
-    "loglik": ("gold log-likelihood", "minus the gold NLL in nats, per token for continuation tasks; higher is better"),
-    "accuracy": ("accuracy", "fraction correct"),
-}
 # cells of the per-chunk count matrix: bounds memory (~16 MB of float64) whatever n_boot and the data size are
 _CHUNK_CELLS = 2_000_000
 # spreads this small relative to the estimate are float rounding, not sampling variation
@@ -88,15 +85,29 @@ _TINY = 1e-12
 
 
 # --- results ---------------------------------------------------------------------------------------------------------
+# why BCa was not used for a bootstrap interval (the percentile interval was): BcaSkip.kind
+BCA_SKIPS = ("several-seeds", "equal-replicates", "no-jackknife", "jackknife-undefined", "jackknife-zero",
+             "outside-distribution", "acceleration", "degenerate-levels")
+
+
+@dataclass(frozen=True)
+class BcaSkip:
+    """Why an interval is the percentile one and not BCa: ``kind`` from ``BCA_SKIPS``; ``acceleration`` is the value
+    that was too large (kind "acceleration")."""
+
+    kind: str
+    acceleration: float | None = None
+
+
 @dataclass(frozen=True)
 class Interval:
     """A two-sided confidence interval; ``method`` is "bca", "percentile", "wilson" (a proportion) or "t" (over
-    seeds); ``note`` says why BCa was not used."""
+    seeds); ``bca_skipped`` says why BCa was not used."""
 
     lo: float
     hi: float
     method: str
-    note: str | None = None
+    bca_skipped: BcaSkip | None = None
 
     def contains(self, x: float) -> bool:
         return self.lo <= x <= self.hi
@@ -183,8 +194,19 @@ class ConditionStats:
 
 
 @dataclass(frozen=True)
+class Undefined:
+    """Why R is undefined: the ceiling's gain over the base, ``gain``, is not clearly positive. When its interval
+    lies above 0 another test disagreed: the exact McNemar test (``mcnemar_p``) or the t-interval over seeds
+    (``seed_t``)."""
+
+    gain: Estimate
+    mcnemar_p: float | None = None
+    seed_t: Interval | None = None
+
+
+@dataclass(frozen=True)
 class RatioStats:
-    """R for one text condition; ``value`` is None (and ``reason`` set) when R is undefined.
+    """R for one text condition; ``value`` is None (and ``undefined`` set) when R is undefined.
 
     ``p`` tests R = 0.5 (two-sided) by the same bootstrap and method as ``ci``, so ``ci`` excludes 0.5 exactly when
     ``p`` < 1 - confidence. With several seeds ``seed_t`` is the t-interval over per-seed R; ``decision`` is the
@@ -196,7 +218,7 @@ class RatioStats:
     value: float | None
     ci: Interval | None
     percentile: Interval | None
-    reason: str | None
+    undefined: Undefined | None
     n_excluded: int  # bootstrap replicates with a ceiling gain of exactly 0, left out of the intervals
     p: float | None = None
     seed_t: SeedT | None = None
@@ -215,21 +237,48 @@ class MetricAnalysis:
     family: list[str] = dataclasses.field(default_factory=list)  # the texts whose R is tested, Holm-corrected
 
 
+# the rule that gave an outcome (Outcome.rule), in the order ``verdict`` applies them
+RULES = ("same-as-base", "uninformative", "only-text-improves", "neither-improves", "r-above", "r-below", "r-undecided")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the verdict rules give one text condition on one metric: ``label`` and the ``rule`` that fired (from
+    ``RULES``), with what that rule cites. "uninformative": ``who`` ("ceiling" or "text"), ``condition`` and its
+    ``flag``. The R rules: ``p_adjusted`` (Holm over ``family``; ``n_boot`` bounds what the bootstrap resolves) and,
+    undecided, ``n_needed``: roughly how many test examples per seed would shrink R's interval to exclude 0.5, from
+    the observed variance (None when no number of examples would)."""
+
+    label: str
+    rule: str
+    who: str | None = None
+    condition: str | None = None
+    flag: str | None = None
+    p_adjusted: float | None = None
+    family: int = 1
+    n_boot: int = 0
+    n_needed: int | None = None
+
+
 @dataclass(frozen=True)
 class Verdict:
-    """The verdict for one text condition, decided on ``metric``; ``by_metric`` applies the same rules per metric.
-
-    ``reason`` is the rule that fired, in one sentence; ``n_needed`` (inconclusive only) is roughly how many test
-    examples per seed would shrink R's interval to exclude 0.5, from the observed variance (None when no number of
-    examples would, or R is undefined)."""
+    """The verdict for one text condition, decided on ``metric``; ``by_metric`` applies the same rules per metric,
+    ``outcomes`` holds each metric's outcome with what its rule cites."""
 
     text: str
     label: str
     metric: str
     by_metric: dict[str, str]
-    explanation: str
-    reason: str = ""
-    n_needed: int | None = None
+    outcomes: dict[str, Outcome]
+
+    @property
+    def outcome(self) -> Outcome:
+        """The deciding metric's outcome."""
+        return self.outcomes[self.metric]
+
+    @property
+    def n_needed(self) -> int | None:
+        return self.outcome.n_needed
 
 
 @dataclass(frozen=True)
@@ -422,39 +471,39 @@ def _percentile(reps: np.ndarray, alpha: float) -> Interval:
     return Interval(float(lo), float(hi), "percentile")
 
 
-def _bca_params(theta: float, reps: np.ndarray, loo: np.ndarray | None) -> tuple[float, float] | str:
-    """BCa's bias correction z0 and acceleration, or the reason BCa is undefined. ``loo``: leave-one-out estimates."""
+def _bca_params(theta: float, reps: np.ndarray, loo: np.ndarray | None) -> tuple[float, float] | BcaSkip:
+    """BCa's bias correction z0 and acceleration, or why BCa is undefined. ``loo``: leave-one-out estimates."""
     scale = max(1.0, abs(theta))
     if np.ptp(reps) <= _TINY * scale:
-        return "all bootstrap replicates are equal"
+        return BcaSkip("equal-replicates")
     if loo is None:
-        return "no jackknife estimates"
+        return BcaSkip("no-jackknife")
     if loo.size < 3 or not np.all(np.isfinite(loo)):
-        return "the jackknife is undefined (too few examples, or a leave-one-out estimate has a zero denominator)"
+        return BcaSkip("jackknife-undefined")
     if np.ptp(loo) <= _TINY * scale:
-        return "the jackknife variance is 0"
+        return BcaSkip("jackknife-zero")
     u = loo.mean() - loo  # the (n - 1) factor of the jackknife influence cancels in the acceleration
     accel = float((u**3).sum() / (6 * (u**2).sum() ** 1.5))
     # mid-rank: replicates tied with the estimate count half, as scipy does (accuracy means tie often)
     p0 = (np.sum(reps < theta) + np.sum(reps <= theta)) / (2 * reps.size)
     if not 0 < p0 < 1:
-        return "the estimate lies outside the bootstrap distribution"
+        return BcaSkip("outside-distribution")
     return float(ndtri(p0)), accel
 
 
-def _bca(theta: float, reps: np.ndarray, loo: np.ndarray | None, alpha: float) -> Interval | str:
-    """BCa interval, or the reason it is undefined."""
+def _bca(theta: float, reps: np.ndarray, loo: np.ndarray | None, alpha: float) -> Interval | BcaSkip:
+    """BCa interval, or why it is undefined."""
     params = _bca_params(theta, reps, loo)
-    if isinstance(params, str):
+    if isinstance(params, BcaSkip):
         return params
     z0, accel = params
     z = ndtri(np.array([alpha / 2, 1 - alpha / 2]))
     shrink = 1 - accel * (z0 + z)
     if np.any(shrink <= 0):
-        return f"the acceleration ({accel:.3g}) is too large for the BCa adjustment"
+        return BcaSkip("acceleration", accel)
     levels = ndtr(z0 + (z0 + z) / shrink)
     if not (np.all(np.isfinite(levels)) and levels[0] < levels[1]):
-        return "the BCa levels are degenerate"
+        return BcaSkip("degenerate-levels")
     lo, hi = np.quantile(reps, levels)
     return Interval(float(lo), float(hi), "bca")
 
@@ -468,7 +517,7 @@ def _p_value(theta: float, reps: np.ndarray, loo: np.ndarray | None, ci: Interva
     tail = (np.sum(reps < null) + np.sum(reps <= null)) / (2 * reps.size)
     if ci.method == "bca":
         params = _bca_params(theta, reps, loo)
-        if not isinstance(params, str):
+        if not isinstance(params, BcaSkip):
             z0, accel = params
             w = float(ndtri(min(max(tail, 0.5 / reps.size), 1 - 0.5 / reps.size))) - z0
             tail = float(ndtr(w / (1 + accel * w) - z0))
@@ -494,10 +543,11 @@ def wilson(k: int, n: int, confidence: float) -> Interval:
     return Interval(float(ci.low), float(ci.high), "wilson")
 
 
-def _estimate(theta: float, reps: np.ndarray, loo: np.ndarray | None, alpha: float, why_not: str | None) -> Estimate:
+def _estimate(theta: float, reps: np.ndarray, loo: np.ndarray | None, alpha: float,
+              why_not: BcaSkip | None) -> Estimate:
     pct = _percentile(reps, alpha)
     bca = why_not if why_not is not None else _bca(theta, reps, loo, alpha)
-    ci = bca if isinstance(bca, Interval) else dataclasses.replace(pct, note=f"BCa not used: {bca}")
+    ci = bca if isinstance(bca, Interval) else dataclasses.replace(pct, bca_skipped=bca)
     return Estimate(float(theta), ci, pct)
 
 
@@ -529,14 +579,6 @@ def _mcnemar(x: np.ndarray, base: np.ndarray) -> McNemar:
     return McNemar(int(b.sum()), int(c.sum()), mcnemar_exact(b.sum(), c.sum()), per_seed)
 
 
-def _fmt_ci(est: Estimate) -> str:
-    return f"{est.value:+.3f} [{est.ci.lo:+.3f}, {est.ci.hi:+.3f}]"
-
-
-def _fmt_iv(iv: Interval) -> str:
-    return f"[{iv.lo:+.3f}, {iv.hi:+.3f}]"
-
-
 # --- the analysis ----------------------------------------------------------------------------------------------------
 def analyze(
     scores: Mapping[str, Mapping[str, Any]],
@@ -565,7 +607,7 @@ def analyze(
         raise UserError(f"deciding metric {deciding!r} was not scored; use one of {', '.join(data)}")
     alpha = 1 - confidence
     n_seeds, n = next(iter(data[next(iter(data))].values())).shape
-    why_not = "several seeds: the hierarchical bootstrap reports percentile intervals" if n_seeds > 1 else None
+    why_not = BcaSkip("several-seeds") if n_seeds > 1 else None
     others = [c for c in names if c != base]
     rivals = [c for c in names if c not in (base, ceiling)] if ceiling is not None else []
 
@@ -660,18 +702,18 @@ def _duplicates(data: dict[str, dict[str, np.ndarray]], names: list[str]) -> dic
 
 def _ratio(
     text: str, d_text: np.ndarray, d_ceil: np.ndarray, rep_text: np.ndarray, rep_ceil: np.ndarray,
-    ceiling: ConditionStats, gain_clear: bool, alpha: float, why_not: str | None,
+    ceiling: ConditionStats, gain_clear: bool, alpha: float, why_not: BcaSkip | None,
 ) -> RatioStats:
     zero = rep_ceil == 0
     n_excluded = int(zero.sum())
     gain = ceiling.diff
     assert gain is not None
     if not gain_clear:
-        why = f"ceiling gain not clearly positive: {_fmt_ci(gain)}"
+        why = Undefined(gain)
         if ceiling.mcnemar is not None and gain.ci.lo > 0:
-            why += f" (McNemar p = {ceiling.mcnemar.p:.3g} does not agree)"
+            why = Undefined(gain, mcnemar_p=ceiling.mcnemar.p)
         elif ceiling.diff_t is not None and gain.ci.lo > 0:
-            why += f" (the t-interval over seeds, {_fmt_iv(ceiling.diff_t.ci)}, does not agree)"
+            why = Undefined(gain, seed_t=ceiling.diff_t.ci)
         return RatioStats(text, None, None, None, why, n_excluded)
     theta = float(d_text.mean() / d_ceil.mean())
     reps = rep_text[~zero] / rep_ceil[~zero]
@@ -693,29 +735,23 @@ def _ratio(
 
 
 # --- the verdict -----------------------------------------------------------------------------------------------------
-FLAG_WORDS = {"floor": "at the floor (0 on every example)", "saturated": "saturated (1 on every example)",
-              "chance": "no better than chance"}
 LABELS = ("text-closes-gap", "soft-only", "inconclusive", "neither", "uninformative", "same-as-base")
 
 
-def _pre_rule(a: Analysis, m: MetricAnalysis, text: str) -> tuple[str, str] | None:
+def _pre_rule(a: Analysis, m: MetricAnalysis, text: str) -> Outcome | None:
     """The rules that decide before R is tested (None: R is tested, within the family)."""
     ceiling = a.ceiling
     assert ceiling is not None
     if a.duplicates.get(text) == a.base:
-        return "same-as-base", ("its per-example scores equal the base's, so it is the base in effect and gets no "
-                                "verdict")
-    for who, cond in (("the ceiling", ceiling), ("the text prompt", text)):
+        return Outcome("same-as-base", "same-as-base")
+    for who, cond in (("ceiling", ceiling), ("text", text)):
         flag = m.conditions[cond].flag
         if flag is not None:
-            return "uninformative", f"{who} {cond!r} is {FLAG_WORDS[flag]} on {METRIC_LABELS[m.metric][0]}"
+            return Outcome("uninformative", "uninformative", who=who, condition=cond, flag=flag)
     if not m.ceiling_gain_clear:
         if m.conditions[text].clear > 0:
-            return "inconclusive", ("the text prompt clearly improves but the ceiling does not, so R is undefined; a "
-                                    "ceiling that does not beat a readable prompt suggests an under-trained soft "
-                                    "prompt")
-        return "neither", ("neither the ceiling nor the text prompt clearly improves on the base (which is not the "
-                           "same as showing that they do not)")
+            return Outcome("inconclusive", "only-text-improves")
+        return Outcome("neither", "neither-improves")
     return None
 
 
@@ -726,7 +762,7 @@ def _judge(a: Analysis) -> Analysis:
 
     alpha = 1 - a.confidence
     distinct = [t for t in a.texts if a.duplicates.get(t) not in a.texts]
-    outcomes: dict[str, dict[str, tuple[str, str, int | None]]] = {t: {} for t in a.texts}
+    outcomes: dict[str, dict[str, Outcome]] = {t: {} for t in a.texts}
     metrics = dict(a.metrics)
     for name, m in a.metrics.items():
         family = []
@@ -735,7 +771,7 @@ def _judge(a: Analysis) -> Analysis:
             if pre is None:
                 family.append(t)
             else:
-                outcomes[t][name] = (*pre, None)
+                outcomes[t][name] = pre
         ratios = dict(m.ratios)
         if family:
             ps = [m.ratios[t].decision_p for t in family]
@@ -748,80 +784,26 @@ def _judge(a: Analysis) -> Analysis:
         if t not in distinct:
             outcomes[t] = outcomes[a.duplicates[t]]
     a = dataclasses.replace(a, metrics=metrics)
-    return dataclasses.replace(a, verdicts={t: _verdict(a, t, outcomes[t]) for t in a.texts})
+    return dataclasses.replace(a, verdicts={
+        t: Verdict(t, outcomes[t][a.deciding].label, a.deciding, {k: o.label for k, o in outcomes[t].items()},
+                   outcomes[t]) for t in a.texts})
 
 
-def format_p(p: float, n_boot: int, family: int = 1) -> str:
-    """'= p', or '<= p' where the bootstrap cannot resolve it (one replicate in n_boot, times Holm's factor)."""
-    return f"<= {p:.2g}" if p <= family / n_boot else f"= {p:.3g}"
-
-
-def _r_rule(r: RatioStats, family: int, n: int, alpha: float, n_boot: int) -> tuple[str, str, int | None]:
+def _r_rule(r: RatioStats, family: int, n: int, alpha: float, n_boot: int) -> Outcome:
     assert r.value is not None and r.decision is not None and r.p_adjusted is not None
-    p = format_p(r.p_adjusted, n_boot, family)
-    which = f"Holm-adjusted p {p} over a family of {family}" if family > 1 else f"p {p}"
+    cited = {"p_adjusted": r.p_adjusted, "family": family, "n_boot": n_boot}
     if r.p_adjusted < alpha:
         if r.value > RECOVERY_THRESHOLD:
-            return "text-closes-gap", (f"R's interval lies above {RECOVERY_THRESHOLD} ({which} for R = "
-                                       f"{RECOVERY_THRESHOLD}), so the text prompt recovers most of the ceiling's "
-                                       f"gain"), None
-        return "soft-only", (f"R's interval lies below {RECOVERY_THRESHOLD} ({which} for R = {RECOVERY_THRESHOLD}), "
-                             f"so the text prompt recovers less than half of the ceiling's gain"), None
+            return Outcome("text-closes-gap", "r-above", **cited)
+        return Outcome("soft-only", "r-below", **cited)
     # n_needed: the interval's half-width shrinks as 1/sqrt(n); it must become smaller than R's distance from 0.5
     half, gap = r.decision.width / 2, abs(r.value - RECOVERY_THRESHOLD)
     n_needed = math.ceil(n * (half / gap) ** 2) if gap > 0 and math.isfinite(half) else None
-    more = f"; about {n_needed} test examples per seed would settle it" if n_needed else ""
-    return "inconclusive", (f"the data cannot tell whether the text prompt recovers more or less than half of the "
-                            f"gap ({which} for R = {RECOVERY_THRESHOLD}){more}"), n_needed
-
-
-def _describe(m: MetricAnalysis, ceiling: str, text: str) -> str:
-    gain, tgain, r = m.conditions[ceiling].diff, m.conditions[text].diff, m.ratios[text]
-    assert gain is not None and tgain is not None
-
-    def p(cond: str) -> str:
-        mc = m.conditions[cond].mcnemar
-        return f" (McNemar p = {mc.p:.3g})" if mc is not None else ""
-
-    s = (f"the ceiling's difference from the base is {_fmt_ci(gain)}{p(ceiling)} and the text prompt's "
-         f"{_fmt_ci(tgain)}{p(text)}")
-    if r.value is not None and r.ci is not None:
-        s += f"; R = {r.value:.3f} [{r.ci.lo:.3f}, {r.ci.hi:.3f}]"
-        if r.seed_t is not None:
-            s += f" (over seeds: t-interval {_fmt_iv(r.seed_t.ci)}; the wider decides)"
-        if r.n_excluded:
-            s += f" ({r.n_excluded} replicates with a zero ceiling gain left out)"
-    else:
-        s += f"; R is undefined ({r.reason})"
-    return s
-
-
-def _verdict(a: Analysis, text: str, outcomes: dict[str, tuple[str, str, int | None]]) -> Verdict:
-    assert a.ceiling is not None
-    deciding = a.deciding
-    label, why, n_needed = outcomes[deciding]
-    pct = round(a.confidence * 100)
-    methods = sorted({e.ci.method for m in a.metrics.values() for c in (a.ceiling, text)
-                      for e in (m.conditions[c].diff,) if e is not None})
-    parts = [
-        f"Verdict for {text!r} against the ceiling {a.ceiling!r} over the base {a.base!r}: \"{label}\". "
-        f"Numbers are means over {a.n_seeds} seed(s) x {a.n_examples} test examples with {pct}% "
-        f"paired-bootstrap intervals ({' or '.join(methods)}, {a.n_boot} replicates). "
-        f"On {METRIC_LABELS[deciding][0]} ({METRIC_LABELS[deciding][1]}; the deciding metric), "
-        f"{_describe(a.metrics[deciding], a.ceiling, text)}; {why}."
-    ]
-    for name, (other, other_why, _) in outcomes.items():
-        if name != deciding:
-            parts.append(f"On {METRIC_LABELS[name][0]} ({METRIC_LABELS[name][1]}; reported, not deciding), "
-                         f"{_describe(a.metrics[name], a.ceiling, text)}; the same rules give \"{other}\""
-                         + (f" ({other_why})" if other == "uninformative" else "") + ".")
-    if deciding != "loglik" and "loglik" not in a.metrics:
-        parts.append("No log-likelihood scores were given, so accuracy decided; it is much noisier.")
-    return Verdict(text, label, deciding, {k: v[0] for k, v in outcomes.items()}, " ".join(parts), why, n_needed)
+    return Outcome("inconclusive", "r-undecided", **cited, n_needed=n_needed)
 
 
 def verdict(analysis: Analysis, text: str) -> Verdict:
-    """Whether the text condition ``text`` recovers the ceiling's gain, with a plain-English explanation.
+    """Whether the text condition ``text`` recovers the ceiling's gain (``harness.wording.explanation`` words it).
 
     Decided on ``analysis.deciding`` (log-likelihood by default: per-example log-likelihoods are far less noisy than
     0/1 correctness); the other metric's outcome under the same rules is in ``by_metric`` and the explanation. With

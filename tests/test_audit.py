@@ -15,11 +15,10 @@ from pathlib import Path
 import pytest
 
 from harness.audit import audit, report_stamp
-from harness.cli import main
+from harness.cli import main, report_run
 from harness.models import embedded_gguf
 from harness.provenance import code_state
 from harness.render import Renderer
-from harness.report import write_report
 from harness.runner import Runner
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -242,7 +241,7 @@ def test_code_state_sees_a_dirty_tree(tmp_path) -> None:
 
 
 def test_report_written_by_other_code_is_flagged(run_dir, tmp_path) -> None:
-    md = write_report(run_dir, tmp_path / "reports", n_boot=200)
+    md = report_run(run_dir, tmp_path / "reports", n_boot=200)
     stamp = report_stamp(md.read_text())
     assert stamp is not None and stamp["run_id"] == "r"
     assert item(audit(run_dir, report=md), "The report is current").status in ("pass", "warn")
@@ -298,7 +297,7 @@ def test_the_report_shows_each_format_as_the_model_reads_it(run_dir, tmp_path) -
     from harness.render import TEMPLATE_PINS
     from tasks.antonyms import Antonyms
 
-    text = write_report(run_dir, tmp_path / "reports", n_boot=50).read_text()
+    text = report_run(run_dir, tmp_path / "reports", n_boot=50).read_text()
     first = json.loads((run_dir / SPLIT).read_text())["test"][0]
     [ex] = [e for e in Antonyms().all_examples() if e.id == first]
     shown = re.findall(r"\*\*(raw|chat)\*\* \(base-\w+, example `" + re.escape(first) + r"`\):\n\n```text\n(.*?)\n```",

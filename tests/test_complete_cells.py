@@ -21,10 +21,9 @@ import pytest
 
 from harness.artifact import PromptArtifact
 from harness.audit import audit
-from harness.cli import main
+from harness.cli import main, report_run
 from harness.errors import UserError
 from harness.executors import status
-from harness.report import write_report
 from harness.runner import Runner
 
 CONFIG = """
@@ -159,7 +158,7 @@ def test_a_truncated_cell_json_is_damaged_in_status_and_report(run, tmp_path, ca
     out = capsys.readouterr().out
     assert "cell.json unreadable" in out and "ended without writing" not in out
 
-    md = write_report(run, tmp_path / "reports", n_boot=200).read_text()
+    md = report_run(run, tmp_path / "reports", n_boot=200).read_text()
     assert "- seed 0, handwritten: **damaged**" in md and "cell.json unreadable" in md
     assert "no cell.json" not in md and "**missing**" not in md
     assert any("handwritten: damaged (cell.json unreadable" in p for p in records_problems(run))

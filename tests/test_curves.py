@@ -18,14 +18,16 @@ import pytest
 from test_executors import slurm  # noqa: F401  (the fixture: a Slurm cluster that answers, else a skip)
 
 from harness.audit import audit
+from harness.cli import report_run
 from harness.config import load_config
 from harness.data import leaks
 from harness.errors import UserError
 from harness.findings import fit_checks
-from harness.report import write_report
-from harness.run_folder import CellKey, RunFolder, load_run
+from harness.plan import CellKey
+from harness.run_folder import RunFolder, load_run
 from harness.runner import Runner
 from harness.task import SplitSizes
+from harness.wording import fit_warning
 from tasks.antonyms import Antonyms
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -148,12 +150,16 @@ def test_overfitting_flags_from_train_and_dev_curves() -> None:
     fine = trial(20, [(0, None, 2.4), (10, 2.2, 2.2), (20, 2.0, 1.9)], 0.003)
     log = {"curves": overfit["curve"], "winner": {"length": 8, "lr": 0.03, "init": "text"},
            "trials": [overfit, never, fine]}
+    def said(check) -> list[str]:  # the warnings as the report words them
+        return [fit_warning(w) for w in check.warnings]
+
     checks = fit_checks(log)
     assert [c.winner for c in checks] == [True, False, False]
-    assert checks[0].warnings == ["after step 10 train loss falls (3.000 -> 1.000) while dev loss rises (2.000 -> "
+    assert checks[0].warnings[0].kind == "dev-rises" and checks[0].warnings[0].step == 10
+    assert said(checks[0]) == ["after step 10 train loss falls (3.000 -> 1.000) while dev loss rises (2.000 -> "
                                   "2.500, step 30)"]
     assert checks[0].gap == pytest.approx(2.0 - 3.0)
-    assert checks[1].warnings == ["the dev-selected step is the first evaluation (step 0, before any training): "
+    assert said(checks[1]) == ["the dev-selected step is the first evaluation (step 0, before any training): "
                                   "nothing learned on train improved dev",
                                   "after step 0 train loss falls (2.500 -> 2.400) while dev loss rises (2.000 -> "
                                   "2.300, step 20)"] and checks[1].gap is None
@@ -179,7 +185,7 @@ def test_overfitting_flags_from_train_and_dev_curves() -> None:
     assert noisy.train_loss == pytest.approx(2.5) and noisy.warnings == []
     # a real fall: 2.5 -> 1.0, against 2 * 0.292
     [real] = fit_checks(searched([1.0, 1.1, 0.9, 1.0]))
-    assert real.warnings == ["after step 4 train loss falls (2.500 -> 1.000) while dev loss rises (1.000 -> 1.200, "
+    assert said(real) == ["after step 4 train loss falls (2.500 -> 1.000) while dev loss rises (1.000 -> 1.200, "
                              "step 8)"]
 
 
@@ -365,7 +371,7 @@ def test_audit_and_report_on_curves_and_transfer(transfer_run, tmp_path) -> None
                       "fitted on"]
     # 4 transfer cells (2 conditions x 2 train sizes), each without the planted duplicate and the planted reversal
     assert transfer.status == "pass" and "(4 by context and answer, 4 by the task's mirror rule" in transfer.evidence
-    md = write_report(transfer_run, tmp_path / "reports", n_boot=300).read_text()
+    md = report_run(transfer_run, tmp_path / "reports", n_boot=300).read_text()
     for section in ("## Sample efficiency", "## Transfer", "## Training curves and overfitting"):
         assert section in md
     assert "| condition | train 4 | train 8 | reaches 90% of its largest gain |" in md

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import harness.api as api
@@ -60,3 +61,14 @@ def test_the_run_folder_does_not_reach_up_to_the_executors() -> None:
 
     assert "executors" not in reaches("run_folder")  # its lock asks harness.jobs which jobs still run
     assert {"run_folder", "executors", "runner", "config"}.isdisjoint(reaches("plan"))  # the design is below them
+
+
+def test_analysis_in_three_layers() -> None:
+    # numbers (stats) and findings as data come before words: neither imports the wording
+    for module in ("stats", "findings"):
+        assert not {n for n in imports(module) if n.startswith("harness.wording")}, module
+    # the renderers only format what they are handed: the audit runs beside them (harness.cli.report_run)
+    code = ("import sys, harness.report, harness.terminal, harness.verdict_file; "
+            "print(sorted(m for m in sys.modules if m in ('harness.audit', 'harness.cli')))")
+    loaded = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "[]"

@@ -17,7 +17,8 @@ import pytest
 
 from harness.cli import main
 from harness.errors import UserError
-from harness.run_folder import LOCK, CellKey, JobRecord, LockRecord, RunFolder
+from harness.plan import CellKey
+from harness.run_folder import LOCK, JobRecord, LockRecord, RunFolder
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = """

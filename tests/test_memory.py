@@ -245,10 +245,10 @@ def test_a_run_survives_out_of_memory_with_the_same_numbers(tmp_path, lm, monkey
     assert fell["handwritten"] is None
     assert [f["where"] for f in fell["soft-prompt"]] == ["training"]
     assert "micro-batches of 4" in fell["soft-prompt"][0]["what"]
-    from harness.report import write_report
+    from harness.cli import report_run
 
-    text = write_report(hit.folder.root, tmp_path / "reports", n_boot=50).read_text()
+    text = report_run(hit.folder.root, tmp_path / "reports", n_boot=50).read_text()
     assert "the work was cut finer): 2." in text
     assert "micro-batches of 4" in text
-    clean_text = write_report(clean.folder.root, tmp_path / "reports", n_boot=50).read_text()
+    clean_text = report_run(clean.folder.root, tmp_path / "reports", n_boot=50).read_text()
     assert "the work was cut finer): none." in clean_text

@@ -150,7 +150,8 @@ def test_atomic_dir_replaces_nothing_outside_its_root(tmp_path) -> None:
 
 
 def test_a_cell_of_an_escaping_model_name_is_refused(tmp_path) -> None:
-    from harness.run_folder import CellKey, RunFolder
+    from harness.plan import CellKey
+    from harness.run_folder import RunFolder
 
     folder = RunFolder(tmp_path / "results" / "r")
     with pytest.raises(UserError, match="is not inside"):

@@ -15,9 +15,11 @@ import scipy.stats
 
 import harness.report as report
 from harness.artifact import PromptArtifact
+from harness.cli import report_run
 from harness.data import ids_hash
-from harness.report import write_report
-from harness.run_folder import CellKey, CellRecord, Evidence, RunFolder, SplitRecord
+from harness.plan import CellKey
+from harness.run_folder import CellRecord, Evidence, RunFolder, SplitRecord
+from harness.terminal import print_headlines
 
 N_BOOT = 500
 N_TEST = 30
@@ -149,7 +151,7 @@ def make_run(root: Path, *, seeds: tuple[int, ...] = (0, 1), ceiling: str | None
 
 def build(tmp_path: Path, **kwargs) -> tuple[str, Path]:
     reports = tmp_path / "reports"
-    md = write_report(make_run(tmp_path, **kwargs), reports, n_boot=N_BOOT)
+    md = report_run(make_run(tmp_path, **kwargs), reports, n_boot=N_BOOT)
     assert md == reports / f"{RUN_ID}.md"
     return md.read_text(), reports
 
@@ -296,7 +298,7 @@ def _mixed_formats(run: Path) -> str:
 def test_checklist_catches_corruption(tmp_path, corrupt, title) -> None:
     run = make_run(tmp_path, failures={})
     evidence = corrupt(run)
-    md = write_report(run, tmp_path / "reports", n_boot=N_BOOT).read_text()
+    md = report_run(run, tmp_path / "reports", n_boot=N_BOOT).read_text()
     assert check_line(md, title).startswith("- ❌")
     items = section(md, "Validity checklist")
     problems = items[items.index(f"**{title}"):].split("\n- ")[0]
@@ -344,7 +346,7 @@ def test_failure_leaves_previous_report_whole(tmp_path, monkeypatch) -> None:
 
     monkeypatch.setattr(report, "curves_figure", boom)
     with pytest.raises(RuntimeError, match="figure failed"):
-        write_report(tmp_path / "results" / RUN_ID, reports, n_boot=N_BOOT)
+        report_run(tmp_path / "results" / RUN_ID, reports, n_boot=N_BOOT)
     after = {p.relative_to(reports): p.read_bytes() for p in reports.rglob("*") if p.is_file()}
     assert after == before  # the old report and figures, byte for byte; no temp files
     assert not [p for p in reports.iterdir() if p.name.startswith(".")]
@@ -409,3 +411,20 @@ def test_three_seeds_show_per_seed_rows_and_the_wider_interval(tmp_path) -> None
     wide = f"[{0.5 - half:.3f}, {0.5 + half:.3f}]"
     assert f"over seeds: t {wide}" in table_row(ratio, "wobbly")
     assert f"| wobbly | 0.500 {wide}" in section(md, "Headline")
+
+
+def test_the_terminal_says_what_the_markdown_headline_says_without_markup(tmp_path, capsys, monkeypatch) -> None:
+    # the headline's words come from harness.wording once; markdown marks emphasis with **, the terminal in bold
+    extra = {"likely": lambda i, s: (gold_nll("most", i, s), i < 11)}
+    md, _ = build(tmp_path, failures={}, extra=extra)
+    monkeypatch.setenv("COLUMNS", "400")  # wide enough that rich wraps no cell or note
+    print_headlines(tmp_path / "results" / RUN_ID, n_boot=N_BOOT)
+    out = capsys.readouterr().out
+    assert "**" not in out
+    headline_md = section(md, "Headline")
+    notes = [x[2:].replace("**", "") for x in headline_md.splitlines() if x.startswith("- ")]
+    assert notes and all(n in out for n in notes)
+    ceiling = next(x for x in headline_md.splitlines() if x.startswith("Ceiling "))
+    assert ceiling.replace("**", "") in out
+    row = next(x for x in out.splitlines() if "likely" in x)
+    assert "accuracy says soft-only" in row and "text-closes-gap" in row

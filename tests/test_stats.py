@@ -10,7 +10,16 @@ import pytest
 import scipy.stats
 
 from harness.errors import UserError
-from harness.stats import Analysis, analyze, analyze_records, mcnemar_exact, score_matrices, verdict
+from harness.stats import (
+    Analysis,
+    BcaSkip,
+    Undefined,
+    analyze,
+    analyze_records,
+    mcnemar_exact,
+    score_matrices,
+    verdict,
+)
 
 N_BOOT = 4000  # enough for coverage checks; the scipy comparisons use 10,000 as the spec's tolerance assumes
 
@@ -35,7 +44,7 @@ def test_tiny_case_by_hand() -> None:
     assert m.conditions["text"].diff.value == pytest.approx(0.1875)
     assert m.conditions["base"].diff is None
     r = m.ratios["text"]
-    assert r.value == pytest.approx(3 / 11) and r.reason is None
+    assert r.value == pytest.approx(3 / 11) and r.undefined is None
     # a bootstrap mean of the gains cannot leave [min gain, max gain]; every gain is > 0, so R is defined
     gain = m.conditions["soft"].diff
     assert 0.25 <= gain.ci.lo <= gain.value <= gain.ci.hi <= 1.0
@@ -82,7 +91,7 @@ def test_bca_ci_matches_scipy() -> None:
     est = a.metrics["loglik"].conditions["x"].mean
     lo, hi = _scipy_ci(x, "BCa")
     p_lo, p_hi = _scipy_ci(x, "percentile")
-    assert est.ci.method == "bca" and est.ci.note is None
+    assert est.ci.method == "bca" and est.ci.bca_skipped is None
     assert est.ci.lo == pytest.approx(lo, abs=0.01)
     assert est.ci.hi == pytest.approx(hi, abs=0.01)
     assert lo > p_lo and hi > p_hi
@@ -102,11 +111,11 @@ def test_bca_matches_scipy_closely_on_a_small_skewed_sample() -> None:
     assert est.ci.hi == pytest.approx(ci.high, abs=0.016)
 
 
-def test_bca_falls_back_to_percentile_with_a_note() -> None:
+def test_bca_falls_back_to_percentile_saying_why() -> None:
     # the base is constant: every replicate of its mean is equal, BCa is undefined
     a = analyze({"loglik": {"b": np.full(30, -1.0), "x": np.linspace(-2, 0, 30)}}, base="b", n_boot=N_BOOT)
     ci = a.metrics["loglik"].conditions["b"].mean.ci
-    assert ci.method == "percentile" and "replicates are equal" in ci.note
+    assert ci.method == "percentile" and ci.bca_skipped == BcaSkip("equal-replicates")
     assert (ci.lo, ci.hi) == (-1.0, -1.0)
 
 
@@ -185,9 +194,8 @@ def test_undefined_r_when_the_ceiling_gain_crosses_zero() -> None:
                 n_boot=N_BOOT).metrics["loglik"]
     r = m.ratios["text"]
     assert r.value is None and r.ci is None and r.percentile is None
-    assert r.reason.startswith("ceiling gain not clearly positive: ")
     gain = m.conditions["soft"].diff
-    assert f"[{gain.ci.lo:+.3f}, {gain.ci.hi:+.3f}]" in r.reason
+    assert r.undefined == Undefined(gain)  # its interval crosses 0: no other test is asked
     assert m.ceiling_gain_clear is False
 
 
@@ -236,7 +244,7 @@ def test_several_seeds_report_spread_and_pooled_means() -> None:
     assert (c.seeds.min, c.seeds.max) == pytest.approx((row_means.min(), row_means.max()))
     assert c.diff_seeds.per_seed == pytest.approx(list((scores["text"] - scores["base"]).mean(axis=1)))
     assert c.mean.value == pytest.approx(float(scores["text"].mean()))
-    assert c.mean.ci.method == "percentile" and "several seeds" in c.mean.ci.note
+    assert c.mean.ci.method == "percentile" and c.mean.ci.bca_skipped == BcaSkip("several-seeds")
     r = a.metrics["loglik"].ratios["text"]
     gains = scores["text"] - scores["base"], scores["soft"] - scores["base"]
     assert r.value == pytest.approx(float(gains[0].mean() / gains[1].mean()))
@@ -280,7 +288,7 @@ def test_verdict_text_closes_gap() -> None:
     assert v.metric == "loglik" and v.by_metric == {"loglik": "text-closes-gap"}
     r = a.metrics["loglik"].ratios["text"]
     assert r.ci.lo > 0.5
-    assert f"R = {r.value:.3f} [{r.ci.lo:.3f}, {r.ci.hi:.3f}]" in v.explanation
+    assert v.outcome.rule == "r-above" and v.outcome.p_adjusted == r.p_adjusted
     assert verdict(a, "text") == v
 
 
@@ -295,7 +303,7 @@ def test_verdict_neither() -> None:
     a, label = _verdict_for(_alternating(200, 0.05), np.roll(_alternating(200, 0.08), 1))
     assert label == "neither"
     assert a.metrics["loglik"].ratios["text"].value is None
-    assert "neither the ceiling nor the text prompt clearly improves" in a.verdicts["text"].explanation
+    assert a.verdicts["text"].outcome.rule == "neither-improves"
 
 
 def test_verdict_inconclusive_when_r_straddles_half() -> None:
@@ -309,7 +317,7 @@ def test_verdict_inconclusive_when_r_straddles_half() -> None:
 def test_verdict_inconclusive_when_only_the_text_improves() -> None:
     a, label = _verdict_for(_alternating(200, 0.05), np.full(200, 0.2))
     assert label == "inconclusive"
-    assert "the text prompt clearly improves but the ceiling does not" in a.verdicts["text"].explanation
+    assert a.verdicts["text"].outcome.rule == "only-text-improves"
 
 
 def test_verdict_is_decided_on_loglik_and_reports_accuracy() -> None:
@@ -328,7 +336,7 @@ def test_verdict_is_decided_on_loglik_and_reports_accuracy() -> None:
     v = a.verdicts["text"]
     assert v.label == "text-closes-gap" and v.metric == "loglik"
     assert v.by_metric == {"loglik": "text-closes-gap", "accuracy": "neither"}
-    assert "reported, not deciding" in v.explanation and "McNemar p = " in v.explanation
+    assert v.outcomes["accuracy"].rule == "neither-improves"
     acc_only = analyze({"accuracy": {"base": base_acc, "soft": soft_acc, "text": text_acc}}, base="base",
                        ceiling="soft", n_boot=N_BOOT)
     assert acc_only.verdicts["text"].metric == "accuracy"
@@ -554,7 +562,9 @@ def test_a_ceiling_at_chance_makes_the_metric_uninformative() -> None:
     m = a.metrics["loglik"]
     assert m.conditions["soft"].clear == 1 and m.conditions["soft"].flag == "chance"
     v = a.verdicts["text"]
-    assert v.label == "uninformative" and "the ceiling 'soft' is no better than chance" in v.reason
+    assert v.label == "uninformative"
+    assert (v.outcome.rule, v.outcome.who, v.outcome.condition, v.outcome.flag) == ("uninformative", "ceiling", "soft",
+                                                                                    "chance")
 
 
 def test_three_seeds_use_the_wider_interval() -> None:
