@@ -38,3 +38,10 @@ def test_a_committed_report_checks_and_rerenders_byte_identical(report: Path, tm
     for stamp in ("written", "code"):
         old.pop(stamp, None), new.pop(stamp, None)
     assert new == old
+
+
+def test_the_documented_check_of_the_quickstart_passes(monkeypatch) -> None:
+    from harness.cli import main
+
+    monkeypatch.chdir(ROOT)  # as docs/reports.md shows it: from the repository's root
+    assert main(["check", "results/quickstart"]) == 0
