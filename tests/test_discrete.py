@@ -9,8 +9,8 @@ from harness.data import Example
 from harness.errors import UserError
 from harness.optimizer import FitContext, TaskInfo
 from harness.registry import get_optimizer, get_task
+from harness.search import SlotObjective
 from harness.task import SplitSizes
-from optimizers.gradient import SlotObjective
 
 # a synthetic task whose best one-token prompt is plain: every input asks for one word, " banana"
 STARTS = ["The secret word is", "Say the secret word:", "The password is", "Remember this word:",

@@ -13,7 +13,7 @@ from harness.errors import UserError
 from harness.forward import kv_of
 from harness.optimizer import FitContext, TaskInfo
 from harness.render import TokenRequest
-from optimizers.gradient import PromptForward
+from harness.search import PromptForward
 from optimizers.prompt_training import PromptTrainer, init_text_ids, nearest_tokens
 from optimizers.soft_prompt import PrefixTuning, SoftProjected, SoftPrompt
 from tasks.antonyms import Antonyms
