@@ -1,11 +1,13 @@
-"""A promptgap gradient plugin: sign-gradient PEZ, real tokens in the instruction slot, on the search kit alone.
+"""A promptgap gradient plugin: sign-gradient coordinate search over real tokens, on the search kit alone.
 
-PEZ (Wen et al. 2023) keeps a continuous prompt, projects it to its nearest allowed tokens in every step and moves it
-by the gradient taken at that projection. This variant moves every coordinate by a fixed step against the gradient's
-sign (signSGD, Bernstein et al. 2018), so a step's size does not depend on the gradient's scale. It is two hooks of
-``TokenSearch``; the kit does the rest: the start, minibatches, dev evaluation and selection (only prompts that
-survive being written out as text), patience, the time cap, the log, and a backward that survives running out of
-memory. It imports only the public API (harness.api).
+To first order, swapping the token at position i for token t changes the loss by grad[i, t] - grad[i, ids[i]], with
+``grad`` the gradient with respect to one-hot token indicators. Each step takes that sign as the guide: per position,
+the ``per_position`` allowed tokens the gradient favours most, only those whose sign says they lower the loss; all
+such one-token swaps, with the prompt itself, are scored exactly on the step's batch, and the best is kept (so a
+step never raises the batch's loss). A deterministic cousin of GCG (which samples swaps) and AutoPrompt. It is two
+hooks of ``TokenSearch``; the kit does the rest: the start, minibatches, dev evaluation and selection (only prompts
+that survive being written out as text), patience, the time cap, the log, and a backward that survives running out
+of memory. It imports only the public API (harness.api).
 """
 
 from __future__ import annotations
@@ -14,34 +16,37 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.api import SlotObjective, TokenSearch, TokenSearchSettings, UserError
+from harness.api import SlotObjective, TokenSearch, TokenSearchSettings, UserError, filter_candidates, top_k_tokens
 
 
 @dataclass
 class SignGradSettings(TokenSearchSettings):
     who = "condition signgrad"  # how the kit's checks of the shared settings name this condition
 
-    lr: float = 0.05  # each coordinate's step, in units of the embedding table's mean absolute entry
+    per_position: int = 2  # swaps tried per position: the tokens whose gradient favours them most
 
     def __post_init__(self) -> None:
         super().__post_init__()  # budget, length, init, format: checked by the kit
-        if isinstance(self.lr, bool) or not isinstance(self.lr, int | float) or not self.lr > 0:
-            raise UserError(f"condition signgrad: lr = {self.lr!r}; give a number > 0")
+        if isinstance(self.per_position, bool) or not isinstance(self.per_position, int) or self.per_position < 1:
+            raise UserError(f"condition signgrad: per_position = {self.per_position!r}; give a whole number >= 1")
 
 
 class SignGrad(TokenSearch):
     name = "signgrad"
-    summary = "real tokens by sign-gradient PEZ: a continuous prompt stepped against its gradient's sign (example)"
+    summary = "real tokens by sign-gradient coordinate search: swaps the gradient says lower the loss (example)"
     settings_class = SignGradSettings
 
     def start(self, obj: SlotObjective, ids: list[int]) -> None:
-        self.vectors = obj.embed(ids).clone()  # the continuous prompt starts at the first prompt's tokens
-        self.unit = float(obj.embeddings.abs().mean())  # the table's scale: lr means the same on any model
+        self.ids = list(ids)
 
     def step(self, obj: SlotObjective, batch: list[int], gen: torch.Generator) -> tuple[list[int], float]:
-        ids = obj.project(self.vectors)  # the nearest allowed tokens: the prompt this step is
-        at = obj.embed(ids).clone().requires_grad_(True)
-        loss = obj.backward(batch, [at], lambda: at)  # the gradient at the projection, into at.grad
-        assert at.grad is not None
-        self.vectors -= self.settings.lr * self.unit * at.grad.sign()
-        return ids, float(loss)
+        grad, loss = obj.token_gradient(self.ids, batch)  # [length, vocab]; survives out-of-memory errors
+        top = top_k_tokens(grad, obj.allowed, self.settings.per_position).to(grad.device)
+        change = grad.gather(1, top) - grad[torch.arange(len(self.ids)), torch.tensor(self.ids)][:, None]
+        swaps = [self.ids[:i] + [int(t)] + self.ids[i + 1 :] for i in range(len(self.ids))
+                 for t, d in zip(top[i], change[i], strict=True) if d < 0]
+        tried = [self.ids, *filter_candidates(obj, swaps)]  # the prompt itself too: a step keeps it unless beaten
+        losses = obj.losses(tried, batch)  # exact, in one scorer call
+        k = min(range(len(tried)), key=losses.__getitem__)
+        self.ids = tried[k]
+        return list(self.ids), losses[k]
