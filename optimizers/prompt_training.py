@@ -1,4 +1,8 @@
-"""Training prompt tensors with the model frozen: the differentiable forward, the trial loop, the dev-selected sweep.
+"""Training prompt tensors with the model frozen: settings, inits, the trials and the dev-selected sweep.
+
+Each trial is the search kit's ``SearchLoop`` (harness/search.py: minibatches, dev evaluation and selection,
+patience, the time cap, the log) with an Adam step on the kit's ``PromptForward`` and ``task_loss``, through its
+``MicroBatches`` (a step that runs out of memory is redone in micro-batches with the same gradient).
 
 Shared by ``soft-prompt`` (input-embedding vectors), ``prefix-tuning`` (per-layer key/value prefixes) and
 ``soft-projected``. The forward reads the same rendered token ids as the scorer (``Renderer.requests``, with
