@@ -77,8 +77,8 @@ def ours(length: int, width: int, topk: int, steps: int) -> dict:
     from harness.models import load_model
     from harness.optimizer import FitContext, TaskInfo
     from harness.scorer import Scorer
+    from harness.search import SlotObjective
     from optimizers.discrete import GCG, PEZ
-    from optimizers.gradient import SlotObjective
 
     t0 = time.perf_counter()
     lm = load_model()

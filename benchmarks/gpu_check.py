@@ -110,7 +110,9 @@ def training(lm: LoadedModel, steps: int) -> None:
         t0 = time.perf_counter()
         _, record = PromptTrainer(ctx, settings, "soft", "soft-prompt").fit()
         seconds = time.perf_counter() - t0
-    first, second = (p["train_loss"] for p in record["curves"][1:])
+    steps = [p for p in record["curves"] if "dev_loss" not in p]  # a point per step; evaluations hold dev_loss
+    first = statistics.fmean(p["train_loss"] for p in steps if p["step"] <= half)
+    second = statistics.fmean(p["train_loss"] for p in steps if p["step"] > half)
     print(f"  soft prompt, {str(lm.dtype).removeprefix('torch.')}: {2 * half} steps of batch 16 in {seconds:.1f} s "
           f"({seconds / (2 * half):.2f} s per step, three dev evaluations of 16 included); mean train loss "
           f"{first:.3f} over the first {half} steps, {second:.3f} over the next {half}")

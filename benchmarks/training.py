@@ -41,7 +41,7 @@ import torch  # noqa: E402
 from harness.artifact import PromptArtifact  # noqa: E402
 from harness.models import load_model  # noqa: E402
 from harness.render import Renderer  # noqa: E402
-from optimizers.gradient import PromptForward  # noqa: E402
+from harness.search import PromptForward  # noqa: E402
 from tasks.antonyms import Antonyms  # noqa: E402
 
 

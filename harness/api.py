@@ -11,14 +11,40 @@ from harness.artifact import PRODUCTS, PromptArtifact
 from harness.data import Example, Split, TaskKind
 from harness.errors import UserError
 from harness.models import LoadedModel
-from harness.optimizer import SELECT_ON, FitContext, Optimizer, Settings, TaskInfo, Variant, choose_on_dev
+from harness.optimizer import (
+    SELECT_ON,
+    DevScore,
+    FitContext,
+    Optimizer,
+    Settings,
+    TaskInfo,
+    Variant,
+    choose_on_dev,
+    dev_score,
+)
 from harness.scorer import ExampleScore, Scorer
+from harness.search import (
+    BudgetSettings,
+    MicroBatches,
+    PromptForward,
+    SearchLoop,
+    SlotObjective,
+    TokenSearch,
+    TokenSearchSettings,
+    filter_candidates,
+    sample_candidates,
+    task_loss,
+    top_k_tokens,
+)
 from harness.task import SplitSizes, Task, read_rows, read_text, require, split_from_pool
 
 __all__ = [
     # conditions
     "Optimizer", "Settings", "Variant", "FitContext", "TaskInfo", "PromptArtifact", "PRODUCTS",
-    "choose_on_dev", "SELECT_ON",
+    "choose_on_dev", "SELECT_ON", "dev_score", "DevScore",
+    # the search kit for methods that use the task model's gradients (harness/search.py)
+    "TokenSearch", "TokenSearchSettings", "BudgetSettings", "SearchLoop", "SlotObjective", "MicroBatches",
+    "PromptForward", "task_loss", "top_k_tokens", "sample_candidates", "filter_candidates",
     # what a condition is handed
     "LoadedModel", "Scorer", "ExampleScore", "Example",
     # tasks

@@ -154,7 +154,29 @@ class Optimizer(ABC):
         return []
 
 
-SELECT_ON = ("loss", "accuracy")
+# the dev metrics a condition may select on, and how its selection is reported (``FitContext.report_selection``)
+SELECT_ON = {"loss": "dev gold NLL", "accuracy": "dev accuracy (ties by gold NLL)"}
+
+
+@dataclass(frozen=True)
+class DevScore:
+    """A prompt's scores on all of dev through the shared scorer: the mean gold NLL, the accuracy, and each
+    example's gold NLL (in ``ctx.dev`` order)."""
+
+    loss: float
+    accuracy: float
+    losses: tuple[float, ...]
+
+    def key(self, select_on: str) -> tuple[float, ...]:
+        """The selection key, lower is better: the loss, or the accuracy with the loss breaking ties."""
+        return (-self.accuracy, self.loss) if select_on == "accuracy" else (self.loss,)
+
+
+def dev_score(ctx: FitContext, artifact: PromptArtifact, desc: str = "dev") -> DevScore:
+    """``artifact`` scored on all of dev by the shared scorer: the numbers test scoring gives, on dev."""
+    scores = ctx.scorer.score(artifact, ctx.dev, ctx.task.kind, desc=desc)
+    return DevScore(sum(s.gold_nll for s in scores) / len(scores), sum(s.correct for s in scores) / len(scores),
+                    tuple(s.gold_nll for s in scores))
 
 
 def choose_on_dev(ctx: FitContext, candidates: Sequence[PromptArtifact], select_on: str = "loss",
@@ -169,16 +191,14 @@ def choose_on_dev(ctx: FitContext, candidates: Sequence[PromptArtifact], select_
     tried: list[dict[str, Any]] = []
     best: tuple[tuple[float, ...], PromptArtifact] | None = None
     for i, art in enumerate(candidates):
-        scores = ctx.scorer.score(art, ctx.dev, ctx.task.kind, desc=f"{label} {i + 1}/{len(candidates)}: dev")
-        loss = sum(x.gold_nll for x in scores) / len(scores)
-        acc = sum(x.correct for x in scores) / len(scores)
-        tried.append({"dev_loss": loss, "dev_accuracy": acc})
-        ctx.log.info("%s %d: dev gold NLL %.4f, accuracy %.4f", label, i + 1, loss, acc)
-        key = (-acc, loss) if select_on == "accuracy" else (loss,)
+        scored = dev_score(ctx, art, desc=f"{label} {i + 1}/{len(candidates)}: dev")
+        tried.append({"dev_loss": scored.loss, "dev_accuracy": scored.accuracy})
+        ctx.log.info("%s %d: dev gold NLL %.4f, accuracy %.4f", label, i + 1, scored.loss, scored.accuracy)
+        key = scored.key(select_on)
         if best is None or key < best[0]:
             best = (key, art)
     assert best is not None
-    ctx.report_selection([e.id for e in ctx.dev], "dev accuracy" if select_on == "accuracy" else "dev gold NLL")
+    ctx.report_selection([e.id for e in ctx.dev], SELECT_ON[select_on])
     return best[1], tried
 
 

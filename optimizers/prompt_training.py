@@ -1,4 +1,8 @@
-"""Training prompt tensors with the model frozen: the differentiable forward, the trial loop, the dev-selected sweep.
+"""Training prompt tensors with the model frozen: settings, inits, the trials and the dev-selected sweep.
+
+Each trial is the search kit's ``SearchLoop`` (harness/search.py: minibatches, dev evaluation and selection,
+patience, the time cap, the log) with an Adam step on the kit's ``PromptForward`` and ``task_loss``, through its
+``MicroBatches`` (a step that runs out of memory is redone in micro-batches with the same gradient).
 
 Shared by ``soft-prompt`` (input-embedding vectors), ``prefix-tuning`` (per-layer key/value prefixes) and
 ``soft-projected``. The forward reads the same rendered token ids as the scorer (``Renderer.requests``, with
@@ -24,16 +28,14 @@ import torch
 from harness.artifact import FORMATS, PLACEMENTS, PromptArtifact
 from harness.errors import UserError
 from harness.forward import embedding_rows, kv_of
-from harness.models import OUT_OF_MEMORY, LoadedModel, release
-from harness.optimizer import FitContext, Settings
+from harness.models import LoadedModel
+from harness.optimizer import SELECT_ON, DevScore, FitContext, dev_score
 from harness.progress import bar
-from optimizers.gradient import PromptForward, task_loss
+from harness.search import BudgetSettings, MicroBatches, PromptForward, SearchLoop, task_loss
 
 log = logging.getLogger(__name__)
 
 INITS = ("text", "vocab", "random")
-SELECT_ON = ("loss", "accuracy")
-SELECT_LABELS = {"loss": "gold NLL", "accuracy": "accuracy (ties by gold NLL)"}
 NEAREST_K = 5
 
 
@@ -47,9 +49,12 @@ def _as_list(value: Any) -> list:
 
 
 @dataclass
-class PromptTrainingSettings(Settings):
+class PromptTrainingSettings(BudgetSettings):
     """Settings of the trained conditions. ``length``, ``lr`` and ``init`` take one value or a list: the sweep
-    is their product, every trial is trained on train and the winner is chosen on dev."""
+    is their product, every trial is trained on train and the winner is chosen on dev. The budget (``steps``,
+    ``batch_size``, ``eval_every``, ``patience``, ``select_on``, ``max_minutes``) holds for each trial."""
+
+    who = "prompt training"
 
     length: int | list[int] | None = None  # virtual tokens; None: the init text's token count (8 without text)
     lr: float | list[float] = field(default_factory=lambda: [0.003, 0.03])
@@ -60,13 +65,12 @@ class PromptTrainingSettings(Settings):
     format: str | None = None  # None: chat if the model has a chat template, else raw
     steps: int = 60  # optimizer steps per trial
     batch_size: int = 16  # examples per step
-    eval_every: int = 10  # steps between dev evaluations (the overfitting curve, early stopping)
     patience: int = 3  # dev evaluations without improvement before a trial stops
     grad_clip: float = 1.0  # max gradient norm; 0 turns clipping off
-    select_on: str = "loss"  # dev metric for checkpoints and the sweep winner: loss (gold NLL) or accuracy
 
     def __post_init__(self) -> None:
-        who = "prompt training"
+        super().__post_init__()
+        who = self.who
         lengths = _as_list(self.length)
         if any(n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1) for n in lengths):
             raise UserError(f"{who}: length {self.length!r}; give a whole number >= 1 (or a list of them)")
@@ -82,14 +86,8 @@ class PromptTrainingSettings(Settings):
             raise UserError(f"{who}: placement {self.placement!r} is unknown; use {', '.join(PLACEMENTS)}")
         if self.format is not None and self.format not in FORMATS:
             raise UserError(f"{who}: format {self.format!r} is unknown; use raw or chat")
-        for key in ("steps", "batch_size", "eval_every", "patience"):
-            v = getattr(self, key)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise UserError(f"{who}: {key} = {v!r}; give a whole number >= 1")
         if isinstance(self.grad_clip, bool) or not isinstance(self.grad_clip, int | float) or self.grad_clip < 0:
             raise UserError(f"{who}: grad_clip = {self.grad_clip!r}; give a number >= 0 (0: no clipping)")
-        if self.select_on not in SELECT_ON:
-            raise UserError(f"{who}: select_on {self.select_on!r} is unknown; use loss or accuracy")
 
     def grid(self) -> list[dict[str, Any]]:
         return [{"length": n, "lr": float(lr), "init": i}
@@ -183,6 +181,7 @@ class Trial:
     best_step: int | None = None
     best_dev_loss: float | None = None
     best_dev_accuracy: float | None = None
+    stopped: str | None = None  # why training ended: steps, patience or max_minutes (...)
     curve: list[dict[str, Any]] = field(default_factory=list)
     artifact: PromptArtifact | None = field(default=None, repr=False)
 
@@ -212,7 +211,7 @@ class PromptTrainer:
         if text is None:
             text = (" " + self.marker) if self.placement == "marker" else ctx.task.instruction
         self.text_ids = init_text_ids(lm, text) if "text" in _as_list(settings.init) else None
-        self.micro: int | None = None  # examples per micro-batch, once a whole batch ran out of memory
+        self.micro = MicroBatches(lm, condition)  # one for the sweep: a size that ran out of memory stays halved
         if not ctx.train:
             raise UserError(f"condition {condition}: no training examples; give the task a train split")
         if not ctx.dev:
@@ -224,18 +223,6 @@ class PromptTrainer:
             return PromptArtifact(format=self.format, placement=self.placement, marker=self.marker,
                                   soft_prompt=tensor, condition=self.condition, meta=meta or {})
         return PromptArtifact(format=self.format, prefix_kv=tensor, condition=self.condition, meta=meta or {})
-
-    def _dev_eval(self, tensor: torch.Tensor) -> tuple[float, float]:
-        """Dev loss (mean gold NLL) and accuracy, from the shared scorer: the same numbers test scoring gives."""
-        scores = self.ctx.scorer.score(self.artifact(tensor), self.ctx.dev, self.ctx.task.kind, desc="dev")
-        return (sum(s.gold_nll for s in scores) / len(scores), sum(s.correct for s in scores) / len(scores))
-
-    def _better(self, loss: float, acc: float, best: tuple[float, float] | None) -> bool:
-        if best is None:
-            return True
-        if self.s.select_on == "accuracy":
-            return (acc, -loss) > (best[1], -best[0])
-        return loss < best[0]
 
     def _loss(self, fwd: PromptForward, flat: list, batch: list[int], spans: list[tuple[int, int]],
               tensor: torch.Tensor) -> torch.Tensor:
@@ -250,34 +237,6 @@ class PromptTrainer:
             pos += b - a
         return task_loss(ctx.task.kind, [ctx.train[i] for i in batch], local, loglik,
                          [len(flat[j].continuation) for j in req_index])
-
-    def _backward(self, batch: list[int], spans: list[tuple[int, int]], loss_of, params: list[torch.Tensor]
-                  ) -> torch.Tensor:
-        """Forward and backward of the batch's mean loss, whole or, after running out of memory, in micro-batches
-        whose gradients add up to the batch's (each micro-batch's mean weighted by its share). An out-of-memory
-        error halves the micro-batch and runs the step again from zero gradients; the size holds for the rest of
-        the sweep and is recorded in ``lm.fallbacks``. Returns the batch's loss (detached)."""
-        lm = self.ctx.lm
-        while True:
-            size = self.micro or len(batch)
-            try:
-                total = torch.zeros((), device=lm.device)
-                for a in range(0, len(batch), size):
-                    part = batch[a : a + size]
-                    loss = loss_of(part, [spans[i] for i in part]) * (len(part) / len(batch))
-                    loss.backward()
-                    total = total + loss.detach().float()
-                return total
-            except OUT_OF_MEMORY:
-                if size == 1:
-                    raise
-            for p in params:  # outside the handler, whose frame holds the failed step's tensors
-                p.grad = None
-            self.micro = max(1, min(size, len(batch)) // 2)
-            lm.fallbacks.append({"where": "training", "what": f"{self.condition}: out of memory in a step of {size} "
-                                 f"examples; micro-batches of {self.micro} with gradient accumulation from then on"})
-            log.warning("%s: %s", self.condition, lm.fallbacks[-1]["what"])
-            release(lm.device)
 
     def train_trial(self, trial: Trial, advance) -> Trial:
         ctx, s, lm = self.ctx, self.s, self.ctx.lm
@@ -306,26 +265,15 @@ class PromptTrainer:
             k += len(reqs)
         fwd = PromptForward(lm, flat, n_prefix=n if self.kind == "prefix" else 0)
         opt = torch.optim.Adam(params, lr=trial.lr)
-        order = list(range(len(ctx.train)))
-        rng = random.Random(seed)
-        batches: list[list[int]] = []
 
         def snapshot() -> torch.Tensor:
             with torch.no_grad():
                 return current().detach().float().cpu().clone()
 
-        dev_loss, dev_acc = self._dev_eval(snapshot())
-        best, best_tensor, since = (dev_loss, dev_acc), snapshot(), 0
-        trial.curve.append({"step": 0, "train_loss": None, "dev_loss": dev_loss, "dev_accuracy": dev_acc})
-        trial.best_step, trial.best_dev_loss, trial.best_dev_accuracy = 0, dev_loss, dev_acc
-        recent: list[float] = []
-        for step in range(1, s.steps + 1):
-            if not batches:
-                rng.shuffle(order)
-                batches = [order[i : i + s.batch_size] for i in range(0, len(order), s.batch_size)]
-            batch = batches.pop(0)
+        def step(number: int, batch: list[int]) -> float:
             opt.zero_grad(set_to_none=True)
-            loss = self._backward(batch, spans, lambda part, sub: self._loss(fwd, flat, part, sub, current()), params)
+            loss = self.micro.backward(
+                batch, lambda part: self._loss(fwd, flat, part, [spans[i] for i in part], current()), params)
             if s.grad_clip:
                 torch.nn.utils.clip_grad_norm_(params, s.grad_clip)
             opt.step()
@@ -333,26 +281,24 @@ class PromptTrainer:
             value, finite = torch.stack([loss.float(), torch.stack([torch.isfinite(p).all() for p in params]).all()
                                          .float()]).tolist()
             if not math.isfinite(value):
-                raise TrialDiverged(f"loss became {value} at step {step} (lr {trial.lr}); lower the lr")
+                raise TrialDiverged(f"loss became {value} at step {number} (lr {trial.lr}); lower the lr")
             if not finite:
-                raise TrialDiverged(f"the prompt tensor became non-finite at step {step} (lr {trial.lr}); lower the lr")
-            recent.append(value)
-            advance(1, f"{self.condition} n={n} lr={trial.lr:g} {trial.init}: loss {recent[-1]:.3f}")
-            if step % s.eval_every == 0 or step == s.steps:
-                dev_loss, dev_acc = self._dev_eval(snapshot())
-                trial.curve.append({"step": step, "train_loss": sum(recent) / len(recent), "dev_loss": dev_loss,
-                                    "dev_accuracy": dev_acc})
-                recent = []
-                log.info("%s n=%d lr=%g %s step %d: %s", self.condition, n, trial.lr, trial.init, step, trial.curve[-1])
-                if self._better(dev_loss, dev_acc, best):
-                    best, best_tensor, since = (dev_loss, dev_acc), snapshot(), 0
-                    trial.best_step, trial.best_dev_loss, trial.best_dev_accuracy = step, dev_loss, dev_acc
-                else:
-                    since += 1
-                    if since >= s.patience:
-                        advance(s.steps - step)
-                        break
-        trial.artifact = self.artifact(best_tensor)
+                raise TrialDiverged(f"the prompt tensor became non-finite at step {number} (lr {trial.lr}); lower "
+                                    f"the lr")
+            return value
+
+        loop = SearchLoop(ctx, s, random.Random(seed), step, snapshot,
+                          lambda tensor: (dev_score(ctx, self.artifact(tensor)), {}),
+                          f"{self.condition} n={n} lr={trial.lr:g} {trial.init}", advance=advance,
+                          curve=trial.curve)  # the trial's own list: one that diverges keeps its curve so far
+        try:
+            loop.run()
+        finally:
+            if loop.best_dev is not None:
+                trial.best_step, trial.best_dev_loss, trial.best_dev_accuracy = (loop.best_step, loop.best_dev.loss,
+                                                                                 loop.best_dev.accuracy)
+        trial.stopped = loop.stopped
+        trial.artifact = self.artifact(loop.best)
         return trial
 
     # --- the sweep ------------------------------------------------------------------------------------------------
@@ -370,9 +316,8 @@ class PromptTrainer:
         ok = [t for t in trials if t.status == "ok"]
         if not ok:
             raise UserError(f"condition {self.condition}: every trial diverged ({trials[0].error}); lower lr")
-        key = ((lambda t: (-t.best_dev_accuracy, t.best_dev_loss)) if self.s.select_on == "accuracy"
-               else (lambda t: t.best_dev_loss))
-        winner = min(ok, key=key)  # the first of equals: grid order
+        # the first of equals: grid order
+        winner = min(ok, key=lambda t: DevScore(t.best_dev_loss, t.best_dev_accuracy, ()).key(self.s.select_on))
         art = winner.artifact
         assert art is not None
         meta: dict[str, Any] = {"n_virtual_tokens": winner.length, "lr": winner.lr, "init": winner.init,
@@ -389,5 +334,5 @@ class PromptTrainer:
                   "n_train": len(self.ctx.train), "n_dev": len(self.ctx.dev)}
         self.ctx.report_log(record)
         # checkpoints and the sweep's winner were chosen by these examples (every dev evaluation scores all of dev)
-        self.ctx.report_selection([e.id for e in self.ctx.dev], f"dev {SELECT_LABELS[self.s.select_on]}")
+        self.ctx.report_selection([e.id for e in self.ctx.dev], SELECT_ON[self.s.select_on])
         return art, record

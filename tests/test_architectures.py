@@ -18,7 +18,7 @@ from harness.errors import UserError
 from harness.forward import attention_kinds, embed_tokens
 from harness.render import TokenRequest
 from harness.scorer import Scorer
-from optimizers.gradient import PromptForward
+from harness.search import PromptForward
 from tasks.winogrande import WinoGrande
 
 WINDOW = 6  # shorter than every request below (raw WinoGrande contexts are about 15 tokens, chat ones 60)

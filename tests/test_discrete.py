@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from harness.artifact import PromptArtifact
 from harness.data import Example
 from harness.errors import UserError
 from harness.optimizer import FitContext, TaskInfo
 from harness.registry import get_optimizer, get_task
+from harness.search import SlotObjective, sample_candidates, top_k_tokens
 from harness.task import SplitSizes
-from optimizers.gradient import SlotObjective
 
 # a synthetic task whose best one-token prompt is plain: every input asks for one word, " banana"
 STARTS = ["The secret word is", "Say the secret word:", "The password is", "Remember this word:",
@@ -84,3 +85,36 @@ def test_bad_settings_are_one_line_errors(name, settings, needle) -> None:
     with pytest.raises(UserError) as e:
         get_optimizer(name)(**settings)
     assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("name", ["pez", "gcg", "soft-prompt", "prefix-tuning"])
+@pytest.mark.parametrize(("settings", "needle"), [
+    ({"steps": 0}, "steps = 0; give a whole number >= 1"),
+    ({"eval_every": True}, "eval_every = True; give a whole number >= 1"),
+    ({"max_minutes": -1}, "max_minutes = -1; give a positive number of minutes"),
+    ({"select_on": "f1"}, "select_on 'f1' is unknown; use loss or accuracy"),
+])
+def test_every_gradient_condition_checks_its_budget_in_one_place(name, settings, needle) -> None:
+    """One BudgetSettings for the searches and the trained prompts: the same checks and words, naming the owner."""
+    with pytest.raises(UserError) as e:
+        get_optimizer(name)(**settings)
+    owner = {"pez": "condition pez", "gcg": "condition gcg"}.get(name, "prompt training")
+    assert str(e.value) == f"{owner}: {needle}"
+
+
+def test_gcg_candidates_are_distinct_swaps_among_the_top_tokens() -> None:
+    """nanoGCG's sampling as a function: each candidate differs from the prompt in at most n_replace positions, each
+    swapped token is one of that position's top-k, no candidate repeats or is the prompt, and a seed fixes them."""
+    ids = [5, 6, 7, 8]
+    grad = torch.randn(4, 50, generator=torch.Generator().manual_seed(0))
+    allowed = torch.ones(50, dtype=torch.bool)
+    allowed[:10] = False
+    top = top_k_tokens(grad, allowed, 3)
+    assert top.shape == (4, 3) and bool((top >= 10).all())
+    assert top.tolist() == [sorted(range(10, 50), key=lambda t: float(grad[i, t]))[:3] for i in range(4)]
+    draw = sample_candidates(ids, top, 40, 2, torch.Generator().manual_seed(1))
+    assert draw == sample_candidates(ids, top, 40, 2, torch.Generator().manual_seed(1))
+    assert len({tuple(c) for c in draw}) == len(draw) and ids not in draw and len(draw) > 20
+    for cand in draw:
+        changed = [i for i in range(4) if cand[i] != ids[i]]
+        assert 1 <= len(changed) <= 2 and all(cand[i] in top[i].tolist() for i in changed)

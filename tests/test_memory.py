@@ -16,6 +16,7 @@ from harness.optimizer import FitContext, TaskInfo
 from harness.run_folder import load_run
 from harness.runner import Runner
 from harness.scorer import Scorer
+from harness.search import MicroBatches, SlotObjective
 from optimizers.prompt_training import PromptTrainer, Trial
 from optimizers.soft_prompt import PrefixTuning, SoftPrompt
 from tasks.antonyms import Antonyms
@@ -74,20 +75,20 @@ class Injected:
 
 
 class FirstGradient:
-    """Spies on ``PromptTrainer._backward`` (the real one runs): keeps the gradients of the first step that
+    """Spies on ``MicroBatches.backward`` (the real one runs): keeps the gradients of the first step that
     completes, as the optimizer would receive them (before clipping and before any update), flattened."""
 
     def __init__(self, monkeypatch) -> None:
         self.grad: torch.Tensor | None = None
-        real = PromptTrainer._backward
+        real = MicroBatches.backward
 
-        def spy(trainer, batch, spans, loss_of, params):
-            loss = real(trainer, batch, spans, loss_of, params)
+        def spy(micro, batch, loss_of, params):
+            loss = real(micro, batch, loss_of, params)
             if self.grad is None:
                 self.grad = torch.cat([p.grad.detach().flatten().clone() for p in params])
             return loss
 
-        monkeypatch.setattr(PromptTrainer, "_backward", spy)
+        monkeypatch.setattr(MicroBatches, "backward", spy)
 
 
 def relative_gap(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -105,7 +106,7 @@ def first_gradient(lm, monkeypatch, kind: str = "soft", micro: int | None = None
                      scorer=Scorer(lm), seed=0)
     condition = SoftPrompt if kind == "soft" else PrefixTuning
     trainer = PromptTrainer(ctx, condition(lr=0.01, steps=1, batch_size=8).settings, kind, "trained")
-    trainer.micro = micro
+    trainer.micro.size = micro
     with monkeypatch.context() as m:
         spy = FirstGradient(m)
         if oom:
@@ -134,7 +135,7 @@ def test_micro_batches_give_the_whole_batchs_gradient(lm, monkeypatch) -> None:
         grad, _ = first_gradient(lm, monkeypatch, kind, micro=micro)
         assert relative_gap(whole[kind], grad) < GRADIENT_RTOL, (kind, micro)
     grad, trainer = first_gradient(lm, monkeypatch, oom=True)
-    assert trainer.micro == 4 and "micro-batches of 4" in lm.fallbacks[-1]["what"]
+    assert trainer.micro.size == 4 and "micro-batches of 4" in lm.fallbacks[-1]["what"]
     assert relative_gap(whole["soft"], grad) < GRADIENT_RTOL
 
 
@@ -143,6 +144,25 @@ def test_a_dropped_example_is_caught(lm, monkeypatch) -> None:
     whole, _ = first_gradient(lm, monkeypatch)
     grad, _ = first_gradient(lm, monkeypatch, micro=4, drop=True)
     assert relative_gap(whole, grad) > 10 * GRADIENT_RTOL
+
+
+def test_a_search_step_survives_out_of_memory_with_the_whole_batchs_gradient(lm, monkeypatch) -> None:
+    """The searches' loss recovers as training does (``SlotObjective.backward``, through ``MicroBatches``): GCG's
+    one-hot gradient after an injected out-of-memory error (8 examples -> micro-batches of 4) is the whole batch's
+    within GRADIENT_RTOL (the same per-example gradients summed in another order, mapped by the embedding table),
+    and the loss the same to float32 rounding of a mean of 8 numbers near 5 (1e-4 is the scorer's layout bound)."""
+    split = Antonyms().split(0)
+    ctx = FitContext(lm=lm, task=TaskInfo.of(Antonyms()), train=split.train[:8], dev=split.dev[:2],
+                     scorer=Scorer(lm), seed=0)
+    ids = lm.tokenizer.encode(" Give the opposite word.", add_special_tokens=False)
+    whole, loss = SlotObjective(ctx, len(ids), condition="gcg").token_gradient(ids, range(8))
+    obj = SlotObjective(ctx, len(ids), condition="gcg")
+    with monkeypatch.context() as m:
+        injected = Injected(m, type(lm.model.base_model), first_grad=True)
+        grad, again = obj.token_gradient(ids, range(8))
+    assert injected.raised == ["first training step"] and obj.batches.size == 4
+    assert "gcg: out of memory in a step of 8 examples; micro-batches of 4" in lm.fallbacks[-1]["what"]
+    assert relative_gap(whole, grad) < GRADIENT_RTOL and abs(loss - again) < 1e-4
 
 
 def test_a_small_memory_budget_gives_the_same_numbers(lm, examples, monkeypatch) -> None:

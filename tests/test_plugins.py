@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "plugins" / "promptgap-paraphrase"
+GRADIENT_EXAMPLE = ROOT / "examples" / "plugins" / "promptgap-signgrad"
 BAD = Path(__file__).parent / "fixtures" / "plugins" / "badplugins"
 
 CONFIG = """
@@ -42,9 +44,9 @@ texts = ["handwritten", "paraphrase-search"]
 
 @pytest.fixture(scope="module")
 def plugin_env(tmp_path_factory) -> dict[str, str]:
-    """The example plugin and the rule-breaking fixture, pip-installed into a folder put on the path."""
+    """The example plugins and the rule-breaking fixture, pip-installed into a folder put on the path."""
     target = tmp_path_factory.mktemp("site")
-    for folder in (EXAMPLE, BAD):
+    for folder in (EXAMPLE, GRADIENT_EXAMPLE, BAD):
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
                         "--target", str(target), str(folder)], check=True, capture_output=True)
     path = os.pathsep.join([str(target), os.environ.get("PYTHONPATH", "")])
@@ -59,7 +61,7 @@ def promptgap(env: dict[str, str], *argv: str, cwd: Path) -> subprocess.Complete
 def test_installed_plugin_is_listed(plugin_env, tmp_path) -> None:
     out = promptgap(plugin_env, "list", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    assert "paraphrase-search" in out.stdout and "peeks-at-test" in out.stdout
+    assert "paraphrase-search" in out.stdout and "peeks-at-test" in out.stdout and "signgrad" in out.stdout
 
 
 def test_plugin_runs_in_the_matrix_and_rule_breakers_fail_alone(plugin_env, tmp_path) -> None:
@@ -103,6 +105,57 @@ def test_plugin_runs_in_the_matrix_and_rule_breakers_fail_alone(plugin_env, tmp_
     tried = json.loads((tmp_path / "results" / "p" / "cells" / "smollm2-135m-instruct" / "antonyms" / "seed-0" /
                         "paraphrase-search" / "artifact" / "artifact.json").read_text())["meta"]["tried"]
     assert len(tried) == 2 and min(tried, key=lambda t: t["dev_gold_nll"])["instruction"] in report
+
+
+GRADIENT_CONFIG = """
+[run]
+name = "gradient-plugin"
+n_boot = 200
+
+[[tasks]]
+name = "antonyms"
+sizes = { train = 16, dev = 8, test = 40 }
+
+[conditions.base-chat]
+[conditions.soft-prompt]
+lr = 0.03
+steps = 6
+batch_size = 8
+eval_every = 3
+[conditions.signgrad]
+length = 4
+init = "text"
+steps = 6
+batch_size = 8
+eval_every = 3
+
+[ratio]
+base = "base-chat"
+texts = ["signgrad"]
+ceiling = "soft-prompt"
+"""
+
+
+def test_the_gradient_example_is_small_uses_the_facade_and_has_its_r_in_the_report(plugin_env, tmp_path) -> None:
+    """The search kit's example: at most 60 lines on harness.api alone (test_layers checks the imports), installed,
+    run in a matrix against a soft-prompt ceiling, its R in the report's headline."""
+    assert len((GRADIENT_EXAMPLE / "promptgap_signgrad.py").read_text().splitlines()) <= 60
+    (tmp_path / "c.toml").write_text(GRADIENT_CONFIG)
+    out = promptgap(plugin_env, "run", "c.toml", "--run-id", "g", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    rows = {r["condition"]: r for r in csv.DictReader((tmp_path / "results" / "g" / "summary.csv").open())}
+    assert {c for c, r in rows.items() if r["status"] == "ok"} == {"base-chat", "soft-prompt", "signgrad"}
+    cell = tmp_path / "results" / "g" / "cells" / "smollm2-135m-instruct" / "antonyms" / "seed-0" / "signgrad"
+    art = json.loads((cell / "artifact" / "artifact.json").read_text())
+    log = json.loads((cell / "log.json").read_text())
+    assert art["meta"]["round_trip"] and art["meta"]["stopped"] == "steps"
+    # the kit's log: every step's train loss, every evaluation's per-example dev losses (steps 0, 3, 6)
+    assert [p["step"] for p in log["curves"] if "dev_losses" in p] == [0, 3, 6]
+    assert all(len(p["dev_losses"]) == 8 for p in log["curves"] if "dev_losses" in p)
+    assert sorted({p["step"] for p in log["curves"] if p["train_loss"] is not None}) == list(range(1, 7))
+    report = (tmp_path / "reports" / "g.md").read_text()
+    row = next(line for line in report.splitlines() if line.startswith("| signgrad |"))
+    assert re.match(r"\| signgrad \| -?\d+\.\d{3} \[-?\d+\.\d{3}, -?\d+\.\d{3}\]", row), row
 
 
 @pytest.fixture(scope="module")

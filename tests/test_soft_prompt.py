@@ -13,7 +13,7 @@ from harness.errors import UserError
 from harness.forward import kv_of
 from harness.optimizer import FitContext, TaskInfo
 from harness.render import TokenRequest
-from optimizers.gradient import PromptForward
+from harness.search import PromptForward
 from optimizers.prompt_training import PromptTrainer, init_text_ids, nearest_tokens
 from optimizers.soft_prompt import PrefixTuning, SoftProjected, SoftPrompt
 from tasks.antonyms import Antonyms
@@ -123,6 +123,18 @@ def test_training_lowers_train_loss_and_is_deterministic(lm, scorer, antonyms, t
     again, _ = PromptTrainer(_ctx(lm, scorer, antonyms), SoftPrompt(**settings).settings, "soft",
                              "soft-prompt").fit()
     assert torch.equal(art.soft_prompt, again.soft_prompt)
+
+
+def test_training_stops_at_its_time_cap_with_a_last_evaluation(lm, scorer, antonyms) -> None:
+    """The time cap every gradient condition shares (SearchLoop): past it, the step's prompt is evaluated and the
+    trial stops cleanly, its log saying why; each evaluation keeps every dev example's loss."""
+    settings = dict(lr=0.01, steps=50, batch_size=4, eval_every=10, max_minutes=1e-9)
+    _, record = PromptTrainer(_ctx(lm, scorer, antonyms, n_train=4), SoftPrompt(**settings).settings, "soft",
+                              "soft-prompt").fit()
+    assert record["trials"][0]["stopped"] == "max_minutes (1e-09)"
+    assert [(p["step"], "dev_loss" in p) for p in record["curves"]] == [(0, True), (1, False), (1, True)]
+    last = record["curves"][-1]
+    assert len(last["dev_losses"]) == 3 and sum(last["dev_losses"]) / 3 == last["dev_loss"]  # the same sum
 
 
 def test_prefix_tuning_trains(lm, scorer, antonyms) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from harness.api import FitContext, Optimizer, PromptArtifact, Settings, UserError
+from harness.api import FitContext, Optimizer, PromptArtifact, Settings, UserError, dev_score
 
 # {i} is the task's own instruction; each template is one readable rewording of it
 TEMPLATES = (
@@ -53,11 +53,9 @@ class ParaphraseSearch(Optimizer):
         tried = []
         for text in candidates:
             artifact = PromptArtifact(format=s.format, instruction=text, condition=self.name)
-            scores = ctx.scorer.score(artifact, ctx.dev, ctx.task.kind, desc=f"dev: {text[:40]}")
-            nll = sum(x.gold_nll for x in scores) / len(scores)
-            acc = sum(x.correct for x in scores) / len(scores)
-            tried.append({"instruction": text, "dev_gold_nll": nll, "dev_accuracy": acc})
-            ctx.log.info("paraphrase-search: dev gold NLL %.4f, accuracy %.4f: %s", nll, acc, text)
+            dev = dev_score(ctx, artifact, desc=f"dev: {text[:40]}")  # the shared scorer, on all of dev
+            tried.append({"instruction": text, "dev_gold_nll": dev.loss, "dev_accuracy": dev.accuracy})
+            ctx.log.info("paraphrase-search: dev gold NLL %.4f, accuracy %.4f: %s", dev.loss, dev.accuracy, text)
         best = min(tried, key=lambda t: (t["dev_gold_nll"], -t["dev_accuracy"]))
         ctx.report_selection([e.id for e in ctx.dev], "dev gold NLL")  # the audit checks these are dev ids
         ctx.report_log({"tried": tried})  # kept as the cell's log.json
