@@ -320,7 +320,9 @@ def test_verdict_inconclusive_when_only_the_text_improves() -> None:
     assert a.verdicts["text"].outcome.rule == "only-text-improves"
 
 
-def test_verdict_is_decided_on_loglik_and_reports_accuracy() -> None:
+def metrics_that_disagree() -> tuple[dict, dict]:
+    """Scores on which the text closes the gap on log-likelihood, while on accuracy the ceiling wins 4 examples and
+    loses 4 and the text wins 2 and loses 1: neither clearly positive. (loglik, accuracy) by condition."""
     rng = np.random.default_rng(44)
     n = 300
     base_ll = rng.normal(-1.0, 0.5, n)
@@ -328,17 +330,19 @@ def test_verdict_is_decided_on_loglik_and_reports_accuracy() -> None:
               "text": base_ll + 0.27 + rng.normal(0, 0.05, n)}
     base_acc = (np.arange(n) % 2).astype(float)
     soft_acc, text_acc = base_acc.copy(), base_acc.copy()
-    # on accuracy the ceiling wins 4 examples and loses 4, the text wins 2 and loses 1: neither clearly positive
     soft_acc[[0, 2, 4, 6]], soft_acc[[1, 3, 5, 7]] = 1, 0
     text_acc[[0, 2]], text_acc[1] = 1, 0
-    a = analyze({"loglik": loglik, "accuracy": {"base": base_acc, "soft": soft_acc, "text": text_acc}},
-                base="base", ceiling="soft", n_boot=N_BOOT)
+    return loglik, {"base": base_acc, "soft": soft_acc, "text": text_acc}
+
+
+def test_verdict_is_decided_on_loglik_and_reports_accuracy() -> None:
+    loglik, accuracy = metrics_that_disagree()
+    a = analyze({"loglik": loglik, "accuracy": accuracy}, base="base", ceiling="soft", n_boot=N_BOOT)
     v = a.verdicts["text"]
     assert v.label == "text-closes-gap" and v.metric == "loglik"
     assert v.by_metric == {"loglik": "text-closes-gap", "accuracy": "neither"}
     assert v.outcomes["accuracy"].rule == "neither-improves"
-    acc_only = analyze({"accuracy": {"base": base_acc, "soft": soft_acc, "text": text_acc}}, base="base",
-                       ceiling="soft", n_boot=N_BOOT)
+    acc_only = analyze({"accuracy": accuracy}, base="base", ceiling="soft", n_boot=N_BOOT)
     assert acc_only.verdicts["text"].metric == "accuracy"
 
 

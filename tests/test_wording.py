@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from test_stats import N_BOOT, _alternating, _verdict_for
+from test_stats import N_BOOT, _alternating, _verdict_for, metrics_that_disagree
 
 from harness import wording
 from harness.stats import analyze
@@ -39,17 +39,8 @@ def test_each_rule_before_r_is_worded() -> None:
 
 
 def test_the_metric_that_does_not_decide_is_reported() -> None:
-    rng = np.random.default_rng(44)
-    n = 300
-    base_ll = rng.normal(-1.0, 0.5, n)
-    loglik = {"base": base_ll, "soft": base_ll + 0.3 + rng.normal(0, 0.05, n),
-              "text": base_ll + 0.27 + rng.normal(0, 0.05, n)}
-    base_acc = (np.arange(n) % 2).astype(float)
-    soft_acc, text_acc = base_acc.copy(), base_acc.copy()
-    soft_acc[[0, 2, 4, 6]], soft_acc[[1, 3, 5, 7]] = 1, 0
-    text_acc[[0, 2]], text_acc[1] = 1, 0
-    a = analyze({"loglik": loglik, "accuracy": {"base": base_acc, "soft": soft_acc, "text": text_acc}},
-                base="base", ceiling="soft", n_boot=N_BOOT)
+    loglik, accuracy = metrics_that_disagree()
+    a = analyze({"loglik": loglik, "accuracy": accuracy}, base="base", ceiling="soft", n_boot=N_BOOT)
     text = wording.explanation(a, "text")
     assert "reported, not deciding" in text and "McNemar p = " in text and 'the same rules give "neither"' in text
 
