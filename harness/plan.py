@@ -194,12 +194,11 @@ class Plan:
     transfer: TransferPlan | None = None
 
     @classmethod
-    def of(cls, cfg: Any, task_names: Sequence[str] | None = None) -> Plan:
-        """The plan of a ``RunConfig``; ``task_names``: the run's name of each config task entry, when the caller
-        has built the tasks (a TOML spec's entry is named by its path, its task by the spec)."""
-        names = list(task_names) if task_names is not None else [t.alias or t.name for t in cfg.tasks]
+    def of(cls, cfg: Any, task_names: Sequence[str]) -> Plan:
+        """The plan of a ``RunConfig``; ``task_names``: the run's name of each config task entry, from the built
+        tasks (a TOML spec's entry is named by its path, its task by the spec)."""
         return cls(list(cfg.models), [PlannedTask(n, tuple(train_sizes(t.sizes) or [None]))
-                                      for n, t in zip(names, cfg.tasks, strict=True)],
+                                      for n, t in zip(task_names, cfg.tasks, strict=True)],
                    list(cfg.seeds), list(cfg.conditions), cfg.transfer)
 
     def sizes(self, task: str) -> list[int | None]:
