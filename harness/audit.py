@@ -184,12 +184,23 @@ def check_disjoint(run: Run) -> Item:
                             f"only ids were compared")
             continue
         content_owner: dict[str, tuple[str, str]] = {}
+        repeats: Counter[str] = Counter()
         for part in PARTS:
             for i, key in zip(sf.ids[part], sf.content[part], strict=False):
                 first = content_owner.setdefault(key, (part, i))
                 if first[0] != part:
                     problems.append(f"{where}: {part} example {i!r} has the same context and answer as "
                                     f"{first[0]} example {first[1]!r}")
+                elif first[1] != i:
+                    repeats[part] += 1
+                    # a test or dev example counted twice weighs twice in every mean, interval and selection; a
+                    # repeat in train (WinoGrande's train_s has two) only trains on it twice
+                    if part != "train":
+                        problems.append(f"{where}: {part} example {i!r} repeats the context and answer of {part} "
+                                        f"example {first[1]!r}")
+        if repeats.get("train"):
+            warnings.append(f"{where}: {repeats['train']} train example(s) repeat another train example's context "
+                            f"and answer (the task's data hold them twice)")
         # the task's own rule (a reversed antonym pair): not the same example, but worth a reader's attention
         mirrored = leaks(sf.items("test"), {*sf.content["train"], *sf.content["dev"]})
         mirrored = {i: r for i, r in mirrored.items() if r == "mirror"}
@@ -201,7 +212,8 @@ def check_disjoint(run: Run) -> Item:
     return _item("Train, dev and test are disjoint by id and by content", problems,
                  f"{len(run.splits)} split file(s), train/dev/test sizes "
                  f"{', '.join('/'.join(map(str, s)) for s in sizes) or 'none'}: no id in two parts or twice in one, "
-                 f"no context and answer (content key) in two parts", f"the ids and content keys of "
+                 f"no context and answer (content key) in two parts or twice in dev or test", f"the ids and content "
+                 f"keys of "
                  f"{len(run.splits)} split file(s)", warnings)
 
 
@@ -334,6 +346,30 @@ def check_bos(run: Run) -> Item:
                  f"{n_requests} test request(s) of {len(_scored(run))} ok cell(s) ({seen or 'none'}), each as "
                  f"the tokenizer's default (manifest.json) and the text's own BOS decide",
                  f"the leading BOS tokens of {n_requests} request(s) (evidence.json) against lm-eval's rule")
+
+
+def check_requests(run: Run) -> Item:
+    from harness import rederive
+
+    r = rederive.check_requests(run)
+    warnings = r.warnings + ([] if r.cells else ["no cell's requests could be re-derived here"])
+    counts = f" ({r.unhashed} older row(s) by their token counts)" if r.unhashed else ""
+    return _item("Every test score was read from its example's requests under the saved artifact", r.problems,
+                 f"{r.rows + r.unhashed} score row(s) of {r.cells} cell(s){counts}: each row's request hash (the "
+                 f"token ids its log-likelihoods were read from) equals the hash of its example's requests, "
+                 f"re-rendered from the task data, the cell's saved artifact and the tokenizer (no model)",
+                 f"the score rows of {r.cells} cell(s) against their re-rendered requests", warnings)
+
+
+def rescore_item(run: Run, n: int) -> Item:
+    """``promptgap check --rescore N``: the model scores N rows of every cell again."""
+    from harness import rederive
+
+    r = rederive.rescore(run, n)
+    return _item("Re-scored test rows agree with the recorded log-likelihoods", r.problems,
+                 f"{r.rows} row(s) of {r.cells} cell(s) (up to {n} each, drawn with seed {rederive.RESCORE_SEED}) "
+                 f"scored again by the model in {r.dtype}: every choice within {r.tolerance:g} nats (largest "
+                 f"difference {r.largest:.2g})", f"{r.rows} re-scored row(s) of {r.cells} cell(s)")
 
 
 def _recompute(line: dict[str, Any]) -> dict[str, Any]:
@@ -715,14 +751,18 @@ def check_report(run: Run, report: Path) -> Item:
                  "", warnings)
 
 
-def audit(run_dir: str | Path | Run, report: Path | None = None, with_report: bool = True) -> Audit:
+def audit(run_dir: str | Path | Run, report: Path | None = None, with_report: bool = True,
+          rescore: int | None = None) -> Audit:
     """Every item, computed from the run folder. ``report``: the markdown to check for staleness (default
     ``reports/<run-id>.md``, when it exists); ``with_report=False`` leaves that item out (the audit that runs
-    beside the report writer, ``harness.cli.report_run``)."""
+    beside the report writer, ``harness.cli.report_run``). ``rescore``: also score that many test rows of each
+    cell again with the model (`promptgap check --rescore N`)."""
     run = run_dir if isinstance(run_dir, Run) else load_run(run_dir)
     items = [check_records(run), check_splits(run), check_disjoint(run), check_fit_reads(run), check_test_once(run),
-             check_bos(run), check_numbers(run), check_selection(run), check_formats(run), check_same_tokens(run),
-             check_device(run), check_transfer(run), check_provenance(run)]
+             check_bos(run), check_numbers(run), check_requests(run), check_selection(run), check_formats(run),
+             check_same_tokens(run), check_device(run), check_transfer(run), check_provenance(run)]
+    if rescore is not None:
+        items.append(rescore_item(run, rescore))
     if with_report:
         items.append(check_report(run, report or Path("reports") / f"{run.run_id}.md"))
     return Audit(run.run_id, items)

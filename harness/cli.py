@@ -347,7 +347,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     from harness.audit import audit, print_audit
 
-    result = audit(args.run_dir, report=args.report)
+    result = audit(args.run_dir, report=args.report, rescore=args.rescore)
     print_audit(result)
     return 0 if result.passed else 1
 
@@ -488,10 +488,13 @@ def build_parser() -> argparse.ArgumentParser:
     ck = sub.add_parser("check", help="audit a run folder: re-derive every validity claim from its files",
                         description="Re-derive every claim of a run from its files (splits, evidence, scores, "
                         "records, provenance). Exit 0 when every item holds, 1 naming each item that fails. "
-                        "Example: promptgap check results/quickstart-example")
+                        "Example: promptgap check results/quickstart")
     ck.add_argument("run_dir", type=Path, help="results/<run-id>")
     ck.add_argument("--report", type=Path, default=None, help="the run's markdown report, checked for staleness "
                     "(default: reports/<run-id>.md when it exists)")
+    ck.add_argument("--rescore", type=int, nargs="?", const=20, default=None, metavar="N",
+                    help="also score N test rows of each cell again with the model (default N: 20) and fail where "
+                    "a log-likelihood differs beyond 1e-4 nats in float32 (the bf16 tolerance in bf16)")
     ck.set_defaults(func=cmd_check)
     return ap
 

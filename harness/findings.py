@@ -19,10 +19,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from scipy.special import ndtri
+
 from harness.errors import UserError
 from harness.plan import CellKey
 from harness.run_folder import Cell, Run, is_number
-from harness.stats import Analysis, Estimate, Outcome, RatioStats, analyze_records
+from harness.stats import Analysis, Estimate, Outcome, RatioStats, analyze, analyze_records, score_matrices
 
 
 @dataclass
@@ -195,6 +197,11 @@ class NoiseFloor:
 
 
 @dataclass(frozen=True)
+class TwoSeeds:
+    """The run has two seeds: the t-interval over them, which the verdicts use, has one degree of freedom."""
+
+
+@dataclass(frozen=True)
 class OneSeed:
     """The run has one seed: verdicts hold for its one fit of each condition."""
 
@@ -219,12 +226,29 @@ class CannotRank:
 
 @dataclass(frozen=True)
 class Overfitting:
-    """The chosen trials whose curves warn: (condition, seed, warnings)."""
+    """The chosen trials whose curves warn of overfitting or of a first-evaluation choice: (condition, seed,
+    warnings)."""
 
     flagged: list[tuple[str, int, list[FitWarning]]]
 
 
-Note = BeatenCeiling | MetricsDisagree | NoiseFloor | OneSeed | Multiplicity | CannotRank | Overfitting
+@dataclass(frozen=True)
+class StillImproving:
+    """The chosen trials still improving when their budget ended: (condition, its role, seed, the warning). A
+    ceiling that could go higher makes R overstated; a text search that could go further, its gain understated."""
+
+    flagged: list[tuple[str, str | None, int, FitWarning]]
+
+
+@dataclass(frozen=True)
+class NotAssessable:
+    """The chosen trials whose logs predate per-example dev losses: (condition, seed); no overfitting verdict."""
+
+    trials: list[tuple[str, int]]
+
+
+Note = (BeatenCeiling | MetricsDisagree | NoiseFloor | OneSeed | TwoSeeds | Multiplicity | CannotRank | Overfitting
+        | StillImproving | NotAssessable)
 
 
 @dataclass
@@ -242,6 +266,7 @@ class Row:
     flags: list[Flag] = field(default_factory=list)
     n_needed: int | None = None
     no_verdict: NoVerdict | None = None
+    seeds_needed: int | None = None
 
     @property
     def name(self) -> str:
@@ -302,7 +327,7 @@ def headline(run: Run, g: Group) -> Headline:
         c = m.conditions[t]
         r_json = None if r.value is None or r.decision is None else {
             "value": r.value, "lo": r.decision.lo, "hi": r.decision.hi, "method": r.decision.method, "p": r.decision_p,
-            "p_adjusted": r.p_adjusted}
+            "p_adjusted": r.p_adjusted, "p_bound": r.decision_p_bound, "p_adjusted_bound": r.p_adjusted_bound}
         flags = []
         if twin == a.base:
             flags.append(Flag("same-as-base", value=a.base))
@@ -314,7 +339,7 @@ def headline(run: Run, g: Group) -> Headline:
                 flags.append(Flag("metric-says", metric=name, value=other))
                 split.append((t, v.label, name, other))
         rows.append(Row([t], v.label, v.outcome, v.metric, r_json, c.diff, c.clear, g.costs.get(t, Cost()), flags,
-                        v.n_needed))
+                        v.outcome.n_needed, seeds_needed=v.outcome.seeds_needed))
     for row in rows:  # identical prompts share one row; their costs may differ
         if len(row.texts) > 1:
             row.flags.insert(0, Flag("identical", n=len(row.texts)))
@@ -324,6 +349,8 @@ def headline(run: Run, g: Group) -> Headline:
     family = len(m.family)
     if a.n_seeds == 1:
         notes.append(OneSeed())
+    elif a.n_seeds == 2:
+        notes.append(TwoSeeds())
         for row in rows:
             row.flags.append(Flag("one-seed"))
     if family > 1:
@@ -340,6 +367,7 @@ def headline(run: Run, g: Group) -> Headline:
                 assert f is not None
                 by_flag.setdefault(f, []).append(t)
             notes.append(CannotRank(name, by_flag, metric))
+    notes += fit_notes(run, g)
     return Headline(g.model, g.task, metric, rows, notes, family, gain, beaten, a.n_boot, base=a.base,
                     ceiling=a.ceiling, gain_clear=m.ceiling_gain_clear, ceiling_flag=m.conditions[a.ceiling].flag,
                     ceiling_cost=g.costs.get(a.ceiling, Cost()), per_token=g.per_token)
@@ -357,17 +385,37 @@ def _noise_floors(run: Run, g: Group, metric: str) -> list[Note]:
                        key=lambda d: d[0].value)
         if len(diffs) < 2:
             continue
-        mid = diffs[(len(diffs) - 1) // 2]
         (lo, lo_name), (hi, hi_name) = diffs[0], diffs[-1]
-        out.append(NoiseFloor(parent, len(diffs), lo, lo_name, hi, hi_name, mid[0], metric))
+        k = len(diffs)
+        mid = diffs[k // 2][0] if k % 2 else _median_gain(g, metric, diffs[k // 2 - 1][1], diffs[k // 2][1])
+        out.append(NoiseFloor(parent, k, lo, lo_name, hi, hi_name, mid, metric))
     return out
 
 
-def overfit_note(g: Group) -> Overfitting | None:
-    """The headline's word on overfitting: the chosen trials whose curves warn (details in their own section)."""
-    flagged = [(c, seed, x.warnings) for c, per_seed in overfitting(g).items() for seed, checks in per_seed
-               for x in checks if x.winner and x.warnings]
-    return Overfitting(flagged) if flagged else None
+def _median_gain(g: Group, metric: str, left: str, right: str) -> Estimate:
+    """The median gain of an even count: the paired difference from the base of the mean of the two middle
+    conditions' per-example scores, bootstrapped together (its interval is that of the median shown)."""
+    a = g.analysis
+    assert a is not None
+    m = score_matrices({c: {x.seed: x.lines for x in g.cells[c]} for c in (a.base, left, right)})[metric]
+    both = analyze({metric: {a.base: m[a.base], "median": (m[left] + m[right]) / 2}}, base=a.base,
+                   n_boot=a.n_boot, seed=a.seed, confidence=a.confidence)
+    gain = both.metrics[metric].conditions["median"].diff
+    assert gain is not None
+    return gain
+
+
+def fit_notes(run: Run, g: Group) -> list[Note]:
+    """The headline's word on the chosen trials' curves (details in their own section): overfitting, still
+    improving, and logs too old to tell."""
+    chosen = [(c, seed, x) for c, per_seed in overfitting(g).items() for seed, checks in per_seed for x in checks
+              if x.winner]
+    over = [(c, seed, ws) for c, seed, x in chosen
+            if (ws := [w for w in x.warnings if w.kind in ("first-evaluation", "dev-rises")])]
+    still = [(c, run.role(c), seed, w) for c, seed, x in chosen for w in x.warnings if w.kind == "still-improving"]
+    old = [(c, seed) for c, seed, x in chosen if not x.assessable and not x.has("still-improving")]
+    return ([Overfitting(over)] if over else []) + ([StillImproving(still)] if still else []) \
+        + ([NotAssessable(old)] if old else [])
 
 
 # --- sample-efficiency curves ----------------------------------------------------------------------------------------
@@ -391,7 +439,8 @@ class CurvePoint:
 class Reach:
     """Where a condition's gain first reaches ``REACH`` of its largest-size gain: ``kind`` "reached" (at ``size``,
     with its ``gain`` and its ``share`` of the largest size's gain; None at the largest size itself), "no-largest"
-    (the condition or the base failed at the largest size), "no-gain" (``top``: no gain there) or "not-reached"."""
+    (the condition or the base failed at the largest size), "no-gain" (``top``: no gain there), "no-train-data" (it
+    read no train example at any size, so its curve is flat by construction) or "not-reached"."""
 
     kind: str
     size: int | None = None
@@ -451,6 +500,16 @@ def curves(run: Run, groups: Sequence[Group], n_boot: int) -> list[Curve]:
     return out
 
 
+def _reads_train(run: Run, cell: Cell) -> bool:
+    """Whether a cell's fit read a train example, by what the harness recorded (evidence.json ``fit_reads``); a
+    cell without that record, or with scorer calls that name no example, is taken to have read one."""
+    ev = cell.evidence
+    whole = run.splits.get((cell.key.task, cell.key.seed))
+    if ev is None or whole is None or ev.fit_bare_calls:
+        return True
+    return bool(set(whole.ids["train"]) & set(ev.fit_reads))
+
+
 def _reach(run: Run, largest: Group, gs: Sequence[Group], c: str, pts: list[CurvePoint], metric: str,
            n_boot: int) -> Reach:
     """The smallest train size whose point estimate of the gain reaches ``REACH`` of the largest size's, with the
@@ -459,6 +518,8 @@ def _reach(run: Run, largest: Group, gs: Sequence[Group], c: str, pts: list[Curv
     base_cells = largest.cells.get(run.base or "", [])
     if top is None or not base_cells or not all(x.ok for x in base_cells):
         return Reach("no-largest")
+    if not any(_reads_train(run, x) for g in gs for x in g.cells.get(c, [])):
+        return Reach("no-train-data", top=top)  # the same at every size by construction: a share of 1.00 says nothing
     if top.value <= 0:
         return Reach("no-gain", top=top)
     for p, g in zip(pts, gs, strict=True):
@@ -584,12 +645,22 @@ def transfers(run: Run, n_boot: int) -> list[TransferBlock]:
     return out
 
 
-# --- overfitting -----------------------------------------------------------------------------------------------------
+# --- overfitting and still improving --------------------------------------------------------------------------------
+FIT_ALPHA = 0.05  # one-sided: the chance a curve whose dev loss is noise around a constant is flagged as overfitting
+
+
 @dataclass(frozen=True)
 class FitWarning:
-    """What a trial's curves warn of: ``kind`` "first-evaluation" (the dev-selected ``step`` is the first
-    evaluation) or "dev-rises" (after ``step`` train loss falls ``train_from`` -> ``train_to`` while dev loss rises
-    ``dev_from`` -> ``dev_to``, at ``last_step``)."""
+    """What a trial's curves warn of, with the numbers behind it. ``kind``:
+
+    - "first-evaluation": the dev-selected ``step`` is the first evaluation (nothing learned generalised to dev);
+    - "dev-rises": overfitting. From the selected ``step`` to the last evaluation (``last_step``) the mean dev loss
+      rises ``dev_from`` -> ``dev_to``, by ``z`` standard errors of the paired per-example difference, beyond
+      ``threshold``; and the train loss falls ``train_from`` -> ``train_to`` beyond its minibatch noise;
+    - "still-improving": the selected step is the last evaluation (``last_step`` = ``step``, training ended by
+      ``stopped``), or the last evaluation's dev loss is below the one before beyond noise (``z``): a longer budget
+      may do better.
+    """
 
     kind: str
     step: int
@@ -598,11 +669,16 @@ class FitWarning:
     dev_from: float | None = None
     dev_to: float | None = None
     last_step: int | None = None
+    z: float | None = None
+    threshold: float | None = None
+    stopped: str | None = None
 
 
 @dataclass
 class FitCheck:
-    """One trial's train and dev curves (log.json): the dev-selected step, the losses there, and the warnings."""
+    """One trial's train and dev curves (log.json): the dev-selected step, the losses there, and the warnings.
+    ``assessable`` is False for a log written before per-example dev losses and per-step train losses were kept:
+    its rise and fall have no noise scale, so it gets no overfitting verdict either way."""
 
     label: str  # the trial (lr, init, length) or "search"
     winner: bool
@@ -611,10 +687,14 @@ class FitCheck:
     train_loss: float | None  # mean train loss over the steps up to the selected evaluation
     dev_loss: float | None
     warnings: list[FitWarning]
+    assessable: bool = True
 
     @property
     def gap(self) -> float | None:
         return None if self.train_loss is None or self.dev_loss is None else self.dev_loss - self.train_loss
+
+    def has(self, kind: str) -> bool:
+        return any(w.kind == kind for w in self.warnings)
 
 
 def fit_checks(log: dict[str, Any] | None) -> list[FitCheck]:
@@ -626,51 +706,106 @@ def fit_checks(log: dict[str, Any] | None) -> list[FitCheck]:
         winner = log.get("winner") or {}
         trials = [(", ".join(f"{k} {t.get(k)}" for k in ("length", "lr", "init") if t.get(k) is not None),
                    t.get("curve") or [], t.get("best_step"), t.get("status", "ok"),
-                   all(t.get(k) == winner.get(k) for k in ("length", "lr", "init"))) for t in log["trials"]]
+                   all(t.get(k) == winner.get(k) for k in ("length", "lr", "init")), t.get("stopped"))
+                  for t in log["trials"]]
     else:
-        trials = [("search", log["curves"], log.get("best_step"), "ok", True)]
+        trials = [("search", log["curves"], log.get("best_step"), "ok", True, log.get("stopped"))]
     return [_fit_check(*t) for t in trials if t[3] == "ok"]
 
 
-def _fit_check(label: str, curve: list[dict[str, Any]], selected: Any, status: str, winner: bool) -> FitCheck:
-    train: dict[int, float] = {}  # step -> train loss (a search logs a point per step; training one per evaluation)
-    evals: list[tuple[int, float, float | None]] = []  # (step, dev loss, mean train loss since the last evaluation)
-    windows: list[list[float]] = []  # the train losses behind each evaluation's mean
+@dataclass
+class _Evaluation:
+    step: int
+    dev_loss: float
+    dev_losses: list[float] | None  # each dev example's gold NLL (None: not logged)
+    window: list[float]  # the train losses of the steps since the evaluation before
+
+
+def _fit_check(label: str, curve: list[dict[str, Any]], selected: Any, status: str, winner: bool,
+               stopped: str | None = None) -> FitCheck:
+    evals: list[_Evaluation] = []
+    seen: set[int] = set()  # a step's train loss is logged on its step point and again on its evaluation
     since: list[float] = []
     for p in curve:
         step = p.get("step")
         if not is_number(step):
             continue
-        if is_number(p.get("train_loss")) and int(step) not in train:
-            train[int(step)] = float(p["train_loss"])
+        if is_number(p.get("train_loss")) and int(step) not in seen:
+            seen.add(int(step))
             since.append(float(p["train_loss"]))
         if is_number(p.get("dev_loss")):
-            evals.append((int(step), float(p["dev_loss"]), sum(since) / len(since) if since else None))
-            windows.append(since)
+            losses = p.get("dev_losses")
+            evals.append(_Evaluation(int(step), float(p["dev_loss"]),
+                                     [float(x) for x in losses] if isinstance(losses, list) and losses else None,
+                                     since))
             since = []
     check = FitCheck(label, winner, int(selected) if is_number(selected) else None, len(evals), None, None, [])
-    at = next((e for e in evals if e[0] == check.selected), None)
+    at = next((i for i, e in enumerate(evals) if e.step == check.selected), None)
     if at is None or len(evals) < 2:
         return check
-    check.dev_loss, check.train_loss = at[1], at[2]
-    if at is evals[0]:
-        check.warnings.append(FitWarning("first-evaluation", at[0]))
-    after = evals[evals.index(at):]
-    first_train = next((e[2] for e in after if e[2] is not None), None)
-    last = after[-1]
-    if len(after) > 1 and first_train is not None and last[2] is not None and last[2] < first_train \
-            and last[1] > at[1] and _falls(windows[evals.index(next(e for e in after if e[2] is not None))],
-                                           windows[len(evals) - 1]):
-        check.warnings.append(FitWarning("dev-rises", at[0], first_train, last[2], at[1], last[1], last[0]))
+    chosen, last = evals[at], evals[-1]
+    check.dev_loss = chosen.dev_loss
+    check.train_loss = statistics.fmean(chosen.window) if chosen.window else None
+    # the per-example dev losses give the rise a noise scale, and a window of several steps gives the fall one;
+    # a log written before both were kept gets no verdict on either
+    check.assessable = all(e.dev_losses is not None for e in evals) and \
+        all(len(e.window) >= 2 for e in evals[1:])
+    if at == 0:
+        check.warnings.append(FitWarning("first-evaluation", chosen.step))
+    if at == len(evals) - 1:
+        check.warnings.append(FitWarning("still-improving", chosen.step, dev_to=chosen.dev_loss,
+                                         last_step=last.step, stopped=stopped))
+        return check
+    if not check.assessable:
+        return check
+    falling = _paired_z(last.dev_losses, evals[-2].dev_losses)  # type: ignore[arg-type]
+    if falling is not None and falling < -2:
+        check.warnings.append(FitWarning("still-improving", chosen.step, dev_from=evals[-2].dev_loss,
+                                         dev_to=last.dev_loss, last_step=last.step, z=falling, threshold=-2.0,
+                                         stopped=stopped))
+    rise = _paired_z(last.dev_losses, chosen.dev_losses)  # type: ignore[arg-type]
+    threshold = rise_threshold(len(evals))
+    # the train fall: from the window that ends at the chosen step (the first after it, when that is step 0)
+    before = chosen.window or evals[at + 1].window
+    if rise is not None and rise > threshold and _falls(before, last.window):
+        check.warnings.append(FitWarning("dev-rises", chosen.step, statistics.fmean(before),
+                                         statistics.fmean(last.window), chosen.dev_loss, last.dev_loss, last.step,
+                                         rise, threshold))
     return check
+
+
+def rise_threshold(evaluations: int, alpha: float = FIT_ALPHA) -> float:
+    """How many standard errors the dev loss must rise from the chosen evaluation to the last one to count.
+
+    Both ends are chosen by the data: the chosen evaluation is the minimum, so its dev loss is low by selection,
+    and the last is where early stopping, after evaluations that did not improve, ended the curve. On curves whose
+    dev loss is only noise, a rise beyond two standard errors from the minimum to the end is far more common than
+    5%. The rise between the two exceeds c standard errors only if the rise of some one pair of the ``evaluations``
+    does, so testing each of their k(k-1)/2 pairs at ``alpha`` over that count (Bonferroni) bounds the false flags
+    at ``alpha`` wherever the minimum and the end fall. (Over the other evaluations alone, k - 1, it is not enough:
+    tests/test_fit_flags.py's simulation fires 5.3% of the time with patience 3.)"""
+    pairs = evaluations * (evaluations - 1) // 2
+    return float(ndtri(1 - alpha / max(1, pairs)))
+
+
+def _paired_z(later: list[float], earlier: list[float]) -> float | None:
+    """The mean per-example difference later − earlier over its standard error (None: not defined)."""
+    if len(later) != len(earlier) or len(later) < 2:
+        return None
+    d = [a - b for a, b in zip(later, earlier, strict=True)]
+    se = statistics.stdev(d) / math.sqrt(len(d))
+    mean = statistics.fmean(d)
+    if se == 0:
+        return None if mean == 0 else math.copysign(math.inf, mean)
+    return mean / se
 
 
 def _falls(before: list[float], later: list[float]) -> bool:
     """Whether the later window's mean train loss is below the earlier one's by more than minibatch noise: two
-    standard errors of the difference of the means, when both windows hold several steps (a search logs every step;
-    a window of one point, as training logs, cannot tell noise and is taken as it is)."""
+    standard errors of the difference of the means (each step's loss is on its own minibatch). Windows of fewer
+    than two steps cannot tell a fall from noise, so they show none."""
     if len(before) < 2 or len(later) < 2:
-        return True
+        return False
     se = math.sqrt(statistics.variance(before) / len(before) + statistics.variance(later) / len(later))
     return statistics.fmean(before) - statistics.fmean(later) > 2 * se
 

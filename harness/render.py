@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import re
+import struct
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -68,6 +70,20 @@ class TokenRequest:
 class TextRequest:
     context: str
     continuation: str
+
+
+def tokens_hash(seqs: Sequence[Sequence[int]]) -> str:
+    """sha256 (first 16 hex digits) of an example's requests as token ids, each context + continuation, in choice
+    order: what a score row records of where its log-likelihoods were read, and what the audit re-derives."""
+    h = hashlib.sha256()
+    for seq in seqs:
+        h.update(struct.pack(f"<I{len(seq)}q", len(seq), *seq))
+    return h.hexdigest()[:16]
+
+
+def request_hash(requests: Sequence[TokenRequest]) -> str:
+    """``tokens_hash`` of requests as rendered (what a score row's hash must equal)."""
+    return tokens_hash([r.context + r.continuation for r in requests])
 
 
 def positions(request: TokenRequest, n_prefix: int = 0) -> int:

@@ -39,6 +39,7 @@ from harness.figures import (
     transfer_figure,
 )
 from harness.findings import (
+    FIT_ALPHA,
     REACH,
     Curve,
     Group,
@@ -46,7 +47,6 @@ from harness.findings import (
     analyze_groups,
     curves,
     headline,
-    overfit_note,
     overfitting,
     transfers,
 )
@@ -80,8 +80,8 @@ def _p(p: float) -> str:
     return f"{p:.3g}"
 
 
-def _pv(p: float, g: Group, family: int = 1) -> str:
-    return format_p(p, g.analysis.n_boot, family) if g.analysis is not None else f"= {p:.3g}"
+def _pv(p: float, bound: bool, g: Group, adjusted: bool = False) -> str:
+    return format_p(p, bound, g.analysis.n_boot, adjusted) if g.analysis is not None else f"= {p:.3g}"
 
 
 def _cell_text(s: Any) -> str:
@@ -162,9 +162,7 @@ def _headline_section(run: Run, groups: list[Group]) -> list[str]:
             continue
         header, cells = wording.headline_table(h)
         out += _table(header, [[wording.markdown(c) for c in row] for row in cells]) + [""]
-        overfit = overfit_note(g)
-        notes = [*h.notes, *([overfit] if overfit else [])]
-        out += [f"- {wording.markdown(wording.note(n, h.per_token))}" for n in notes] + ([""] if notes else [])
+        out += [f"- {wording.markdown(wording.note(n, h.per_token))}" for n in h.notes] + ([""] if h.notes else [])
     return out
 
 
@@ -371,11 +369,11 @@ def _ratio_section(run: Run, groups: list[Group]) -> list[str]:
                     assert r.undefined is not None
                     row.append(f"undefined: {wording.undefined(r.undefined)}")
                     continue
-                s = f"{_num(r.value, 3)} {_iv(r.ci, 3)} ({r.ci.method}), p {_pv(r.p, g)}"
+                s = f"{_num(r.value, 3)} {_iv(r.ci, 3)} ({r.ci.method}), p {_pv(r.p, r.p_bound, g)}"
                 if r.seed_t is not None:
                     s += f"; over seeds: t {_iv(r.seed_t.ci, 3)}, p = {_p(r.seed_t.p)}"
                 if r.p_adjusted is not None and r.p_adjusted != r.decision_p:
-                    s += f"; adjusted p {_pv(r.p_adjusted, g, len(a.metrics[metric].family))}"
+                    s += f"; adjusted p {_pv(r.p_adjusted, r.p_adjusted_bound, g, adjusted=True)}"
                 if r.n_excluded:
                     s += f"; {r.n_excluded} replicates with zero ceiling gain left out"
                 row.append(s)
@@ -520,9 +518,14 @@ def _overfitting_section(run: Run, groups: list[Group]) -> list[str]:
     out = ["## Training curves and overfitting", "",
            "From each trial's train and dev curves (log.json): the dev-selected step, the mean train loss over the "
            "steps before that evaluation, the dev loss there and their gap (dev − train). Flagged: a selected step "
-           "that is the first evaluation (nothing learned generalised to dev), and train loss falling while dev loss "
-           "rises after the selected step (for a search, which logs each minibatch's loss, a fall larger than two "
-           "standard errors of the difference of the windows' means). ★: the trial the condition chose.", ""]
+           "that is the first evaluation (nothing learned generalised to dev); overfitting, when from the selected "
+           "step to the last evaluation the dev loss rises by more standard errors of the paired per-example "
+           "difference than the threshold (Bonferroni over the pairs of evaluations, since the data choose both the "
+           f"minimum and where early stopping ends, so a curve whose dev loss is noise is flagged at most "
+           f"{FIT_ALPHA:.0%} of the time) while the train loss "
+           "falls by more than two standard errors of the difference of the two windows' means; and still "
+           "improving, when the selected step is the last evaluation or the last evaluation's dev loss is below "
+           "the one before by more than two standard errors. ★: the trial the condition chose.", ""]
     for g, per_condition in found:
         out += [f"### {g.name}", ""]
         rows = []
@@ -534,7 +537,7 @@ def _overfitting_section(run: Run, groups: list[Group]) -> list[str]:
                                  _num(x.train_loss, 3) if x.train_loss is not None else "—",
                                  _num(x.dev_loss, 3) if x.dev_loss is not None else "—",
                                  _num(x.gap, 3, signed=True) if x.gap is not None else "—",
-                                 "; ".join(wording.fit_warning(w) for w in x.warnings) or "—"])
+                                 wording.fit_warnings(x)])
         out += _table(["condition", "seed", "trial", "selected step", "train loss", "dev loss", "gap", "warnings"],
                       rows) + [""]
     return out

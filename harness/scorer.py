@@ -38,14 +38,19 @@ from harness.data import Example, TaskKind
 from harness.forward import common_prefix, head_logits, run_tree_rows
 from harness.models import OUT_OF_MEMORY, LoadedModel, config_positions, map_large_buffers, release
 from harness.progress import bar
-from harness.render import Ledger, Renderer, TokenRequest
+from harness.render import Ledger, Renderer, TokenRequest, tokens_hash
 
 
 @dataclass(frozen=True)
 class Loglik:
+    """One request's log-likelihood, and ``read``: the token ids it was read from (the input row through the
+    last position read, then that position's target), as the passes that read it reported them back. It equals
+    the request's context + continuation unless the scores were put back in the wrong order."""
+
     loglik: float
     n_tokens: int
     greedy: bool
+    read: tuple[int, ...] = ()
 
 
 @dataclass
@@ -63,9 +68,14 @@ class ExampleScore:
     greedy_match: bool | None = None
     # multiple choice: lm-eval's acc_norm (argmax of each choice's log-likelihood over its length in characters)
     correct_norm: bool | None = None
+    # ``render.tokens_hash`` of the token ids the choices' log-likelihoods were read from: the audit re-renders the
+    # example's requests from the split, the artifact and the tokenizer and compares, so a score that landed on
+    # another example, or a prompt that is not the one saved, fails `promptgap check`
+    request_hash: str | None = None
 
     def to_json(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if v is not None or k not in ("greedy_match", "correct_norm")}
+        return {k: v for k, v in asdict(self).items()
+                if v is not None or k not in ("greedy_match", "correct_norm", "request_hash")}
 
 
 def norm_pred(example: Example, lls: Sequence[float]) -> int:
@@ -82,11 +92,12 @@ def example_score(example: Example, kind: TaskKind, results: Sequence[Loglik]) -
     if kind == "continuation":
         r = results[0]
         return ExampleScore(example.id, lls, [r.n_tokens], [r.greedy], example.gold, 0, r.greedy,
-                            -r.loglik / r.n_tokens, greedy_match=r.greedy)
+                            -r.loglik / r.n_tokens, greedy_match=r.greedy, request_hash=tokens_hash([r.read]))
     log_z = max(lls) + math.log(sum(math.exp(x - max(lls)) for x in lls))
     return ExampleScore(example.id, lls, [r.n_tokens for r in results], [r.greedy for r in results], example.gold, pred,
                         pred == example.gold, log_z - lls[example.gold],
-                        correct_norm=norm_pred(example, lls) == example.gold)
+                        correct_norm=norm_pred(example, lls) == example.gold,
+                        request_hash=tokens_hash([r.read for r in results]))
 
 
 @dataclass(eq=False)
@@ -103,6 +114,20 @@ class _Node:
     @property
     def end(self) -> int:
         return self.start + len(self.tokens)
+
+
+def _read_tokens(where: tuple[_Node, int, int] | None) -> tuple[int, ...]:
+    """The token ids a request was read from, given its deepest read (node, offset, target): the tokens on the
+    tree's path to that position, then the target. Every read of a request lies on that one path."""
+    if where is None:
+        return ()
+    node, off, target = where
+    parts = [node.tokens[: off + 1]]
+    up = node.parent
+    while up is not None:
+        parts.append(up.tokens)
+        up = up.parent
+    return tuple(t for part in reversed(parts) for t in part) + (target,)
 
 
 def build_tree(seqs: list[tuple[int, ...]]) -> tuple[_Node, list[_Node]]:
@@ -310,7 +335,7 @@ class Scorer:
 
         # each pass's log-probabilities and greedy hits stay on the device until the end (no wait per pass); they
         # are summed per request in the order the passes ran, and a request is read by at most one pass per level
-        self._reads: list[tuple[list[int], torch.Tensor, torch.Tensor]] = []
+        self._reads: list[tuple[list[int], torch.Tensor, torch.Tensor, list[tuple[_Node, int, int]]]] = []
         with bar(desc, sum(len(r.continuation) for r in requests)) as advance:
             self._advance = advance
             kv: dict[_Node, torch.Tensor] = {}  # a node's own keys/values, while its descendants still run
@@ -319,16 +344,20 @@ class Scorer:
             with self._workers():
                 self._run_tree([root] if root.tokens else root.children, kv)
         sums, counts, greedy = [0.0] * len(requests), [0] * len(requests), [True] * len(requests)
+        last: list[tuple[_Node, int, int] | None] = [None] * len(requests)  # each request's deepest read
         if self._reads:
-            lps = torch.cat([lp for _, lp, _ in self._reads]).tolist()
-            hits = torch.cat([hit for _, _, hit in self._reads]).tolist()
-            owners = [ri for o, _, _ in self._reads for ri in o]
-            for ri, lp, g in zip(owners, lps, hits, strict=True):
+            lps = torch.cat([lp for _, lp, _, _ in self._reads]).tolist()
+            hits = torch.cat([hit for _, _, hit, _ in self._reads]).tolist()
+            owners = [ri for o, _, _, _ in self._reads for ri in o]
+            where = [w for _, _, _, ws in self._reads for w in ws]
+            for ri, lp, g, w in zip(owners, lps, hits, where, strict=True):
                 sums[ri] += lp
                 counts[ri] += 1
                 greedy[ri] = greedy[ri] and g
+                if (at := last[ri]) is None or w[0].start + w[1] > at[0].start + at[1]:
+                    last[ri] = w
         self._reads = []
-        return [Loglik(s, n, g) for s, n, g in zip(sums, counts, greedy, strict=True)]
+        return [Loglik(s, n, g, _read_tokens(w)) for s, n, g, w in zip(sums, counts, greedy, last, strict=True)]
 
     # --- running -------------------------------------------------------------
     @contextlib.contextmanager
@@ -511,14 +540,16 @@ class Scorer:
 
     def _read(self, hidden: torch.Tensor, batch: list[_Node]):
         """LM head only at continuation-predicting positions, ``budget.head_rows`` at a time: (request of each
-        read, log-probabilities, greedy hits), the last two on the device; None when the pass reads nothing."""
-        rows, offs, targets, owners = [], [], [], []
+        read, log-probabilities, greedy hits, where each read was: node, offset, target), the second and third on the
+        device; None when the pass reads nothing."""
+        rows, offs, targets, owners, read_at = [], [], [], [], []
         for row, node in enumerate(batch):
             for off, ri, tok in node.reads:
                 rows.append(row)
                 offs.append(off)
                 targets.append(tok)
                 owners.append(ri)
+                read_at.append((node, off, tok))
         if not rows:
             return None
         dev = hidden.device
@@ -531,7 +562,7 @@ class Scorer:
             tgt = where[2, a : a + step]
             lps.append(torch.log_softmax(logits, dim=-1).gather(1, tgt[:, None])[:, 0])
             hits.append(logits.argmax(dim=-1) == tgt)
-        return owners, torch.cat(lps), torch.cat(hits)
+        return owners, torch.cat(lps), torch.cat(hits), read_at
 
     def _forward(self, rows: list[list[int]], pasts: list[list[torch.Tensor]], starts: list[int]):
         """(buffer, past width, hidden) of ``rows`` after their pasts: ``forward.run_tree_rows``."""

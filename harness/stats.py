@@ -225,6 +225,12 @@ class RatioStats:
     decision: Interval | None = None
     decision_p: float | None = None
     p_adjusted: float | None = None
+    # True where the p beside it is the bootstrap's resolution, 1 / n_boot, not a measured value: no replicate (or
+    # less than one's worth, after BCa's map) lies beyond 0.5, so the p is below it. Holm's adjustment of such a p is
+    # a bound too
+    p_bound: bool = False
+    decision_p_bound: bool = False
+    p_adjusted_bound: bool = False
 
 
 @dataclass(frozen=True)
@@ -258,6 +264,8 @@ class Outcome:
     family: int = 1
     n_boot: int = 0
     n_needed: int | None = None
+    p_adjusted_bound: bool = False  # p_adjusted is a bound at the bootstrap's resolution (RatioStats)
+    seeds_needed: int | None = None
 
 
 @dataclass(frozen=True)
@@ -508,21 +516,28 @@ def _bca(theta: float, reps: np.ndarray, loo: np.ndarray | None, alpha: float) -
     return Interval(float(lo), float(hi), "bca")
 
 
-def _p_value(theta: float, reps: np.ndarray, loo: np.ndarray | None, ci: Interval, null: float) -> float:
+def _p_value(theta: float, reps: np.ndarray, loo: np.ndarray | None, ci: Interval, null: float) -> tuple[float, bool]:
     """Two-sided bootstrap p-value of ``null``, by the method of ``ci``: the smallest 1 - confidence at which that
-    interval would exclude ``null`` (so ``ci`` excludes it exactly when p < 1 - its confidence).
+    interval would exclude ``null`` (so ``ci`` excludes it exactly when p < 1 - its confidence); and whether it is
+    only a bound.
 
     Percentile: twice the smaller tail of the replicates beyond ``null`` (mid-rank for ties). BCa: the BCa map from
-    nominal levels to quantile levels, inverted at the replicates' distribution function at ``null``."""
-    tail = (np.sum(reps < null) + np.sum(reps <= null)) / (2 * reps.size)
+    nominal levels to quantile levels, inverted at the replicates' distribution function at ``null``. Below one
+    replicate in ``reps.size`` the bootstrap cannot resolve p: then p is that resolution and the flag says it is a
+    bound. That includes every p with no replicate beyond ``null``, whatever BCa's map of the clamped tail gives:
+    such a number (say 0.000127 from 10,000 replicates) has no replicate behind it."""
+    beyond = (np.sum(reps < null) + np.sum(reps <= null)) / (2 * reps.size)
+    tail = beyond
     if ci.method == "bca":
         params = _bca_params(theta, reps, loo)
         if not isinstance(params, BcaSkip):
             z0, accel = params
             w = float(ndtri(min(max(tail, 0.5 / reps.size), 1 - 0.5 / reps.size))) - z0
             tail = float(ndtr(w / (1 + accel * w) - z0))
-    # below one replicate in reps.size the bootstrap cannot resolve p: report that bound, not 0
-    return float(min(1.0, max(2 * min(tail, 1 - tail), 1 / reps.size)))
+    p = 2 * min(tail, 1 - tail)
+    if min(beyond, 1 - beyond) == 0 or p < 1 / reps.size:
+        return 1 / reps.size, True
+    return float(min(1.0, p)), False
 
 
 def _seed_t(values: np.ndarray, null: float, alpha: float) -> SeedT | None:
@@ -653,12 +668,13 @@ def analyze(
             if cond != base:
                 diff = estimate((metric, "diff", cond))
                 sign, mc, st = clear(metric, diff, x, by_cond[base])
-                stats = dataclasses.replace(stats, diff=diff, diff_seeds=_spread(cols[(metric, "diff", cond)]),
-                                            mcnemar=mc, diff_t=st, clear=sign)
+                stats = dataclasses.replace(stats, diff=_deciding(diff, st),
+                                            diff_seeds=_spread(cols[(metric, "diff", cond)]), mcnemar=mc, diff_t=st,
+                                            clear=sign)
             if cond in rivals:
                 vs = estimate((metric, "vs_ceiling", cond))
-                stats = dataclasses.replace(stats, vs_ceiling=vs,
-                                            beats_ceiling=clear(metric, vs, x, by_cond[ceiling])[0] > 0)
+                beats, _, vs_t = clear(metric, vs, x, by_cond[ceiling])
+                stats = dataclasses.replace(stats, vs_ceiling=_deciding(vs, vs_t), beats_ceiling=beats > 0)
             conds[cond] = stats
         ratios: dict[str, RatioStats] = {}
         gain_clear: bool | None = None
@@ -675,6 +691,15 @@ def analyze(
     if ceiling is None:
         return analysis
     return _judge(analysis)
+
+
+def _deciding(est: Estimate, seed_t: SeedT | None) -> Estimate:
+    """A difference with the interval its verdict uses: with several seeds, the wider of the hierarchical
+    bootstrap's and the t-interval over seeds (a bootstrap over a few seeds underestimates their spread), so the
+    interval shown beside a number is the one that decides. The bootstrap's percentile interval stays beside it."""
+    if seed_t is None or seed_t.ci.width <= est.ci.width:
+        return est
+    return dataclasses.replace(est, ci=seed_t.ci)
 
 
 def _flag(metric: str, x: np.ndarray, mean: Estimate, chance: float | None) -> str | None:
@@ -722,16 +747,17 @@ def _ratio(
         with np.errstate(divide="ignore", invalid="ignore"):
             loo = _loo_means(d_text) / _loo_means(d_ceil)
     est = _estimate(theta, reps, loo, alpha, why_not)
-    p = _p_value(theta, reps, loo, est.ci, RECOVERY_THRESHOLD)
+    p, bound = _p_value(theta, reps, loo, est.ci, RECOVERY_THRESHOLD)
     per_seed = d_ceil.mean(axis=1)
     seed_t = None
     if d_text.shape[0] > 1 and np.all(per_seed != 0):
         seed_t = _seed_t(d_text.mean(axis=1) / per_seed, RECOVERY_THRESHOLD, alpha)
-    decision, decision_p = est.ci, p
+    decision, decision_p, decision_bound = est.ci, p, bound
     if seed_t is not None:
         decision = max(est.ci, seed_t.ci, key=lambda iv: iv.width)
-        decision_p = max(p, seed_t.p)
-    return RatioStats(text, est.value, est.ci, est.percentile, None, n_excluded, p, seed_t, decision, decision_p)
+        decision_p, decision_bound = (p, bound) if p >= seed_t.p else (seed_t.p, False)
+    return RatioStats(text, est.value, est.ci, est.percentile, None, n_excluded, p, seed_t, decision, decision_p,
+                      p_bound=bound, decision_p_bound=decision_bound)
 
 
 # --- the verdict -----------------------------------------------------------------------------------------------------
@@ -776,9 +802,12 @@ def _judge(a: Analysis) -> Analysis:
         if family:
             ps = [m.ratios[t].decision_p for t in family]
             adjusted = multipletests(ps, alpha=alpha, method="holm")[1] if len(family) > 1 else ps
-            for t, p_adj in zip(family, adjusted, strict=True):
-                r = ratios[t] = dataclasses.replace(m.ratios[t], p_adjusted=float(p_adj))
-                outcomes[t][name] = _r_rule(r, len(family), a.n_examples, alpha, a.n_boot)
+            steps, bounds = _holm_steps(ps, [m.ratios[t].decision_p_bound for t in family])
+            for t, p_adj, step, bound in zip(family, adjusted, steps, bounds, strict=True):
+                # 12 significant digits: Holm's products land a bit off the multiples of 1 / n_boot they are
+                r = ratios[t] = dataclasses.replace(m.ratios[t], p_adjusted=float(f"{p_adj:.12g}"),
+                                                    p_adjusted_bound=bound)
+                outcomes[t][name] = _r_rule(r, len(family), step, a.n_examples, alpha, a.n_boot)
         metrics[name] = dataclasses.replace(m, ratios=ratios, family=family)
     for t in a.texts:  # a duplicate of another text condition shares its verdict
         if t not in distinct:
@@ -789,17 +818,52 @@ def _judge(a: Analysis) -> Analysis:
                    outcomes[t]) for t in a.texts})
 
 
-def _r_rule(r: RatioStats, family: int, n: int, alpha: float, n_boot: int) -> Outcome:
+def _holm_steps(ps: Sequence[float], bounds: Sequence[bool]) -> tuple[list[int], list[bool]]:
+    """For each p of a Holm family: the number of hypotheses still standing at its step (m for the smallest p, 1
+    for the largest), whose alpha / that number it is tested at; and whether its adjusted p is a bound, that is,
+    whether the p that sets it (Holm's adjusted p is the running maximum of (m - j + 1) p_(j)) is one."""
+    m = len(ps)
+    order = sorted(range(m), key=lambda i: ps[i])
+    steps, bounds_out = [0] * m, [False] * m
+    best, best_bound = -1.0, False
+    for j, i in enumerate(order):
+        steps[i] = m - j
+        if (m - j) * ps[i] > best:
+            best, best_bound = (m - j) * ps[i], bounds[i]
+        bounds_out[i] = best_bound
+    return steps, bounds_out
+
+
+def _r_rule(r: RatioStats, family: int, step: int, n: int, alpha: float, n_boot: int) -> Outcome:
     assert r.value is not None and r.decision is not None and r.p_adjusted is not None
-    cited = {"p_adjusted": r.p_adjusted, "family": family, "n_boot": n_boot}
+    cited = {"p_adjusted": r.p_adjusted, "family": family, "n_boot": n_boot, "p_adjusted_bound": r.p_adjusted_bound}
     if r.p_adjusted < alpha:
         if r.value > RECOVERY_THRESHOLD:
             return Outcome("text-closes-gap", "r-above", **cited)
         return Outcome("soft-only", "r-below", **cited)
-    # n_needed: the interval's half-width shrinks as 1/sqrt(n); it must become smaller than R's distance from 0.5
-    half, gap = r.decision.width / 2, abs(r.value - RECOVERY_THRESHOLD)
-    n_needed = math.ceil(n * (half / gap) ** 2) if gap > 0 and math.isfinite(half) else None
-    return Outcome("inconclusive", "r-undecided", **cited, n_needed=n_needed)
+    return Outcome("inconclusive", "r-undecided", **cited, **_needed(r, step, n, alpha))
+
+
+def _needed(r: RatioStats, step: int, n: int, alpha: float) -> dict[str, int | None]:
+    """Roughly what would settle an undecided R: its interval, at the level Holm tests it at (alpha / ``step``),
+    must shrink to exclude 0.5. With one seed, or where the bootstrap interval decides, it shrinks as 1 / sqrt(n):
+    ``n_needed`` examples per seed. Where the t-interval over seeds decides, more examples per seed cannot narrow
+    it: ``seeds_needed``, for the observed spread of per-seed R (None: no number would)."""
+    assert r.value is not None and r.decision is not None
+    gap = abs(r.value - RECOVERY_THRESHOLD)
+    level = alpha / max(1, step)
+    if r.decision.method == "t" and r.seed_t is not None:
+        k = len(r.seed_t.per_seed)
+        sd = float(np.std(r.seed_t.per_seed, ddof=1))
+        for seeds in range(k + 1, 1001):
+            if float(scipy.stats.t.ppf(1 - level / 2, seeds - 1)) * sd / math.sqrt(seeds) < gap:
+                return {"n_needed": None, "seeds_needed": seeds}
+        return {"n_needed": None, "seeds_needed": None}
+    # the interval's half-width at the Holm level: its half-width at alpha, widened by the ratio of normal points
+    half = r.decision.width / 2 * float(ndtri(1 - level / 2) / ndtri(1 - alpha / 2))
+    if gap == 0 or not math.isfinite(half):
+        return {"n_needed": None, "seeds_needed": None}
+    return {"n_needed": max(n + 1, math.ceil(n * (half / gap) ** 2)), "seeds_needed": None}
 
 
 def verdict(analysis: Analysis, text: str) -> Verdict:

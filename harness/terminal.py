@@ -38,10 +38,10 @@ def print_headlines(run_dir: Path, n_boot: int | None = None) -> None:
             continue
         header, cells = wording.headline_table(h)
         # flags every row shares are said once, under the table
-        common = set.intersection(*(set(r.flags) for r in h.rows)) if h.rows else set()
+        common = set.intersection(*(set(wording.table_flags(r)) for r in h.rows)) if h.rows else set()
         table = Table(*header, show_lines=False)
         for r, row in zip(h.rows, cells, strict=True):
-            flags = wording.flags([f for f in r.flags if f not in common], h.per_token)
+            flags = wording.flags([f for f in wording.table_flags(r) if f not in common], h.per_token)
             table.add_row(*(rich_markup(c) for c in [*row[:-1], flags]))
         console.print(table)
         if common:

@@ -15,7 +15,8 @@ if TYPE_CHECKING:  # the audit's result is handed in by the caller, which runs t
 
 
 def verdict_json(run: Run, groups: list[Group], stamp: dict[str, Any], audit: Audit) -> dict[str, Any]:
-    """The headline of each group with the audit's outcome; flags are written as the markdown report writes them."""
+    """The headline of each group with the audit's outcome; flags and notes in the report's words, as plain text
+    (emphasis is the markdown's and the terminal's business, not a pipeline's)."""
     out: dict[str, Any] = {"schema": "promptgap-verdict/1", "run_id": run.run_id, "written": stamp["written"],
                            "code": stamp["code"], "audit": {"passed": audit.passed,
                                                             "failed": [i.title for i in audit.failed]}, "groups": []}
@@ -30,10 +31,11 @@ def verdict_json(run: Run, groups: list[Group], stamp: dict[str, Any], audit: Au
             "confidence": a.confidence if a else None, "correction": "holm", "family_size": h.family,
             "ceiling_gain": _est_json(h.ceiling_gain), "ceiling_beaten_by": h.beaten_by,
             "no_verdict_reason": wording.no_verdict(no_verdict) if no_verdict is not None else None,
+            "notes": [wording.note(n, h.per_token).plain for n in h.notes],
             "rows": [{"texts": r.texts, "verdict": r.verdict, "reason": wording.row_reason(r), "R": r.r,
                       "delta": _est_json(r.delta),
-                      "flags": [wording.markdown(wording.flag(f, h.per_token)) for f in r.flags],
-                      "n_needed": r.n_needed, "cost": r.cost.to_json()}
+                      "flags": [wording.flag(f, h.per_token).plain for f in r.flags],
+                      "n_needed": r.n_needed, "seeds_needed": r.seeds_needed, "cost": r.cost.to_json()}
                      for r in h.rows]})
     return out
 

@@ -18,18 +18,22 @@ from harness.findings import (
     BeatenCeiling,
     CannotRank,
     Cost,
+    FitCheck,
     FitWarning,
     Flag,
     Headline,
     MetricsDisagree,
     Multiplicity,
     NoiseFloor,
+    NotAssessable,
     Note,
     NoVerdict,
     OneSeed,
     Overfitting,
     Reach,
     Row,
+    StillImproving,
+    TwoSeeds,
 )
 from harness.stats import RECOVERY_THRESHOLD, Analysis, BcaSkip, Estimate, Interval, MetricAnalysis, Outcome, Undefined
 
@@ -107,9 +111,12 @@ def interval(iv: Interval) -> str:
     return f"[{iv.lo:+.3f}, {iv.hi:+.3f}]"
 
 
-def format_p(p: float, n_boot: int, family: int = 1) -> str:
-    """'= p', or '<= p' where the bootstrap cannot resolve it (one replicate in n_boot, times Holm's factor)."""
-    return f"<= {p:.2g}" if p <= family / n_boot else f"= {p:.3g}"
+def format_p(p: float, bound: bool, n_boot: int, adjusted: bool = False) -> str:
+    """'= p' for a measured p; where the bootstrap cannot resolve it (``bound``), '< 1/n_boot' for a p, and '<= p'
+    for its Holm adjustment (the resolution times Holm's factor)."""
+    if not bound:
+        return f"= {p:.3g}"
+    return f"<= {p:.2g}" if adjusted else f"< 1/{n_boot}"
 
 
 def bca_skipped(skip: BcaSkip) -> str:
@@ -157,7 +164,7 @@ def reason(o: Outcome, metric: str) -> str:
         return ("neither the ceiling nor the text prompt clearly improves on the base (which is not the same as "
                 "showing that they do not)")
     assert o.p_adjusted is not None
-    p = format_p(o.p_adjusted, o.n_boot, o.family)
+    p = format_p(o.p_adjusted, o.p_adjusted_bound, o.n_boot, adjusted=o.family > 1)
     which = f"Holm-adjusted p {p} over a family of {o.family}" if o.family > 1 else f"p {p}"
     if o.rule == "r-above":
         return (f"R's interval lies above {t} ({which} for R = {t}), so the text prompt recovers most of the "
@@ -166,6 +173,9 @@ def reason(o: Outcome, metric: str) -> str:
         return (f"R's interval lies below {t} ({which} for R = {t}), so the text prompt recovers less than half of "
                 f"the ceiling's gain")
     more = f"; about {o.n_needed} test examples per seed would settle it" if o.n_needed else ""
+    if o.seeds_needed:
+        more = (f"; the spread between seeds decides, so more examples per seed would not settle it: about "
+                f"{o.seeds_needed} seeds would")
     return (f"the data cannot tell whether the text prompt recovers more or less than half of the gap ({which} for "
             f"R = {t}){more}")
 
@@ -339,6 +349,10 @@ def note(n: Note, per_token: bool) -> Text:
     if isinstance(n, OneSeed):
         return words("One seed: each verdict holds for this one trained ceiling and this one run of each search, not "
                      "for the methods in general; run more seeds to see their spread.")
+    if isinstance(n, TwoSeeds):
+        return words("Two seeds: the t-interval over seeds, which every verdict also uses, has one degree of freedom "
+                     "(its 95% point is 12.7 standard errors), so it is wide and a verdict is hard to reach; run 3 "
+                     "or more seeds.")
     if isinstance(n, Multiplicity):
         return words(f"Multiplicity: {n.family} distinct text prompts are judged against the ceiling on "
                      f"{short(n.metric, per_token)}; their tests of R = {RECOVERY_THRESHOLD} are Holm-corrected at "
@@ -347,6 +361,20 @@ def note(n: Note, per_token: bool) -> Text:
         return words(f"{short(n.metric, per_token).capitalize()} cannot rank these prompts here ("
                      + "; ".join(f"{FLAG_WORDS[f]}: {', '.join(ts)}" for f, ts in n.by_flag.items())
                      + f"); the verdicts are decided on {short(n.deciding, per_token)}.")
+    if isinstance(n, StillImproving):
+        flagged = [f"{c}{', the ceiling' if role == 'ceiling' else ''} (seed {seed}): {fit_warning(w)}"
+                   for c, role, seed, w in n.flagged]
+        roles = {role for _, role, _, _ in n.flagged}
+        why = (["A ceiling that could go higher makes every R overstated."] if "ceiling" in roles else []) \
+            + (["A condition that could go further has its gain understated."] if roles - {"ceiling"} else [])
+        return words(f"Still improving when its budget ended, on the chosen trial of {len(flagged)} condition(s): "
+                     + " · ".join(flagged) + ". " + " ".join(why) + " A longer budget (more steps, or a larger "
+                     "max_minutes) is the remedy.")
+    if isinstance(n, NotAssessable):
+        return words("Overfitting not assessable for "
+                     + ", ".join(f"{c} (seed {seed})" for c, seed in n.trials)
+                     + ": the log predates per-example dev losses and per-step train losses, so a rise or a fall has "
+                     "no noise scale; re-run the condition to assess it.")
     assert isinstance(n, Overfitting)
     flagged = [f"{c} (seed {seed}): {'; '.join(fit_warning(w) for w in ws)}" for c, seed, ws in n.flagged]
     return words(f"Overfitting flagged on the chosen trial of {len(flagged)} condition(s): " + " · ".join(flagged)
@@ -362,16 +390,27 @@ def headline_table(h: Headline) -> tuple[list[str], list[list[Text]]]:
         if r.r is not None:
             r_text = f"{r.r['value']:.3f} [{r.r['lo']:.3f}, {r.r['hi']:.3f}]"
             if r.r.get("p_adjusted") is not None:
-                r_text += f", p {format_p(r.r['p_adjusted'], h.n_boot, max(1, h.family))}"
+                r_text += f", p {format_p(r.r['p_adjusted'], r.r['p_adjusted_bound'], h.n_boot, h.family > 1)}"
         verdict = words(row_reason(r)) if r.verdict is None else words(Em(r.verdict))
+        says = [f for f in r.flags if f.kind == "metric-says"]
+        if says and r.verdict is not None:  # the metrics disagree: the verdict word names the metric that decides
+            verdict = words(Em(r.verdict), f" on {short_metric(h.metric or '', h.per_token)}",
+                            *(f"; {f.value} on {short_metric(str(f.metric), h.per_token)}" for f in says))
         if r.verdict == "inconclusive" and r.n_needed:
             verdict += f" (~{r.n_needed} examples would settle it)"
+        elif r.verdict == "inconclusive" and r.seeds_needed:
+            verdict += f" (~{r.seeds_needed} seeds would settle it)"
         elif r.verdict == "uninformative":
             verdict += f": {row_reason(r)}"
         rows.append([words(r.name), words(r_text), words(est(r.delta) if r.delta is not None else "—"),
-                     words(cost(r.cost)), verdict, flags(r.flags, h.per_token)])
+                     words(cost(r.cost)), verdict, flags(table_flags(r), h.per_token)])
     return (["text prompt", f"R on {metric} [95% CI]", f"Δ {metric} vs base [95% CI]", "cost", "verdict", "flags"],
             rows)
+
+
+def table_flags(r: Row) -> list[Flag]:
+    """A row's flags for the flags column: all but what the verdict cell already says (the other metric's label)."""
+    return [f for f in r.flags if f.kind != "metric-says"]
 
 
 def flags(fs: Sequence[Flag], per_token: bool) -> Text:
@@ -389,6 +428,8 @@ def reach(r: Reach) -> str:
         return f"not defined: no gain at the largest train size ({est(r.top)})"
     if r.kind == "not-reached":
         return "not reached"
+    if r.kind == "no-train-data":
+        return "uses no train data (it read no train example at any size), so its curve is flat by construction"
     assert r.gain is not None
     text = f"train {r.size}: gain {est(r.gain)}"
     share = r.share
@@ -401,10 +442,29 @@ def reach(r: Reach) -> str:
     return text
 
 
+def fit_warnings(x: FitCheck) -> str:
+    """A trial's warnings for the curves table, or why its curves cannot be judged, or a dash."""
+    said = [fit_warning(w) for w in x.warnings]
+    if not x.assessable:
+        said.append("overfitting not assessable: the log predates per-example dev losses")
+    return "; ".join(said) or "—"
+
+
 def fit_warning(w: FitWarning) -> str:
     """One overfitting warning of a trial's curves."""
     if w.kind == "first-evaluation":
         return (f"the dev-selected step is the first evaluation (step {w.step}"
                 + (", before any training" if w.step == 0 else "") + "): nothing learned on train improved dev")
-    return (f"after step {w.step} train loss falls ({w.train_from:.3f} -> {w.train_to:.3f}) while dev loss rises "
-            f"({w.dev_from:.3f} -> {w.dev_to:.3f}, step {w.last_step})")
+    if w.kind == "still-improving":
+        if w.z is None:
+            ended = "its budget"
+            if w.stopped == "steps":
+                ended = "its step budget"
+            elif w.stopped and w.stopped.startswith("max_minutes"):
+                ended = f"its time budget ({w.stopped})"
+            return f"chosen at its last evaluation (step {w.step}), where the fit ended at {ended}"
+        return (f"dev loss still falls at the last evaluation ({w.dev_from:.3f} -> {w.dev_to:.3f} at step "
+                f"{w.last_step}, {abs(w.z):.1f} standard errors of the paired difference)")
+    return (f"from step {w.step} to step {w.last_step} dev loss rises ({w.dev_from:.3f} -> {w.dev_to:.3f}, "
+            f"{w.z:.1f} standard errors of the paired difference, beyond {w.threshold:.2f}) while train loss falls "
+            f"({w.train_from:.3f} -> {w.train_to:.3f}) beyond its minibatch noise")

@@ -310,3 +310,79 @@ def test_the_report_shows_each_format_as_the_model_reads_it(run_dir, tmp_path) -
                                    add_generation_prompt=True, **TEMPLATE_PINS)
     assert blocks["chat"] == chat
     assert "today's date in the prompt: no" in text
+
+
+# --- scores re-derived: from the requests (no model), and by re-scoring ---------------------------------------------
+REQUESTS = "Every test score was read from its example's requests under the saved artifact"
+RESCORE = "Re-scored test rows agree with the recorded log-likelihoods"
+# what a score row says about its example besides the scores themselves
+ROW_KEYS = ("example_id", "choice_ntokens", "model", "task", "condition", "split", "split_hash", "format")
+
+
+def _rows(cell: Path) -> list[dict]:
+    return [json.loads(x) for x in (cell / "scores.jsonl").read_text().splitlines()]
+
+
+def _write_sealed(cell: Path, rows: list[dict]) -> None:
+    """Rows written, cell.json's mean and file hashes made to match, summary.csv rebuilt: what a bug in promptgap
+    that put scores on the wrong rows would leave, with every file consistent with every other."""
+    (cell / "scores.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def seal(c: dict) -> None:
+        c["gold_nll"] = sum(float(r["gold_nll"]) for r in rows) / len(rows)
+        c["accuracy"] = sum(bool(r["correct"]) for r in rows) / len(rows)
+        for rel, entry in c["files"].items():
+            data = (cell / rel).read_bytes()
+            entry.update(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
+    _json(cell / "cell.json", seal)
+    from harness.run_folder import RunFolder
+    from harness.runner import gather
+
+    gather(RunFolder(cell.parents[4]))
+
+
+def test_scores_moved_among_examples_of_equal_token_counts_fail_the_request_check(run_dir, tmp_path) -> None:
+    # the ceiling's scores rotated among examples whose gold continuations have the same token counts (ids and
+    # counts kept): every mean is unchanged, so only the rows' request hashes can tell
+    copy = Path(shutil.copytree(run_dir, tmp_path / "r"))
+    cell = copy / CELLS / "soft-prompt"
+    rows = _rows(cell)
+    groups: dict[tuple, list[int]] = {}
+    for i, r in enumerate(rows):
+        groups.setdefault(tuple(r["choice_ntokens"]), []).append(i)
+    moved = [dict(r) for r in rows]
+    for idx in (g for g in groups.values() if len(g) > 1):
+        for a, b in zip(idx, idx[1:] + idx[:1], strict=True):
+            moved[b].update({k: v for k, v in rows[a].items() if k not in ROW_KEYS})
+    assert sum(len(g) for g in groups.values() if len(g) > 1) >= 4, "too few equal token counts to shuffle"
+    _write_sealed(cell, moved)
+    result = audit(copy, report=copy / "no-report.md")
+    assert [i.title for i in result.failed] == [REQUESTS]
+    assert "soft-prompt: " in item(result, REQUESTS).problems[0]
+    assert "were not read from their example's requests" in item(result, REQUESTS).problems[0]
+
+
+def test_a_prompt_that_is_not_the_saved_artifact_fails_the_request_check(run_dir, tmp_path) -> None:
+    copy = Path(shutil.copytree(run_dir, tmp_path / "r"))
+    cell = copy / CELLS / "handwritten"
+    _json(cell / "artifact" / "artifact.json", lambda a: a.update(instruction=a["instruction"] + " Be brief."))
+    _write_sealed(cell, _rows(cell))
+    failed = item(audit(copy, report=copy / "no-report.md"), REQUESTS)
+    assert failed.status == "fail" and "handwritten: 12 of 12 score row(s)" in failed.problems[0]
+
+
+def test_rescore_passes_an_intact_run_and_finds_an_edit_only_it_can_see(run_dir, tmp_path, capsys) -> None:
+    assert main(["check", str(run_dir), "--report", str(run_dir / "no-report.md"), "--rescore"]) == 0
+    out = capsys.readouterr().out
+    assert f"PASS {RESCORE}" in out and "up to 20 each" in out
+    # one log-likelihood edited by 0.01 nats, its gold NLL, the cell's mean and summary.csv edited to match
+    copy = Path(shutil.copytree(run_dir, tmp_path / "r"))
+    cell = copy / CELLS / "soft-prompt"
+    rows = _rows(cell)
+    rows[3]["choice_loglik"][0] += 0.01
+    rows[3]["gold_nll"] = -rows[3]["choice_loglik"][0] / rows[3]["choice_ntokens"][0]  # a continuation: per token
+    _write_sealed(cell, rows)
+    assert audit(copy, report=copy / "no-report.md").passed  # no file disagrees with another
+    result = audit(copy, report=copy / "no-report.md", rescore=len(rows))
+    assert [i.title for i in result.failed] == [RESCORE]
+    assert f"soft-prompt: 1 of {len(rows)} re-scored row(s) differ" in item(result, RESCORE).problems[0]

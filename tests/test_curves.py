@@ -1,4 +1,4 @@
-"""Sample-efficiency curves, transfer of fitted prompts, the leakage filter, two tasks of one family, overfitting flags:
+"""Sample-efficiency curves, transfer of fitted prompts, the leakage filter, two tasks of one family:
 real runs on the embedded model with tiny budgets, checked against what the split files and the task data say."""
 
 from __future__ import annotations
@@ -22,12 +22,10 @@ from harness.cli import report_run
 from harness.config import load_config
 from harness.data import leaks
 from harness.errors import UserError
-from harness.findings import fit_checks
 from harness.plan import CellKey
 from harness.run_folder import RunFolder, load_run
 from harness.runner import Runner
 from harness.task import SplitSizes
-from harness.wording import fit_warning
 from tasks.antonyms import Antonyms
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,57 +134,6 @@ def test_leakage_filter_removes_a_planted_duplicate_and_a_planted_reversed_pair(
     seen = {e.content_key for e in fitted}
     removed = leaks([(e.id, e.content_key, e.mirror_keys) for e in test], seen)
     assert removed == {"hot-cold": "same", "small-big": "mirror"}  # the duplicate, the reversed pair; nothing else
-
-
-# --- overfitting flags from a trial's curves --------------------------------------------------------------------------
-def test_overfitting_flags_from_train_and_dev_curves() -> None:
-    def trial(best: int, curve: list[tuple[int, float | None, float]], lr: float) -> dict:
-        return {"length": 8, "lr": lr, "init": "text", "status": "ok", "best_step": best,
-                "curve": [{"step": s, "train_loss": t, "dev_loss": d} for s, t, d in curve]}
-
-    # step 0 is the init (no train loss); train falls 3 -> 1 while dev rises 2.0 -> 2.5 after step 10
-    overfit = trial(10, [(0, None, 2.2), (10, 3.0, 2.0), (20, 2.0, 2.2), (30, 1.0, 2.5)], 0.03)
-    never = trial(0, [(0, None, 2.0), (10, 2.5, 2.1), (20, 2.4, 2.3)], 0.01)  # dev best before training
-    fine = trial(20, [(0, None, 2.4), (10, 2.2, 2.2), (20, 2.0, 1.9)], 0.003)
-    log = {"curves": overfit["curve"], "winner": {"length": 8, "lr": 0.03, "init": "text"},
-           "trials": [overfit, never, fine]}
-    def said(check) -> list[str]:  # the warnings as the report words them
-        return [fit_warning(w) for w in check.warnings]
-
-    checks = fit_checks(log)
-    assert [c.winner for c in checks] == [True, False, False]
-    assert checks[0].warnings[0].kind == "dev-rises" and checks[0].warnings[0].step == 10
-    assert said(checks[0]) == ["after step 10 train loss falls (3.000 -> 1.000) while dev loss rises (2.000 -> "
-                                  "2.500, step 30)"]
-    assert checks[0].gap == pytest.approx(2.0 - 3.0)
-    assert said(checks[1]) == ["the dev-selected step is the first evaluation (step 0, before any training): "
-                                  "nothing learned on train improved dev",
-                                  "after step 0 train loss falls (2.500 -> 2.400) while dev loss rises (2.000 -> "
-                                  "2.300, step 20)"] and checks[1].gap is None
-    assert checks[2].warnings == [] and checks[2].gap == pytest.approx(1.9 - 2.0)
-    # a search logs a train loss per step and dev at evaluations: the train loss at an evaluation is the mean since
-    # the one before
-    search = {"best_step": 2, "curves": [{"step": 0, "train_loss": None, "dev_loss": 1.5},
-                                         {"step": 1, "train_loss": 1.0}, {"step": 2, "train_loss": 2.0},
-                                         {"step": 2, "train_loss": 2.0, "dev_loss": 1.4}]}
-    [check] = fit_checks(search)
-    assert check.label == "search" and check.train_loss == pytest.approx(1.5) and check.warnings == []
-
-    def searched(later: list[float]) -> dict:  # dev best at step 4, worse at step 8; train losses of every step
-        def window(first: int, losses: list[float]) -> list[dict]:
-            return [{"step": first + i, "train_loss": t} for i, t in enumerate(losses)]
-
-        return {"best_step": 4, "curves": [{"step": 0, "dev_loss": 1.5}, *window(1, [3.0, 2.0, 3.0, 2.0]),
-                                           {"step": 4, "dev_loss": 1.0}, *window(5, later),
-                                           {"step": 8, "dev_loss": 1.2}]}
-
-    # minibatch noise: means 2.5 -> 2.45, two standard errors of their difference 2 * 0.388 (by hand): no flag
-    [noisy] = fit_checks(searched([2.9, 2.0, 3.0, 1.9]))
-    assert noisy.train_loss == pytest.approx(2.5) and noisy.warnings == []
-    # a real fall: 2.5 -> 1.0, against 2 * 0.292
-    [real] = fit_checks(searched([1.0, 1.1, 0.9, 1.0]))
-    assert said(real) == ["after step 4 train loss falls (2.500 -> 1.000) while dev loss rises (1.000 -> 1.200, "
-                             "step 8)"]
 
 
 # --- a curve: every train size a prefix of one split ------------------------------------------------------------------

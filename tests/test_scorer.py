@@ -12,7 +12,7 @@ import torch
 
 from harness.artifact import PromptArtifact
 from harness.data import Example
-from harness.render import TokenRequest
+from harness.render import TokenRequest, request_hash
 from harness.scorer import Loglik, Scorer, example_score
 from tasks.antonyms import Antonyms
 from tasks.winogrande import WinoGrande
@@ -51,6 +51,8 @@ def test_matches_naive_forward_with_shared_instruction_and_demos(lm, scorer, ant
         assert abs(o.loglik - ll) < 1e-4
         assert o.greedy == greedy
         assert o.n_tokens > 0
+    # what each score was read from, as the passes report it back: its own request's tokens
+    assert [o.read for o in ours] == [r.context + r.continuation for r in reqs]
 
 
 def test_matches_naive_forward_winogrande_raw(lm, scorer) -> None:
@@ -66,8 +68,21 @@ def test_prefix_and_duplicate_requests(lm, scorer) -> None:
     reqs = [enc("The cat sat on the", " mat"), enc("The cat sat on the", " mat and purred"),
             enc("The cat sat on the mat and", " purred"), enc("The cat sat on the", " mat"),
             enc("A dog", " barked loudly")]
-    for o, (ll, greedy) in zip(scorer.loglikelihood(reqs), naive(lm, reqs), strict=True):
+    ours = scorer.loglikelihood(reqs)
+    for o, (ll, greedy) in zip(ours, naive(lm, reqs), strict=True):
         assert abs(o.loglik - ll) < 1e-4 and o.greedy == greedy
+    # a request ending inside another's row, and a duplicate, are read from their own tokens all the same
+    assert [o.read for o in ours] == [r.context + r.continuation for r in reqs]
+
+
+def test_score_rows_carry_the_hash_of_what_they_were_read_from(scorer, antonyms) -> None:
+    art = PromptArtifact(format="chat", instruction="Give the opposite word.")
+    rows = scorer.score(art, antonyms.test[:12], "continuation")
+    rendered = scorer.renderer.requests(art, antonyms.test[:12])
+    assert [r.request_hash for r in rows] == [request_hash(reqs) for reqs in rendered]
+    # a different prompt renders different tokens, so its hash differs on every row
+    other = scorer.renderer.requests(PromptArtifact(format="chat", instruction="Opposite:"), antonyms.test[:12])
+    assert all(r.request_hash != request_hash(reqs) for r, reqs in zip(rows, other, strict=True))
 
 
 def test_batch_size_invariance(lm, shared_data) -> None:
