@@ -8,6 +8,7 @@ import json
 import logging
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -274,16 +275,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def report_run(run_dir: Path, reports_dir: Path = Path("reports"), n_boot: int | None = None) -> Path:
+def report_run(run_dir: Path, reports_dir: Path = Path("reports"), n_boot: int | None = None,
+               compare: Sequence[Path] = ()) -> Path:
     """Audit a run folder and write its report with the audit's result as its checklist: the audit runs here, beside
-    the report, and the report only formats what it is handed. Returns the markdown's path."""
+    the report, and the report only formats what it is handed. ``compare``: other run folders whose trained
+    conditions on the same test examples the headline weighs against the ceiling. Returns the markdown's path."""
     from harness.audit import audit
     from harness.report import write_report
-    from harness.run_folder import load_run
+    from harness.run_folder import RunFolder, load_run
 
+    others = []
+    for other in compare:
+        if not RunFolder(Path(other)).exists():
+            raise UserError(f"--compare {other}: not a run folder (no config.json); give results/<run-id>")
+        others.append(load_run(Path(other)))
     run = load_run(Path(run_dir))
     # the report's own staleness is no item of the report it is part of
-    return write_report(run, audit(run, with_report=False), reports_dir, n_boot)
+    return write_report(run, audit(run, with_report=False), reports_dir, n_boot, others)
 
 
 def packaged_config(name: str) -> Path:
@@ -333,7 +341,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if c["damaged"]:
         log.warning("%s: %d damaged cell(s), left out of the statistics and named in the report; "
                     "`promptgap run CONFIG --run-id ID --resume` recomputes them", args.run_dir, c["damaged"])
-    print(f"report: {report_run(args.run_dir, args.reports)}")
+    print(f"report: {report_run(args.run_dir, args.reports, compare=args.compare or ())}")
     return 0
 
 
@@ -483,6 +491,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="gather summary.csv from the cells and (re)write the markdown report")
     rp.add_argument("run_dir", type=Path, help="results/<run-id>")
     rp.add_argument("--reports", type=Path, default=Path("reports"), help="reports root (default reports/)")
+    rp.add_argument("--compare", type=Path, action="append", metavar="OTHER_RUN",
+                    help="another run folder (repeatable): its trained conditions scored on the same test examples "
+                    "are weighed against this run's ceiling, and a stronger one is named in the headline")
     rp.set_defaults(func=cmd_report)
 
     ck = sub.add_parser("check", help="audit a run folder: re-derive every validity claim from its files",

@@ -82,6 +82,9 @@ class Group:
     costs: dict[str, Cost] = field(default_factory=dict)
     same_tokens: dict[str, bool] = field(default_factory=dict)  # condition -> continuation tokens equal the base's
     train_size: int | None = None  # a point of a sample-efficiency curve
+    # trained conditions of other runs (`report --compare`) clearly above this group's ceiling on the same test
+    # examples: "condition (run ID)" -> condition minus ceiling
+    elsewhere: dict[str, Estimate] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -144,9 +147,42 @@ def analyze_group(run: Run, model: str, task: str, n_boot: int, train_size: int 
     return group
 
 
-def analyze_groups(run: Run, n_boot: int) -> list[Group]:
-    """Every (model, task, train size) of the run, in matrix order."""
-    return [analyze_group(run, m, t, n_boot, n) for m, t, n in run.groups()]
+def analyze_groups(run: Run, n_boot: int, compare: Sequence[Run] = ()) -> list[Group]:
+    """Every (model, task, train size) of the run, in matrix order. ``compare``: other runs whose trained
+    conditions, scored on the same test examples, are weighed against each group's ceiling
+    (`promptgap report --compare`)."""
+    groups = [analyze_group(run, m, t, n_boot, n) for m, t, n in run.groups()]
+    for g in groups:
+        g.elsewhere = _stronger_elsewhere(g, compare, n_boot)
+    return groups
+
+
+def _stronger_elsewhere(g: Group, others: Sequence[Run], n_boot: int) -> dict[str, Estimate]:
+    """The trained conditions of other runs clearly above this group's ceiling on the deciding metric, paired on the
+    same test examples (name with its run -> condition minus ceiling). A condition counts where it holds trained
+    tensors and, for every seed of this group, scored exactly this group's test ids (same model and task)."""
+    a = g.analysis
+    if a is None or a.ceiling is None or g.no_r is not None or not others:
+        return {}
+    mine = {x.seed: x.lines for x in g.cells[a.ceiling]}
+    ids = {s: {r["example_id"] for r in lines} for s, lines in mine.items()}
+    out: dict[str, Estimate] = {}
+    for other in others:
+        for model, task, size in other.groups():
+            if (model, task) != (g.model, g.task):
+                continue
+            for c in other.conditions:
+                cells = [other.cells.get(CellKey(model, task, s, c, size)) for s in mine]
+                if not all(x is not None and x.ok and x.artifact is not None and x.artifact.trainable_params > 0
+                           and {r["example_id"] for r in x.lines} == ids[x.seed] for x in cells):
+                    continue
+                paired = analyze_records({"ceiling": mine, "other": {x.seed: x.lines for x in cells if x}},
+                                         base="ceiling", n_boot=n_boot, seed=a.seed, deciding=a.deciding)
+                stats = paired.metrics[a.deciding].conditions["other"]
+                if stats.clear > 0 and stats.diff is not None:
+                    where = f"run {other.run_id}" + (f", train {size}" if size is not None else "")
+                    out[f"{c} ({where})"] = stats.diff
+    return out
 
 
 # --- the headline --------------------------------------------------------------------------------------------------
@@ -306,9 +342,11 @@ def headline(run: Run, g: Group) -> Headline:
     assert gain is not None
     notes: list[Note] = []
     beaten = [c for c in g.usable if c in m.conditions and m.conditions[c].beats_ceiling]
-    if beaten:
-        vs = {c: m.conditions[c].vs_ceiling for c in beaten}
-        notes.append(BeatenCeiling(a.ceiling, {c: e for c, e in vs.items() if e is not None}))
+    vs = {c: m.conditions[c].vs_ceiling for c in beaten}
+    by = {**{c: e for c, e in vs.items() if e is not None}, **g.elsewhere}
+    beaten += list(g.elsewhere)
+    if by:
+        notes.append(BeatenCeiling(a.ceiling, by))
 
     rows: list[Row] = []
     split: list[tuple[str, str, str, str]] = []  # where the metrics disagree

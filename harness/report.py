@@ -129,7 +129,7 @@ def _role_name(run: Run, c: str) -> str:
 
 
 # --- sections --------------------------------------------------------------------------------------------------------
-def _header(run: Run, stamp: dict[str, Any], result: Audit) -> list[str]:
+def _header(run: Run, stamp: dict[str, Any], result: Audit, compare: Sequence[Run] = ()) -> list[str]:
     tests = sorted({len(sf.ids["test"]) for sf in run.splits.values()})
     n_test = ", ".join(f"{n}" for n in tests) if tests else "unknown"
     line = (f"Models: {', '.join(run.models) or 'none'}; tasks: {', '.join(run.tasks) or 'none'}; "
@@ -140,6 +140,9 @@ def _header(run: Run, stamp: dict[str, Any], result: Audit) -> list[str]:
     out = [f"# promptgap report: {run.run_id}", "", f"<!-- promptgap-report {json.dumps(stamp)} -->", "", line, "",
            f"Written {stamp['written']} by {provenance.code_label(stamp['code'])}, from the run folder; its cells "
            f"were computed by {ran}.", ""]
+    if compare:
+        out += [f"Compared with {', '.join(f'run {o.run_id}' for o in compare)} (`promptgap report --compare`): "
+                f"their trained conditions scored on the same test examples are weighed against each ceiling.", ""]
     dirty = sorted({f for i in invocations if (i.get("code") or {}).get("dirty") for f in i["code"].get("changed")
                     or []})
     if dirty:
@@ -791,15 +794,16 @@ def _checklist_section(result: Audit) -> list[str]:
 
 
 # --- writing ---------------------------------------------------------------------------------------------------------
-def render_report(run: Run, checked: Audit, fig_dir: Path, n_boot: int) -> str:
+def render_report(run: Run, checked: Audit, fig_dir: Path, n_boot: int, compare: Sequence[Run] = ()) -> str:
     """The markdown of the report, with ``checked`` (the audit of ``run``, without its report item) as its checklist;
-    figures and verdict.json are drawn into ``fig_dir`` and linked as ``<run-id>/<file>``."""
+    figures and verdict.json are drawn into ``fig_dir`` and linked as ``<run-id>/<file>``. ``compare``: other runs
+    whose trained conditions on the same test examples are weighed against the ceiling."""
     stamp = {"run_id": run.run_id, "written": provenance.now(),
              "code": {k: v for k, v in provenance.code_state().items() if k in ("version", "commit", "dirty")}}
-    groups = analyze_groups(run, n_boot)
+    groups = analyze_groups(run, n_boot, compare)
     link_dir = quote(run.run_id)
     write_json(fig_dir / "verdict.json", verdict_json(run, groups, stamp, checked))
-    lines = (_header(run, stamp, checked) + _headline_section(run, groups) + _verdict_section(run, groups)
+    lines = (_header(run, stamp, checked, compare) + _headline_section(run, groups) + _verdict_section(run, groups)
              + _conditions_section(run, groups) + _ratio_section(run, groups)
              + _efficiency_section(run, curves(run, groups, n_boot), fig_dir, link_dir)
              + _transfer_section(run, transfers(run, n_boot), fig_dir, link_dir) + _overfitting_section(run, groups)
@@ -808,7 +812,8 @@ def render_report(run: Run, checked: Audit, fig_dir: Path, n_boot: int) -> str:
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
-def write_report(run: Run, checked: Audit, reports_dir: Path = Path("reports"), n_boot: int | None = None) -> Path:
+def write_report(run: Run, checked: Audit, reports_dir: Path = Path("reports"), n_boot: int | None = None,
+                 compare: Sequence[Run] = ()) -> Path:
     """Write ``reports_dir/<run-id>.md`` and its figures in ``reports_dir/<run-id>/``; return the markdown's path.
 
     ``checked`` is the audit's result for ``run``, run by the caller beside the report. ``n_boot`` defaults to the
@@ -820,7 +825,7 @@ def write_report(run: Run, checked: Audit, reports_dir: Path = Path("reports"), 
     reports_dir = Path(reports_dir)
     md_path = check_inside(reports_dir, reports_dir / f"{run.run_id}.md")
     with atomic_dir(reports_dir / run.run_id, root=reports_dir) as fig_dir:
-        text = render_report(run, checked, fig_dir, n_boot)
+        text = render_report(run, checked, fig_dir, n_boot, compare)
     write_atomic(md_path, text)
     log.info("report written: %s", md_path)
     return md_path

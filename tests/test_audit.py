@@ -16,6 +16,7 @@ import pytest
 
 from harness.audit import audit, report_stamp
 from harness.cli import main, report_run
+from harness.errors import UserError
 from harness.models import embedded_gguf
 from harness.provenance import code_state
 from harness.render import Renderer
@@ -386,3 +387,24 @@ def test_rescore_passes_an_intact_run_and_finds_an_edit_only_it_can_see(run_dir,
     result = audit(copy, report=copy / "no-report.md", rescore=len(rows))
     assert [i.title for i in result.failed] == [RESCORE]
     assert f"soft-prompt: 1 of {len(rows)} re-scored row(s) differ" in item(result, RESCORE).problems[0]
+
+
+def test_report_compare_names_a_stronger_trained_condition_of_another_run(run_dir, tmp_path) -> None:
+    # another run on the same split whose soft prompt scores every test example 0.5 nats per token better than this
+    # run's ceiling: the headline names it, with the paired difference (+0.500 on every example, by construction)
+    other = Path(shutil.copytree(run_dir, tmp_path / "results" / "stronger"))
+    cell = other / CELLS / "soft-prompt"
+    rows = _rows(cell)
+    for r in rows:
+        r["choice_loglik"][0] += 0.5 * r["choice_ntokens"][0]
+        r["gold_nll"] = -r["choice_loglik"][0] / r["choice_ntokens"][0]
+    _write_sealed(cell, rows)
+    md = report_run(run_dir, tmp_path / "reports", compare=[other]).read_text()
+    assert "Compared with run stronger (`promptgap report --compare`)" in md
+    assert ("A stronger trained condition exists: **soft-prompt (run stronger)** beats the designated ceiling by "
+            "+0.500 [+0.500, +0.500]") in md
+    # the run itself, compared with itself: its ceiling is not above itself, so nothing is named
+    md = report_run(run_dir, tmp_path / "again", compare=[run_dir]).read_text()
+    assert "A stronger trained condition exists" not in md
+    with pytest.raises(UserError, match="not a run folder"):
+        report_run(run_dir, tmp_path / "x", compare=[tmp_path / "nowhere"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -322,6 +323,9 @@ def test_audit_and_report_on_curves_and_transfer(transfer_run, tmp_path) -> None
     for section in ("## Sample efficiency", "## Transfer", "## Training curves and overfitting"):
         assert section in md
     assert "| condition | train 4 | train 8 | reaches 90% of its largest gain |" in md
+    # the hand-written instruction reads no train example at either size: its flat curve is no finding
+    assert re.search(r"\| handwritten \(text\) \|[^\n]*\| uses no train data \(it read no train example at any "
+                     r"size\)", md)
     n_test = len(load_run(transfer_run).splits[("antonyms-antsynnet", 0)].ids["test"])
     assert f"Leakage filter: 2 of {n_test} target test examples removed (1 with the same context and answer as a " \
            f"source train or dev example, 1 mirroring one); {n_test - 2} scored." in md
