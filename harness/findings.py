@@ -715,8 +715,8 @@ class FitWarning:
 @dataclass
 class FitCheck:
     """One trial's train and dev curves (log.json): the dev-selected step, the losses there, and the warnings.
-    ``assessable`` is False for a log written before per-example dev losses and per-step train losses were kept:
-    its rise and fall have no noise scale, so it gets no overfitting verdict either way."""
+    ``assessable`` is False for a log written before per-example dev losses were kept: its dev rise has no noise
+    scale, so it gets no overfitting verdict either way."""
 
     label: str  # the trial (lr, init, length) or "search"
     winner: bool
@@ -784,10 +784,9 @@ def _fit_check(label: str, curve: list[dict[str, Any]], selected: Any, status: s
     chosen, last = evals[at], evals[-1]
     check.dev_loss = chosen.dev_loss
     check.train_loss = statistics.fmean(chosen.window) if chosen.window else None
-    # the per-example dev losses give the rise a noise scale, and a window of several steps gives the fall one;
-    # a log written before both were kept gets no verdict on either
-    check.assessable = all(e.dev_losses is not None for e in evals) and \
-        all(len(e.window) >= 2 for e in evals[1:])
+    # the per-example dev losses give the rise a noise scale: a log written before they were kept gets no verdict
+    # (a window of one train step gives the fall none either, and ``_falls`` then sees none)
+    check.assessable = all(e.dev_losses is not None for e in evals)
     if at == 0:
         check.warnings.append(FitWarning("first-evaluation", chosen.step))
     if at == len(evals) - 1:

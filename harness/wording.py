@@ -373,8 +373,8 @@ def note(n: Note, per_token: bool) -> Text:
     if isinstance(n, NotAssessable):
         return words("Overfitting not assessable for "
                      + ", ".join(f"{c} (seed {seed})" for c, seed in n.trials)
-                     + ": the log predates per-example dev losses and per-step train losses, so a rise or a fall has "
-                     "no noise scale; re-run the condition to assess it.")
+                     + ": the log predates per-example dev losses, so a rise in dev loss has no noise scale; re-run "
+                     "the condition to assess it.")
     assert isinstance(n, Overfitting)
     flagged = [f"{c} (seed {seed}): {'; '.join(fit_warning(w) for w in ws)}" for c, seed, ws in n.flagged]
     return words(f"Overfitting flagged on the chosen trial of {len(flagged)} condition(s): " + " · ".join(flagged)
