@@ -387,10 +387,10 @@ def headline(run: Run, g: Group) -> Headline:
     family = len(m.family)
     if a.n_seeds == 1:
         notes.append(OneSeed())
-    elif a.n_seeds == 2:
-        notes.append(TwoSeeds())
         for row in rows:
             row.flags.append(Flag("one-seed"))
+    elif a.n_seeds == 2:
+        notes.append(TwoSeeds())
     if family > 1:
         notes.append(Multiplicity(family, metric, 1 - a.confidence))
         for row in rows:

@@ -198,6 +198,8 @@ def test_report_numbers_match_hand_computation(tmp_path) -> None:
     assert "| most | 0.750 [0.750, 0.750], p <= 0.004 | +0.281 [" in head and "| **text-closes-gap** |" in head
     assert "| half | 0.500 [0.500, 0.500], p = 1 | +0.188 [" in head and "| **inconclusive** |" in head
     assert "family of 2 (Holm)" in head and "Holm-corrected at 5%" in head
+    # two seeds: the note on the t-interval's one degree of freedom, and no row says "one seed"
+    assert "- Two seeds: the t-interval over seeds" in head and "one seed" not in head
     verdict = section(md, "Verdict in detail")
     assert "- **most**: **text-closes-gap**: R's interval lies above 0.5" in verdict
     assert "- **half**: **inconclusive**" in verdict
