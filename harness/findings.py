@@ -696,8 +696,8 @@ class FitWarning:
       rises ``dev_from`` -> ``dev_to``, by ``z`` standard errors of the paired per-example difference, beyond
       ``threshold``; and the train loss falls ``train_from`` -> ``train_to`` beyond its minibatch noise;
     - "still-improving": the selected step is the last evaluation (``last_step`` = ``step``, training ended by
-      ``stopped``), or the last evaluation's dev loss is below the one before beyond noise (``z``): a longer budget
-      may do better.
+      ``stopped``), or the last evaluation's dev loss is below the one before beyond noise (``z``) and not clearly
+      above the selected one: a longer budget may do better.
     """
 
     kind: str
@@ -796,11 +796,13 @@ def _fit_check(label: str, curve: list[dict[str, Any]], selected: Any, status: s
     if not check.assessable:
         return check
     falling = _paired_z(last.dev_losses, evals[-2].dev_losses)  # type: ignore[arg-type]
-    if falling is not None and falling < -2:
+    rise = _paired_z(last.dev_losses, chosen.dev_losses)  # type: ignore[arg-type]
+    # still falling at the end, and not clearly above the chosen step: a curve coming back down from a bump well
+    # above its best is not one that a longer budget would be expected to take below it
+    if falling is not None and falling < -2 and rise is not None and rise <= 2:
         check.warnings.append(FitWarning("still-improving", chosen.step, dev_from=evals[-2].dev_loss,
                                          dev_to=last.dev_loss, last_step=last.step, z=falling, threshold=-2.0,
                                          stopped=stopped))
-    rise = _paired_z(last.dev_losses, chosen.dev_losses)  # type: ignore[arg-type]
     threshold = rise_threshold(len(evals))
     # the train fall: from the window that ends at the chosen step (the first after it, when that is step 0)
     before = chosen.window or evals[at + 1].window

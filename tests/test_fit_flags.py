@@ -69,15 +69,20 @@ def test_still_improving_and_first_evaluation() -> None:
     log["stopped"] = "max_minutes (45)"
     assert said(fit_checks(log)[0]) == ["chosen at its last evaluation (step 8), where the fit ended at its time "
                                          "budget (max_minutes (45))"]
-    # chosen before the end (on accuracy, say), but the last evaluation falls below the one before by 4.90 SE
-    log = {"best_step": 4, "stopped": "steps",
-           "curves": [evaluation(0, [1.5] * 4), *window(1, [3.0, 2.0, 3.0, 2.0]), evaluation(4, [1.0] * 4),
-                      *window(5, [2.0, 2.1, 1.9, 2.0]), evaluation(8, [1.4] * 4), *window(9, [2.0, 2.1, 1.9, 2.0]),
-                      evaluation(12, [1.2, 1.1, 1.3, 1.2])]}
-    [check] = fit_checks(log)
+    # chosen before the end (on accuracy, say); the last evaluation falls below the one before by 4.90 SE, back to
+    # the chosen one's level (their paired difference is 0)
+    def ended(chosen: float, before_last: float, last: list[float]) -> dict:
+        return {"best_step": 4, "stopped": "steps",
+                "curves": [evaluation(0, [1.5] * 4), *window(1, [3.0, 2.0, 3.0, 2.0]), evaluation(4, [chosen] * 4),
+                           *window(5, [2.0, 2.1, 1.9, 2.0]), evaluation(8, [before_last] * 4),
+                           *window(9, [2.0, 2.1, 1.9, 2.0]), evaluation(12, last)]}
+
+    [check] = fit_checks(ended(1.2, 1.4, [1.2, 1.1, 1.3, 1.2]))
     assert [w.kind for w in check.warnings] == ["still-improving"]
     assert said(check) == ["dev loss still falls at the last evaluation (1.400 -> 1.200 at step 12, 4.9 standard "
                            "errors of the paired difference)"]
+    # falling at the end as much, but from a bump: still 4.90 SE above the chosen step, a recovery, not an improvement
+    assert fit_checks(ended(1.0, 1.4, [1.2, 1.1, 1.3, 1.2]))[0].warnings == []
     # the best dev loss before any training
     never = {"best_step": 0, "curves": [evaluation(0, [1.0] * 4), *window(1, [2.0, 2.1]), evaluation(2, [1.1] * 4)]}
     assert said(fit_checks(never)[0]) == ["the dev-selected step is the first evaluation (step 0, before any "
