@@ -10,7 +10,7 @@ the model's.
 
 from __future__ import annotations
 
-import logging
+import functools
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,9 +19,7 @@ from typing import Any
 from harness.config import RunConfig
 from harness.errors import UserError
 from harness.plan import scored_split, split
-from harness.run_folder import Cell, Run, SplitRecord
-
-log = logging.getLogger(__name__)
+from harness.run_folder import Cell, Run
 
 RESCORE_SEED = 0  # which rows `--rescore` draws: the same ones on every check
 FLOAT32_TOLERANCE = 1e-4  # nats per choice: the same requests in other passes differ in their last bits (~1e-6)
@@ -29,21 +27,19 @@ FLOAT32_TOLERANCE = 1e-4  # nats per choice: the same requests in other passes d
 
 @dataclass
 class Inputs:
-    """What re-rendering a run's test requests needs, loaded once: each task's examples by split, and one renderer
-    per model. ``missing``: what could not be loaded (data or tokenizer gone), which leaves those cells unchecked."""
+    """What re-rendering a run's test requests needs, loaded once: each task's examples by split. ``missing``: what
+    could not be loaded (data or tokenizer gone), which leaves those cells unchecked."""
 
-    run: Run
     cfg: RunConfig
     tasks: dict[str, Any] = field(default_factory=dict)  # name in the run -> harness.task.Task
     splits: dict[tuple[str, int], Any] = field(default_factory=dict)  # (task, seed) -> harness.task.Split
-    renderers: dict[str, Any] = field(default_factory=dict)
     missing: dict[str, str] = field(default_factory=dict)  # what -> why
     changed: list[str] = field(default_factory=list)  # splits the task's data no longer give
 
     @classmethod
     def of(cls, run: Run) -> Inputs:
         cfg = RunConfig.from_json(run.config)
-        out = cls(run, cfg)
+        out = cls(cfg)
         for task_cfg in cfg.tasks:
             try:
                 task = task_cfg.build()
@@ -54,7 +50,7 @@ class Inputs:
             for seed in run.seeds:
                 whole = split(task, task_cfg.sizes, seed)
                 rec = run.splits.get((task.name, seed))
-                if rec is not None and SplitRecord.of(task.name, seed, whole).hash != rec.hash:
+                if rec is not None and whole.hash != rec.hash:
                     out.changed.append(f"{task.name} seed {seed}: the task's data now give split "
                                        f"{whole.hash}, the run used {rec.hash}")
                     continue
@@ -63,20 +59,25 @@ class Inputs:
 
     def renderer(self, model: str) -> Any:
         """The renderer the run's scorer used for ``model`` (its tokenizer, positions and token options)."""
-        if model not in self.renderers:
-            from harness.models import load_tokenizer, max_positions
-            from harness.render import Renderer
-
-            run = self.cfg.run
-            self.renderers[model] = Renderer(load_tokenizer(model), max_positions=max_positions(model),
-                                             split_special_tokens=run.get("split_special_tokens", False),
-                                             truncate_left=run.get("truncate_left", False))
-        return self.renderers[model]
+        run = self.cfg.run
+        return _renderer(model, run.get("split_special_tokens", False), run.get("truncate_left", False))
 
     def examples(self, cell: Cell) -> dict[str, Any] | None:
         """The test examples a cell scored, by id (None: its task's data could not be loaded)."""
         whole = self.splits.get((cell.key.scored_task, cell.key.seed))
         return None if whole is None else {e.id: e for e in scored_split(whole, cell.key).test}
+
+
+@functools.lru_cache(maxsize=8)
+def _renderer(model: str, split_special_tokens: bool, truncate_left: bool) -> Any:
+    """A model's renderer from its tokenizer alone, built once per process: every audit (and every report, which
+    runs one) re-renders requests, and reading a tokenizer costs more than rendering a split. It never records,
+    so nothing of one audit stays in it for the next."""
+    from harness.models import load_tokenizer, max_positions
+    from harness.render import Renderer
+
+    return Renderer(load_tokenizer(model), max_positions=max_positions(model),
+                    split_special_tokens=split_special_tokens, truncate_left=truncate_left)
 
 
 def scored_cells(run: Run) -> Iterator[Cell]:

@@ -527,8 +527,9 @@ def _overfitting_section(run: Run, groups: list[Group]) -> list[str]:
            f"minimum and where early stopping ends, so a curve whose dev loss is noise is flagged at most "
            f"{FIT_ALPHA:.0%} of the time) while the train loss "
            "falls by more than two standard errors of the difference of the two windows' means; and still "
-           "improving, when the selected step is the last evaluation or the last evaluation's dev loss is below "
-           "the one before by more than two standard errors. ★: the trial the condition chose.", ""]
+           "improving, when the selected step is the last evaluation, or the last evaluation's dev loss is below "
+           "the one before by more than two standard errors and not clearly above the selected one. ★: the trial "
+           "the condition chose.", ""]
     for g, per_condition in found:
         out += [f"### {g.name}", ""]
         rows = []
