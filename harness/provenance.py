@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import json
 import logging
 import os
 import platform
@@ -167,7 +168,28 @@ def machine() -> dict[str, Any]:
 
 # --- the model -----------------------------------------------------------------------------------------------------
 def gguf_quantization(path: str | Path) -> dict[str, Any]:
-    """The GGUF's declared file type and the count of tensors per storage type (what was dequantized)."""
+    """The GGUF's declared file type and the count of tensors per storage type (what was dequantized). A function of
+    the file's content, so remembered on disk by its sha256: parsing a GGUF costs a second or two every run."""
+    try:
+        memo = _cache_dir() / f"gguf-{file_sha256(path)}.json"
+    except OSError as e:
+        return {"error": f"could not read the GGUF header ({type(e).__name__}: {e})"}
+    try:
+        return json.loads(memo.read_text())
+    except (OSError, ValueError):  # not remembered yet, or a damaged memo: read the file
+        pass
+    facts = _read_gguf_quantization(path)
+    if "error" not in facts:
+        try:
+            from harness.atomic import write_atomic
+
+            write_atomic(memo, json.dumps(facts))
+        except OSError as e:  # a read-only cache only costs time
+            log.debug("cannot remember the GGUF facts of %s: %s", path, e)
+    return facts
+
+
+def _read_gguf_quantization(path: str | Path) -> dict[str, Any]:
     try:
         import gguf
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -30,6 +31,9 @@ TEMPLATE_PLUMBING = {"messages", "add_generation_prompt", "bos_token", "eos_toke
                      "raise_exception", "tools", "documents", "loop", "range", "namespace", "strftime_now"}
 # where a soft prompt sits in the text; split out before encoding, so it never reaches the tokenizer
 SLOT = "\x00soft-prompt\x00"
+# examples whose texts ``Renderer.requests`` hands the tokenizer in one call: the tokenizer's Rust code encodes a batch
+# on every core, and a call per text costs more in Python than the encoding itself
+ENCODE_BATCH = 1024
 # with split_special_tokens: what a control token's text in the data stands as until it is encoded as text
 # (``\x00ctl<i>\x00``, i its index in ``Renderer.control``), so the chat template's own control tokens stay apart
 PROTECTED = re.compile("\x00ctl(\\d+)\x00")
@@ -149,6 +153,14 @@ class Ledger:
                 self.requests[-1]["cut"] = cut[choice]
 
 
+def moved_space(context: str, continuation: str) -> tuple[str, str]:
+    """lm-eval's _encode_pair rule: the context's trailing whitespace moves to the start of the continuation."""
+    n_spaces = len(context) - len(context.rstrip())
+    if n_spaces:
+        return context[:-n_spaces], context[-n_spaces:] + continuation
+    return context, continuation
+
+
 class Renderer:
     """Renders prompts for one tokenizer, exactly as lm-eval's HFLM would tokenize them."""
 
@@ -159,6 +171,7 @@ class Renderer:
         self.truncate_left = truncate_left  # ...or cut from the left, as lm-eval does (opt-in)
         self.ledger: Ledger | None = None  # set while the scorer records (Scorer.recording)
         self._template_checked = False
+        self._encoded: dict[str, list[int]] = {}  # texts ``requests`` encoded in one batch, for ``encode`` to take
         self.control = control_strings(tokenizer)
         self._control = re.compile("|".join(map(re.escape, self.control))) if self.control else None
         self._placeholder = {c: f"\x00ctl{i}\x00" for i, c in enumerate(self.control)}
@@ -334,11 +347,34 @@ class Renderer:
     # --- tokens ----------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
         """lm-eval's tok_encode: the tokenizer's own special-token default, but never a second BOS."""
+        if (ids := self._encoded.get(text)) is not None:
+            return list(ids)
         bos = getattr(self.tok, "bos_token", None)
         add = not (bos and text.startswith(bos))
         if self.split_special_tokens and self._control is not None:
             return self._encode_split(text, add)
         return self.tok.encode(text) if add else self.tok.encode(text, add_special_tokens=False)
+
+    @contextlib.contextmanager
+    def _batch_encoded(self, texts: list[TextRequest]):
+        """Inside the block, ``encode`` takes the texts that ``encode_pair`` will ask for on these text pairs from
+        one batched call to the tokenizer (per BOS rule), as ``encode`` itself would give them: the same tokenizer
+        on the same strings, without a call per text. Pairs with a soft-prompt slot, and split_special_tokens, go
+        text by text as before."""
+        if self.split_special_tokens and self._control is not None:
+            yield
+            return
+        bos = getattr(self.tok, "bos_token", None)
+        wanted = {t for r in texts if r.context and SLOT not in r.context
+                  for ctx, cont in [moved_space(r.context, r.continuation)] for t in (ctx + cont, ctx) if t}
+        for add in (True, False):
+            group = sorted(t for t in wanted if (not (bos and t.startswith(bos))) == add)
+            if group:
+                self._encoded.update(zip(group, self.tok(group, add_special_tokens=add)["input_ids"], strict=True))
+        try:
+            yield
+        finally:
+            self._encoded = {}
 
     def encode_pair(self, context: str, continuation: str, n_soft: int = 0) -> TokenRequest:
         """lm-eval's _encode_pair: trailing whitespace moves to the continuation; encode the whole, then split.
@@ -349,10 +385,7 @@ class Renderer:
         """
         if not context:
             return self.encode_without_context(continuation)
-        n_spaces = len(context) - len(context.rstrip())
-        if n_spaces:
-            continuation = context[-n_spaces:] + continuation
-            context = context[:-n_spaces]
+        context, continuation = moved_space(context, continuation)
         head: list[int] = []
         encode = self.encode
         if SLOT in context:
@@ -391,15 +424,18 @@ class Renderer:
 
     def requests(self, artifact: PromptArtifact, examples: Sequence[Example]) -> list[list[TokenRequest]]:
         out = []
-        for e in examples:
-            texts = self.text_requests(artifact, e)
-            reqs = [self.token_request(artifact, r.context, r.continuation) for r in texts]
-            fitted = self.fit_length(artifact, e, reqs)
-            if self.ledger is not None:
-                self.ledger.control.update(self.control_counts(artifact, e))
-                self.ledger.saw(e, texts, reqs, self.unprotect,
-                                cut=[len(r.context) - len(f.context) for r, f in zip(reqs, fitted, strict=True)])
-            out.append(fitted)
+        for at in range(0, len(examples), ENCODE_BATCH):
+            chunk = examples[at : at + ENCODE_BATCH]
+            texts = [self.text_requests(artifact, e) for e in chunk]
+            with self._batch_encoded([r for t in texts for r in t]):
+                for e, text in zip(chunk, texts, strict=True):
+                    reqs = [self.token_request(artifact, r.context, r.continuation) for r in text]
+                    fitted = self.fit_length(artifact, e, reqs)
+                    if self.ledger is not None:
+                        self.ledger.control.update(self.control_counts(artifact, e))
+                        self.ledger.saw(e, text, reqs, self.unprotect, cut=[len(r.context) - len(f.context)
+                                                                            for r, f in zip(reqs, fitted, strict=True)])
+                    out.append(fitted)
         return out
 
     def fit_length(self, artifact: PromptArtifact, example: Example,

@@ -468,9 +468,13 @@ def _replicate_means(values: np.ndarray, n_boot: int, rng: np.random.Generator) 
         else:
             drawn = rng.integers(0, n_seeds, size=(m, n_seeds, 1))
             idx = (drawn * n + rng.integers(0, n, size=(m, n_seeds, n))).reshape(m, cells)
-        # how often each cell was drawn; a count matrix times the values gives all K means in one product
+        # how often each cell was drawn, times the values, summed per replicate. Not a matrix product: BLAS sums in
+        # an order that depends on its thread count, so a report's last bits would depend on the machine's threads;
+        # numpy's own reduction (pairwise, fixed blocks) gives the same bits everywhere
         counts = np.bincount((idx + (np.arange(m) * cells)[:, None]).ravel(), minlength=m * cells)
-        out[start:start + m] = counts.reshape(m, cells).astype(float) @ flat / cells
+        counts = counts.reshape(m, cells).astype(float)
+        for j in range(k):
+            out[start:start + m, j] = (counts * flat[:, j]).sum(axis=1) / cells
     return out
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from pathlib import Path
 
@@ -59,6 +60,23 @@ def test_encode_pair_moves_trailing_space_and_splits_the_whole(renderer) -> None
     assert tok.decode(pair.context) == "Here are two antonyms hot and"
     assert tok.decode(pair.continuation) == " cold"
     assert list(pair.context + pair.continuation) == tok.encode("Here are two antonyms hot and cold")
+
+
+@pytest.mark.parametrize("fmt", ["raw", "chat"])
+def test_requests_encode_in_batches_exactly_as_text_by_text(renderer, shared_data, fmt) -> None:
+    """``requests`` hands the tokenizer each batch's texts in one call; every request must be the one lm-eval's rule
+    gives text by text (``token_request`` outside ``requests`` encodes each text on its own), BOS rule included:
+    one example starts with the BOS text, so its texts go in the batch that adds no BOS."""
+    from harness.registry import get_task
+
+    examples = get_task("winogrande", data_dir=shared_data / "winogrande").all_examples()[:150]
+    bos = renderer.tok.bos_token
+    examples.append(dataclasses.replace(examples[0], id="bos", contexts=tuple(bos + c for c in examples[0].contexts)))
+    art = PromptArtifact(format=fmt, instruction="Pick the option that fits.")
+    one_by_one = [[renderer.token_request(art, r.context, r.continuation) for r in renderer.text_requests(art, e)]
+                  for e in examples]
+    assert renderer.requests(art, examples) == one_by_one
+    assert renderer._encoded == {}  # nothing kept after the call
 
 
 def test_no_second_bos(renderer) -> None:
