@@ -163,11 +163,11 @@ def build_tree(seqs: list[tuple[int, ...]]) -> tuple[_Node, list[_Node]]:
 # a forward pass's fixed cost in tokens' worth of work (measured on CPU: a pass of ~50 one-token
 # rows took as long as ~100 tokens in a wide pass)
 PASS_COST = 64
-# what scoring may hold beyond the model, by default: on a CPU less than lm-eval's logits table at batch 32 (~300 MB
-# for this vocabulary), which with map_large_buffers kept WinoGrande dev below lm-eval's peak resident memory (512 MB
-# was ~5% faster and peaked ~0.15 GB higher, 128 MB looked slower); on a GPU half of what is free once the model is
-# loaded
-CPU_MEMORY = 256 * 2**20
+# what scoring may hold beyond the model, by default: on a CPU 512 MB, which with map_large_buffers keeps WinoGrande
+# dev below lm-eval's peak resident memory; 256 MB scored 400 WinoGrande dev examples about 8% slower here (the
+# keys/values a level keeps for its children bind first: smaller chunks make narrower passes), 1024 MB no faster. On a
+# GPU half of what is free once the model is loaded
+CPU_MEMORY = 512 * 2**20
 GPU_SHARE = 0.5
 # passes are planned as if this many run at once, whatever the thread count: the plan decides which rows share a
 # pass, and so the last bits of the scores, which must not depend on the process's threads (each pass runs on one
