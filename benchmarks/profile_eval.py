@@ -69,6 +69,7 @@ CHILD = r"""
 import cProfile, json, os, pstats, sys, threading, time
 t0 = time.perf_counter()
 side, out, argv = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+work = {"passes": 0, "padded": 0, "head_rows": 0}
 if side == "promptgap":
     import harness.cli, harness.cell, harness.scorer, harness.models, harness.registry, harness.render
     import transformers, transformers.models.llama.modeling_llama, tasks.winogrande
@@ -80,11 +81,27 @@ if side == "promptgap":
         profiles.append(p)
         p.enable()
     harness.scorer._scoring_thread = profiled_thread
+    lock, plain_pass = threading.Lock(), harness.scorer.Scorer._pass
+    def counted_pass(self, batch, kv):  # the work each pass does: padded positions, LM-head rows
+        out = plain_pass(self, batch, kv)
+        with lock:
+            work["passes"] += 1
+            work["padded"] += len(batch) * max(len(n.tokens) for n in batch)
+            work["head_rows"] += sum(len(n.reads) for n in batch)
+        return out
+    harness.scorer.Scorer._pass = counted_pass
     entry = lambda: harness.cli.main(argv)
 else:
     import lm_eval.__main__, lm_eval.models.huggingface, lm_eval.evaluator, transformers
     import transformers.models.llama.modeling_llama
     profiles = []
+    plain_call = lm_eval.models.huggingface.HFLM._model_call
+    def counted_call(self, inps, *a, **k):  # every position of a batch goes through the layers and the LM head
+        work["passes"] += 1
+        work["padded"] += inps.shape[0] * inps.shape[1]
+        work["head_rows"] += inps.shape[0] * inps.shape[1]
+        return plain_call(self, inps, *a, **k)
+    lm_eval.models.huggingface.HFLM._model_call = counted_call
     sys.argv = ["lm_eval", *argv]
     entry = lm_eval.__main__.cli_evaluate
 imports = time.perf_counter() - t0
@@ -103,7 +120,7 @@ if busy:
     for p in busy[1:]:
         stats.add(p)
     stats.dump_stats(out + ".workers")
-json.dump({"imports": imports, "run": run, "workers": len(profiles)}, open(out + ".json", "w"))
+json.dump({"imports": imports, "run": run, "workers": len(profiles), "work": work}, open(out + ".json", "w"))
 """
 
 
@@ -116,6 +133,16 @@ def cumulative(stats_file: Path) -> Cum:
 
     raw = pstats.Stats(str(stats_file)).stats  # type: ignore[attr-defined]
     return lambda file, func: sum(v[3] for (f, _, fn), v in raw.items() if f.endswith(file) and fn == func)
+
+
+def matrix_params(folder: Path) -> tuple[int, int]:
+    """(weights in the decoder layers' matrix products, weights of the LM head) of a Llama-shaped model: a position
+    through the layers costs 2 x the first in FLOPs, an LM-head row 2 x the second (attention scores aside)."""
+    cfg = json.loads((Path(folder) / "config.json").read_text())
+    hidden, inter, layers = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
+    head_dim = cfg.get("head_dim") or hidden // cfg["num_attention_heads"]
+    attn = hidden * head_dim * (2 * cfg["num_attention_heads"] + 2 * cfg["num_key_value_heads"])
+    return layers * (attn + 3 * hidden * inter), hidden * cfg["vocab_size"]
 
 
 def profile(side: str, argv: list[str], cwd: Path, out: Path) -> dict:
@@ -142,6 +169,7 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=0, help="also print each side's N most expensive functions")
     args = ap.parse_args()
     fmt = "chat" if args.chat else "raw"
+    body, head = matrix_params(embedded_folder())
     limit = ["--limit", str(args.limit)] if args.limit else []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -160,7 +188,9 @@ def main() -> None:
                 continue
             out = tmp / f"{side}.prof"
             info = profile(side, argv, tmp, out)
-            c = {"main": cumulative(Path(f"{out}.main")), "workers": cumulative(Path(f"{out}.workers"))}
+            c = {"main": cumulative(Path(f"{out}.main"))}
+            # one thread: no workers, the passes run in the main thread (their seconds are then inside "scoring")
+            c["workers"] = cumulative(Path(f"{out}.workers")) if info["workers"] else c["main"]
             print(f"\n{side}, WinoGrande dev {fmt}{f', first {args.limit}' if args.limit else ''}: wall "
                   f"{info['wall']:.1f} s = imports {info['imports']:.1f} s + the command {info['run']:.1f} s "
                   f"(+ interpreter start); {info['workers']} scoring worker(s)")
@@ -172,6 +202,10 @@ def main() -> None:
                 main_total += value if where == "main" else 0.0
                 print(f"| {name} | {value:.1f} |")
             print(f"| other (main thread) | {info['run'] - main_total:.1f} |")
+            w = info["work"]
+            flops = 2 * (w["padded"] * body + w["head_rows"] * head)
+            print(f"work: {w['passes']} forward passes, {w['padded']:,} padded positions through the layers, "
+                  f"{w['head_rows']:,} LM-head rows: {flops / 1e12:.2f} TFLOP in matrix products")
             if args.top:
                 import pstats
 
