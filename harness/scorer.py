@@ -164,10 +164,13 @@ def build_tree(seqs: list[tuple[int, ...]]) -> tuple[_Node, list[_Node]]:
 # rows took as long as ~100 tokens in a wide pass)
 PASS_COST = 64
 # what scoring may hold beyond the model, by default: on a CPU 512 MB, which with map_large_buffers keeps WinoGrande
-# dev below lm-eval's peak resident memory; 256 MB scored 400 WinoGrande dev examples about 8% slower here (the
-# keys/values a level keeps for its children bind first: smaller chunks make narrower passes), 1024 MB no faster. On a
-# GPU half of what is free once the model is loaded
+# dev below lm-eval's peak resident memory; on a GPU half of what is free once the model is loaded
 CPU_MEMORY = 512 * 2**20
+# how a scorer's memory is shared out (``Scorer.__init__``); the rest is headroom for what a pass allocates besides
+# (hidden states, masks). Measured here: the keys/values a level keeps for its children bind first (smaller chunks
+# make narrower passes; twice the share scored WinoGrande dev about 6% faster), while larger pass buffers made a GCG
+# step about 30% slower (every candidate row copies the prompt's long shared head into its pass's buffer)
+PASS_SHARE, KEEP_SHARE, HEAD_SHARE = 0.2, 0.4, 0.1
 GPU_SHARE = 0.5
 # passes are planned as if this many run at once, whatever the thread count: the plan decides which rows share a
 # pass, and so the last bits of the scores, which must not depend on the process's threads (each pass runs on one
@@ -217,8 +220,9 @@ class Scorer:
         Tree nodes are short (often a few tokens), so a pass of ``batch_size`` rows would be too
         small to use the hardware well: a pass holds up to ``batch_tokens`` padded tokens (default
         64 per unit of ``batch_size``) in up to ``8 * batch_size`` rows. ``memory`` (bytes; default
-        ``default_memory``) bounds what scoring holds beyond the model: 40% for the key/value buffers of
-        the passes running at once, 40% for the keys/values kept for the next level, 20% for LM-head tables.
+        ``default_memory``) bounds what scoring holds beyond the model: ``PASS_SHARE`` for the key/value buffers of
+        the passes running at once, ``KEEP_SHARE`` for the keys/values kept for the next level, ``HEAD_SHARE`` for
+        LM-head tables.
         """
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
@@ -230,9 +234,9 @@ class Scorer:
         self.vocab = lm.model.get_output_embeddings().weight.shape[0]
         self._budget0 = _Budget(batch_tokens=batch_tokens or 64 * batch_size,
                                 max_rows=8 * batch_size,  # bounds the key/value buffer of a pass of narrow nodes
-                                pass_kv=max(1, int(0.4 * self.memory) // self.kv_bytes),
-                                keep_kv=max(1, int(0.4 * self.memory) // self.kv_bytes),
-                                head_rows=max(1, int(0.2 * self.memory) // (2 * 4 * self.vocab)))
+                                pass_kv=max(1, int(PASS_SHARE * self.memory) // self.kv_bytes),
+                                keep_kv=max(1, int(KEEP_SHARE * self.memory) // self.kv_bytes),
+                                head_rows=max(1, int(HEAD_SHARE * self.memory) // (2 * 4 * self.vocab)))
         self.budget = self._budget0  # halved for good after an out-of-memory error
         self.max_len = config_positions(lm.model.config)
         self.renderer = Renderer(lm.tokenizer, max_positions=self.max_len,
