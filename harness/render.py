@@ -349,11 +349,15 @@ class Renderer:
         """lm-eval's tok_encode: the tokenizer's own special-token default, but never a second BOS."""
         if (ids := self._encoded.get(text)) is not None:
             return list(ids)
-        bos = getattr(self.tok, "bos_token", None)
-        add = not (bos and text.startswith(bos))
+        add = self._adds_special(text)
         if self.split_special_tokens and self._control is not None:
             return self._encode_split(text, add)
         return self.tok.encode(text) if add else self.tok.encode(text, add_special_tokens=False)
+
+    def _adds_special(self, text: str) -> bool:
+        """lm-eval's rule: the tokenizer adds its special tokens unless the text already starts with the BOS text."""
+        bos = getattr(self.tok, "bos_token", None)
+        return not (bos and text.startswith(bos))
 
     @contextlib.contextmanager
     def _batch_encoded(self, texts: list[TextRequest]):
@@ -364,11 +368,10 @@ class Renderer:
         if self.split_special_tokens and self._control is not None:
             yield
             return
-        bos = getattr(self.tok, "bos_token", None)
         wanted = {t for r in texts if r.context and SLOT not in r.context
                   for ctx, cont in [moved_space(r.context, r.continuation)] for t in (ctx + cont, ctx) if t}
         for add in (True, False):
-            group = sorted(t for t in wanted if (not (bos and t.startswith(bos))) == add)
+            group = sorted(t for t in wanted if self._adds_special(t) == add)
             if group:
                 self._encoded.update(zip(group, self.tok(group, add_special_tokens=add)["input_ids"], strict=True))
         try:
