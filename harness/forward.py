@@ -6,6 +6,11 @@ log-probability is read, in float32 whatever the model's dtype (a bf16 head roun
 0.125), with any final softcap applied after it. The scorer (no gradients, a different past per row: its prefix
 tree) writes keys into one preallocated buffer; training (gradients, one past shared by the batch) uses a
 transformers cache, since in-place writes into a buffer cannot be differentiated.
+
+The scorer's passes read the keys/values that every row of a pass shares (the chat template's head, an instruction,
+a trained prefix) once, where they are kept, instead of copying them into every row's buffer: ``tree_attention``,
+registered with transformers as the attention of models loaded with ``sdpa``, attends over that shared run and each
+row's own keys in one softmax, and leaves every other forward to ``sdpa``.
 """
 
 from __future__ import annotations
@@ -106,13 +111,98 @@ def attention_mask(key_valid: torch.Tensor, n_past: int, width: int, dtype: torc
     return mask[:, None]
 
 
-def layer_masks(lm: LoadedModel, key_valid: torch.Tensor, n_past: int, width: int,
-                dtype: torch.dtype) -> torch.Tensor | dict[str, torch.Tensor]:
+def shared_mask(q_positions: torch.Tensor, n_shared: int, dtype: torch.dtype,
+                window: int | None = None) -> torch.Tensor:
+    """[rows, 1, width, n_shared] additive mask over a shared run of keys at positions 0..n_shared-1, which every
+    query follows: all visible, except beyond a sliding ``window`` (key position > query position - window)."""
+    k = torch.arange(n_shared, device=q_positions.device)
+    mask = torch.zeros(*q_positions.shape, n_shared, dtype=dtype, device=q_positions.device)
+    if window is not None:
+        mask.masked_fill_(k <= q_positions[..., None] - window, torch.finfo(dtype).min)
+    return mask[:, None]
+
+
+def layer_masks(lm: LoadedModel, key_valid: torch.Tensor, n_past: int, width: int, dtype: torch.dtype,
+                q_positions: torch.Tensor | None = None, n_shared: int = 0) -> torch.Tensor | dict[str, torch.Tensor]:
     """The mask the model's layers take: one tensor when every layer attends alike, else one per layer type (the
-    mapping transformers' hybrid models, Gemma-2/3, Qwen2/3 with sliding layers and others, accept in its place)."""
+    mapping transformers' hybrid models, Gemma-2/3, Qwen2/3 with sliding layers and others, accept in its place).
+    With ``n_shared`` keys read once for every row (``tree_attention``), their columns come first."""
     kinds = attention_kinds(lm)
     masks = {t: attention_mask(key_valid, n_past, width, dtype, w) for t, w in kinds.items()}
+    if n_shared:
+        masks = {t: torch.cat([shared_mask(q_positions, n_shared, dtype, kinds[t]), m], dim=-1)
+                 for t, m in masks.items()}
     return next(iter(masks.values())) if len(masks) == 1 else masks
+
+
+TREE_ATTENTION = "promptgap_tree"
+# a pass's attention scores at once, in elements: larger passes run in blocks of queries (a long row's first pass)
+TREE_SCORES = 8 * 2**20
+
+
+def tree_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                   attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
+                   tree_shared: torch.Tensor | None = None, **kwargs) -> tuple[torch.Tensor, None]:
+    """Attention over keys/values every row shares plus each row's own, for the scorer's passes.
+
+    ``tree_shared`` [layers, 2, kv_heads, n_shared, head_dim] (the scorer's forward passes it; any other forward
+    has none and runs transformers' ``sdpa`` unchanged) is read once for all rows, never copied per row; the mask's
+    first ``n_shared`` columns are its. Query heads are grouped by the key/value head they read, so grouped-query
+    models need no repeated keys either. Scores and the softmax are float32 whatever the dtype, as in transformers'
+    eager attention.
+    """
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    if tree_shared is None:
+        return ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, attention_mask, dropout=dropout,
+                                               scaling=scaling, **kwargs)
+    rows, q_heads, width, dim = query.shape
+    kv_heads, n_keys = key.shape[1], key.shape[2]
+    groups = q_heads // kv_heads
+    shared = tree_shared[module.layer_idx]  # [2, kv_heads, n_shared, head_dim]
+    n_shared = shared.shape[2]
+    scale = dim**-0.5 if scaling is None else scaling
+    softcap = kwargs.get("softcap")
+    step = max(1, TREE_SCORES // max(1, rows * q_heads * (n_shared + n_keys)))
+    outs = []
+    for a in range(0, width, step):  # blocks of queries bound the scores' memory; each query's numbers alike
+        b = min(width, a + step)
+        w = b - a
+        # [rows, kv_heads, groups * w, dim]: the query heads that read one key/value head, side by side
+        q = query[:, :, a:b].reshape(rows, kv_heads, groups * w, dim)
+        scores = torch.matmul(q, key.transpose(-1, -2))
+        if n_shared:  # every row's queries against the shared keys, in one product: [kv_heads, rows*groups*w, n]
+            qs = q.transpose(0, 1).reshape(kv_heads, rows * groups * w, dim)
+            s_shared = torch.matmul(qs, shared[0].transpose(-1, -2)).view(kv_heads, rows, groups * w, n_shared)
+            scores = torch.cat([s_shared.transpose(0, 1), scores], dim=-1)
+        scores = scores.float() * scale
+        if softcap is not None:
+            scores = torch.tanh(scores / softcap) * softcap
+        scores = scores.view(rows, kv_heads, groups, w, n_shared + n_keys)
+        if attention_mask is not None:
+            scores = scores + attention_mask[:, :, None, a:b]
+        probs = torch.softmax(scores, dim=-1).to(value.dtype).view(rows, kv_heads, groups * w, n_shared + n_keys)
+        out = torch.matmul(probs[..., n_shared:], value)
+        if n_shared:
+            ps = probs[..., :n_shared].transpose(0, 1).reshape(kv_heads, rows * groups * w, n_shared)
+            out = out + torch.matmul(ps, shared[1]).view(kv_heads, rows, groups * w, dim).transpose(0, 1)
+        outs.append(out.view(rows, q_heads, w, dim))
+    out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def use_tree_attention(lm: LoadedModel) -> bool:
+    """Give ``lm``'s model ``tree_attention`` if it runs transformers' ``sdpa`` (the default; ``tree_attention``
+    runs every other forward through it unchanged). Models loaded with another attention keep it, and their
+    scorer copies shared keys into each row. Returns whether the model has it."""
+    from transformers import AttentionInterface, AttentionMaskInterface
+    from transformers.masking_utils import sdpa_mask
+
+    if lm.model.config._attn_implementation == "sdpa":
+        AttentionInterface.register(TREE_ATTENTION, tree_attention)
+        AttentionMaskInterface.register(TREE_ATTENTION, sdpa_mask)  # masks built from 2D ones: as for sdpa
+        lm.model.set_attn_implementation(TREE_ATTENTION)
+    return lm.model.config._attn_implementation == TREE_ATTENTION
 
 
 def _inputs(lm: LoadedModel, ids: torch.Tensor, soft: torch.Tensor | None) -> dict[str, torch.Tensor]:
@@ -129,24 +219,31 @@ def _count(lm: LoadedModel, lengths: Sequence[int]) -> None:
 
 
 def run_tree_rows(lm: LoadedModel, rows: list[list[int]], pasts: list[Sequence[torch.Tensor]], starts: list[int],
-                  soft: torch.Tensor | None = None) -> tuple[torch.Tensor, int, torch.Tensor]:
-    """No gradients: run right-padded ``rows``, each after its own past, left-padded to one width. A row's past is a
-    list of key/value runs [layers, 2, kv_heads, n, head_dim] in order (its ancestors' own tokens in the scorer's
-    prefix tree, so an ancestor's keys are stored once however many rows descend from it), ``starts[i]`` long.
+                  soft: torch.Tensor | None = None, shared: Sequence[torch.Tensor] = ()
+                  ) -> tuple[torch.Tensor, int, torch.Tensor]:
+    """No gradients: run right-padded ``rows``, each after its own past, left-padded to one width. A row's past is
+    ``shared`` (key/value runs [layers, 2, kv_heads, n, head_dim] every row has, first; only for a model with
+    ``tree_attention``) then its own list of runs, in order (its ancestors' own tokens in the scorer's prefix tree, so
+    an ancestor's keys are stored once however many rows descend from it), ``starts[i]`` long in all.
 
-    Keys/values live in one buffer [layers, 2, rows, kv_heads, past + width, head_dim]: the pasts are copied in once
-    and each layer writes its new keys in place (no per-layer concat). Returns (buffer, past width, hidden).
-    Token counting is the caller's (the scorer counts a level once, outside its worker threads).
+    Each row's own keys/values live in one buffer [layers, 2, rows, kv_heads, own past + width, head_dim]: the own
+    pasts are copied in once and each layer writes its new keys in place (no per-layer concat); the shared runs are
+    read where they are. Returns (buffer, own past width, hidden). Token counting is the caller's (the scorer counts
+    a level once, outside its worker threads).
     """
     dev = lm.device
     width = max(len(r) for r in rows)
+    n_shared = sum(seg.shape[3] for seg in shared)
+    if n_shared and lm.model.config._attn_implementation != TREE_ATTENTION:
+        raise RuntimeError("shared keys/values need tree_attention (forward.use_tree_attention)")
+    starts = [s - n_shared for s in starts]  # each row's own past
     n_past = max(starts)
     # built whole on the host and copied once: one transfer per pass, not one per row
     ids = torch.tensor([r + [0] * (width - len(r)) for r in rows], dtype=torch.long).to(dev, non_blocking=True)
     meta = torch.tensor([starts, [len(r) for r in rows]], dtype=torch.long).to(dev, non_blocking=True)
     k = torch.arange(n_past + width, device=dev)[None, :]
     key_valid = (k >= n_past - meta[0][:, None]) & (k < n_past + meta[1][:, None])
-    positions = meta[0][:, None] + torch.arange(width, device=dev)[None, :]
+    positions = meta[0][:, None] + n_shared + torch.arange(width, device=dev)[None, :]
 
     layers, kv_heads, head_dim = lm.kv_shape
     buf = torch.empty(layers, 2, len(rows), kv_heads, n_past + width, head_dim, dtype=lm.dtype, device=dev)
@@ -158,9 +255,12 @@ def run_tree_rows(lm: LoadedModel, rows: list[list[int]], pasts: list[Sequence[t
             at += seg.shape[3]
         if at != n_past:
             raise RuntimeError(f"row {i}: its past holds {at - n_past + starts[i]} positions, not {starts[i]}")
-    mask = layer_masks(lm, key_valid, n_past, width, lm.dtype)
+    mask = layer_masks(lm, key_valid, n_past, width, lm.dtype, positions, n_shared)
+    # the shared run as one tensor [layers, 2, kv_heads, n_shared, head_dim] (copied only when the tree keeps it in
+    # pieces); without one, sdpa runs as in every other forward (as fast here, and the same numbers as before)
+    extra = {"tree_shared": shared[0] if len(shared) == 1 else torch.cat(list(shared), dim=3)} if n_shared else {}
     out = lm.model.base_model(**_inputs(lm, ids, soft), attention_mask=mask, position_ids=positions,
-                              **{lm.cache_kwarg: _BufferCache(buf, n_past)}, use_cache=True)
+                              **{lm.cache_kwarg: _BufferCache(buf, n_past)}, use_cache=True, **extra)
     return buf, n_past, out.last_hidden_state
 
 

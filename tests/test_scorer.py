@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import threading
 from pathlib import Path
 
@@ -201,3 +202,32 @@ def test_a_prompt_that_makes_a_request_too_long_names_the_example(scorer) -> Non
     with pytest.raises(RequestTooLong, match=f"'short-1' is {length} tokens long .* the model's {limit} positions"):
         scorer.score(artifact, [example], "continuation")
     assert scorer.lm.usage.since(before).tokens == 0  # refused before any pass
+
+
+def test_shared_keys_are_read_once_not_copied_into_every_row(lm, scorer, monkeypatch) -> None:
+    """A chat prompt's head is every request's past: a pass reads its keys/values where they are kept
+    (``forward.tree_attention``) instead of copying them into each row, and scores as the naive forward does."""
+    import harness.scorer as scorer_module
+
+    assert lm.model.config._attn_implementation == "promptgap_tree"  # the embedded model loads with sdpa
+    examples = WinoGrande(Path(__file__).parent / "fixtures" / "winogrande").all_examples()
+    art = PromptArtifact(format="chat", instruction="Fill in the blank.")
+    reqs = flat_requests(scorer, art, examples)
+    head = os.path.commonprefix([r.context for r in reqs])  # the template's head and the instruction
+    passes = []
+    real = scorer_module.run_tree_rows
+
+    def spy(lm_, rows, pasts, starts, soft=None, shared=()):
+        buf, n_past, hidden = real(lm_, rows, pasts, starts, soft, shared)
+        passes.append((sum(s.shape[3] for s in shared), max(starts), n_past))
+        return buf, n_past, hidden
+
+    monkeypatch.setattr(scorer_module, "run_tree_rows", spy)
+    ours = scorer.loglikelihood(reqs)
+    below_root = [p for p in passes if p[1] > 0]
+    assert len(head) > 20 and below_root and all(n_shared >= len(head) for n_shared, _, _ in below_root)
+    # each pass's buffer holds its rows' own pasts only: the longest past less the shared run
+    assert all(n_past == longest - n_shared for n_shared, longest, n_past in below_root)
+    for o, (ll, greedy) in zip(ours, naive(lm, reqs), strict=True):
+        assert abs(o.loglik - ll) < 1e-4  # lm-eval's own agreement, as in the tests above
+        assert o.greedy == greedy
