@@ -169,13 +169,19 @@ CPU_MEMORY = 512 * 2**20
 # how a scorer's memory is shared out (``Scorer.__init__``); the rest is headroom for what a pass allocates besides
 # (hidden states, masks). Measured here: the keys/values a level keeps for its children bind first (smaller chunks
 # make narrower passes; twice the share scored WinoGrande dev about 6% faster), while larger pass buffers made a GCG
-# step about 30% slower (every candidate row copies the prompt's long shared head into its pass's buffer)
+# step about 30% slower when measured (before shared keys were read once and small levels split between workers)
 PASS_SHARE, KEEP_SHARE, HEAD_SHARE = 0.2, 0.4, 0.1
 GPU_SHARE = 0.5
 # passes are planned as if this many run at once, whatever the thread count: the plan decides which rows share a
 # pass, and so the last bits of the scores, which must not depend on the process's threads (each pass runs on one
 # thread either way). With more CPU threads than this, more passes than planned may be in flight.
 PLANNED_WORKERS = 2
+
+
+def reads_shared(width: int, n_shared: int) -> bool:
+    """Whether a pass whose widest row is ``width`` reads the ``n_shared`` keys/values every row shares once
+    (``Scorer._shared``) rather than copying them into each row: the planner and the pass must agree."""
+    return width <= n_shared
 
 
 def default_memory(lm: LoadedModel) -> int:
@@ -472,7 +478,7 @@ class Scorer:
 
         def run(batch: list[_Node], tries: int = 0) -> None:
             try:
-                kept, read = self._pass(batch, kv, shared)
+                kept, read = self._pass(batch, kv, shared, n_shared)
             except OUT_OF_MEMORY:
                 if len(batch) == 1 and tries >= 2:  # a single row, with LM-head chunks already quartered
                     raise
@@ -525,12 +531,12 @@ class Scorer:
                         f"{b.head_rows} LM-head rows at once"})
         release(self.lm.device)
 
-    def _pass(self, batch: list[_Node], kv: dict[_Node, torch.Tensor], shared: list[_Node]):
+    def _pass(self, batch: list[_Node], kv: dict[_Node, torch.Tensor], shared: list[_Node], n_shared: int):
         """One forward pass: (the batch's nodes with children -> their own keys/values, the pass's reads or None).
-        ``shared``: ancestors of every row, read once. Nothing is accumulated here, so a pass that fails can run
-        again."""
-        if max(len(n.tokens) for n in batch) > sum(kv[a].shape[3] for a in shared):
-            shared = []  # rows wider than the shared run: ``_shared``
+        ``shared``: ancestors of every row (``n_shared`` positions), read once unless the rows are wider. Nothing is
+        accumulated here, so a pass that fails can run again."""
+        if not reads_shared(max(len(n.tokens) for n in batch), n_shared):
+            shared = []
         own = [[kv[a] for a in self._ancestors(n, kv)[len(shared):]] for n in batch]
         buf, n_past, hidden = run_tree_rows(self.lm, [list(n.tokens) for n in batch], own, [n.start for n in batch],
                                             self._soft, [kv[a] for a in shared])
@@ -565,7 +571,7 @@ class Scorer:
             lo = max(0, j - min(b.max_rows, max(1, int(b.batch_tokens // w))))
             # the longest past of each group [i, j), and its buffer; groups only grow as i falls, so the ones that
             # fit are a run ending at j (a single row always runs)
-            past = np.maximum.accumulate(starts[lo:j][::-1])[::-1] + (n_shared if w > n_shared else 0)  # ``_pass``
+            past = np.maximum.accumulate(starts[lo:j][::-1])[::-1] + (0 if reads_shared(int(w), n_shared) else n_shared)
             fits = (j - np.arange(lo, j)) * (past + w) <= pass_kv
             lo = max(lo + int(np.argmax(fits)) if fits.any() else j - 1, lo)
             starts_i = np.arange(lo, j)
