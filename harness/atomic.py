@@ -161,6 +161,16 @@ def _normal_modes(folder: Path) -> None:
             os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
 
 
+def remove_dir(path: str | Path) -> None:
+    """Remove a folder so that it is gone whole: renamed to a temp name first (``clear_temporaries`` removes it if
+    this process dies before the removal ends), so nothing reads a folder half removed."""
+    path = Path(path)
+    if path.exists():
+        gone = path.parent / f".{path.name}{TEMP_MARK}gone-{uuid.uuid4().hex[:8]}"
+        os.rename(path, gone)
+        shutil.rmtree(gone, ignore_errors=True)
+
+
 def clear_temporaries(folder: Path) -> int:
     """Remove the temp files and folders a killed writer left below ``folder``; returns how many."""
     n = 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -294,6 +295,38 @@ def report_run(run_dir: Path, reports_dir: Path = Path("reports"), n_boot: int |
     return write_report(run, audit(run, with_report=False), reports_dir, n_boot, others)
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from harness.audit import audit
+    from harness.findings import analyze_groups, board
+    from harness.report import write_leaderboard
+    from harness.run_folder import load_run
+    from harness.runner import Runner
+    from harness.suite import load_suite
+
+    suite = load_suite(args.suite, args.add, args.add_config, executor=args.executor)
+    root = Path(args.results)
+    # the command as typed; called in-process (the tests), the arguments that choose what runs
+    command = shlex.join(["promptgap", *sys.argv[1:]]) if "bench" in sys.argv[1:] else shlex.join(
+        ["promptgap", "bench", "--suite", args.suite, *[a for c in args.add for a in ("--add", c)],
+         *(["--add-config", str(args.add_config)] if args.add_config else [])])
+    runner = Runner(suite.path, run_id=suite.run_id, resume=(root / suite.run_id).exists(), results_root=root,
+                    cfg=suite.cfg, command=command, reuse=[root / suite.base_run_id], recheck=True)
+    run_dir = runner.run()
+    report = report_run(run_dir, args.reports)
+    run = load_run(run_dir)
+    n_boot = int(run.config["run"].get("n_boot") or 10_000)
+    b = board(run, analyze_groups(run, n_boot), n_boot)
+    path = write_leaderboard(b, run.config["run"]["suite"], run, audit(run, with_report=False), Path(args.reports),
+                             report, command)
+    from harness.terminal import print_board
+
+    print_board(b)
+    print(f"results:     {run_dir}")
+    print(f"leaderboard: {path}")
+    print(f"report:      {report}")
+    return 0
+
+
 def packaged_config(name: str) -> Path:
     """A config shipped inside the package (harness/configs), as a real file."""
     from importlib import resources
@@ -433,6 +466,21 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-wait", action="store_true", help="slurm: return once the jobs are submitted; then "
                    "`promptgap status RUN_DIR`, and `promptgap report RUN_DIR` when they are done")
     r.set_defaults(func=cmd_run)
+
+    b = sub.add_parser("bench", help="run a benchmark suite (only the cells it lacks) and write its leaderboard",
+                       description="Run a versioned suite of tasks, seeds and conditions into "
+                       "results/bench-SUITE-vN, copying every cell an earlier run computed with the same settings, "
+                       "split and scoring code, and write reports/leaderboard-SUITE-vN.md. Example: promptgap bench "
+                       "--suite smoke --add fewshot")
+    b.add_argument("--suite", required=True, help="a packaged suite (smoke) or a path to a suite TOML")
+    b.add_argument("--add", action="append", default=[], metavar="CONDITION", help="rank this condition too (a "
+                   "built-in or an installed plugin, its default settings; repeatable): only its cells are computed")
+    b.add_argument("--add-config", type=Path, default=None, metavar="FILE", help="a TOML of [conditions.NAME] "
+                   "tables to rank too, with their settings")
+    b.add_argument("--results", type=Path, default=Path("results"), help="results root (default results/)")
+    b.add_argument("--reports", type=Path, default=Path("reports"), help="reports root (default reports/)")
+    b.add_argument("--executor", default=None, metavar="KIND", help="where cells run: local, processes or slurm")
+    b.set_defaults(func=cmd_bench)
 
     d = sub.add_parser("demo", help="run the demo matrix offline (a few minutes), write its report, print its headline",
                        description="Run the packaged demo config (antonyms on the embedded model: base, two "

@@ -334,16 +334,26 @@ def _lm_eval_tasks(where: str, path: Path, name: str, raw: dict[str, Any],
             for sub in subtasks]
 
 
+def read_toml(path: str | Path, what: str = "config") -> dict[str, Any]:
+    """A TOML file as a dict, or a one-line error naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} {path} does not exist")
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"{what} {path}: not valid TOML ({e})") from None
+
+
 def load_config(path: str | Path, executor: str | None = None) -> RunConfig:
     """Parse and check ``path``: every name, key, setting and role, before anything slow happens. ``executor``
     (``--executor``) replaces the config's ``[executor] kind``."""
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"config {path} does not exist")
-    try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise UserError(f"config {path}: not valid TOML ({e})") from None
+    return config_from(read_toml(path), Path(path), executor)
+
+
+def config_from(raw: dict[str, Any], path: Path, executor: str | None = None) -> RunConfig:
+    """``load_config`` on a config already read (a suite with conditions added): ``path`` names it in errors and
+    anchors its relative paths."""
     _unknown(f"config {path}", raw, TOP_KEYS)
 
     run = dict(raw.get("run", {}))

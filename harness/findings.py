@@ -1,6 +1,6 @@
 """What a run shows, as data, per model × task (× train size): the statistics of its usable conditions, and the
 headline a reader acts on; across train sizes, the sample-efficiency curves; across tasks and models, the transfer
-matrix; and from each trial's curves, the overfitting flags.
+matrix; from each trial's curves, the overfitting flags; and across a suite's tasks, the leaderboard (``board``).
 
 One place computes what the markdown report, ``verdict.json`` and the terminal's headline table all say: for each
 distinct text prompt (conditions whose per-example scores are identical collapse into one row), R on the deciding
@@ -13,6 +13,7 @@ words them. Numbers come from ``harness.stats`` on the per-example ``scores.json
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 from collections.abc import Sequence
@@ -24,7 +25,20 @@ from scipy.special import ndtri
 from harness.errors import UserError
 from harness.plan import CellKey
 from harness.run_folder import Cell, Run, is_number
-from harness.stats import Analysis, Estimate, Outcome, RatioStats, analyze, analyze_records, score_matrices
+from harness.stats import (
+    Analysis,
+    Estimate,
+    Interval,
+    Outcome,
+    RatioStats,
+    SuiteRow,
+    SuiteStats,
+    analyze,
+    analyze_records,
+    score_matrices,
+    suite_means,
+    verdict,
+)
 
 
 @dataclass
@@ -858,3 +872,89 @@ def overfitting(g: Group) -> dict[str, list[tuple[int, list[FitCheck]]]]:
         if per_seed:
             out[c] = per_seed
     return out
+
+
+# --- a suite's leaderboard -------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BoardCell:
+    """One text condition on one task: R on the deciding metric with its interval and verdict label, or why not."""
+
+    r: float | None
+    ci: Interval | None
+    label: str | None  # the verdict (``stats.LABELS``); None without R
+    no_r: str | None  # "no-gap" (the ceiling is not clearly above the base), or a NoVerdict kind
+
+
+@dataclass(frozen=True)
+class BoardRow:
+    name: str
+    cells: dict[str, BoardCell]  # task -> its cell
+    suite: SuiteRow  # mean R over the tasks with a gap, its interval, rank and rank interval
+    cost: Cost  # averaged over the tasks (each a mean over seeds)
+    reused: int  # of its cells, how many were copied from another run
+
+
+@dataclass(frozen=True)
+class Board:
+    """A suite's leaderboard as data: rows are text conditions (rank order), columns the run's tasks."""
+
+    model: str
+    metric: str
+    base: str
+    ceiling: str
+    tasks: list[str]
+    gap: dict[str, bool]
+    rows: list[BoardRow]
+    stats: SuiteStats
+
+
+def board(run: Run, groups: Sequence[Group], n_boot: int) -> Board:
+    """The leaderboard of ``run`` (one model, its [ratio] base, ceiling and texts), from the per-task ``groups``
+    (``analyze_groups``) and ``stats.suite_means`` on the deciding metric's per-example scores."""
+    if len(run.models) != 1:
+        raise UserError(f"{run.dir}: a leaderboard ranks conditions on one model; this run has {len(run.models)}")
+    if run.base is None or run.ceiling is None or not run.texts:
+        raise UserError(f"{run.dir}: a leaderboard needs [ratio] base, ceiling and texts in the run's config")
+    metric = (run.config.get("ratio") or {}).get("metric") or "loglik"
+    per_task = {g.task: g for g in groups if g.train_size is None}
+    gap: dict[str, bool] = {}
+    scores: dict[str, dict[str, Any]] = {}
+    cells: dict[str, dict[str, BoardCell]] = {t: {} for t in run.texts}
+    for task, g in per_task.items():
+        m = g.analysis.metrics.get(metric) if g.analysis is not None else None
+        gap[task] = bool(m is not None and m.ceiling_gain_clear)
+        usable = set(g.usable)
+        if gap[task] and {g.analysis.base, g.analysis.ceiling} <= usable:
+            records = {c: {x.seed: x.lines for x in g.cells[c]} for c in run.texts + [run.base, run.ceiling]
+                       if c in usable}
+            scores[task] = score_matrices(records)[metric]
+        for t in run.texts:
+            ratio = m.ratios.get(t) if m is not None else None
+            if ratio is not None and ratio.value is not None:
+                cells[t][task] = BoardCell(ratio.value, ratio.ci, verdict(g.analysis, t).label, None)
+            else:
+                why = (g.no_r.kind if g.no_r is not None else "no-gap" if not gap[task]
+                       else "cell-failed" if t not in usable else "no-statistics")
+                cells[t][task] = BoardCell(None, None, None, why)
+    # a condition failed on some task with a gap has no mean over the tasks: it is listed without one
+    texts = [t for t in run.texts if all(t in s for s in scores.values())]
+    empty = SuiteStats([], [], [], n_boot, 0.95, 0)
+    stats = suite_means(scores, base=run.base, ceiling=run.ceiling, texts=texts, gap={t: True for t in scores},
+                        n_boot=n_boot) if scores and texts else empty
+    stats = dataclasses.replace(stats, no_gap=[t for t in per_task if not gap[t]])
+    by_name = {r.name: r for r in stats.rows}
+    rows = []
+    for t in run.texts:
+        srow = by_name.get(t, SuiteRow(t, None, None, None, None, {}))
+        costs = [per_task[k].costs.get(t) for k in per_task]
+        cost = Cost(**{f: _mean([getattr(c, f) for c in costs if c is not None])
+                       for f in Cost.__dataclass_fields__})
+        reused = sum(1 for k in per_task for x in per_task[k].cells.get(t, [])
+                     if x.record is not None and x.record.reused_from)
+        rows.append(BoardRow(t, cells[t], srow, cost, reused))
+    rows.sort(key=lambda r: (r.suite.rank is None, r.suite.rank or 0, r.name))
+    return Board(run.models[0], metric, run.base, run.ceiling, list(per_task), gap, rows, stats)
+
+
+def _mean(values: Sequence[Any]) -> float | None:
+    return sum(values) / len(values) if values and all(is_number(v) for v in values) else None

@@ -71,8 +71,9 @@ def job_states(records: Sequence[JobRecord]) -> list[JobState]:
                                 else "waiting" if state in WAITING_SLURM else "running"))
         elif r.host != socket.gethostname():
             out.append(JobState(r, "unknown"))
-        else:
-            out.append(JobState(r, "running" if process_alive(int(r.id)) else "ended"))
+        else:  # this process's own earlier local job (a second run in one process) is not running: we are here
+            alive = int(r.id) != os.getpid() and process_alive(int(r.id))
+            out.append(JobState(r, "running" if alive else "ended"))
     return out
 
 

@@ -250,3 +250,35 @@ def model_record(name: str, lm: Any) -> dict[str, Any]:
         rec["error"] = f"could not hash the model's files ({e})"
     rec["tokenizer"] = tokenizer_facts(lm.tokenizer)
     return rec
+
+
+# the modules whose code decides a cell's numbers besides its task's and its condition's own: the scorer and its one
+# forward, the renderer, model loading (the GGUF's dequantization, device and dtype), the cell path, the split
+SCORING_MODULES = ("harness.scorer", "harness.forward", "harness.render", "harness.models", "harness.cell",
+                   "harness.plan", "harness.task", "harness.data", "harness.optimizer", "harness.search")
+
+
+def _module_sha(name: str) -> str:
+    """sha256 (16 hex digits) of a module's source file, found without importing it."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.origin is None or not Path(spec.origin).is_file():
+        return "unknown"
+    return file_sha256(Path(spec.origin))[:16]
+
+
+def scoring_fingerprint(task: Any, optimizer: str, device: str, dtype: str) -> dict[str, Any]:
+    """What a cell's numbers depend on besides its key, settings and split (``promptgap bench`` reuses a cell from
+    another run only when this matches): the source of the scoring modules, of the task's and the condition's
+    modules, the task's data (the sha256 of each file it read, no paths), the device type, the dtype and the torch
+    and transformers versions; ``hash`` sums them up."""
+    from harness.registry import get_optimizer
+
+    modules = {m: _module_sha(m) for m in (*SCORING_MODULES, type(task).__module__,
+                                           get_optimizer(optimizer).__module__)}
+    data = sorted(s.get("sha256") or json.dumps(s, sort_keys=True) for s in task.provenance()["sources"])
+    out = {"modules": modules, "data": text_sha256("\n".join(data))[:16], "device": device.split(":")[0],
+           "dtype": dtype, "torch": _version("torch"), "transformers": _version("transformers")}
+    out["hash"] = text_sha256(json.dumps(out, sort_keys=True))[:16]
+    return out

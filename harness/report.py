@@ -41,6 +41,7 @@ from harness.figures import (
 from harness.findings import (
     FIT_ALPHA,
     REACH,
+    Board,
     Curve,
     Group,
     TransferBlock,
@@ -829,4 +830,68 @@ def write_report(run: Run, checked: Audit, reports_dir: Path = Path("reports"), 
         text = render_report(run, checked, fig_dir, n_boot, compare)
     write_atomic(md_path, text)
     log.info("report written: %s", md_path)
+    return md_path
+
+
+# --- a suite's leaderboard -------------------------------------------------------------------------------------------
+LEADERBOARD_SCHEMA = "promptgap-leaderboard/1"
+
+
+def leaderboard_json(b: Board, suite: dict[str, Any], run: Run, checked: Audit, report: str) -> dict[str, Any]:
+    """leaderboard.json: the board as numbers and labels (``harness/schemas/leaderboard.schema.json``)."""
+    def iv(x: Interval | None) -> list[float] | None:
+        return None if x is None else [x.lo, x.hi]
+
+    return {"schema": LEADERBOARD_SCHEMA, "suite": suite, "run": run.run_id, "report": report,
+            "audit": {"passed": checked.passed, "failed": [i.title for i in checked.failed]}, "model": b.model,
+            "metric": b.metric, "base": b.base, "ceiling": b.ceiling, "seeds": run.seeds, "tasks": b.tasks,
+            "gap": b.gap, "averaged": b.stats.tasks, "no_gap": b.stats.no_gap, "n_boot": b.stats.n_boot,
+            "confidence": b.stats.confidence, "excluded_replicates": b.stats.n_excluded,
+            "rows": [{"condition": r.name, "rank": r.suite.rank, "rank_ci": list(r.suite.rank_ci or []) or None,
+                      "mean_r": r.suite.mean_r, "mean_r_ci": iv(r.suite.ci), "reused_cells": r.reused,
+                      "cost": r.cost.to_json(),
+                      "tasks": {t: {"r": c.r, "ci": iv(c.ci), "verdict": c.label, "no_r": c.no_r}
+                                for t, c in r.cells.items()}} for r in b.rows]}
+
+
+def render_leaderboard(b: Board, suite: dict[str, Any], run: Run, checked: Audit, report: str,
+                       command: str) -> str:
+    """The leaderboard's markdown: the first screen answers which condition recovers most of the trained gain, at
+    what cost, and how sure the numbers are; each task's detail is in the run's own report."""
+    invocations = run.manifest.get("invocations") or []
+    seconds = sum(float(i.get("seconds") or 0) for i in invocations)
+    reused = sum(sum((i.get("reused") or {}).values()) for i in invocations)
+    machine = (run.manifest.get("machine") or {}).get("platform", "not recorded")
+    cpus = (run.manifest.get("machine") or {}).get("cpu_count")
+    out = []
+    if not checked.passed:
+        out += [f"**The validity audit of this run fails** ({', '.join(i.title for i in checked.failed)}): "
+                f"`promptgap check {run.dir}` says why; read no number below before that.", ""]
+    out += [f"# Leaderboard: suite {suite['name']} v{suite['version']}", "",
+            f"Model {b.model}; metric {METRIC_LABELS[b.metric][0]}; R = (text - {b.base}) / ({b.ceiling} - "
+            f"{b.base}), the ceiling named by the suite; seeds {', '.join(map(str, run.seeds))}; "
+            f"{b.stats.n_boot} bootstrap replicates.", "",
+            f"Command: `{command}`. Cells computed in {seconds:.0f} s over {len(invocations)} invocation(s) "
+            f"({reused} cell(s) copied from earlier runs) on {machine}"
+            + (f", {cpus} CPUs" if cpus else "") + f". Run folder: `{run.dir}`; per-task detail: [{report}]"
+            f"({quote(report)}).", ""]
+    header, rows = wording.board_table(b)
+    out += _table(header, rows)
+    out += ["", wording.board_mean_note(len(b.stats.tasks), len(b.tasks), b.stats.no_gap, b.stats.n_excluded,
+                                        b.stats.confidence), ""]
+    return "\n".join(out) + "\n"
+
+
+def write_leaderboard(b: Board, suite: dict[str, Any], run: Run, checked: Audit, reports_dir: Path, report: Path,
+                      command: str) -> Path:
+    """``reports_dir/leaderboard-<suite run>.md`` and ``leaderboard-<suite run>/leaderboard.json``, each written
+    whole; returns the markdown's path."""
+    reports_dir = Path(reports_dir)
+    name = "leaderboard-" + run.run_id.removeprefix("bench-")
+    md_path = check_inside(reports_dir, reports_dir / f"{name}.md")
+    rel = report.relative_to(reports_dir).as_posix() if report.is_relative_to(reports_dir) else str(report)
+    text = render_leaderboard(b, suite, run, checked, rel, command)
+    with atomic_dir(reports_dir / name, root=reports_dir) as tmp:
+        write_json(tmp / "leaderboard.json", leaderboard_json(b, suite, run, checked, rel))
+    write_atomic(md_path, text)
     return md_path

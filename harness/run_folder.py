@@ -62,6 +62,7 @@ from harness.atomic import (
     clear_temporaries,
     create_new,
     json_text,
+    remove_dir,
     remove_if_same,
     write_atomic,
     write_json,
@@ -199,6 +200,11 @@ class CellRecord:
     # every file the cell needs, by path in its folder: {"bytes", "sha256"} (``file_list``), set by
     # ``CellWriter.finish``; None in cells written before cells listed their files (judged by what they have)
     files: dict[str, dict[str, Any]] | None = None
+    # what the cell's numbers depend on besides its key, settings and split (``provenance.scoring_fingerprint``);
+    # None in cells written before it was recorded, which are never reused in another run
+    fingerprint: dict[str, Any] | None = None
+    # a cell copied from another run (``promptgap bench``): {"run": its run id, "commit": the commit that made it}
+    reused_from: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -207,7 +213,7 @@ class CellRecord:
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("key")
-        for k in (*TRANSFER_FIELDS, "files"):
+        for k in (*TRANSFER_FIELDS, "files", "fingerprint", "reused_from"):
             if d[k] is None:
                 del d[k]
         return {**self.key.to_json(), **d}
@@ -603,6 +609,28 @@ class RunFolder:
         """Build a cell in a temp folder; it replaces any previous cell of the key when the block ends normally."""
         with atomic_dir(self.cell_dir(key), root=self.root) as tmp:
             yield CellWriter(tmp)
+
+    def drop(self, key: CellKey) -> None:
+        """Remove a cell that no longer belongs to the run's config (``promptgap bench``: other settings or scoring
+        code): renamed to a temp name first, so a crash leaves nothing a later run would read as a cell."""
+        remove_dir(self.cell_dir(key))
+
+    def adopt(self, key: CellKey, donor: RunFolder) -> None:
+        """Copy ``donor``'s done cell of ``key`` into this run, byte for byte but cell.json, which also names where
+        it came from (``reused_from``); it appears whole or not at all, as a computed cell does."""
+        state = donor.cell_state(key)
+        if state is None or state.state != DONE or state.record is None:
+            raise ValueError(f"{donor.root}: cell {key.label} is not done")
+        src = donor.cell_dir(key)
+        with atomic_dir(self.cell_dir(key), root=self.root) as tmp:
+            for f in sorted(src.rglob("*")):
+                rel = f.relative_to(src)
+                if f.is_file() and rel.parts[0] not in (CELL, FILES) and _visible(f, src):
+                    (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                    write_atomic(tmp / rel, f.read_bytes())
+            record = state.record
+            record.reused_from = {"run": donor.run_id, "commit": (record.code or {}).get("commit")}
+            write_json(tmp / CELL, record.to_json())
 
     def cell_paths(self) -> list[Path]:
         """Every complete cell folder on disk (hidden temp folders excluded). Keys have 4 to 7 segments; a cell

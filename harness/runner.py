@@ -15,6 +15,7 @@ and the manifest's model records from what the cells and jobs wrote. The runner 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shlex
@@ -57,7 +58,8 @@ class Runner:
     def __init__(self, config_path: str | Path, run_id: str | None = None, resume: bool = False,
                  only: list[str] | None = None, results_root: Path = Path("results"),
                  command: str | None = None, executor: str | None = None, wait: bool = True,
-                 cfg: RunConfig | None = None, force_unlock: bool = False) -> None:
+                 cfg: RunConfig | None = None, force_unlock: bool = False, reuse: Sequence[Path] = (),
+                 recheck: bool = False) -> None:
         self.config_path = Path(config_path)
         # every check happens here, before any model or job: names, settings, roles, the executor and its resources;
         # ``cfg``: a config already loaded by load_config (and adjusted, as the demo's smoke budget)
@@ -86,6 +88,11 @@ class Runner:
                                 f"{', '.join(self.cfg.conditions)}")
         self.command = command or shlex.join(["promptgap", *sys.argv[1:]])
         self.code = provenance.code_state()
+        # run folders whose done cells this run copies instead of computing, when they match (``_reuse``)
+        self.reuse = [RunFolder(Path(r)) for r in reuse if RunFolder(Path(r)).exists() and Path(r) != self.run_dir]
+        # ``recheck`` (``promptgap bench``): a done cell of this folder is kept only if it would be reused from
+        # another run (``reusable``): one whose settings or scoring fingerprint no longer match is computed again
+        self.recheck = recheck
 
     @property
     def run_dir(self) -> Path:
@@ -99,7 +106,12 @@ class Runner:
         if self.folder.exists():
             if not self.resume:
                 raise UserError(f"{self.run_dir} exists; pass --resume to continue it or choose another --run-id")
-            if self.folder.read_json(CONFIG) != config_json:
+            if self.folder.read_json(CONFIG) != config_json and self.recheck:
+                # bench: the suite's conditions changed (an added condition's settings); every cell that no longer
+                # matches is recomputed (``_reuse``), so the folder ends as the new config says, never mixed
+                log.warning("the config of %s changed since it started; cells that no longer match are recomputed",
+                            self.run_id)
+            elif self.folder.read_json(CONFIG) != config_json:
                 raise UserError(f"{self.config_path} changed since run {self.run_id} started; "
                                 f"resume with the same config or start a new --run-id")
             running = live_jobs(self.folder)
@@ -125,6 +137,46 @@ class Runner:
         self.manifest = manifest
         self.folder.write_manifest(manifest)
         self.folder.clear_unfinished()  # temp folders of cells a killed run was building
+
+    def _reuse(self, tasks: dict[str, Any], splits: dict[tuple[str, int], Any]) -> None:
+        """Copy each cell not done here from the first donor run (``reuse``) whose cell matches (``reusable``);
+        the manifest's invocation counts them per donor, and each copied cell.json names its run and commit. With
+        ``recheck``, first drop this folder's done cells that no longer match (they are computed again)."""
+        if not self.reuse and not self.recheck:
+            return
+        from harness.models import pick_device, pick_dtype
+
+        device = pick_device(self.cfg.run["device"])
+        dtype = str(pick_dtype(self.cfg.run["dtype"], device)).removeprefix("torch.")
+        counts: dict[str, int] = {}
+        prints: dict[tuple[str, str], dict[str, Any]] = {}  # (task, optimizer) -> what this code would record
+        for key in self.plan.cells(self.only):
+            if key.is_transfer:  # scores this run's own source cell: never reused
+                continue
+            split_hash = plan.scored_split(splits[(key.task, key.seed)], key).hash
+            optimizer = self.cfg.conditions[key.condition].optimizer
+            if (key.task, optimizer) not in prints:
+                prints[(key.task, optimizer)] = provenance.scoring_fingerprint(tasks[key.task], optimizer,
+                                                                               str(device), dtype)
+            fingerprint = prints[(key.task, optimizer)]
+            if self.folder.finished(key):
+                why = reusable(self.folder, key, self.cfg, split_hash, fingerprint) \
+                    if self.recheck else None
+                if why is None:
+                    continue
+                log.warning("recomputing %s: %s", key.label, why)
+                self.folder.drop(key)  # its job would otherwise keep it as done
+            for donor in self.reuse:
+                why = reusable(donor, key, self.cfg, split_hash, fingerprint)
+                if why is None:
+                    self.folder.adopt(key, donor)
+                    counts[donor.run_id] = counts.get(donor.run_id, 0) + 1
+                    break
+                log.info("not reusing %s from %s: %s", key.label, donor.run_id, why)
+        for run_id, n in counts.items():
+            log.info("reused %d cell(s) from %s", n, run_id)
+        self.manifest["invocations"][-1]["reused"] = counts
+        self.folder.write_manifest(self.manifest)
 
     # --- running -------------------------------------------------------------------------------------------
     def todo(self) -> list[CellKey]:
@@ -183,6 +235,7 @@ class Runner:
                 self.folder.record_split(SplitRecord.of(task.name, seed, split, plan.train_sizes(task_cfg.sizes)))
             self.manifest["tasks"][task.name] = task.provenance()  # the files the splits were read from, hashed
         self.folder.write_manifest(self.manifest)
+        self._reuse({task.name: task for task, _ in tasks}, splits)
         todo = self.todo()
         for model in dict.fromkeys(k.scored_model for k in todo):
             prepare_model(model)  # the embedded model's cache is built here once, never by two jobs at once
@@ -198,6 +251,29 @@ class Runner:
         self.folder.write_manifest(self.manifest)
         gather(self.folder)
         return self.run_dir
+
+
+def reusable(donor: RunFolder, key: CellKey, cfg: RunConfig, split_hash: str, fingerprint: dict[str, Any]
+             ) -> str | None:
+    """Why ``donor``'s cell of ``key`` cannot stand in for this run's, or None when it can: done, the same condition
+    and settings, the same split, and the same scoring fingerprint (code, data, device, dtype, library versions) as
+    this code records (``fingerprint``). A transfer cell is never reused (its source is this run's)."""
+    if key.is_transfer:
+        return "a transfer cell"
+    state = donor.cell_state(key)
+    if state is None or state.state != DONE or state.record is None:
+        return "not done there"
+    record, spec = state.record, cfg.conditions[key.condition]
+    if record.optimizer != spec.optimizer or json.dumps(record.settings, sort_keys=True) != json.dumps(
+            spec.settings, sort_keys=True):
+        return "other settings"
+    if record.split_hash != split_hash:
+        return "another split"
+    if record.fingerprint is None:
+        return "no scoring fingerprint recorded"
+    if record.fingerprint.get("hash") != fingerprint["hash"]:
+        return "another scoring fingerprint (code, data, device, dtype or library versions)"
+    return None
 
 
 def gather(folder: RunFolder) -> None:
@@ -342,7 +418,9 @@ def _run_cell(folder: RunFolder, cfg: RunConfig, code: dict[str, Any], job: dict
                         n_dev=0 if key.is_transfer else len(fitted.dev), device=str(lm.device),
                         dtype=str(lm.dtype).removeprefix("torch."), threads=torch.get_num_threads(),
                         deterministic=torch.are_deterministic_algorithms_enabled(),
-                        code={k: code.get(k) for k in ("version", "commit", "dirty")}, job=job)
+                        code={k: code.get(k) for k in ("version", "commit", "dirty")}, job=job,
+                        fingerprint=provenance.scoring_fingerprint(task, spec.optimizer, str(lm.device),
+                                                                   str(lm.dtype).removeprefix("torch.")))
     evidence = Evidence()
     fell_back = len(lm.fallbacks)
     with folder.new_cell(key) as cell:

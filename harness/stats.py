@@ -902,3 +902,104 @@ def verdict(analysis: Analysis, text: str) -> Verdict:
 def analyze_records(records: Mapping[str, Any], *, base: str, ceiling: str | None = None, **kwargs: Any) -> Analysis:
     """``analyze(score_matrices(records), ...)``: the analysis straight from per-example records."""
     return analyze(score_matrices(records), base=base, ceiling=ceiling, **kwargs)
+
+
+# --- a suite: optimizers across tasks ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SuiteRow:
+    """One text condition across a suite's tasks: its mean R over the tasks with a gap, with a percentile interval
+    from the bootstrap below, its rank among the suite's conditions (1 = highest mean R) and the rank's interval."""
+
+    name: str
+    mean_r: float | None  # None when no task has a gap
+    ci: Interval | None
+    rank: int | None
+    rank_ci: tuple[int, int] | None
+    per_task: dict[str, float | None]  # each task's point R (None: the task has no gap)
+
+
+@dataclass(frozen=True)
+class SuiteStats:
+    """What the leaderboard's aggregate columns say. ``tasks``: the tasks averaged (a gap: the ceiling clearly above
+    the base), ``no_gap``: those left out; ``n_excluded``: replicates left out because a task's drawn ceiling gain
+    was exactly 0 (no ratio)."""
+
+    rows: list[SuiteRow]
+    tasks: list[str]
+    no_gap: list[str]
+    n_boot: int
+    confidence: float
+    n_excluded: int
+
+
+def suite_means(
+    scores: Mapping[str, Mapping[str, np.ndarray]],
+    *,
+    base: str,
+    ceiling: str,
+    texts: Sequence[str],
+    gap: Mapping[str, bool],
+    n_boot: int = DEFAULT_N_BOOT,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> SuiteStats:
+    """Mean R over a suite's tasks, for each text condition, with intervals and ranks.
+
+    ``scores[task][condition]``: the deciding metric's ``(n_seeds, n_examples)`` matrix (as ``score_matrices``),
+    aligned within each task. ``gap[task]``: whether the task's ceiling is clearly above its base (the task's own
+    analysis); tasks without one are left out of every mean. The tasks are the suite's fixed set, not a sample: a
+    replicate resamples, inside each task independently, seeds and then examples (the same hierarchical draw as
+    ``analyze``, one index set for all the task's conditions), computes each task's R = mean(text - base) /
+    mean(ceiling - base) and averages the tasks. The interval is the percentile interval of those averages; a
+    replicate's ranks (1 = highest) give each condition's rank interval (its ``confidence`` percentiles, rounded
+    outwards). Same inputs and ``seed`` -> same numbers.
+    """
+    texts = list(texts)
+    if not texts:
+        raise UserError("suite: no text conditions to rank; name them in [ratio] texts")
+    if n_boot < 1:
+        raise UserError(f"n_boot = {n_boot}; give a whole number >= 1")
+    used = [t for t in scores if gap.get(t)]
+    no_gap = [t for t in scores if not gap.get(t)]
+    rng = np.random.default_rng(seed)
+    alpha = 1 - confidence
+    point: dict[str, dict[str, float | None]] = {c: {} for c in texts}
+    reps = np.zeros((n_boot, len(texts)))
+    bad = np.zeros(n_boot, dtype=bool)
+    for task in scores:
+        by = scores[task]
+        missing = [c for c in (base, ceiling, *texts) if c not in by]
+        if missing:
+            raise UserError(f"suite task {task!r}: no scores for {', '.join(missing)}; run those cells first")
+        if task not in used:
+            for c in texts:
+                point[c][task] = None
+            continue
+        mats = [np.atleast_2d(np.asarray(by[c], dtype=float)) for c in (base, ceiling, *texts)]
+        cols = np.stack([m - mats[0] for m in mats[1:]], axis=-1)  # ceiling gain, then each text's gain
+        r = _replicate_means(cols, n_boot, rng)
+        d_ceil = float(cols[..., 0].mean())
+        for j, c in enumerate(texts):
+            point[c][task] = float(cols[..., j + 1].mean()) / d_ceil
+        zero = r[:, 0] == 0
+        bad |= zero
+        with np.errstate(divide="ignore", invalid="ignore"):
+            reps += r[:, 1:] / np.where(zero, 1.0, r[:, 0])[:, None]
+    if not used:
+        rows = [SuiteRow(c, None, None, None, None, point[c]) for c in texts]
+        return SuiteStats(rows, [], no_gap, n_boot, confidence, 0)
+    reps = reps[~bad] / len(used)
+    means = {c: float(np.mean([point[c][t] for t in used])) for c in texts}
+    # rank 1 = highest mean R; ties share the better rank (scipy's "min")
+    point_rank = scipy.stats.rankdata([-means[c] for c in texts], method="min")
+    rep_ranks = scipy.stats.rankdata(-reps, method="min", axis=1) if len(reps) else np.empty((0, len(texts)))
+    rows = []
+    for j, c in enumerate(texts):
+        ci = rank_ci = None
+        if len(reps):
+            lo, hi = np.quantile(reps[:, j], [alpha / 2, 1 - alpha / 2])
+            ci = Interval(float(lo), float(hi), "percentile")
+            rlo, rhi = np.quantile(rep_ranks[:, j], [alpha / 2, 1 - alpha / 2])
+            rank_ci = (int(math.floor(rlo)), int(math.ceil(rhi)))
+        rows.append(SuiteRow(c, means[c], ci, int(point_rank[j]), rank_ci, point[c]))
+    return SuiteStats(rows, used, no_gap, n_boot, confidence, int(bad.sum()))

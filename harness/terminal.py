@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness import wording
-from harness.findings import analyze_groups, headline
+from harness.findings import Board, analyze_groups, headline
 from harness.run_folder import load_run
 from harness.stats import DEFAULT_N_BOOT
 from harness.wording import Em, Text
@@ -49,3 +49,16 @@ def print_headlines(run_dir: Path, n_boot: int | None = None) -> None:
             console.print(f"Every row: {escape('; '.join(said))}", style="dim")
         for note in h.notes:
             console.print("- " + rich_markup(wording.note(note, h.per_token)), style="dim")
+
+
+def print_board(b: Board) -> None:
+    """A suite's leaderboard in the terminal (rich): the rows the markdown shows."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    header, rows = wording.board_table(b)
+    table = Table(*header, title=f"{b.model}: R against {b.ceiling}, rank order")
+    for row in rows:
+        table.add_row(*(escape(c) for c in row))
+    Console(highlight=False).print(table)

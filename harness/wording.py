@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from harness.findings import (
     BeatenCeiling,
+    Board,
     CannotRank,
     Cost,
     FitCheck,
@@ -271,6 +272,16 @@ def _count(x: float) -> str:
     return f"{x:.0f}"
 
 
+def count(x: float | None) -> str:
+    """A count for a table cell ("-" when not recorded)."""
+    return "-" if x is None else _count(x)
+
+
+def duration(s: float | None) -> str:
+    """Seconds for a table cell ("-" when not recorded)."""
+    return "-" if s is None else _duration(s)
+
+
 def cost(c: Cost) -> str:
     """What fitting took, in a few words."""
     parts = []
@@ -468,3 +479,42 @@ def fit_warning(w: FitWarning) -> str:
     return (f"from step {w.step} to step {w.last_step} dev loss rises ({w.dev_from:.3f} -> {w.dev_to:.3f}, "
             f"{w.z:.1f} standard errors of the paired difference, beyond {w.threshold:.2f}) while train loss falls "
             f"({w.train_from:.3f} -> {w.train_to:.3f}) beyond its minibatch noise")
+
+
+# --- a suite's leaderboard -------------------------------------------------------------------------------------------
+BOARD_MISSING = {"no-gap": "no gap", "cell-failed": "failed", "no-statistics": "no statistics"}
+
+
+def board_missing(kind: str | None) -> str:
+    """Why a leaderboard cell has no R, in a word or two."""
+    return BOARD_MISSING.get(kind or "", f"no R ({kind})")
+
+
+def _r(x: float, iv: Interval | None) -> str:
+    return f"{x:.2f}" + (f" [{iv.lo:.2f}, {iv.hi:.2f}]" if iv is not None else "")
+
+
+def board_table(b: Board) -> tuple[list[str], list[list[str]]]:
+    """The leaderboard's header and rows, as the markdown and the terminal both show them."""
+    header = ["rank [95%]", "condition", "mean R [95% CI]", *b.tasks, "fit tokens", "fit time", "trained params"]
+    rows = []
+    for r in b.rows:
+        s = r.suite
+        rank = "-" if s.rank is None else f"{s.rank}" + (f" [{s.rank_ci[0]}, {s.rank_ci[1]}]" if s.rank_ci else "")
+        cells = [board_missing(c.no_r) if c.r is None else f"{_r(c.r, c.ci)} {c.label}"
+                 for c in (r.cells[t] for t in b.tasks)]
+        rows.append([rank, r.name + (" (reused)" if r.reused else ""), "-" if s.mean_r is None else _r(s.mean_r, s.ci),
+                     *cells, count(r.cost.fit_tokens), duration(r.cost.fit_seconds), count(r.cost.trainable_params)])
+    return header, rows
+
+
+def board_mean_note(n_used: int, n_tasks: int, no_gap: Sequence[str], n_excluded: int, confidence: float) -> str:
+    """What the mean R column averages, and how its intervals were made."""
+    out = (f"Mean R averages {n_used} of {n_tasks} task(s)" + (f"; left out, no gap (the ceiling is not clearly above "
+           f"the base): {', '.join(no_gap)}" if no_gap else "") + ". Its interval and the rank interval "
+           f"({confidence:.0%}) come from one bootstrap that resamples seeds, then examples, inside each task (the "
+           f"tasks are the suite's fixed set, not a sample); a task cell shows R, its interval and the verdict of the "
+           f"task's own report.")
+    if n_excluded:
+        out += f" {n_excluded} replicate(s) drew a ceiling gain of exactly 0 in some task and were left out."
+    return out

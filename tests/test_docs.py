@@ -25,6 +25,7 @@ TESTED: dict[str, tuple[str, str]] = {
     "promptgap demo --smoke": ("tests/test_demo.py", '"demo", "--smoke"'),
     "promptgap init my-study.toml": ("tests/test_demo.py", 'main(["init", str(path)])'),
     "promptgap list": ("tests/test_plugins.py", 'promptgap(plugin_env, "list"'),
+    "promptgap bench --suite smoke": ("tests/test_bench.py", 'main(["bench", "--suite", "smoke"'),
     "promptgap check results/quickstart": ("tests/test_committed_reports.py", 'main(["check", "results/quickstart"])'),
 }
 

@@ -1,0 +1,98 @@
+"""Benchmark suites: versioned run configs shipped in ``harness/suites``, and the conditions ``promptgap bench``
+adds to one.
+
+A suite is a run config (docs/configuration.md) with a ``[suite]`` table: ``version`` (a whole number, raised
+whenever what the suite computes changes) and ``about``. Its ``[ratio]`` names the base, the ceiling and the text
+conditions ranked. ``promptgap bench --suite NAME`` runs it into ``results/bench-NAME-vVERSION``; with ``--add
+CONDITION`` (a built-in or an installed plugin, its default settings) or ``--add-config FILE`` (``[conditions.X]``
+tables), the added conditions join the ranked texts, the run goes to a folder of its own, and every cell the suite's
+folder already holds with the same settings, split and scoring fingerprint is copied instead of computed
+(``runner.reusable``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from harness.config import RunConfig, config_from, read_toml
+from harness.errors import UserError
+from harness.names import check_name
+
+SUITE_KEYS = {"version", "about"}
+
+
+def packaged_suites() -> dict[str, Path]:
+    """The suites shipped with promptgap, by name."""
+    folder = Path(str(resources.files("harness") / "suites"))
+    return {p.stem: p for p in sorted(folder.glob("*.toml")) if "[suite]" in p.read_text()}
+
+
+@dataclass
+class Suite:
+    name: str
+    version: int
+    about: str
+    path: Path
+    cfg: RunConfig
+    added: list[str]  # conditions added by --add / --add-config, ranked with the suite's texts
+
+    @property
+    def base_run_id(self) -> str:
+        """The run folder of the suite as shipped."""
+        return f"bench-{self.name}-v{self.version}"
+
+    @property
+    def run_id(self) -> str:
+        return self.base_run_id + ("-with-" + "-".join(self.added) if self.added else "")
+
+
+def load_suite(suite: str, add: list[str] | None = None, add_config: Path | None = None,
+               executor: str | None = None) -> Suite:
+    """The suite ``suite`` (a packaged name, or a path to a suite TOML), with conditions added, checked whole."""
+    shipped = packaged_suites()
+    if suite in shipped:
+        path = shipped[suite]
+    elif suite.endswith(".toml"):
+        path = Path(suite)
+    else:
+        raise UserError(f"--suite {suite}: no such suite; use {', '.join(shipped)} or a path to a suite TOML")
+    raw = read_toml(path, "suite")
+    head = raw.pop("suite", None)
+    if not isinstance(head, dict):
+        raise UserError(f"suite {path}: no [suite] table; add [suite] with version = 1 (a plain run config runs "
+                        f"with `promptgap run`)")
+    extra = sorted(set(head) - SUITE_KEYS)
+    if extra:
+        raise UserError(f"suite {path} [suite]: unknown key(s) {', '.join(extra)}; valid: {', '.join(SUITE_KEYS)}")
+    version = head.get("version")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise UserError(f"suite {path} [suite]: version = {version!r}; give a whole number >= 1")
+    name = check_name(f"suite {path}: its file name", path.stem, "rename the suite file")
+    conditions: dict[str, Any] = raw.setdefault("conditions", {})
+    added: dict[str, Any] = {}
+    for cond in add or []:
+        added[cond] = {}
+    if add_config is not None:
+        extra_raw = read_toml(add_config, "--add-config")
+        if set(extra_raw) != {"conditions"} or not isinstance(extra_raw["conditions"], dict):
+            raise UserError(f"--add-config {add_config}: give only [conditions.NAME] tables (the suite fixes "
+                            f"tasks, seeds and roles)")
+        added.update(extra_raw["conditions"])
+    for cond, body in added.items():
+        check_name("--add", cond, "give a condition name from `promptgap list`, or name the table in --add-config")
+        if cond in conditions:
+            raise UserError(f"--add {cond}: the suite {name} already has a condition of that name; it is ranked "
+                            f"already (give yours another table name in --add-config, with optimizer = \"{cond}\")")
+        conditions[cond] = dict(body)
+    ratio = raw.get("ratio") or {}
+    if not ratio.get("ceiling") or not ratio.get("texts"):
+        raise UserError(f"suite {path} [ratio]: a suite names base, ceiling and texts; add them")
+    ratio["texts"] = list(ratio["texts"]) + list(added)
+    cfg = config_from(raw, path, executor)
+    if len(cfg.models) != 1:
+        raise UserError(f"suite {path} [run]: models = {cfg.models}; a suite ranks conditions on one model")
+    cfg.run["suite"] = {"name": name, "version": version}
+    return Suite(name, version, str(head.get("about", "")), path, cfg, list(added))
