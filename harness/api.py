@@ -13,12 +13,15 @@ from harness.errors import UserError
 from harness.models import LoadedModel
 from harness.optimizer import (
     SELECT_ON,
+    BudgetSpent,
     DevScore,
     FitContext,
     Optimizer,
     Settings,
     TaskInfo,
+    TokenBudget,
     Variant,
+    check_budget,
     choose_on_dev,
     dev_score,
 )
@@ -41,7 +44,7 @@ from harness.task import SplitSizes, Task, read_rows, read_text, require, split_
 __all__ = [
     # conditions
     "Optimizer", "Settings", "Variant", "FitContext", "TaskInfo", "PromptArtifact", "PRODUCTS",
-    "choose_on_dev", "SELECT_ON", "dev_score", "DevScore",
+    "choose_on_dev", "SELECT_ON", "dev_score", "DevScore", "TokenBudget", "BudgetSpent", "check_budget",
     # the search kit for methods that use the task model's gradients (harness/search.py)
     "TokenSearch", "TokenSearchSettings", "BudgetSettings", "SearchLoop", "SlotObjective", "MicroBatches",
     "PromptForward", "task_loss", "top_k_tokens", "sample_candidates", "filter_candidates",

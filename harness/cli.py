@@ -303,19 +303,24 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from harness.runner import Runner
     from harness.suite import load_suite
 
-    suite = load_suite(args.suite, args.add, args.add_config, executor=args.executor)
+    suite = load_suite(args.suite, args.add, args.add_config, executor=args.executor,
+                       budget_tokens=args.budget_tokens, model=args.model)
+    for task, why in suite.skipped.items():
+        print(f"not run here: task {task}: {why}")
     root = Path(args.results)
     # the command as typed; called in-process (the tests), the arguments that choose what runs
     command = shlex.join(["promptgap", *sys.argv[1:]]) if "bench" in sys.argv[1:] else shlex.join(
         ["promptgap", "bench", "--suite", args.suite, *[a for c in args.add for a in ("--add", c)],
-         *(["--add-config", str(args.add_config)] if args.add_config else [])])
+         *(["--add-config", str(args.add_config)] if args.add_config else []),
+         *(["--budget-tokens", str(args.budget_tokens)] if args.budget_tokens is not None else []),
+         *(["--model", args.model] if args.model else [])])
     runner = Runner(suite.path, run_id=suite.run_id, resume=(root / suite.run_id).exists(), results_root=root,
                     cfg=suite.cfg, command=command, reuse=[root / suite.base_run_id], recheck=True)
     run_dir = runner.run()
     report = report_run(run_dir, args.reports)
     run = load_run(run_dir)
     n_boot = int(run.config["run"].get("n_boot") or 10_000)
-    b = board(run, analyze_groups(run, n_boot), n_boot)
+    b = board(run, analyze_groups(run, n_boot), n_boot, run.config["run"]["suite"].get("reference"))
     path = write_leaderboard(b, run.config["run"]["suite"], run, audit(run, with_report=False), Path(args.reports),
                              report, command)
     from harness.terminal import print_board
@@ -477,6 +482,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "built-in or an installed plugin, its default settings; repeatable): only its cells are computed")
     b.add_argument("--add-config", type=Path, default=None, metavar="FILE", help="a TOML of [conditions.NAME] "
                    "tables to rank too, with their settings")
+    b.add_argument("--model", default=None, help="run the suite on this model (a hub id, folder or .gguf) instead "
+                   "of its own; the run folder's name says which")
+    b.add_argument("--budget-tokens", type=int, default=None, metavar="N", help="run every ranked search "
+                   "condition at this budget of tokens through the model: each stops within it, at its best so far "
+                   "on dev")
     b.add_argument("--results", type=Path, default=Path("results"), help="results root (default results/)")
     b.add_argument("--reports", type=Path, default=Path("reports"), help="reports root (default reports/)")
     b.add_argument("--executor", default=None, metavar="KIND", help="where cells run: local, processes or slurm")

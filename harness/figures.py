@@ -195,3 +195,31 @@ def transfer_figure(path: Path, block: Any) -> None:
     ax.set_title("filled: transferred; open: fitted on the target", fontsize=8)
     fig.suptitle(block.name, fontsize=10)
     _save(fig, path)
+
+
+def board_figure(b: Any, path: Path) -> None:
+    """A suite's leaderboard as a figure: each condition's mean R over the tasks with a gap (with its interval)
+    against the tokens its fit spent through the model; the conditions no other beats on both (higher R for no more
+    tokens) are joined, the Pareto front."""
+    pts = [(r.name, r.cost.fit_tokens or 0.0, r.suite.mean_r, r.suite.ci) for r in b.rows if r.suite.mean_r is not None]
+    fig = _new_figure(6.4, 4.0)
+    ax = fig.subplots()
+    for name, tokens, mean, ci in pts:
+        err = [[max(0.0, mean - ci.lo)], [max(0.0, ci.hi - mean)]] if ci is not None else None
+        ax.errorbar([max(tokens, 1.0)], [mean], yerr=err, fmt="o", capsize=4, color=COLOURS["text"])
+        ax.annotate(name, (max(tokens, 1.0), mean), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    front, best = [], -float("inf")
+    for _name, tokens, mean, _ in sorted(pts, key=lambda p: (p[1], -p[2])):
+        if mean > best:
+            front.append((max(tokens, 1.0), mean))
+            best = mean
+    if len(front) > 1:
+        ax.plot(*zip(*front, strict=True), color="0.4", linewidth=1, linestyle="--", label="Pareto front")
+        ax.legend(fontsize=8)
+    ax.set_xscale("log")
+    ax.axhline(0.5, color="0.5", linestyle=":", linewidth=1)
+    ax.set_xlabel("fit tokens through the model (mean over seeds and tasks; 0 shown at 1)")
+    ax.set_ylabel(f"mean R over {len(b.stats.tasks)} task(s)")
+    ax.grid(alpha=0.3)
+    ax.set_title(f"{b.model}: R against {b.ceiling} vs the fit's cost", fontsize=10)
+    _save(fig, path)

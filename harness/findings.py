@@ -892,6 +892,7 @@ class BoardRow:
     suite: SuiteRow  # mean R over the tasks with a gap, its interval, rank and rank interval
     cost: Cost  # averaged over the tasks (each a mean over seeds)
     reused: int  # of its cells, how many were copied from another run
+    above_reference: int | None = None  # tasks where it is clearly above the suite's reference; None: it is it
 
 
 @dataclass(frozen=True)
@@ -906,11 +907,14 @@ class Board:
     gap: dict[str, bool]
     rows: list[BoardRow]
     stats: SuiteStats
+    reference: str | None = None  # the readable prompt every row is compared with, task by task ([suite] reference)
 
 
-def board(run: Run, groups: Sequence[Group], n_boot: int) -> Board:
+def board(run: Run, groups: Sequence[Group], n_boot: int, reference: str | None = None) -> Board:
     """The leaderboard of ``run`` (one model, its [ratio] base, ceiling and texts), from the per-task ``groups``
-    (``analyze_groups``) and ``stats.suite_means`` on the deciding metric's per-example scores."""
+    (``analyze_groups``) and ``stats.suite_means`` on the deciding metric's per-example scores. ``reference``: a
+    condition (the hand-written prompt) each row is compared with on every task, by the same rules that make a
+    difference from the base clear (``stats.analyze``: paired interval, McNemar for accuracy, the seeds' t)."""
     if len(run.models) != 1:
         raise UserError(f"{run.dir}: a leaderboard ranks conditions on one model; this run has {len(run.models)}")
     if run.base is None or run.ceiling is None or not run.texts:
@@ -951,9 +955,21 @@ def board(run: Run, groups: Sequence[Group], n_boot: int) -> Board:
                        for f in Cost.__dataclass_fields__})
         reused = sum(1 for k in per_task for x in per_task[k].cells.get(t, [])
                      if x.record is not None and x.record.reused_from)
-        rows.append(BoardRow(t, cells[t], srow, cost, reused))
+        above = None
+        if reference is not None and t != reference:
+            above = sum(_clearly_above(g, t, reference, metric, n_boot) for g in per_task.values())
+        rows.append(BoardRow(t, cells[t], srow, cost, reused, above))
     rows.sort(key=lambda r: (r.suite.rank is None, r.suite.rank or 0, r.name))
-    return Board(run.models[0], metric, run.base, run.ceiling, list(per_task), gap, rows, stats)
+    return Board(run.models[0], metric, run.base, run.ceiling, list(per_task), gap, rows, stats, reference)
+
+
+def _clearly_above(g: Group, text: str, reference: str, metric: str, n_boot: int) -> bool:
+    """Whether ``text`` is clearly above ``reference`` on ``metric`` in this task (both usable in every seed)."""
+    if text not in g.usable or reference not in g.usable:
+        return False
+    records = {c: {x.seed: x.lines for x in g.cells[c]} for c in (reference, text)}
+    a = analyze(score_matrices(records), base=reference, texts=[text], n_boot=n_boot, deciding=metric)
+    return a.metrics[metric].conditions[text].clear > 0
 
 
 def _mean(values: Sequence[Any]) -> float | None:

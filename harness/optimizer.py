@@ -11,10 +11,11 @@ these, never a condition's class or name, so a plugin is held to the same config
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
@@ -53,6 +54,53 @@ class TaskInfo:
             f"(the test split is scored by the harness); task info holds name, kind, instruction, summary, marker")
 
 
+class BudgetSpent(Exception):
+    """Raised by a search's own code (not the harness) when its next unit of work would overrun ``TokenBudget``."""
+
+
+@dataclass
+class TokenBudget:
+    """A fit's budget in token positions through the task model (``models.Usage.tokens``: what a cell records as
+    fit_tokens). ``promptgap bench --budget-tokens N`` hands it to each ranked search condition as the setting
+    ``budget_tokens``; a search that honors it asks ``affords`` before each unit of work it may skip, with the most a
+    unit of that kind has cost so far (``unit`` measures them), and ends at its best so far on dev. A unit whose kind
+    has not run yet is estimated by ``default``: the first unit of a kind can overrun, every later one cannot."""
+
+    lm: LoadedModel
+    limit: int | None
+    start: int | None = None  # the usage count the budget starts from (default: now)
+    costs: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.start is None:
+            self.start = self.lm.usage.tokens
+
+    @property
+    def spent(self) -> int:
+        return self.lm.usage.tokens - (self.start or 0)
+
+    def expected(self, kind: str, default: int = 0) -> int:
+        return self.costs.get(kind, default)
+
+    def affords(self, cost: int) -> bool:
+        return self.limit is None or self.spent + cost <= self.limit
+
+    @contextlib.contextmanager
+    def unit(self, kind: str) -> Iterator[None]:
+        """Measure a unit of work of ``kind``: its cost is the most any unit of the kind has spent."""
+        before = self.spent
+        try:
+            yield
+        finally:
+            self.costs[kind] = max(self.costs.get(kind, 0), self.spent - before)
+
+
+def check_budget(who: str, value: Any) -> None:
+    """``budget_tokens`` as a setting: None (no budget) or a whole number of tokens >= 1."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise UserError(f"{who}: budget_tokens = {value!r}; give a whole number of tokens >= 1 (or leave it out)")
+
+
 @dataclass
 class FitContext:
     """Everything a condition may use. It never holds the test split.
@@ -73,6 +121,18 @@ class FitContext:
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("promptgap.optimizer"))
     reported_log: dict[str, Any] | None = field(default=None, repr=False)
     reported_selection: dict[str, Any] | None = field(default=None, repr=False)
+    tokens_at_start: int = field(default=0, init=False, repr=False)  # usage when the fit began
+    _budget: TokenBudget | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.tokens_at_start = self.lm.usage.tokens
+
+    def token_budget(self, limit: int | None) -> TokenBudget:
+        """The fit's one token budget (``budget_tokens``), counted from the fit's start and shared by every search
+        of the fit (a sweep's trials), with the costs its units measured."""
+        if self._budget is None or self._budget.limit != limit:
+            self._budget = TokenBudget(self.lm, limit, start=self.tokens_at_start)
+        return self._budget
 
     def report_log(self, record: dict[str, Any]) -> None:
         """The condition's log (anything JSON): curves, trials, candidates. The harness writes it as log.json."""

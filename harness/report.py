@@ -31,6 +31,7 @@ from harness import provenance, wording
 from harness.artifact import PromptArtifact
 from harness.atomic import atomic_dir, write_atomic, write_json
 from harness.figures import (
+    board_figure,
     curves_figure,
     differences_figure,
     efficiency_figure,
@@ -835,6 +836,7 @@ def write_report(run: Run, checked: Audit, reports_dir: Path = Path("reports"), 
 
 # --- a suite's leaderboard -------------------------------------------------------------------------------------------
 LEADERBOARD_SCHEMA = "promptgap-leaderboard/1"
+FIGURE = "r-vs-tokens.png"  # mean R against fit tokens, beside leaderboard.json
 
 
 def leaderboard_json(b: Board, suite: dict[str, Any], run: Run, checked: Audit, report: str) -> dict[str, Any]:
@@ -847,8 +849,10 @@ def leaderboard_json(b: Board, suite: dict[str, Any], run: Run, checked: Audit, 
             "metric": b.metric, "base": b.base, "ceiling": b.ceiling, "seeds": run.seeds, "tasks": b.tasks,
             "gap": b.gap, "averaged": b.stats.tasks, "no_gap": b.stats.no_gap, "n_boot": b.stats.n_boot,
             "confidence": b.stats.confidence, "excluded_replicates": b.stats.n_excluded,
+            "reference": b.reference, "figure": FIGURE if b.stats.tasks else None,
             "rows": [{"condition": r.name, "rank": r.suite.rank, "rank_ci": list(r.suite.rank_ci or []) or None,
                       "mean_r": r.suite.mean_r, "mean_r_ci": iv(r.suite.ci), "reused_cells": r.reused,
+                      "above_reference": r.above_reference,
                       "cost": r.cost.to_json(),
                       "tasks": {t: {"r": c.r, "ci": iv(c.ci), "verdict": c.label, "no_r": c.no_r}
                                 for t, c in r.cells.items()}} for r in b.rows]}
@@ -875,8 +879,17 @@ def render_leaderboard(b: Board, suite: dict[str, Any], run: Run, checked: Audit
             f"({reused} cell(s) copied from earlier runs) on {machine}"
             + (f", {cpus} CPUs" if cpus else "") + f". Run folder: `{run.dir}`; per-task detail: [{report}]"
             f"({quote(report)}).", ""]
+    budget = wording.board_budget(suite.get("budget_tokens"), [c for c, body in (run.config.get("conditions") or {})
+                                                               .items() if "budget_tokens" in (body.get("settings")
+                                                                                               or {})])
+    for line in (budget, wording.board_skipped(suite.get("skipped") or {})):
+        if line:
+            out += [line, ""]
     header, rows = wording.board_table(b)
     out += _table(header, rows)
+    if b.stats.tasks:
+        name = "leaderboard-" + run.run_id.removeprefix("bench-")
+        out += ["", f"![mean R against fit tokens]({quote(name)}/{FIGURE})"]
     out += ["", wording.board_mean_note(len(b.stats.tasks), len(b.tasks), b.stats.no_gap, b.stats.n_excluded,
                                         b.stats.confidence), ""]
     return "\n".join(out) + "\n"
@@ -893,5 +906,7 @@ def write_leaderboard(b: Board, suite: dict[str, Any], run: Run, checked: Audit,
     text = render_leaderboard(b, suite, run, checked, rel, command)
     with atomic_dir(reports_dir / name, root=reports_dir) as tmp:
         write_json(tmp / "leaderboard.json", leaderboard_json(b, suite, run, checked, rel))
+        if b.stats.tasks:
+            board_figure(b, tmp / FIGURE)
     write_atomic(md_path, text)
     return md_path

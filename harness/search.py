@@ -37,7 +37,15 @@ from harness.data import Example, TaskKind
 from harness.errors import UserError
 from harness.forward import common_prefix, embed_tokens, embedding_rows, head_logits, kv_of, run_after
 from harness.models import OUT_OF_MEMORY, LoadedModel, release
-from harness.optimizer import SELECT_ON, DevScore, FitContext, Optimizer, Settings, dev_score
+from harness.optimizer import (
+    SELECT_ON,
+    DevScore,
+    FitContext,
+    Optimizer,
+    Settings,
+    check_budget,
+    dev_score,
+)
 from harness.progress import bar
 from harness.render import TokenRequest, soft_ids
 
@@ -377,6 +385,7 @@ class BudgetSettings(Settings):
     patience: int = 4  # dev evaluations without improvement before stopping
     select_on: str = "loss"  # dev metric: loss (gold NLL) or accuracy (ties broken by loss)
     max_minutes: float | None = None  # stop the search cleanly after this long, with its best prompt so far
+    budget_tokens: int | None = None  # stop within this many tokens through the model (optimizer.TokenBudget)
 
     def __post_init__(self) -> None:
         for key in ("steps", "batch_size", "eval_every", "patience"):
@@ -387,6 +396,7 @@ class BudgetSettings(Settings):
         if self.max_minutes is not None and (isinstance(self.max_minutes, bool)
                                              or not isinstance(self.max_minutes, int | float) or self.max_minutes <= 0):
             raise UserError(f"{self.who}: max_minutes = {self.max_minutes!r}; give a positive number of minutes")
+        check_budget(self.who, self.budget_tokens)
 
 
 def _no_progress(n: int = 1, note: str | None = None) -> None:
@@ -397,7 +407,8 @@ def _no_progress(n: int = 1, note: str | None = None) -> None:
 class SearchLoop(Generic[P]):
     """One search: minibatches of train (reshuffled by ``rng`` each epoch), a step on each, dev evaluations (step 0,
     every ``eval_every`` steps, the last) that keep the dev-best prompt, early stopping after ``patience``
-    evaluations without improvement, a clean stop after ``max_minutes``, progress and the log.
+    evaluations without improvement, a clean stop after ``max_minutes`` or before a step that, with the dev
+    evaluation after it, would overrun ``budget_tokens`` (``optimizer.TokenBudget``), progress and the log.
 
     The method is three functions: ``step(number, batch)`` takes a step and returns its train loss;
     ``current()`` is the prompt now (kept when it is the best); ``evaluate(prompt)`` returns its ``DevScore`` (None:
@@ -420,25 +431,45 @@ class SearchLoop(Generic[P]):
     best_step: int = 0
     best_dev: DevScore | None = None
     since: int = 0  # evaluations since the best
-    stopped: str = "steps"  # why the loop ended: steps, patience or max_minutes (...)
+    stopped: str = "steps"  # why the loop ended: steps, patience, max_minutes (...) or budget_tokens (...)
     seconds: float = 0.0
+    tokens: int = 0  # token positions the loop spent through the model
 
     def run(self) -> SearchLoop[P]:
         b = self.budget
         order = list(range(len(self.ctx.train)))
         batches: list[list[int]] = []
         t0 = time.monotonic()
-        self._evaluate(0, None)
+        meter = self.ctx.token_budget(b.budget_tokens)
+        if "eval" in meter.costs and not meter.affords(meter.expected("eval")):
+            # a later search of the fit (a sweep's next trial) that cannot afford even its first evaluation
+            self.stopped = f"budget_tokens ({b.budget_tokens})"
+            self.advance(b.steps)
+            return self
+        with meter.unit("eval"):
+            self._evaluate(0, None)
         for step in range(1, b.steps + 1):
+            # a step is taken only if it and the dev evaluation that may choose it fit the budget (a first step is
+            # estimated at one dev evaluation's cost)
+            if not meter.affords(meter.expected("step", meter.expected("eval")) + meter.expected("eval")):
+                self.stopped = f"budget_tokens ({b.budget_tokens})"
+                self.advance(b.steps - step + 1)
+                break
             if not batches:
                 self.rng.shuffle(order)
                 batches = [order[i : i + b.batch_size] for i in range(0, len(order), b.batch_size)]
-            loss = self.step(step, batches.pop(0))
+            with meter.unit("step"):
+                loss = self.step(step, batches.pop(0))
             self.advance(1, f"{self.label}: loss {loss:.3f}")
             self.curve.append({"step": step, "train_loss": loss, **self.describe()})
             late = b.max_minutes is not None and time.monotonic() - t0 > 60 * b.max_minutes
-            if step % b.eval_every == 0 or step == b.steps or late:
-                if self._evaluate(step, loss) >= b.patience:
+            # no next step and its evaluation fit: this is the last step, evaluated now (the check before it kept
+            # room for that evaluation)
+            spent = not meter.affords(meter.expected("step") + meter.expected("eval"))
+            if step % b.eval_every == 0 or step == b.steps or late or spent:
+                with meter.unit("eval"):
+                    since = self._evaluate(step, loss)
+                if since >= b.patience:
                     self.stopped = "patience"
                     self.advance(b.steps - step)
                     break
@@ -446,7 +477,12 @@ class SearchLoop(Generic[P]):
                 self.stopped = f"max_minutes ({b.max_minutes})"
                 self.advance(b.steps - step)
                 break
+            if spent:
+                self.stopped = f"budget_tokens ({b.budget_tokens})"
+                self.advance(b.steps - step)
+                break
         self.seconds = time.monotonic() - t0
+        self.tokens = meter.spent
         return self
 
     def _evaluate(self, step: int, loss: float | None) -> int:

@@ -12,7 +12,8 @@ folder already holds with the same settings, split and scoring fingerprint is co
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,12 @@ from typing import Any
 from harness.config import RunConfig, config_from, read_toml
 from harness.errors import UserError
 from harness.names import check_name
+from harness.optimizer import check_budget
+from harness.plan import slug
+from harness.registry import get_optimizer
 
-SUITE_KEYS = {"version", "about"}
+SUITE_KEYS = {"version", "about", "reference"}
+log = logging.getLogger(__name__)
 
 
 def packaged_suites() -> dict[str, Path]:
@@ -38,20 +43,29 @@ class Suite:
     path: Path
     cfg: RunConfig
     added: list[str]  # conditions added by --add / --add-config, ranked with the suite's texts
+    budget_tokens: int | None = None  # --budget-tokens: every ranked search condition's budget
+    budgeted: list[str] = field(default_factory=list)  # the ranked conditions that search, and so got it
+    model: str | None = None  # --model: the model the suite runs on, in place of its own
+    skipped: dict[str, str] = field(default_factory=dict)  # task -> why it could not be loaded here (not run)
 
     @property
     def base_run_id(self) -> str:
-        """The run folder of the suite as shipped."""
-        return f"bench-{self.name}-v{self.version}"
+        """The run folder of the suite as shipped (on ``--model``'s model, when given)."""
+        return f"bench-{self.name}-v{self.version}" + (f"-{slug(self.model)}" if self.model else "")
 
     @property
     def run_id(self) -> str:
-        return self.base_run_id + ("-with-" + "-".join(self.added) if self.added else "")
+        return (self.base_run_id + (f"-budget-{self.budget_tokens}" if self.budget_tokens is not None else "")
+                + ("-with-" + "-".join(self.added) if self.added else ""))
 
 
 def load_suite(suite: str, add: list[str] | None = None, add_config: Path | None = None,
-               executor: str | None = None) -> Suite:
-    """The suite ``suite`` (a packaged name, or a path to a suite TOML), with conditions added, checked whole."""
+               executor: str | None = None, budget_tokens: int | None = None, model: str | None = None) -> Suite:
+    """The suite ``suite`` (a packaged name, or a path to a suite TOML), with conditions added, checked whole.
+    ``budget_tokens``: the setting ``budget_tokens`` of every ranked condition whose settings have one (the
+    searches; ``optimizer.TokenBudget``), so that they all spend at most the same tokens through the model.
+    ``model``: run the suite on this model instead of its own. A task that cannot be loaded here (its data offline,
+    a hub dataset without a network) is left out and named with why (``Suite.skipped``); the others run."""
     shipped = packaged_suites()
     if suite in shipped:
         path = shipped[suite]
@@ -91,8 +105,52 @@ def load_suite(suite: str, add: list[str] | None = None, add_config: Path | None
     if not ratio.get("ceiling") or not ratio.get("texts"):
         raise UserError(f"suite {path} [ratio]: a suite names base, ceiling and texts; add them")
     ratio["texts"] = list(ratio["texts"]) + list(added)
+    budgeted = []
+    if budget_tokens is not None:
+        check_budget("--budget-tokens", budget_tokens)
+        for cond in ratio["texts"]:
+            body = conditions.get(cond)
+            if not isinstance(body, dict):
+                continue  # not a condition of the suite: config_from names it
+            settings = get_optimizer(str(body.get("optimizer", cond))).settings_class.__dataclass_fields__
+            if "budget_tokens" in settings:  # a condition that searches: it declares the setting
+                body["budget_tokens"] = budget_tokens
+                budgeted.append(cond)
+    if model is not None:
+        raw.setdefault("run", {})["models"] = [model]
     cfg = config_from(raw, path, executor)
+    skipped = _leave_out_unloadable(cfg, path)
     if len(cfg.models) != 1:
         raise UserError(f"suite {path} [run]: models = {cfg.models}; a suite ranks conditions on one model")
-    cfg.run["suite"] = {"name": name, "version": version}
-    return Suite(name, version, str(head.get("about", "")), path, cfg, list(added))
+    reference = head.get("reference")
+    if reference is not None and reference not in cfg.ratio["texts"]:
+        raise UserError(f"suite {path} [suite]: reference = {reference!r} is not one of the ranked texts "
+                        f"({', '.join(cfg.ratio['texts'])}); name the hand-written prompt every row is compared with")
+    cfg.run["suite"] = {"name": name, "version": version, "budget_tokens": budget_tokens, "reference": reference,
+                        "skipped": skipped}
+    return Suite(name, version, str(head.get("about", "")), path, cfg, list(added), budget_tokens, budgeted, model,
+                 skipped)
+
+
+def _leave_out_unloadable(cfg: RunConfig, path: Path) -> dict[str, str]:
+    """Build each task and its first seed's split; leave out (and return, with why) those that fail here."""
+    from harness.plan import split
+
+    skipped: dict[str, str] = {}
+    kept = []
+    for t in cfg.tasks:
+        name = t.alias or t.name
+        try:
+            split(t.build(), t.sizes, cfg.seeds[0])
+        except Exception as e:  # noqa: BLE001 - a hub or dataset error names no common type; each is reported
+            first = (str(e).strip().splitlines() or [""])[0][:300]
+            skipped[name] = f"{type(e).__name__}: {first}" if not isinstance(e, UserError) else first
+            log.warning("suite %s: task %s left out: %s", path.stem, name, skipped[name])
+            continue
+        kept.append(t)
+    if not kept:
+        why = "; ".join(f"{k}: {v}" for k, v in skipped.items())
+        raise UserError(f"suite {path}: no task could be loaded here ({why}); give the data (or a network) and run "
+                        f"it again")
+    cfg.tasks = kept
+    return skipped

@@ -473,6 +473,8 @@ def fit_warning(w: FitWarning) -> str:
                 ended = "its step budget"
             elif w.stopped and w.stopped.startswith("max_minutes"):
                 ended = f"its time budget ({w.stopped})"
+            elif w.stopped and w.stopped.startswith("budget_tokens"):
+                ended = f"its token budget ({w.stopped})"
             return f"chosen at its last evaluation (step {w.step}), where the fit ended at {ended}"
         return (f"dev loss still falls at the last evaluation ({w.dev_from:.3f} -> {w.dev_to:.3f} at step "
                 f"{w.last_step}, {abs(w.z):.1f} standard errors of the paired difference)")
@@ -496,16 +498,39 @@ def _r(x: float, iv: Interval | None) -> str:
 
 def board_table(b: Board) -> tuple[list[str], list[list[str]]]:
     """The leaderboard's header and rows, as the markdown and the terminal both show them."""
-    header = ["rank [95%]", "condition", "mean R [95% CI]", *b.tasks, "fit tokens", "fit time", "trained params"]
+    above = [f"clearly above {b.reference}"] if b.reference else []
+    header = ["rank [95%]", "condition", "mean R [95% CI]", *b.tasks, *above, "fit tokens", "fit time",
+              "trained params"]
     rows = []
     for r in b.rows:
         s = r.suite
         rank = "-" if s.rank is None else f"{s.rank}" + (f" [{s.rank_ci[0]}, {s.rank_ci[1]}]" if s.rank_ci else "")
         cells = [board_missing(c.no_r) if c.r is None else f"{_r(c.r, c.ci)} {c.label}"
                  for c in (r.cells[t] for t in b.tasks)]
+        wins = ([] if not b.reference else ["-" if r.above_reference is None
+                                              else f"{r.above_reference} of {len(b.tasks)} tasks"])
         rows.append([rank, r.name + (" (reused)" if r.reused else ""), "-" if s.mean_r is None else _r(s.mean_r, s.ci),
-                     *cells, count(r.cost.fit_tokens), duration(r.cost.fit_seconds), count(r.cost.trainable_params)])
+                     *cells, *wins, count(r.cost.fit_tokens), duration(r.cost.fit_seconds),
+                     count(r.cost.trainable_params)])
     return header, rows
+
+
+def board_budget(budget: int | None, budgeted: Sequence[str]) -> str | None:
+    """What ``--budget-tokens`` did, for the line under the leaderboard's header; None without it."""
+    if budget is None:
+        return None
+    who = ", ".join(budgeted) if budgeted else "none of the ranked conditions (none searches)"
+    return (f"Token budget (`--budget-tokens {budget}`): each ranked condition that searches ({who}) stopped within "
+            f"{budget} tokens through the model, at its best so far on dev; the fit tokens column is what each "
+            f"spent, on average over seeds and tasks.")
+
+
+def board_skipped(skipped: dict[str, str]) -> str | None:
+    """The suite's tasks that could not be loaded where it ran, with why; None when every task ran."""
+    if not skipped:
+        return None
+    return ("Not run here (the suite's other tasks ran): " + "; ".join(f"{t} ({why})" for t, why in skipped.items())
+            + ".")
 
 
 def board_mean_note(n_used: int, n_tasks: int, no_gap: Sequence[str], n_excluded: int, confidence: float) -> str:

@@ -44,6 +44,7 @@ from harness.artifact import PromptArtifact  # noqa: E402
 from harness.data import Example, shuffled  # noqa: E402
 from harness.errors import UserError  # noqa: E402
 from harness.models import LoadedModel  # noqa: E402
+from harness.optimizer import BudgetSpent  # noqa: E402
 from harness.progress import bar  # noqa: E402
 from harness.scorer import ExampleScore  # noqa: E402
 
@@ -127,6 +128,7 @@ class ScoreBook:
         self.candidates: list[Candidate] = []
         self.on_candidate = on_candidate
         self.first_error: BaseException | None = None
+        self.budget = ctx.token_budget(None)  # replaced by run_search when the search has a token budget
 
     def __deepcopy__(self, memo: dict) -> ScoreBook:
         return self
@@ -147,7 +149,12 @@ class ScoreBook:
                 batch = [e for e in (*self.dev[start:], *self.dev[:start]) if e.id not in done]
             else:
                 batch = [self.by_id[example_id]]
-            scores = self.scorer.score(self.artifact(instruction, demo_ids), batch, self.kind, desc="dspy: scoring")
+            kind = "dev" if example_id in self.dev_pos else "train"
+            if not self.budget.affords(self.budget.expected(kind)):
+                raise BudgetSpent(f"budget_tokens ({self.budget.limit})")
+            with self.budget.unit(kind):
+                scores = self.scorer.score(self.artifact(instruction, demo_ids), batch, self.kind,
+                                           desc="dspy: scoring")
             done.update((s.example_id, s) for s in scores)
             if example_id in self.dev_pos and all(e.id in done for e in self.dev):
                 c = Candidate(instruction, demo_ids, self._dev_mean(done))
@@ -378,6 +385,7 @@ class Search:
     proposer_max_tokens: int = 96
     proposer_timeout: float = 20.0
     info: dict[str, Any] = field(default_factory=dict)
+    budget_tokens: int | None = None  # the fit's token budget (optimizer.TokenBudget); None: DSPy's own budget
 
 
 def run_search(ctx: Any, search: Search) -> PromptArtifact:
@@ -396,35 +404,50 @@ def run_search(ctx: Any, search: Search) -> PromptArtifact:
             advance(1, note=f"best {best[0]:.3f}")
 
         book = ScoreBook(ctx, search.fmt, search.condition, on_candidate)
+        book.budget = ctx.token_budget(search.budget_tokens)
         student = ScoredProgram(book, search.instruction)
         trainset = [to_dspy(e) for e in shuffled(ctx.train, search.seed)]
         devset = [to_dspy(e) for e in ctx.dev]
         lm, engine = proposer_lm(search.proposer or "local", ctx, search.seed, search.proposer_max_tokens,
                                  search.proposer_timeout)
         captured = io.StringIO()
+        compiled = None
         with dspy.context(lm=lm, adapter=LenientAdapter(), num_threads=1, max_errors=1), captured_output(captured):
             try:
                 compiled = search.compile(student, trainset, devset, lm)
             except Exception:
-                if book.first_error is not None:
+                if book.first_error is not None and not isinstance(book.first_error, BudgetSpent):
                     raise book.first_error from None
-                raise
-    if book.first_error is not None:
+                if book.first_error is None:
+                    raise
+    spent = isinstance(book.first_error, BudgetSpent)
+    if book.first_error is not None and not spent:
         raise book.first_error
     for line in captured.getvalue().splitlines():
         if line.strip():
             log.debug("dspy: %s", line.rstrip())
 
-    instruction, demo_ids = compiled.prompt()
-    dev_score = book.dev_score(instruction, demo_ids)
-    log.info("%s: best dev %s %.4f over %d candidates", search.condition, metric_name(book.kind), dev_score,
-             len(book.candidates))
+    if spent or compiled is None:
+        # the token budget ran out mid-search: the best prompt scored on the whole of dev so far (the first of
+        # equals), else the starting program, unscored
+        best_c = max(book.candidates, key=lambda c: c.dev_score, default=None)
+        instruction, demo_ids = (best_c.instruction, best_c.demo_ids) if best_c else (search.instruction, ())
+        dev_score: float | None = best_c.dev_score if best_c else None
+        stopped = str(book.first_error)
+        log.info("%s: stopped at %s after %d candidates", search.condition, stopped, len(book.candidates))
+    else:
+        instruction, demo_ids = compiled.prompt()
+        dev_score = book.dev_score(instruction, demo_ids)
+        stopped = "search"
+        log.info("%s: best dev %s %.4f over %d candidates", search.condition, metric_name(book.kind), dev_score,
+                 len(book.candidates))
     proposals = _proposals(search, book, compiled)
     summary = {"dspy_optimizer": search.info.get("dspy_optimizer"), "seed": search.seed,
-               "dev_metric": metric_name(book.kind), "dev_score": dev_score, "demo_ids": list(demo_ids)}
+               "dev_metric": metric_name(book.kind), "dev_score": dev_score, "demo_ids": list(demo_ids),
+               "stopped": stopped, "budget_tokens": search.budget_tokens, "tokens": book.budget.spent}
     meta = {**summary, "proposer": search.proposer, **({"proposals": proposals} if search.proposer else {})}
     artifact = book.artifact(instruction, demo_ids, meta)
-    if workdir is not None:
+    if workdir is not None and compiled is not None:
         compiled.save(str(workdir / PROGRAM_FILE))
     ctx.report_log({"condition": search.condition, **search.info, **summary, "proposer": search.proposer,
                     "fit_seconds": round(time.perf_counter() - t0, 2),

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 from harness.artifact import FORMATS, PromptArtifact
 from harness.errors import UserError
-from harness.optimizer import FitContext, Optimizer, Settings
+from harness.optimizer import FitContext, Optimizer, Settings, check_budget
 
 FEWSHOT_METHODS = ("bootstrap-random-search", "bootstrap", "labeled")
 TYPE_CHECKS = {  # settings arrive from TOML or --set as JSON; a wrong type is a user's mistake
@@ -38,9 +38,11 @@ class DSPySettings(Settings):
     format: str | None = None  # None: chat if the model has a chat template, else raw
     max_bootstrapped_demos: int = 3  # demos taken from the model's own correct predictions on train
     max_labeled_demos: int = 3  # demos taken from train as they are
+    budget_tokens: int | None = None  # stop within this many tokens through the model, at the best candidate on dev
 
     def __post_init__(self) -> None:
         require("dspy", self.owner, "pip install dspy==3.4.1 optuna")
+        check_budget(f"condition {self.owner}", self.budget_tokens)
         if self.format is not None and self.format not in FORMATS:
             raise UserError(f"condition {self.owner}: format {self.format!r} is unknown; use raw or chat")
         for f in fields(self):
@@ -179,7 +181,7 @@ class DSPyCondition(Optimizer):
             condition=self.name, fmt=s.format or ("chat" if ctx.lm.has_chat_template else "raw"),
             instruction=(s.instruction or ctx.task.instruction) if proposing else "", seed=seed,
             expected_candidates=s.expected_candidates(), compile=getattr(bridge, self.compile_with)(s, seed, info),
-            info=info)
+            info=info, budget_tokens=s.budget_tokens)
         if proposing:
             search.proposer, search.proposer_max_tokens = s.proposer, s.proposer_max_tokens
             search.proposer_timeout = s.proposer_timeout

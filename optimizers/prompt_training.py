@@ -298,6 +298,9 @@ class PromptTrainer:
                 trial.best_step, trial.best_dev_loss, trial.best_dev_accuracy = (loop.best_step, loop.best_dev.loss,
                                                                                  loop.best_dev.accuracy)
         trial.stopped = loop.stopped
+        if loop.best is None:  # the fit's token budget was spent before this trial could evaluate anything
+            trial.status, trial.error = "skipped", f"not run: {loop.stopped}"
+            return trial
         trial.artifact = self.artifact(loop.best)
         return trial
 

@@ -14,6 +14,7 @@ import pytest
 from harness.audit import audit
 from harness.cli import main
 from harness.errors import UserError
+from harness.plan import CellKey
 from harness.run_folder import RunFolder, load_run
 from harness.suite import load_suite
 
@@ -45,7 +46,10 @@ def smoke(tmp_path_factory) -> Path:
 def test_smoke_suite_writes_a_leaderboard_whose_numbers_are_the_cells(smoke: Path) -> None:
     board = json.loads((smoke / "reports" / "leaderboard-smoke-v1" / "leaderboard.json").read_text())
     jsonschema.validate(board, SCHEMA)
-    assert board["audit"]["passed"] and board["suite"] == {"name": "smoke", "version": 1}
+    assert board["audit"]["passed"] and board["suite"]["name"] == "smoke" and board["suite"]["version"] == 1
+    assert board["reference"] == "handwritten"
+    if board["averaged"]:  # the figure of mean R against fit tokens, beside the json
+        assert (smoke / "reports" / "leaderboard-smoke-v1" / board["figure"]).stat().st_size > 1000
     assert (smoke / "reports" / "leaderboard-smoke-v1.md").read_text().startswith("# Leaderboard: suite smoke v1")
     run_dir = smoke / "results" / "bench-smoke-v1"
     assert audit(load_run(run_dir), with_report=False).passed
@@ -64,7 +68,10 @@ def test_smoke_suite_writes_a_leaderboard_whose_numbers_are_the_cells(smoke: Pat
         for row in board["rows"]:
             want = (ll[row["condition"]] - ll["base-chat"]).mean() / gain
             assert row["tasks"][task]["r"] == pytest.approx(want, rel=1e-9)
-    for row in board["rows"]:  # the mean over the tasks with a gap, and a rank interval that holds the rank
+    for row in board["rows"]:  # the mean over the tasks with a gap, a rank interval that holds the rank, and the
+        # count of wins over the reference, which is itself not counted
+        wins = row["above_reference"]
+        assert wins is None if row["condition"] == "handwritten" else 0 <= wins <= len(board["tasks"])
         rs = [row["tasks"][t]["r"] for t in board["averaged"]]
         assert row["mean_r"] == pytest.approx(sum(rs) / len(rs), rel=1e-12)
         assert row["rank_ci"][0] <= row["rank"] <= row["rank_ci"][1]
@@ -134,3 +141,74 @@ def test_bad_suite_input_is_a_one_line_error(tmp_path: Path) -> None:
     plain.write_text('[[tasks]]\nname = "antonyms"\n[conditions.base-chat]\n')
     with pytest.raises(UserError, match=r"no \[suite\] table"):
         load_suite(str(plain))
+
+
+def test_budget_tokens_stops_every_search_within_its_budget(smoke: Path) -> None:
+    # 1500 tokens hold pez's first dev evaluation and a few steps on these tiny splits, and a few DSPy candidates
+    budget = 1500
+    bench(smoke, "--add", "pez", "--add", "dspy-fewshot", "--budget-tokens", str(budget))
+    run_dir = smoke / "results" / f"bench-smoke-v1-budget-{budget}-with-pez-dspy-fewshot"
+    stops = []
+    for (_, _, cond), r in records(run_dir).items():
+        if cond in ("pez", "dspy-fewshot"):
+            assert r["status"] == "ok" and r["settings"]["budget_tokens"] == budget
+            assert 0 < r["fit_tokens"] <= budget
+            stops.append(json.loads((RunFolder(run_dir).cell_dir(CellKey.from_json(r)) / "log.json").read_text())
+                         ["stopped"])
+        else:  # the suite's own conditions do not search: unchanged, so copied
+            assert r["reused_from"]["run"] == "bench-smoke-v1"
+    assert any(s == f"budget_tokens ({budget})" for s in stops)  # the budget, not the search's own end, stopped some
+    board = json.loads((smoke / "reports" / f"leaderboard-smoke-v1-budget-{budget}-with-pez-dspy-fewshot" /
+                        "leaderboard.json").read_text())
+    assert board["suite"]["budget_tokens"] == budget
+    md = (smoke / "reports" / f"leaderboard-smoke-v1-budget-{budget}-with-pez-dspy-fewshot.md").read_text()
+    assert f"`--budget-tokens {budget}`" in md and "(pez, dspy-fewshot)" in md
+    assert all(row["cost"]["fit_tokens"] <= budget for row in board["rows"])
+
+
+def test_a_suite_names_the_tasks_it_cannot_load_and_runs_the_rest(tmp_path: Path, monkeypatch) -> None:
+    """The `standard` suite's situation offline, with a fixture lm-eval YAML standing in for a real task: arc_easy's
+    data are on the hub (unreachable here), pgfx_capitals' are local files; the bench runs the one and names the
+    other with why, in the terminal and on the leaderboard."""
+    fixtures = ROOT / "tests" / "fixtures" / "lm_eval"
+    monkeypatch.chdir(fixtures)  # the fixture YAML's data paths are relative to where lm-eval runs, as in lm-eval
+    suite = tmp_path / "offline.toml"
+    suite.write_text(f"""
+[suite]
+version = 1
+[run]
+seeds = [0]
+n_boot = 200
+[[tasks]]
+name = "lm-eval:pgfx_capitals"
+lm_eval_include = "{fixtures}"
+sizes = {{ train = 6, dev = 4, test = 12 }}
+[[tasks]]
+name = "lm-eval:arc_easy"
+[conditions.base-chat]
+[conditions.handwritten]
+format = "chat"
+[conditions.soft-prompt]
+steps = 2
+eval_every = 1
+batch_size = 2
+[ratio]
+base = "base-chat"
+texts = ["handwritten"]
+ceiling = "soft-prompt"
+""")
+    assert main(["bench", "--suite", str(suite), "--results", str(tmp_path / "results"), "--reports",
+                 str(tmp_path / "reports")]) == 0
+    cells = records(tmp_path / "results" / "bench-offline-v1")
+    assert {task for task, _, _ in cells} == {"lm-eval:pgfx_capitals"} and len(cells) == 3
+    board = json.loads((tmp_path / "reports" / "leaderboard-offline-v1" / "leaderboard.json").read_text())
+    assert board["tasks"] == ["lm-eval:pgfx_capitals"] and list(board["suite"]["skipped"]) == ["lm-eval:arc_easy"]
+    assert "arc_easy" in board["suite"]["skipped"]["lm-eval:arc_easy"]
+    md = (tmp_path / "reports" / "leaderboard-offline-v1.md").read_text()
+    assert "Not run here (the suite's other tasks ran): lm-eval:arc_easy (" in md
+
+
+def test_the_standard_suite_plans_offline_and_says_what_it_cannot_load() -> None:
+    # every standard task's data are on the hub: offline none loads, and the error names each with why
+    with pytest.raises(UserError, match=r"no task could be loaded here \(lm-eval:arc_easy: .*lm-eval:piqa: "):
+        load_suite("standard", model="smollm2-135m-instruct")
