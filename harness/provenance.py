@@ -258,14 +258,27 @@ SCORING_MODULES = ("harness.scorer", "harness.forward", "harness.render", "harne
                    "harness.plan", "harness.task", "harness.data", "harness.optimizer", "harness.search")
 
 
+def code_sha(path: Path) -> str:
+    """sha256 (16 hex digits) of a Python file's code: its tokens without comments and line breaks inside a statement,
+    so that editing a comment or re-wrapping a line leaves a cell reusable (docstrings are code here: they count)."""
+    import tokenize
+
+    parts = []
+    with path.open("rb") as f:
+        for tok in tokenize.tokenize(f.readline):
+            if tok.type not in (tokenize.COMMENT, tokenize.NL, tokenize.ENCODING):
+                parts.append(f"{tok.type}:{tok.string}")
+    return text_sha256("\n".join(parts))[:16]
+
+
 def _module_sha(name: str) -> str:
-    """sha256 (16 hex digits) of a module's source file, found without importing it."""
+    """``code_sha`` of a module's source file, found without importing it."""
     import importlib.util
 
     spec = importlib.util.find_spec(name)
     if spec is None or spec.origin is None or not Path(spec.origin).is_file():
         return "unknown"
-    return file_sha256(Path(spec.origin))[:16]
+    return code_sha(Path(spec.origin))
 
 
 def scoring_fingerprint(task: Any, optimizer: str, device: str, dtype: str) -> dict[str, Any]:

@@ -212,3 +212,17 @@ def test_the_standard_suite_plans_offline_and_says_what_it_cannot_load() -> None
     # every standard task's data are on the hub: offline none loads, and the error names each with why
     with pytest.raises(UserError, match=r"no task could be loaded here \(lm-eval:arc_easy: .*lm-eval:piqa: "):
         load_suite("standard", model="smollm2-135m-instruct")
+
+
+def test_the_fingerprint_ignores_comments_and_line_wrapping_but_not_code(tmp_path: Path) -> None:
+    from harness.provenance import code_sha
+
+    def sha(text: str) -> str:
+        (tmp_path / "m.py").write_text(text)
+        return code_sha(tmp_path / "m.py")
+
+    base = sha('def f(x):\n    """Doc."""\n    return max(x, 1)  # at least one\n')
+    assert sha('# a new comment\ndef f(x):\n    """Doc."""\n\n    return max(x, 1)\n') == base
+    assert sha('def f(x):\n    """Doc."""\n    return max(x,\n               1)\n') == base  # re-wrapped
+    assert sha('def f(x):\n    """Doc."""\n    return max(x, 2)\n') != base  # code
+    assert sha('def f(x):\n    """Other doc."""\n    return max(x, 1)\n') != base  # a docstring is code here
