@@ -54,14 +54,21 @@ class Cost:
 
     @classmethod
     def of(cls, cells: Sequence[Cell]) -> Cost:
-        def mean(name: str) -> float | None:
-            vals = [getattr(c.record, name) for c in cells if c.record is not None]
-            return sum(vals) / len(vals) if vals and all(is_number(v) for v in vals) else None
+        return cls(**{k: _mean([getattr(c.record, k) for c in cells if c.record is not None])
+                      for k in cls.__dataclass_fields__})
 
-        return cls(**{k: mean(k) for k in cls.__dataclass_fields__})
+    @classmethod
+    def averaged(cls, costs: Sequence[Cost]) -> Cost:
+        """The mean of several costs (a suite's tasks), field by field."""
+        return cls(**{k: _mean([getattr(c, k) for c in costs]) for k in cls.__dataclass_fields__})
 
     def to_json(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def _mean(values: Sequence[Any]) -> float | None:
+    """The mean, or None when a value is missing (not recorded)."""
+    return sum(values) / len(values) if values and all(is_number(v) for v in values) else None
 
 
 # why a group has no R (and so no verdict), or a headline row none: NoVerdict.kind
@@ -951,8 +958,7 @@ def board(run: Run, groups: Sequence[Group], n_boot: int, reference: str | None 
     for t in run.texts:
         srow = by_name.get(t, SuiteRow(t, None, None, None, None, {}))
         costs = [per_task[k].costs.get(t) for k in per_task]
-        cost = Cost(**{f: _mean([getattr(c, f) for c in costs if c is not None])
-                       for f in Cost.__dataclass_fields__})
+        cost = Cost.averaged([c for c in costs if c is not None])
         reused = sum(1 for k in per_task for x in per_task[k].cells.get(t, [])
                      if x.record is not None and x.record.reused_from)
         above = None
@@ -970,7 +976,3 @@ def _clearly_above(g: Group, text: str, reference: str, metric: str, n_boot: int
     records = {c: {x.seed: x.lines for x in g.cells[c]} for c in (reference, text)}
     a = analyze(score_matrices(records), base=reference, texts=[text], n_boot=n_boot, deciding=metric)
     return a.metrics[metric].conditions[text].clear > 0
-
-
-def _mean(values: Sequence[Any]) -> float | None:
-    return sum(values) / len(values) if values and all(is_number(v) for v in values) else None

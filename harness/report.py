@@ -839,6 +839,11 @@ LEADERBOARD_SCHEMA = "promptgap-leaderboard/1"
 FIGURE = "r-vs-tokens.png"  # mean R against fit tokens, beside leaderboard.json
 
 
+def board_name(run: Run) -> str:
+    """The leaderboard's name in the reports folder: ``leaderboard-<suite run>`` (bench-smoke-v1 -> -smoke-v1)."""
+    return "leaderboard-" + run.run_id.removeprefix("bench-")
+
+
 def leaderboard_json(b: Board, suite: dict[str, Any], run: Run, checked: Audit, report: str) -> dict[str, Any]:
     """leaderboard.json: the board as numbers and labels (``harness/schemas/leaderboard.schema.json``)."""
     def iv(x: Interval | None) -> list[float] | None:
@@ -888,8 +893,7 @@ def render_leaderboard(b: Board, suite: dict[str, Any], run: Run, checked: Audit
     header, rows = wording.board_table(b)
     out += _table(header, rows)
     if b.stats.tasks:
-        name = "leaderboard-" + run.run_id.removeprefix("bench-")
-        out += ["", f"![mean R against fit tokens]({quote(name)}/{FIGURE})"]
+        out += ["", f"![mean R against fit tokens]({quote(board_name(run))}/{FIGURE})"]
     out += ["", wording.board_mean_note(len(b.stats.tasks), len(b.tasks), b.stats.no_gap, b.stats.n_excluded,
                                         b.stats.confidence), ""]
     return "\n".join(out) + "\n"
@@ -900,7 +904,7 @@ def write_leaderboard(b: Board, suite: dict[str, Any], run: Run, checked: Audit,
     """``reports_dir/leaderboard-<suite run>.md`` and ``leaderboard-<suite run>/leaderboard.json``, each written
     whole; returns the markdown's path."""
     reports_dir = Path(reports_dir)
-    name = "leaderboard-" + run.run_id.removeprefix("bench-")
+    name = board_name(run)
     md_path = check_inside(reports_dir, reports_dir / f"{name}.md")
     rel = report.relative_to(reports_dir).as_posix() if report.is_relative_to(reports_dir) else str(report)
     text = render_leaderboard(b, suite, run, checked, rel, command)

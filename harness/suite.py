@@ -2,7 +2,8 @@
 adds to one.
 
 A suite is a run config (docs/configuration.md) with a ``[suite]`` table: ``version`` (a whole number, raised
-whenever what the suite computes changes) and ``about``. Its ``[ratio]`` names the base, the ceiling and the text
+whenever what the suite computes changes), ``about``, and optionally ``reference`` (a ranked condition each row is
+compared with, task by task). Its ``[ratio]`` names the base, the ceiling and the text
 conditions ranked. ``promptgap bench --suite NAME`` runs it into ``results/bench-NAME-vVERSION``; with ``--add
 CONDITION`` (a built-in or an installed plugin, its default settings) or ``--add-config FILE`` (``[conditions.X]``
 tables), the added conditions join the ranked texts, the run goes to a folder of its own, and every cell the suite's

@@ -119,7 +119,8 @@ class ScoreBook:
     example (bootstrapping, which stops early) is scored alone.
     """
 
-    def __init__(self, ctx: Any, fmt: str, condition: str, on_candidate: Callable[[Candidate], None]) -> None:
+    def __init__(self, ctx: Any, fmt: str, condition: str, on_candidate: Callable[[Candidate], None],
+                 budget_tokens: int | None = None) -> None:
         self.scorer, self.kind, self.fmt, self.condition = ctx.scorer, ctx.task.kind, fmt, condition
         self.train, self.dev = tuple(ctx.train), tuple(ctx.dev)
         self.by_id = {e.id: e for e in (*self.train, *self.dev)}
@@ -128,7 +129,7 @@ class ScoreBook:
         self.candidates: list[Candidate] = []
         self.on_candidate = on_candidate
         self.first_error: BaseException | None = None
-        self.budget = ctx.token_budget(None)  # replaced by run_search when the search has a token budget
+        self.budget = ctx.token_budget(budget_tokens)  # the fit's; a dev or train scoring it cannot afford stops it
 
     def __deepcopy__(self, memo: dict) -> ScoreBook:
         return self
@@ -403,8 +404,7 @@ def run_search(ctx: Any, search: Search) -> PromptArtifact:
             best[0] = max(best[0], c.dev_score)
             advance(1, note=f"best {best[0]:.3f}")
 
-        book = ScoreBook(ctx, search.fmt, search.condition, on_candidate)
-        book.budget = ctx.token_budget(search.budget_tokens)
+        book = ScoreBook(ctx, search.fmt, search.condition, on_candidate, search.budget_tokens)
         student = ScoredProgram(book, search.instruction)
         trainset = [to_dspy(e) for e in shuffled(ctx.train, search.seed)]
         devset = [to_dspy(e) for e in ctx.dev]
