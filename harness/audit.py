@@ -513,7 +513,7 @@ def check_selection(run: Run) -> Item:
             continue
         sel = cell.evidence.selection if cell.evidence else None
         if sel is None:
-            if cell.key.condition == run.ceiling:
+            if cell.key.condition in run.ceilings:
                 problems.append(f"{cell.label}: the ceiling reported no selection (FitContext.report_selection)")
             continue
         n += 1
@@ -529,7 +529,7 @@ def check_selection(run: Run) -> Item:
         if unread:
             problems.append(f"{cell.label}: reports selecting on {len(unread)} example(s) it never read while "
                             f"fitting, e.g. {unread[0]!r}")
-        if cell.key.condition == run.ceiling and set(where) != {"dev"}:
+        if cell.key.condition in run.ceilings and set(where) != {"dev"}:
             problems.append(f"{cell.label}: the ceiling reports selecting on "
                             + ", ".join(f"{k}: {v}" for k, v in where.items()) + ", not on dev")
         notes.append(f"{cell.key.condition}: {sel.get('metric')} on " + ", ".join(f"{v} {k}" for k, v in where.items()))

@@ -34,7 +34,7 @@ class Scored:
 def fit_and_score(lm: Any, scorer: Any, task: Any, test: Sequence[Example], record: CellRecord, evidence: Evidence,
                   *, owner: str, label: str, split: str = "test", optimizer: Any = None,
                   train: Sequence[Example] = (), dev: Sequence[Example] = (), workdir: Path | None = None,
-                  artifact: PromptArtifact | None = None, desc: str | None = None,
+                  artifact: PromptArtifact | None = None, desc: str | None = None, score_dev: bool = False,
                   keep_log: Callable[[dict[str, Any] | None], None] | None = None) -> Scored:
     """Fit ``optimizer`` on ``train``/``dev`` with the scorer recording what it reads (or take ``artifact``, already
     checked: a saved one, or a transfer's source), then score ``test`` with the one ``Scorer.score`` call.
@@ -43,7 +43,9 @@ def fit_and_score(lm: Any, scorer: Any, task: Any, test: Sequence[Example], reco
     what was seen until then (what fit read, control-token text met). ``label`` names the cell in its warnings (once
     per cell, whatever phase met the control-token text or cut a request, failed cells included); ``desc`` the
     scoring's progress bar (default: ``label``). ``keep_log`` gets the condition's log as soon as fitting ends (a run
-cell's log.json, kept even when scoring then fails). The caller writes the records where they go."""
+cell's log.json, kept even when scoring then fails). ``score_dev``: also score the fitted artifact on all of ``dev``
+    (``record.dev``; a ceiling candidate's, to choose a task's ceiling by), after fitting and outside its token count.
+    The caller writes the records where they go."""
     from harness.optimizer import fit_condition
 
     control: dict[str, Counter[str]] = {}  # control-token text the renderer met, while fitting and scoring test
@@ -73,6 +75,9 @@ cell's log.json, kept even when scoring then fails). The caller writes the recor
         elif artifact is None:
             raise ValueError("fit_and_score: give an optimizer to fit or an artifact to score")
         fit_seconds = time.perf_counter() - t0
+        if score_dev and dev:
+            dev_lines = score_lines(scorer.score(artifact, dev, task.kind, desc=f"{label}: dev"), {})
+            record.dev = summarize(dev_lines)
         record.prompt_tokens = scorer.renderer.prompt_tokens(artifact)
         record.trainable_params = artifact.trainable_params
         t0, before = time.perf_counter(), lm.usage.snapshot()

@@ -304,7 +304,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from harness.suite import load_suite
 
     suite = load_suite(args.suite, args.add, args.add_config, executor=args.executor,
-                       budget_tokens=args.budget_tokens, model=args.model)
+                       budget_tokens=args.budget_tokens, model=args.model, data=args.data)
     for task, why in suite.skipped.items():
         print(f"not run here: task {task}: {why}")
     root = Path(args.results)
@@ -313,7 +313,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         ["promptgap", "bench", "--suite", args.suite, *[a for c in args.add for a in ("--add", c)],
          *(["--add-config", str(args.add_config)] if args.add_config else []),
          *(["--budget-tokens", str(args.budget_tokens)] if args.budget_tokens is not None else []),
-         *(["--model", args.model] if args.model else [])])
+         *(["--model", args.model] if args.model else []), *(["--data", str(args.data)] if args.data else [])])
     runner = Runner(suite.path, run_id=suite.run_id, resume=(root / suite.run_id).exists(), results_root=root,
                     cfg=suite.cfg, command=command, reuse=[root / suite.base_run_id], recheck=True)
     run_dir = runner.run()
@@ -484,6 +484,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "tables to rank too, with their settings")
     b.add_argument("--model", default=None, help="run the suite on this model (a hub id, folder or .gguf) instead "
                    "of its own; the run folder's name says which")
+    b.add_argument("--data", type=Path, default=None, metavar="DIR", help="the folder holding the local data the "
+                   "suite's tasks name (lite: ../shared/data in this project); tasks that need it are not run "
+                   "without it")
     b.add_argument("--budget-tokens", type=int, default=None, metavar="N", help="run every ranked search "
                    "condition at this budget of tokens through the model: each stops within it, at its best so far "
                    "on dev")

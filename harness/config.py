@@ -32,7 +32,8 @@
     [ratio]                    # the roles in R = (text - base) / (ceiling - base)
     base = "base-chat"
     texts = ["handwritten", "terse"]
-    ceiling = "soft-prompt"    # optional until a ceiling condition is in the run
+    ceiling = "soft-prompt"    # optional until a ceiling condition is in the run; a list of trained conditions
+                               # (["soft-prompt", "prefix-tuning"]): each task's ceiling is the best of them on dev
 
     [transfer]                 # every fitted artifact of a source task also scored on each target's test split
     tasks = { antonyms = ["antonyms-antsynnet"] }   # source -> targets: run task names, of the same kind
@@ -63,6 +64,7 @@ import copy
 import re
 import shutil
 import tomllib
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -488,19 +490,27 @@ def config_from(raw: dict[str, Any], path: Path, executor: str | None = None) ->
                             f"{len(conditions)}; add conditions or remove [ratio]")
         if "base" not in ratio:
             raise UserError(f"config {path} [ratio]: missing base; name the condition every gain is measured from")
-        texts = ratio.get("texts", [c for c in conditions if c not in (ratio["base"], ratio.get("ceiling"))
+        ratio.setdefault("ceiling", None)
+        if isinstance(ratio["ceiling"], list):  # candidates: each task's ceiling is the best of them on dev
+            ratio["ceiling"] = _names(f"config {path} [ratio]", "ceiling", ratio["ceiling"], conditions, "condition")
+            if len(ratio["ceiling"]) == 1:
+                ratio["ceiling"] = ratio["ceiling"][0]
+        elif ratio["ceiling"] is not None and not isinstance(ratio["ceiling"], str):
+            raise UserError(f"config {path} [ratio]: ceiling = {ratio['ceiling']!r}; give a condition's name, or a "
+                            f"list of trained conditions (each task's ceiling is then the best of them on dev)")
+        ceilings = ceiling_names(ratio)
+        texts = ratio.get("texts", [c for c in conditions if c != ratio["base"] and c not in ceilings
                                     and conditions[c].variant_of is None])
         if isinstance(texts, str):
             texts = [texts]
         ratio["texts"] = texts
-        ratio.setdefault("ceiling", None)
         ratio.setdefault("metric", "loglik")
         if ratio["metric"] not in DECIDING:
             raise UserError(f"config {path} [ratio]: metric {ratio['metric']!r} is unknown; use loglik (the gold "
                             f"log-likelihood, the default) or accuracy")
-        for role in ("base", "ceiling"):
-            if ratio[role] is not None and ratio[role] not in conditions:
-                raise UserError(f"config {path} [ratio]: {role} {ratio[role]!r} is not a condition of this run; "
+        for role, name in [("base", ratio["base"])] + [("ceiling", c) for c in ceilings]:
+            if name not in conditions:
+                raise UserError(f"config {path} [ratio]: {role} {name!r} is not a condition of this run; "
                                 f"conditions: {', '.join(conditions)}")
         for t in texts:
             if t not in conditions:
@@ -508,10 +518,17 @@ def config_from(raw: dict[str, Any], path: Path, executor: str | None = None) ->
                                 f"conditions: {', '.join(conditions)}")
         if not texts:
             raise UserError(f"config {path} [ratio]: no text condition to compare; list texts = [...]")
-        if ratio["base"] == ratio["ceiling"] or ratio["base"] in texts:
+        if ratio["base"] in ceilings or ratio["base"] in texts:
             raise UserError(f"config {path} [ratio]: base {ratio['base']!r} also plays another role; give each "
                             f"role its own condition")
+        both = [t for t in texts if t in ceilings]
+        if both:
+            raise UserError(f"config {path} [ratio]: {both[0]!r} is both a ceiling and a text; give each role its "
+                            f"own condition")
     transfer = _transfer(path, raw.get("transfer"), entries, instance, conditions, ratio, models)
+    if len(ceiling_names(ratio)) > 1 and (transfer is not None or any(train_sizes(t.sizes) for t in tasks)):
+        raise UserError(f"config {path} [ratio]: ceiling = {ratio['ceiling']}: several ceilings are chosen task by "
+                        f"task on dev, but [transfer] and train-size curves weigh every task against one; name one")
     if transfer is not None or any(train_sizes(t.sizes) for t in tasks):
         for name in conditions:  # the new axes are folder segments beside condition names
             if name.startswith((TRAIN_SEGMENT, TO_MODEL_SEGMENT, TO_TASK_SEGMENT)):
@@ -519,6 +536,13 @@ def config_from(raw: dict[str, Any], path: Path, executor: str | None = None) ->
                                 f"({TRAIN_SEGMENT}, {TO_MODEL_SEGMENT}, {TO_TASK_SEGMENT}); rename it")
     return RunConfig(run=run, models=models, tasks=tasks, conditions=conditions, ratio=ratio,
                      executor=_executor(path, raw.get("executor", {}), conditions, executor), transfer=transfer)
+
+
+def ceiling_names(ratio: Mapping[str, Any] | None) -> list[str]:
+    """The ceiling candidates of a checked ``[ratio]``: ``ceiling`` is one condition's name, or a list of trained
+    conditions among which each task's ceiling is the best on dev (``findings.choose_ceiling``)."""
+    c = (ratio or {}).get("ceiling")
+    return [] if c is None else [c] if isinstance(c, str) else [str(x) for x in c]
 
 
 def _names(where: str, key: str, value: Any, known: Any, what: str) -> list[str]:

@@ -221,5 +221,5 @@ def board_figure(b: Any, path: Path) -> None:
     ax.set_xlabel("fit tokens through the model (mean over seeds and tasks; 0 shown at 1)")
     ax.set_ylabel(f"mean R over {len(b.stats.tasks)} task(s)")
     ax.grid(alpha=0.3)
-    ax.set_title(f"{b.model}: R against {b.ceiling} vs the fit's cost", fontsize=10)
+    ax.set_title(f"{b.model}: R against each task's ceiling vs the fit's cost", fontsize=10)
     _save(fig, path)

@@ -106,6 +106,7 @@ class Group:
     # trained conditions of other runs (`report --compare`) clearly above this group's ceiling on the same test
     # examples: "condition (run ID)" -> condition minus ceiling
     elsewhere: dict[str, Estimate] = field(default_factory=dict)
+    ceiling: CeilingChoice | None = None  # which candidate is this group's ceiling, and why (``choose_ceiling``)
 
     @property
     def name(self) -> str:
@@ -127,23 +128,65 @@ def _chance(cells: dict[str, list[Cell]], usable: list[str], per_token: bool) ->
     return {"accuracy": sum(1 / k for k in ks) / len(ks), "loglik": -sum(math.log(k) for k in ks) / len(ks)}
 
 
+@dataclass(frozen=True)
+class CeilingChoice:
+    """A group's ceiling among the run's candidates ([ratio] ceiling): ``name``, None when no candidate can be it.
+    ``dev``: with several candidates, each one's mean over the seeds of its dev scores (``CellRecord.dev``) as
+    (accuracy, gold NLL), None where a seed's cell failed or recorded none."""
+
+    name: str | None
+    candidates: tuple[str, ...]
+    dev: dict[str, tuple[float, float] | None] = field(default_factory=dict)
+
+    @property
+    def chosen(self) -> bool:
+        """The ceiling was picked on dev among several (not the run's only one)."""
+        return len(self.candidates) > 1 and self.name is not None
+
+
+def choose_ceiling(candidates: Sequence[str], cells: dict[str, list[Cell]], usable: Sequence[str],
+                   metric: str) -> CeilingChoice:
+    """The ceiling of one task: the candidate with the best mean dev score over the task's seeds on the deciding
+    ``metric`` (the gold log-likelihood; accuracy, ties by it), ties to the first listed. Only a candidate usable in
+    every seed, each seed's cell with its dev score, can be chosen; the only candidate needs no dev score."""
+    if len(candidates) == 1:
+        return CeilingChoice(candidates[0] if candidates[0] in usable else None, tuple(candidates))
+    dev: dict[str, tuple[float, float] | None] = {}
+    for c in candidates:
+        recs = [x.record.dev if x.record is not None else None for x in cells.get(c, [])]
+        ok = c in usable and bool(recs) and all(r and is_number(r.get("gold_nll")) and is_number(r.get("accuracy"))
+                                                for r in recs)
+        dev[c] = (statistics.fmean(r["accuracy"] for r in recs), statistics.fmean(r["gold_nll"] for r in recs)) \
+            if ok else None
+    scored = [c for c in candidates if dev[c] is not None]
+
+    def key(c: str) -> tuple[float, ...]:
+        acc, nll = dev[c]
+        return (acc, -nll) if metric == "accuracy" else (-nll,)
+
+    return CeilingChoice(max(scored, key=key) if scored else None, tuple(candidates), dev)  # max: first of ties
+
+
 def analyze_group(run: Run, model: str, task: str, n_boot: int, train_size: int | None = None) -> Group:
     cells = {c: [run.cell(model, task, s, c, train_size) for s in run.seeds] for c in run.conditions}
     usable = [c for c in run.conditions if cells[c] and all(x.ok for x in cells[c])]
-    base, ceiling = run.base, run.ceiling
+    metric = (run.config.get("ratio") or {}).get("metric") or "loglik"
+    choice = choose_ceiling(run.ceilings, cells, usable, metric) if run.ceilings else None
+    base, ceiling = run.base, (choice.name if choice is not None else None)
     no_r: NoVerdict | None = None
     if base is None:
         no_r = NoVerdict("no-base")
-    elif ceiling is None:
+    elif choice is None:
         no_r = NoVerdict("no-ceiling")
     elif base not in usable:
         no_r = NoVerdict("base-failed", base, tuple(cells.get(base, [])))
-    elif ceiling not in usable:
-        no_r = NoVerdict("ceiling-failed", ceiling, tuple(cells.get(ceiling, [])))
+    elif ceiling is None:
+        no_r = NoVerdict("ceiling-failed", " / ".join(run.ceilings),
+                         tuple(x for c in run.ceilings for x in cells.get(c, [])))
     has_base = base in usable
     per_token = any("greedy_match" in r for c in usable for x in cells[c] for r in x.lines[:1])
     group = Group(model, task, cells, usable, None, has_base, no_r, per_token=per_token,
-                  costs={c: Cost.of(cells[c]) for c in run.conditions}, train_size=train_size)
+                  costs={c: Cost.of(cells[c]) for c in run.conditions}, train_size=train_size, ceiling=choice)
     if not usable:
         group.stats_error = NoVerdict("no-usable")
         return group
@@ -160,8 +203,7 @@ def analyze_group(run: Run, model: str, task: str, n_boot: int, train_size: int 
     texts = [t for t in run.texts if t in usable] if use_ceiling else []
     try:
         group.analysis = analyze_records(records, base=ref_name, ceiling=use_ceiling, texts=texts, n_boot=n_boot,
-                                         chance=_chance(cells, usable, per_token),
-                                         deciding=(run.config.get("ratio") or {}).get("metric") or "loglik")
+                                         chance=_chance(cells, usable, per_token), deciding=metric)
     except UserError as e:
         group.stats_error = NoVerdict("stats-error", error=str(e))
         group.no_r = group.no_r or NoVerdict("stats-failed", error=str(e))
@@ -909,12 +951,15 @@ class Board:
     model: str
     metric: str
     base: str
-    ceiling: str
+    ceilings: dict[str, str | None]  # task -> its ceiling (``choose_ceiling``); None where no candidate could be
     tasks: list[str]
     gap: dict[str, bool]
     rows: list[BoardRow]
     stats: SuiteStats
     reference: str | None = None  # the readable prompt every row is compared with, task by task ([suite] reference)
+
+
+CEILING_ROLE = "(ceiling)"  # a task's ceiling among a leaderboard's per-task scores
 
 
 def board(run: Run, groups: Sequence[Group], n_boot: int, reference: str | None = None) -> Board:
@@ -924,20 +969,22 @@ def board(run: Run, groups: Sequence[Group], n_boot: int, reference: str | None 
     difference from the base clear (``stats.analyze``: paired interval, McNemar for accuracy, the seeds' t)."""
     if len(run.models) != 1:
         raise UserError(f"{run.dir}: a leaderboard ranks conditions on one model; this run has {len(run.models)}")
-    if run.base is None or run.ceiling is None or not run.texts:
+    if run.base is None or not run.ceilings or not run.texts:
         raise UserError(f"{run.dir}: a leaderboard needs [ratio] base, ceiling and texts in the run's config")
     metric = (run.config.get("ratio") or {}).get("metric") or "loglik"
     per_task = {g.task: g for g in groups if g.train_size is None}
     gap: dict[str, bool] = {}
     scores: dict[str, dict[str, Any]] = {}
     cells: dict[str, dict[str, BoardCell]] = {t: {} for t in run.texts}
+    ceilings = {task: g.ceiling.name if g.ceiling is not None else None for task, g in per_task.items()}
     for task, g in per_task.items():
         m = g.analysis.metrics.get(metric) if g.analysis is not None else None
         gap[task] = bool(m is not None and m.ceiling_gain_clear)
         usable = set(g.usable)
         if gap[task] and {g.analysis.base, g.analysis.ceiling} <= usable:
-            records = {c: {x.seed: x.lines for x in g.cells[c]} for c in run.texts + [run.base, run.ceiling]
-                       if c in usable}
+            records = {c: {x.seed: x.lines for x in g.cells[c]} for c in [*run.texts, run.base] if c in usable}
+            # each task's own ceiling, under one role name (no condition can be named so: ``names.check_name``)
+            records[CEILING_ROLE] = {x.seed: x.lines for x in g.cells[g.analysis.ceiling]}
             scores[task] = score_matrices(records)[metric]
         for t in run.texts:
             ratio = m.ratios.get(t) if m is not None else None
@@ -950,7 +997,7 @@ def board(run: Run, groups: Sequence[Group], n_boot: int, reference: str | None 
     # a condition failed on some task with a gap has no mean over the tasks: it is listed without one
     texts = [t for t in run.texts if all(t in s for s in scores.values())]
     empty = SuiteStats([], [], [], n_boot, 0.95, 0)
-    stats = suite_means(scores, base=run.base, ceiling=run.ceiling, texts=texts, gap={t: True for t in scores},
+    stats = suite_means(scores, base=run.base, ceiling=CEILING_ROLE, texts=texts, gap={t: True for t in scores},
                         n_boot=n_boot) if scores and texts else empty
     stats = dataclasses.replace(stats, no_gap=[t for t in per_task if not gap[t]])
     by_name = {r.name: r for r in stats.rows}
@@ -966,7 +1013,7 @@ def board(run: Run, groups: Sequence[Group], n_boot: int, reference: str | None 
             above = sum(_clearly_above(g, t, reference, metric, n_boot) for g in per_task.values())
         rows.append(BoardRow(t, cells[t], srow, cost, reused, above))
     rows.sort(key=lambda r: (r.suite.rank is None, r.suite.rank or 0, r.name))
-    return Board(run.models[0], metric, run.base, run.ceiling, list(per_task), gap, rows, stats, reference)
+    return Board(run.models[0], metric, run.base, ceilings, list(per_task), gap, rows, stats, reference)
 
 
 def _clearly_above(g: Group, text: str, reference: str, metric: str, n_boot: int) -> bool:

@@ -192,6 +192,8 @@ def _verdict_section(run: Run, groups: list[Group]) -> list[str]:
                 f"({a.n_boot} replicates); an accuracy difference counts as clear only when the exact McNemar test "
                 f"agrees with its interval" + (", and with several seeds only when the t-interval over seeds agrees "
                                                "too" if a.n_seeds > 1 else "") + ".", ""]
+        if g.ceiling is not None and g.ceiling.chosen:
+            out += [wording.ceiling_choice(g.ceiling), ""]
         seen: set[str] = set()
         for t in run.texts:
             if t in seen:
@@ -840,7 +842,7 @@ FIGURE = "r-vs-tokens.png"  # mean R against fit tokens, beside leaderboard.json
 
 
 def board_name(run: Run) -> str:
-    """The leaderboard's name in the reports folder: ``leaderboard-<suite run>`` (bench-smoke-v1 -> -smoke-v1)."""
+    """The leaderboard's name in the reports folder: ``leaderboard-<suite run>`` (bench-smoke-v2 -> -smoke-v2)."""
     return "leaderboard-" + run.run_id.removeprefix("bench-")
 
 
@@ -851,7 +853,8 @@ def leaderboard_json(b: Board, suite: dict[str, Any], run: Run, checked: Audit, 
 
     return {"schema": LEADERBOARD_SCHEMA, "suite": suite, "run": run.run_id, "report": report,
             "audit": {"passed": checked.passed, "failed": [i.title for i in checked.failed]}, "model": b.model,
-            "metric": b.metric, "base": b.base, "ceiling": b.ceiling, "seeds": run.seeds, "tasks": b.tasks,
+            "metric": b.metric, "base": b.base, "ceiling": b.ceilings, "ceiling_candidates": run.ceilings,
+            "seeds": run.seeds, "tasks": b.tasks,
             "gap": b.gap, "averaged": b.stats.tasks, "no_gap": b.stats.no_gap, "n_boot": b.stats.n_boot,
             "confidence": b.stats.confidence, "excluded_replicates": b.stats.n_excluded,
             "reference": b.reference, "figure": FIGURE if b.stats.tasks else None,
@@ -877,8 +880,8 @@ def render_leaderboard(b: Board, suite: dict[str, Any], run: Run, checked: Audit
         out += [f"**The validity audit of this run fails** ({', '.join(i.title for i in checked.failed)}): "
                 f"`promptgap check {run.dir}` says why; read no number below before that.", ""]
     out += [f"# Leaderboard: suite {suite['name']} v{suite['version']}", "",
-            f"Model {b.model}; metric {METRIC_LABELS[b.metric][0]}; R = (text - {b.base}) / ({b.ceiling} - "
-            f"{b.base}), the ceiling named by the suite; seeds {', '.join(map(str, run.seeds))}; "
+            f"Model {b.model}; metric {METRIC_LABELS[b.metric][0]}; R = (text - {b.base}) / (ceiling - "
+            f"{b.base}), {wording.ceiling_rule(run.ceilings, b.metric)}; seeds {', '.join(map(str, run.seeds))}; "
             f"{b.stats.n_boot} bootstrap replicates.", "",
             f"Command: `{command}`. Cells computed in {seconds:.0f} s over {len(invocations)} invocation(s) "
             f"({reused} cell(s) copied from earlier runs) on {machine}"

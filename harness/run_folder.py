@@ -67,6 +67,7 @@ from harness.atomic import (
     write_atomic,
     write_json,
 )
+from harness.config import ceiling_names
 from harness.data import Split, ids_hash
 from harness.errors import UserError
 from harness.names import check_inside
@@ -205,6 +206,9 @@ class CellRecord:
     fingerprint: dict[str, Any] | None = None
     # a cell copied from another run (``promptgap bench``): {"run": its run id, "commit": the commit that made it}
     reused_from: dict[str, Any] | None = None
+    # a ceiling candidate's fitted artifact scored by the harness on all of dev ({"n", "accuracy", "gold_nll"}, as
+    # ``summarize``): what picks a task's ceiling among several ([ratio] ceiling = [...], ``findings.choose_ceiling``)
+    dev: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -213,7 +217,7 @@ class CellRecord:
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("key")
-        for k in (*TRANSFER_FIELDS, "files", "fingerprint", "reused_from"):
+        for k in (*TRANSFER_FIELDS, "files", "fingerprint", "reused_from", "dev"):
             if d[k] is None:
                 del d[k]
         return {**self.key.to_json(), **d}
@@ -892,7 +896,7 @@ class Run:
     conditions: list[str]
     base: str | None
     texts: list[str]
-    ceiling: str | None
+    ceilings: list[str]  # [ratio] ceiling: one condition, or candidates of which each task takes the best on dev
     splits: dict[tuple[str, int], SplitRecord]
     cells: dict[CellKey, Cell]  # every expected cell, in matrix order
     extra_cells: list[Cell]  # cells on disk outside the config's matrix
@@ -935,10 +939,16 @@ class Run:
         sf = self.splits.get((key.task, key.seed))
         return None if sf is None else fitted_split(sf, key)
 
+    @property
+    def ceiling(self) -> str | None:
+        """The run's one ceiling; None without one or with several candidates (each task then has its own,
+        ``findings.choose_ceiling``; the config refuses several where transfers or curves need one)."""
+        return self.ceilings[0] if len(self.ceilings) == 1 else None
+
     def role(self, condition: str) -> str | None:
         if condition == self.base:
             return "base"
-        if condition == self.ceiling:
+        if condition in self.ceilings:
             return "ceiling"
         if condition in self.texts:
             return "text"
@@ -1022,7 +1032,7 @@ def load_run(run_dir: str | Path) -> Run:
             summary = list(csv.DictReader(f))
     return Run(folder=folder, config=config, manifest=manifest, models=models, tasks=tasks, seeds=seeds,
                conditions=conditions, base=ratio.get("base"), texts=list(ratio.get("texts") or []),
-               ceiling=ratio.get("ceiling"), splits=splits, cells=cells, extra_cells=extra,
+               ceilings=ceiling_names(ratio), splits=splits, cells=cells, extra_cells=extra,
                summary=summary, problems=problems, plan=plan)
 
 

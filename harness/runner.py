@@ -31,7 +31,7 @@ from typing import Any
 from rich.markup import escape
 
 from harness import plan, provenance
-from harness.config import RunConfig, load_config
+from harness.config import RunConfig, ceiling_names, load_config
 from harness.data import Split, leaks
 from harness.errors import DiskFull, UserError, is_disk_full
 from harness.names import check_inside, check_name
@@ -433,7 +433,8 @@ def _run_cell(folder: RunFolder, cfg: RunConfig, code: dict[str, Any], job: dict
                 optimizer = get_optimizer(spec.optimizer)(**spec.settings)
             done = cell_path.fit_and_score(lm, scorer, task, test, record, evidence, owner=owner, label=key.label,
                                            optimizer=optimizer, train=fitted.train, dev=fitted.dev,
-                                           workdir=cell.workdir, artifact=artifact, keep_log=cell.log)
+                                           workdir=cell.workdir, artifact=artifact, keep_log=cell.log,
+                                           score_dev=key.condition in ceiling_names(cfg.ratio))
             cell.scores(done.lines)
             if key.is_transfer:
                 cell.artifact_copy(folder, key.source)

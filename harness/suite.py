@@ -61,12 +61,15 @@ class Suite:
 
 
 def load_suite(suite: str, add: list[str] | None = None, add_config: Path | None = None,
-               executor: str | None = None, budget_tokens: int | None = None, model: str | None = None) -> Suite:
+               executor: str | None = None, budget_tokens: int | None = None, model: str | None = None,
+               data: Path | None = None) -> Suite:
     """The suite ``suite`` (a packaged name, or a path to a suite TOML), with conditions added, checked whole.
     ``budget_tokens``: the setting ``budget_tokens`` of every ranked condition whose settings have one (the
     searches; ``optimizer.TokenBudget``), so that they all spend at most the same tokens through the model.
-    ``model``: run the suite on this model instead of its own. A task that cannot be loaded here (its data offline,
-    a hub dataset without a network) is left out and named with why (``Suite.skipped``); the others run."""
+    ``model``: run the suite on this model instead of its own. ``data``: the folder holding the local data a suite's
+    task names by a relative ``data_dir`` (``lite``: ``--data ../shared/data``); without it such a task is not run.
+    A task that cannot be loaded here (no data folder, its data offline, a hub dataset without a network) is left
+    out and named with why (``Suite.skipped``); the others run."""
     shipped = packaged_suites()
     if suite in shipped:
         path = shipped[suite]
@@ -119,8 +122,9 @@ def load_suite(suite: str, add: list[str] | None = None, add_config: Path | None
                 budgeted.append(cond)
     if model is not None:
         raw.setdefault("run", {})["models"] = [model]
+    no_data = _place_data(raw, data)
     cfg = config_from(raw, path, executor)
-    skipped = _leave_out_unloadable(cfg, path)
+    skipped = {**no_data, **_leave_out_unloadable(cfg, path)}
     if len(cfg.models) != 1:
         raise UserError(f"suite {path} [run]: models = {cfg.models}; a suite ranks conditions on one model")
     reference = head.get("reference")
@@ -131,6 +135,30 @@ def load_suite(suite: str, add: list[str] | None = None, add_config: Path | None
                         "skipped": skipped}
     return Suite(name, version, str(head.get("about", "")), path, cfg, list(added), budget_tokens, budgeted, model,
                  skipped)
+
+
+def _place_data(raw: dict[str, Any], data: Path | None) -> dict[str, str]:
+    """Point each task's relative ``data_dir`` into ``data`` (a suite's data live outside the package); without
+    ``data``, leave those tasks out. Returns the tasks left out (task -> why)."""
+    if data is not None and not Path(data).is_dir():
+        raise UserError(f"--data {data}: no such folder; give the folder that holds the suite's task data")
+    skipped: dict[str, str] = {}
+    kept = []
+    for t in raw.get("tasks") or []:
+        where = t.get("data_dir") if isinstance(t, dict) else None
+        if where is None or Path(where).is_absolute():
+            kept.append(t)
+        elif data is None:
+            skipped[str(t.get("as") or t.get("name"))] = (f"its data are local files ({where}/); pass --data DIR, "
+                                                         f"the folder that holds {where}/")
+        else:
+            kept.append({**t, "data_dir": str((Path(data) / where).resolve())})
+    if skipped and not kept:
+        raise UserError(f"--data: every task of the suite reads local data ({', '.join(skipped)}); pass --data DIR, "
+                        f"the folder that holds their data folders (this project's tests use ../shared/data)")
+    if raw.get("tasks") is not None:
+        raw["tasks"] = kept
+    return skipped
 
 
 def _leave_out_unloadable(cfg: RunConfig, path: Path) -> dict[str, str]:

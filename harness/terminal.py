@@ -58,7 +58,7 @@ def print_board(b: Board) -> None:
     from rich.table import Table
 
     header, rows = wording.board_table(b)
-    table = Table(*header, title=f"{b.model}: R against {b.ceiling}, rank order")
+    table = Table(*header, title=f"{b.model}: R against each task's ceiling, rank order")
     for row in rows:
         table.add_row(*(escape(c) for c in row))
     Console(highlight=False).print(table)

@@ -26,7 +26,7 @@ def verdict_json(run: Run, groups: list[Group], stamp: dict[str, Any], audit: Au
         no_verdict = g.no_r or g.stats_error
         out["groups"].append({
             "model": g.model, "task": g.task, **({"train_size": g.train_size} if g.train_size is not None else {}),
-            "base": run.base, "ceiling": run.ceiling, "metric": h.metric,
+            "base": run.base, "ceiling": g.ceiling.name if g.ceiling is not None else None, "metric": h.metric,
             "n_seeds": a.n_seeds if a else None, "n_examples": a.n_examples if a else None,
             "confidence": a.confidence if a else None, "correction": "holm", "family_size": h.family,
             "ceiling_gain": _est_json(h.ceiling_gain), "ceiling_beaten_by": h.beaten_by,

@@ -18,6 +18,7 @@ from harness.findings import (
     BeatenCeiling,
     Board,
     CannotRank,
+    CeilingChoice,
     Cost,
     FitCheck,
     FitWarning,
@@ -487,6 +488,24 @@ def fit_warning(w: FitWarning) -> str:
 BOARD_MISSING = {"no-gap": "no gap", "cell-failed": "failed", "no-statistics": "no statistics"}
 
 
+def ceiling_rule(candidates: Sequence[str], metric: str) -> str:
+    """How a run's tasks got their ceilings: the one named, or the best of several on dev."""
+    if len(candidates) == 1:
+        return f"the ceiling {candidates[0]} named by the suite"
+    how = "dev accuracy (ties by dev gold NLL)" if metric == "accuracy" else "dev gold NLL (lowest)"
+    return (f"each task's ceiling the best of {', '.join(candidates)} on the mean over seeds of its {how}, named in "
+            f"the table's last row")
+
+
+def ceiling_choice(choice: CeilingChoice) -> str:
+    """Why a group's ceiling is the candidate it is, with each candidate's mean dev scores; "" with one candidate."""
+    if not choice.chosen:
+        return ""
+    said = [f"{c} {dev[1]:.4f} NLL, accuracy {dev[0]:.3f}" if dev is not None else f"{c} (no dev score: failed)"
+            for c, dev in choice.dev.items()]
+    return f"The ceiling {choice.name} is the best on dev of the candidates (mean over seeds): {'; '.join(said)}."
+
+
 def board_missing(kind: str | None) -> str:
     """Why a leaderboard cell has no R, in a word or two."""
     return BOARD_MISSING.get(kind or "", f"no R ({kind})")
@@ -512,6 +531,9 @@ def board_table(b: Board) -> tuple[list[str], list[list[str]]]:
         rows.append([rank, r.name + (" (reused)" if r.reused else ""), "-" if s.mean_r is None else _r(s.mean_r, s.ci),
                      *cells, *wins, count(r.cost.fit_tokens), duration(r.cost.fit_seconds),
                      count(r.cost.trainable_params)])
+    # the ceiling R is against, task by task (the suite's only one, or the best of its candidates on dev)
+    rows.append(["", "ceiling of the task", "", *[b.ceilings.get(t) or "none usable" for t in b.tasks],
+                 *[""] * (len(header) - 3 - len(b.tasks))])
     return header, rows
 
 

@@ -12,5 +12,8 @@ SPEC = Path(__file__).parent / "data" / "opposites.toml"
 
 
 class Opposites(SpecTask):
+    kind = "multiple_choice"
+    summary = str(Spec.load(SPEC).summary)  # `promptgap list` reads the class, before any instance
+
     def __init__(self, data_dir: str | Path | None = None) -> None:
         super().__init__(Spec.load(SPEC), data_dir)

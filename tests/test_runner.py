@@ -54,6 +54,11 @@ def write(tmp_path: Path, text: str, name: str = "c.toml") -> Path:
     (("seeds = [0]", "seeds = []"), "seeds = []"),
     (('texts = ["handwritten", "terse"]', 'texts = ["handwritten"]\nceiling = "soft-prompt"'),
      "ceiling 'soft-prompt' is not a condition of this run"),
+    (('texts = ["handwritten", "terse"]', 'texts = ["handwritten"]\nceiling = ["terse", "nosuch"]'),
+     "ceiling: 'nosuch' is not a condition of this run"),
+    (('texts = ["handwritten", "terse"]', 'texts = ["handwritten", "terse"]\nceiling = ["terse", "base-raw"]'),
+     "'terse' is both a ceiling and a text"),
+    (('texts = ["handwritten", "terse"]', 'texts = ["handwritten"]\nceiling = 3'), "ceiling = 3; give a condition"),
     (("[conditions.base-raw]", "[conditions.base-raw]\nfoo = 2"), "unknown setting(s) foo"),
     (('name = "antonyms"', 'name = "nosuch"'), "unknown task 'nosuch'"),
     (("[conditions.terse]\noptimizer = \"handwritten\"", "[conditions.terse]\noptimizer = \"nosuch\""),
@@ -63,6 +68,14 @@ def test_config_errors_before_any_model(tmp_path, edit, needle) -> None:
     with pytest.raises(UserError) as e:
         load_config(write(tmp_path, TINY.replace(*edit)))
     assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_several_ceilings_need_one_per_task(tmp_path) -> None:
+    # a train-size curve weighs every size against one ceiling: candidates chosen task by task cannot serve it
+    curve = TINY.replace("train = 5,", "train = [3, 5],").replace(
+        'texts = ["handwritten", "terse"]', 'texts = ["handwritten"]\nceiling = ["terse", "base-raw"]')
+    with pytest.raises(UserError, match="several ceilings are chosen task by task"):
+        load_config(write(tmp_path, curve))
 
 
 def test_ratio_needs_two_conditions(tmp_path) -> None:
