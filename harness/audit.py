@@ -512,12 +512,18 @@ def check_selection(run: Run) -> Item:
         if cell.key.is_transfer:  # fits nothing, selects nothing: its source's selection is checked on the source
             continue
         sel = cell.evidence.selection if cell.evidence else None
+        sf = run.split_of(cell.key)
+        if len(run.ceilings) > 1 and cell.key.condition in run.ceilings and sf is not None:
+            # a task's ceiling is chosen on these numbers (findings.choose_ceiling): they must cover all of dev
+            dev = (cell.record.dev if cell.record is not None else None) or {}
+            if dev.get("n") != len(sf.ids["dev"]):
+                problems.append(f"{cell.label}: a ceiling candidate's dev score covers {dev.get('n', 0)} example(s), "
+                                f"not the split's {len(sf.ids['dev'])}: the ceiling cannot be chosen on dev")
         if sel is None:
             if cell.key.condition in run.ceilings:
                 problems.append(f"{cell.label}: the ceiling reported no selection (FitContext.report_selection)")
             continue
         n += 1
-        sf = run.split_of(cell.key)
         if sf is None:
             continue
         ids = [str(i) for i in sel.get("ids") or []]

@@ -280,7 +280,14 @@ def report_run(run_dir: Path, reports_dir: Path = Path("reports"), n_boot: int |
                compare: Sequence[Path] = ()) -> Path:
     """Audit a run folder and write its report with the audit's result as its checklist: the audit runs here, beside
     the report, and the report only formats what it is handed. ``compare``: other run folders whose trained
-    conditions on the same test examples the headline weighs against the ceiling. Returns the markdown's path."""
+    conditions on the same test examples the headline weighs against the ceiling. A suite's run (``promptgap
+    bench``) gets its leaderboard written too. Returns the markdown's path."""
+    return write_reports(run_dir, reports_dir, n_boot, compare)[0]
+
+
+def write_reports(run_dir: Path, reports_dir: Path = Path("reports"), n_boot: int | None = None,
+                  compare: Sequence[Path] = ()) -> tuple[Path, Any]:
+    """``report_run``, returning the report's path and, for a suite's run, its leaderboard (``findings.Board``)."""
     from harness.audit import audit
     from harness.report import write_report
     from harness.run_folder import RunFolder, load_run
@@ -292,14 +299,22 @@ def report_run(run_dir: Path, reports_dir: Path = Path("reports"), n_boot: int |
         others.append(load_run(Path(other)))
     run = load_run(Path(run_dir))
     # the report's own staleness is no item of the report it is part of
-    return write_report(run, audit(run, with_report=False), reports_dir, n_boot, others)
+    checked = audit(run, with_report=False)
+    path = write_report(run, checked, reports_dir, n_boot, others)
+    if not (run.config.get("run") or {}).get("suite"):
+        return path, None
+    # a suite's run: its leaderboard too, from the same audit
+    from harness.findings import analyze_groups, board
+    from harness.report import write_leaderboard
+
+    boot = int(n_boot or run.config["run"].get("n_boot") or 10_000)
+    b = board(run, analyze_groups(run, boot), boot, run.config["run"]["suite"].get("reference"))
+    write_leaderboard(b, run.config["run"]["suite"], run, checked, Path(reports_dir), path)
+    return path, b
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from harness.audit import audit
-    from harness.findings import analyze_groups, board
-    from harness.report import write_leaderboard
-    from harness.run_folder import load_run
+    from harness.report import board_name
     from harness.runner import Runner
     from harness.suite import load_suite
 
@@ -317,17 +332,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     runner = Runner(suite.path, run_id=suite.run_id, resume=(root / suite.run_id).exists(), results_root=root,
                     cfg=suite.cfg, command=command, reuse=[root / suite.base_run_id], recheck=True)
     run_dir = runner.run()
-    report = report_run(run_dir, args.reports)
-    run = load_run(run_dir)
-    n_boot = int(run.config["run"].get("n_boot") or 10_000)
-    b = board(run, analyze_groups(run, n_boot), n_boot, run.config["run"]["suite"].get("reference"))
-    path = write_leaderboard(b, run.config["run"]["suite"], run, audit(run, with_report=False), Path(args.reports),
-                             report, command)
+    report, b = write_reports(run_dir, args.reports)  # the run's report and its leaderboard
     from harness.terminal import print_board
 
     print_board(b)
     print(f"results:     {run_dir}")
-    print(f"leaderboard: {path}")
+    print(f"leaderboard: {Path(args.reports) / board_name(run_dir.name)}.md")
     print(f"report:      {report}")
     return 0
 
@@ -589,7 +599,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"promptgap: error: {where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("promptgap: interrupted; nothing was written", file=sys.stderr)
+        print("promptgap: interrupted; what had finished is kept and nothing is half-written (a run goes on where "
+              "it stopped when the same command runs again)", file=sys.stderr)
         return 130
 
 

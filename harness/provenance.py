@@ -7,6 +7,7 @@ package it came from, each data file's content hash, library versions, thread co
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import json
@@ -271,8 +272,10 @@ def code_sha(path: Path) -> str:
     return text_sha256("\n".join(parts))[:16]
 
 
+@functools.cache
 def _module_sha(name: str) -> str:
-    """``code_sha`` of a module's source file, found without importing it."""
+    """``code_sha`` of a module's source file, found without importing it; read once per process, so that a file
+    edited while a long run goes on does not stamp that run's later cells with code they did not run."""
     import importlib.util
 
     spec = importlib.util.find_spec(name)

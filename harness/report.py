@@ -841,9 +841,9 @@ LEADERBOARD_SCHEMA = "promptgap-leaderboard/1"
 FIGURE = "r-vs-tokens.png"  # mean R against fit tokens, beside leaderboard.json
 
 
-def board_name(run: Run) -> str:
+def board_name(run_id: str) -> str:
     """The leaderboard's name in the reports folder: ``leaderboard-<suite run>`` (bench-smoke-v2 -> -smoke-v2)."""
-    return "leaderboard-" + run.run_id.removeprefix("bench-")
+    return "leaderboard-" + run_id.removeprefix("bench-")
 
 
 def leaderboard_json(b: Board, suite: dict[str, Any], run: Run, checked: Audit, report: str) -> dict[str, Any]:
@@ -866,11 +866,12 @@ def leaderboard_json(b: Board, suite: dict[str, Any], run: Run, checked: Audit, 
                                 for t, c in r.cells.items()}} for r in b.rows]}
 
 
-def render_leaderboard(b: Board, suite: dict[str, Any], run: Run, checked: Audit, report: str,
-                       command: str) -> str:
+def render_leaderboard(b: Board, suite: dict[str, Any], run: Run, checked: Audit, report: str) -> str:
     """The leaderboard's markdown: the first screen answers which condition recovers most of the trained gain, at
-    what cost, and how sure the numbers are; each task's detail is in the run's own report."""
+    what cost, and how sure the numbers are; each task's detail is in the run's own report. Everything in it comes
+    from the run folder (the commands and times from its manifest), so it re-renders the same from a clone."""
     invocations = run.manifest.get("invocations") or []
+    commands = list(dict.fromkeys(str(i.get("command")) for i in invocations if i.get("command")))
     seconds = sum(float(i.get("seconds") or 0) for i in invocations)
     reused = sum(sum((i.get("reused") or {}).values()) for i in invocations)
     machine = (run.manifest.get("machine") or {}).get("platform", "not recorded")
@@ -883,7 +884,8 @@ def render_leaderboard(b: Board, suite: dict[str, Any], run: Run, checked: Audit
             f"Model {b.model}; metric {METRIC_LABELS[b.metric][0]}; R = (text - {b.base}) / (ceiling - "
             f"{b.base}), {wording.ceiling_rule(run.ceilings, b.metric)}; seeds {', '.join(map(str, run.seeds))}; "
             f"{b.stats.n_boot} bootstrap replicates.", "",
-            f"Command: `{command}`. Cells computed in {seconds:.0f} s over {len(invocations)} invocation(s) "
+            "Command: " + (", ".join(f"`{c}`" for c in commands) or "not recorded")
+            + f". Cells computed in {seconds:.0f} s over {len(invocations)} invocation(s) "
             f"({reused} cell(s) copied from earlier runs) on {machine}"
             + (f", {cpus} CPUs" if cpus else "") + f". Run folder: `{run.dir}`; per-task detail: [{report}]"
             f"({quote(report)}).", ""]
@@ -896,21 +898,21 @@ def render_leaderboard(b: Board, suite: dict[str, Any], run: Run, checked: Audit
     header, rows = wording.board_table(b)
     out += _table(header, rows)
     if b.stats.tasks:
-        out += ["", f"![mean R against fit tokens]({quote(board_name(run))}/{FIGURE})"]
+        out += ["", f"![mean R against fit tokens]({quote(board_name(run.run_id))}/{FIGURE})"]
     out += ["", wording.board_mean_note(len(b.stats.tasks), len(b.tasks), b.stats.no_gap, b.stats.n_excluded,
                                         b.stats.confidence), ""]
     return "\n".join(out) + "\n"
 
 
-def write_leaderboard(b: Board, suite: dict[str, Any], run: Run, checked: Audit, reports_dir: Path, report: Path,
-                      command: str) -> Path:
+def write_leaderboard(b: Board, suite: dict[str, Any], run: Run, checked: Audit, reports_dir: Path,
+                      report: Path) -> Path:
     """``reports_dir/leaderboard-<suite run>.md`` and ``leaderboard-<suite run>/leaderboard.json``, each written
     whole; returns the markdown's path."""
     reports_dir = Path(reports_dir)
-    name = board_name(run)
+    name = board_name(run.run_id)
     md_path = check_inside(reports_dir, reports_dir / f"{name}.md")
     rel = report.relative_to(reports_dir).as_posix() if report.is_relative_to(reports_dir) else str(report)
-    text = render_leaderboard(b, suite, run, checked, rel, command)
+    text = render_leaderboard(b, suite, run, checked, rel)
     with atomic_dir(reports_dir / name, root=reports_dir) as tmp:
         write_json(tmp / "leaderboard.json", leaderboard_json(b, suite, run, checked, rel))
         if b.stats.tasks:

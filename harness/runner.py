@@ -240,7 +240,14 @@ class Runner:
         for model in dict.fromkeys(k.scored_model for k in todo):
             prepare_model(model)  # the embedded model's cache is built here once, never by two jobs at once
         t_run = time.perf_counter()
-        jobs = executors.make(self.cfg.executor, self.folder, self.invocation, run_cells).run(todo, wait=self.wait)
+        try:
+            jobs = executors.make(self.cfg.executor, self.folder, self.invocation, run_cells).run(todo,
+                                                                                                wait=self.wait)
+        except KeyboardInterrupt:  # a sitting ended by hand: its cells are kept, and so is the time they took
+            self.manifest["invocations"][-1].update(interrupted=provenance.now(),
+                                                    seconds=round(time.perf_counter() - t_run, 1))
+            self.folder.write_manifest(self.manifest)
+            raise
         self.manifest["invocations"][-1]["jobs"] = [j.id for j in jobs]
         self.folder.write_manifest(self.manifest)
         if not self.wait:

@@ -124,7 +124,7 @@ def load_suite(suite: str, add: list[str] | None = None, add_config: Path | None
         raw.setdefault("run", {})["models"] = [model]
     no_data = _place_data(raw, data)
     cfg = config_from(raw, path, executor)
-    skipped = {**no_data, **_leave_out_unloadable(cfg, path)}
+    skipped = _leave_out_unloadable(cfg, path, no_data)
     if len(cfg.models) != 1:
         raise UserError(f"suite {path} [run]: models = {cfg.models}; a suite ranks conditions on one model")
     reference = head.get("reference")
@@ -151,21 +151,25 @@ def _place_data(raw: dict[str, Any], data: Path | None) -> dict[str, str]:
         elif data is None:
             skipped[str(t.get("as") or t.get("name"))] = (f"its data are local files ({where}/); pass --data DIR, "
                                                          f"the folder that holds {where}/")
+        elif not (Path(data) / where).is_dir():
+            skipped[str(t.get("as") or t.get("name"))] = f"no folder {Path(data) / where} (--data holds none)"
         else:
             kept.append({**t, "data_dir": str((Path(data) / where).resolve())})
     if skipped and not kept:
-        raise UserError(f"--data: every task of the suite reads local data ({', '.join(skipped)}); pass --data DIR, "
-                        f"the folder that holds their data folders (this project's tests use ../shared/data)")
+        why = "; ".join(f"{k}: {v}" for k, v in skipped.items())
+        raise UserError(f"--data: every task of the suite reads local data, and none could be found ({why}); pass "
+                        f"--data DIR, the folder that holds their data folders (this project's: ../shared/data)")
     if raw.get("tasks") is not None:
         raw["tasks"] = kept
     return skipped
 
 
-def _leave_out_unloadable(cfg: RunConfig, path: Path) -> dict[str, str]:
-    """Build each task and its first seed's split; leave out (and return, with why) those that fail here."""
+def _leave_out_unloadable(cfg: RunConfig, path: Path, skipped: dict[str, str]) -> dict[str, str]:
+    """Build each task and its first seed's split; leave out those that fail here and return them, with why, after
+    the tasks ``skipped`` already."""
     from harness.plan import split
 
-    skipped: dict[str, str] = {}
+    skipped = dict(skipped)
     kept = []
     for t in cfg.tasks:
         name = t.alias or t.name

@@ -14,8 +14,9 @@ import pytest
 from harness.audit import audit
 from harness.cli import main
 from harness.errors import UserError
+from harness.findings import choose_ceiling
 from harness.plan import CellKey
-from harness.run_folder import RunFolder, load_run
+from harness.run_folder import Cell, CellRecord, RunFolder, load_run
 from harness.suite import load_suite
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -149,6 +150,19 @@ def test_a_changed_scoring_fingerprint_is_recomputed_not_reused(smoke: Path, tmp
         ("antonyms", 1, "terse")]["finished"]
 
 
+def test_the_audit_fails_a_ceiling_candidate_whose_dev_score_misses_dev(smoke: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "bench-smoke-v2"
+    shutil.copytree(smoke / "results" / "bench-smoke-v2", run_dir)
+    assert audit(load_run(run_dir), with_report=False).passed
+    target = run_dir / "cells" / "smollm2-135m-instruct" / "opposites" / "seed-1" / "prefix-tuning" / "cell.json"
+    r = json.loads(target.read_text())
+    r["dev"]["n"] = 3  # as if it had been scored on part of dev
+    target.write_text(json.dumps(r))
+    checked = audit(load_run(run_dir), with_report=False)
+    assert not checked.passed
+    assert any("covers 3 example(s), not the split's 8" in p for i in checked.failed for p in i.problems)
+
+
 def test_bad_suite_input_is_a_one_line_error(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="no such suite"):
         load_suite("nope")
@@ -158,6 +172,51 @@ def test_bad_suite_input_is_a_one_line_error(tmp_path: Path) -> None:
     plain.write_text('[[tasks]]\nname = "antonyms"\n[conditions.base-chat]\n')
     with pytest.raises(UserError, match=r"no \[suite\] table"):
         load_suite(str(plain))
+
+
+def test_a_suite_reads_its_local_data_only_from_the_data_folder(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="every task of the suite reads local data.*sst2: its data are local files"):
+        load_suite("lite")
+    with pytest.raises(UserError, match="--data .*nope: no such folder"):
+        load_suite("lite", data=tmp_path / "nope")
+    (tmp_path / "sst2").mkdir()  # a data folder without the tasks' files: each is named, and nothing runs
+    with pytest.raises(UserError, match=r"boolq: no folder .*boolq .*sst2: .*glue_sst2"):
+        load_suite("lite", data=tmp_path)
+    suite = load_suite("lite", data=ROOT.parent / "shared" / "data")  # the project's data: all five tasks load
+    assert not suite.skipped and [t.alias or t.name for t in suite.cfg.tasks] == [
+        "antonyms-fv", "antonyms-antsynnet", "sst2", "boolq", "winogrande"]
+    assert suite.cfg.tasks[0].data_dir == str((ROOT.parent / "shared" / "data" / "antonyms").resolve())
+
+
+def _cell(cond: str, seed: int, dev: dict | None, ok: bool = True) -> Cell:
+    key = CellKey("m", "t", seed, cond)
+    record = CellRecord(key=key, optimizer=cond, settings={}, split_hash="h", status="ok" if ok else "error", dev=dev)
+    return Cell(key, record=record, status="ok" if ok else "error")
+
+
+def test_choose_ceiling_takes_the_best_mean_dev_score_on_the_deciding_metric() -> None:
+    cells = {  # soft: mean dev NLL 1.0, accuracy 0.5; prefix: NLL 1.1, accuracy 0.7; lora: failed on seed 1
+        "soft": [_cell("soft", 0, {"n": 4, "gold_nll": 0.8, "accuracy": 0.5}),
+                 _cell("soft", 1, {"n": 4, "gold_nll": 1.2, "accuracy": 0.5})],
+        "prefix": [_cell("prefix", 0, {"n": 4, "gold_nll": 1.0, "accuracy": 0.75}),
+                   _cell("prefix", 1, {"n": 4, "gold_nll": 1.2, "accuracy": 0.65})],
+        "lora": [_cell("lora", 0, {"n": 4, "gold_nll": 0.1, "accuracy": 1.0}), _cell("lora", 1, None, ok=False)],
+    }
+    usable = ["soft", "prefix"]
+    by_ll = choose_ceiling(["soft", "prefix", "lora"], cells, usable, "loglik")
+    assert by_ll.name == "soft" and by_ll.chosen and by_ll.dev["lora"] is None
+    assert by_ll.dev["soft"] == pytest.approx((0.5, 1.0)) and by_ll.dev["prefix"] == pytest.approx((0.7, 1.1))
+    assert choose_ceiling(["soft", "prefix", "lora"], cells, usable, "accuracy").name == "prefix"
+    # a tie goes to the first listed; an accuracy tie is broken by the gold NLL
+    tie = {"a": [_cell("a", 0, {"n": 4, "gold_nll": 1.0, "accuracy": 0.5})],
+           "b": [_cell("b", 0, {"n": 4, "gold_nll": 1.0, "accuracy": 0.5})],
+           "c": [_cell("c", 0, {"n": 4, "gold_nll": 0.9, "accuracy": 0.5})]}
+    assert choose_ceiling(["b", "a"], tie, ["a", "b"], "loglik").name == "b"
+    assert choose_ceiling(["a", "b", "c"], tie, ["a", "b", "c"], "accuracy").name == "c"
+    # the only candidate needs no dev score; none usable -> no ceiling
+    only = choose_ceiling(["lora"], cells, ["lora"], "loglik")
+    assert only.name == "lora" and not only.chosen
+    assert choose_ceiling(["soft", "lora"], cells, [], "loglik").name is None
 
 
 def test_budget_tokens_stops_every_search_within_its_budget(smoke: Path) -> None:

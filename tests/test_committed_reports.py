@@ -13,7 +13,10 @@ from harness.audit import audit
 from harness.cli import report_run
 
 ROOT = Path(__file__).resolve().parent.parent
-REPORTS = sorted((ROOT / "reports").glob("*.md"))
+# a run's report is reports/<run-id>.md; a suite's leaderboard, reports/leaderboard-<suite run>.md, stands on the
+# run folder its leaderboard.json names
+BOARDS = sorted((ROOT / "reports").glob("leaderboard-*.md"))
+REPORTS = sorted(p for p in (ROOT / "reports").glob("*.md") if p not in BOARDS)
 # reports whose run folders were lost before run folders were committed: each is re-run into results/<run-id>/
 # (hours of CPU here, docs/measured.md gives each run's time), then leaves this list
 NOT_YET_RERUN: set[str] = set()
@@ -37,6 +40,15 @@ def test_a_committed_report_checks_and_rerenders_byte_identical(report: Path, tm
     for stamp in ("written", "code"):
         old.pop(stamp, None), new.pop(stamp, None)
     assert new == old
+
+
+@pytest.mark.parametrize("board", BOARDS, ids=lambda p: p.stem)
+def test_a_committed_leaderboard_rerenders_byte_identical_from_its_run(board: Path, tmp_path) -> None:
+    data = json.loads((board.parent / board.stem / "leaderboard.json").read_text())
+    assert (ROOT / "reports" / f"{data['run']}.md").exists(), "a leaderboard's run has its own committed report"
+    report_run(ROOT / "results" / data["run"], tmp_path)  # writes the run's report and its leaderboard
+    assert (tmp_path / board.name).read_text() == board.read_text()
+    assert json.loads((tmp_path / board.stem / "leaderboard.json").read_text()) == data
 
 
 def test_the_documented_check_of_the_quickstart_passes(monkeypatch) -> None:
