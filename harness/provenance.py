@@ -253,10 +253,15 @@ def model_record(name: str, lm: Any) -> dict[str, Any]:
     return rec
 
 
-# the modules whose code decides a cell's numbers besides its task's and its condition's own: the scorer and its one
-# forward, the renderer, model loading (the GGUF's dequantization, device and dtype), the cell path, the split
-SCORING_MODULES = ("harness.scorer", "harness.forward", "harness.render", "harness.models", "harness.cell",
-                   "harness.plan", "harness.task", "harness.data", "harness.optimizer", "harness.search")
+# the harness modules whose code decides a cell's numbers besides its task's and its condition's own: the scorer and
+# its one forward, the renderer and the artifact it reads, model loading (the GGUF's dequantization, device and
+# dtype), the cell path, the split, the condition contract and the search kit. Named here, not followed through
+# imports: the record keeping they import (run folders, configs, progress bars) changes no number
+SCORING_MODULES = ("harness.scorer", "harness.forward", "harness.render", "harness.artifact", "harness.models",
+                   "harness.cell", "harness.plan", "harness.task", "harness.data", "harness.optimizer",
+                   "harness.search")
+# the packages of tasks' and conditions' helpers, followed through imports (``_imported``)
+HELPER_PACKAGES = ("optimizers", "tasks")
 
 
 def code_sha(path: Path) -> str:
@@ -272,27 +277,63 @@ def code_sha(path: Path) -> str:
     return text_sha256("\n".join(parts))[:16]
 
 
+def _source(name: str) -> Path | None:
+    """A module's source file, found without importing it (None: not a Python source module)."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):  # "harness.x.Name": a name imported from a module, not a module
+        return None
+    if spec is None or spec.origin is None or not spec.origin.endswith(".py") or not Path(spec.origin).is_file():
+        return None
+    return Path(spec.origin)
+
+
+@functools.cache
+def _imported(root: str) -> tuple[str, ...]:
+    """``root`` and every module it imports, transitively, from the task and condition packages (``HELPER_PACKAGES``)
+    or ``root``'s own top-level package (a plugin's helpers), read from the source's import statements
+    (function-level ones too), unexecuted: a condition's module and the helpers it fits with (prompt training, the
+    DSPy bridge), a task's module and its base (a spec task's generic loader)."""
+    import ast
+
+    packages = {*HELPER_PACKAGES, root.split(".")[0]} - {"harness"}  # harness modules: SCORING_MODULES
+    seen: set[str] = set()
+    todo = [root]
+    while todo:
+        name = todo.pop()
+        path = _source(name) if name not in seen else None
+        if path is None:
+            continue
+        seen.add(name)
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                todo += [a.name for a in node.names if a.name.split(".")[0] in packages]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module \
+                    and node.module.split(".")[0] in packages:
+                todo += [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+    return tuple(sorted(seen))
+
+
 @functools.cache
 def _module_sha(name: str) -> str:
     """``code_sha`` of a module's source file, found without importing it; read once per process, so that a file
     edited while a long run goes on does not stamp that run's later cells with code they did not run."""
-    import importlib.util
-
-    spec = importlib.util.find_spec(name)
-    if spec is None or spec.origin is None or not Path(spec.origin).is_file():
-        return "unknown"
-    return code_sha(Path(spec.origin))
+    path = _source(name)
+    return "unknown" if path is None else code_sha(path)
 
 
 def scoring_fingerprint(task: Any, optimizer: str, device: str, dtype: str) -> dict[str, Any]:
     """What a cell's numbers depend on besides its key, settings and split (``promptgap bench`` reuses a cell from
     another run only when this matches): the source of the scoring modules, of the task's and the condition's
-    modules, the task's data (the sha256 of each file it read, no paths), the device type, the dtype and the torch
-    and transformers versions; ``hash`` sums them up."""
+    modules, and of every module of the project (or of a plugin's own package) these import; the task's data (the
+    sha256 of each file it read, no paths), the device type, the dtype and the torch and transformers versions;
+    ``hash`` sums them up."""
     from harness.registry import get_optimizer
 
-    modules = {m: _module_sha(m) for m in (*SCORING_MODULES, type(task).__module__,
-                                           get_optimizer(optimizer).__module__)}
+    roots = (*SCORING_MODULES, type(task).__module__, get_optimizer(optimizer).__module__)
+    modules = {m: _module_sha(m) for m in sorted({m for r in roots for m in _imported(r)})}
     data = sorted(s.get("sha256") or json.dumps(s, sort_keys=True) for s in task.provenance()["sources"])
     out = {"modules": modules, "data": text_sha256("\n".join(data))[:16], "device": device.split(":")[0],
            "dtype": dtype, "torch": _version("torch"), "transformers": _version("transformers")}

@@ -163,6 +163,19 @@ def test_the_audit_fails_a_ceiling_candidate_whose_dev_score_misses_dev(smoke: P
     assert any("covers 3 example(s), not the split's 8" in p for i in checked.failed for p in i.problems)
 
 
+def test_the_fingerprint_covers_the_helpers_a_condition_fits_with() -> None:
+    from harness.provenance import scoring_fingerprint
+    from harness.registry import get_task
+
+    task = get_task("opposites")
+    soft = set(scoring_fingerprint(task, "soft-prompt", "cpu", "float32")["modules"])
+    # the condition's module and the training loop it imports, the task's and its spec loader, the scorer
+    assert {"optimizers.soft_prompt", "optimizers.prompt_training", "tasks.opposites", "tasks.generic",
+            "harness.scorer", "harness.forward"} <= soft
+    assert "optimizers.dspy_bridge" in scoring_fingerprint(task, "dspy-mipro", "cpu", "float32")["modules"]
+    assert not soft & {"harness.run_folder", "harness.report", "harness.config"}  # record keeping: no number
+
+
 def test_bad_suite_input_is_a_one_line_error(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="no such suite"):
         load_suite("nope")
