@@ -160,7 +160,7 @@ class MiproSettings(ProposingSettings):
 class DSPyCondition(Optimizer):
     """Shared fit: check the data against the budget, then hand a Search to the bridge."""
 
-    compile_with: ClassVar[str]  # the bridge function that builds the compile step from the settings
+    compile_with: ClassVar[str]  # the bridge function that builds the compile step from the settings (compile_step)
     # an instruction and demos; which of them a search fills is DSPy's (a few-shot search leaves the instruction)
     produces = frozenset({"text", "demos"})
 
@@ -180,12 +180,19 @@ class DSPyCondition(Optimizer):
         search = bridge.Search(
             condition=self.name, fmt=s.format or ("chat" if ctx.lm.has_chat_template else "raw"),
             instruction=(s.instruction or ctx.task.instruction) if proposing else "", seed=seed,
-            expected_candidates=s.expected_candidates(), compile=getattr(bridge, self.compile_with)(s, seed, info),
+            expected_candidates=s.expected_candidates(), compile=self.compile_step(s, seed, info),
             info=info, budget_tokens=s.budget_tokens)
         if proposing:
             search.proposer, search.proposer_max_tokens = s.proposer, s.proposer_max_tokens
             search.proposer_timeout = s.proposer_timeout
         return bridge.run_search(ctx, search)
+
+    def compile_step(self, s: DSPySettings, seed: int, info: dict[str, Any]) -> Any:
+        """The search's compile step, ``run(student, trainset, devset, lm) -> program``: the bridge's
+        ``compile_with`` function; a condition defined elsewhere (a plugin) overrides this instead."""
+        from optimizers import dspy_bridge as bridge
+
+        return getattr(bridge, self.compile_with)(s, seed, info)
 
 
 class DSPyFewShot(DSPyCondition):
