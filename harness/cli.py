@@ -330,7 +330,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
          *(["--budget-tokens", str(args.budget_tokens)] if args.budget_tokens is not None else []),
          *(["--model", args.model] if args.model else []), *(["--data", str(args.data)] if args.data else [])])
     runner = Runner(suite.path, run_id=suite.run_id, resume=(root / suite.run_id).exists(), results_root=root,
-                    cfg=suite.cfg, command=command, reuse=[root / suite.base_run_id], recheck=True)
+                    cfg=suite.cfg, command=command, reuse=suite.donors(root), recheck=True)
     run_dir = runner.run()
     report, b = write_reports(run_dir, args.reports)  # the run's report and its leaderboard
     from harness.terminal import print_board

@@ -264,7 +264,8 @@ def reusable(donor: RunFolder, key: CellKey, cfg: RunConfig, split_hash: str, fi
              ) -> str | None:
     """Why ``donor``'s cell of ``key`` cannot stand in for this run's, or None when it can: done, the same condition
     and settings, the same split, and the same scoring fingerprint (code, data, device, dtype, library versions) as
-    this code records (``fingerprint``). A transfer cell is never reused (its source is this run's)."""
+    this code records (``fingerprint``), and, for a ceiling candidate here, its dev score (``CellRecord.dev``). A
+    transfer cell is never reused (its source is this run's)."""
     if key.is_transfer:
         return "a transfer cell"
     state = donor.cell_state(key)
@@ -280,6 +281,8 @@ def reusable(donor: RunFolder, key: CellKey, cfg: RunConfig, split_hash: str, fi
         return "no scoring fingerprint recorded"
     if record.fingerprint.get("hash") != fingerprint["hash"]:
         return "another scoring fingerprint (code, data, device, dtype or library versions)"
+    if record.dev is None and key.condition in ceiling_names(cfg.ratio):
+        return "no dev score, which a ceiling candidate here needs"
     return None
 
 

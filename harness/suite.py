@@ -54,6 +54,13 @@ class Suite:
         """The run folder of the suite as shipped (on ``--model``'s model, when given)."""
         return f"bench-{self.name}-v{self.version}" + (f"-{slug(self.model)}" if self.model else "")
 
+    def donors(self, root: Path) -> list[Path]:
+        """The run folders whose cells this suite's run may copy (``runner.reusable`` decides cell by cell): its own
+        version's folder, then the earlier versions' (newest first); a cell that still matches is the same
+        computation whatever version asked for it."""
+        suffix = f"-{slug(self.model)}" if self.model else ""
+        return [root / f"bench-{self.name}-v{v}{suffix}" for v in range(self.version, 0, -1)]
+
     @property
     def run_id(self) -> str:
         return (self.base_run_id + (f"-budget-{self.budget_tokens}" if self.budget_tokens is not None else "")

@@ -176,6 +176,34 @@ def test_the_fingerprint_covers_the_helpers_a_condition_fits_with() -> None:
     assert not soft & {"harness.run_folder", "harness.report", "harness.config"}  # record keeping: no number
 
 
+def test_a_new_version_of_a_suite_copies_what_still_matches(smoke: Path, tmp_path: Path) -> None:
+    root = tmp_path / "v"
+    shutil.copytree(smoke / "results" / "bench-smoke-v2", root / "results" / "bench-smoke-v2")
+    suite = tmp_path / "smoke.toml"  # the same suite, version 3, with one condition's setting changed
+    suite.write_text((ROOT / "harness" / "suites" / "smoke.toml").read_text().replace("version = 2", "version = 3")
+                     .replace('instruction = "Opposite:"', 'instruction = "Antonym:"'))
+    assert main(["bench", "--suite", str(suite), "--results", str(root / "results"), "--reports",
+                 str(root / "reports")]) == 0
+    for (_, _, cond), r in records(root / "results" / "bench-smoke-v3").items():
+        if cond == "terse":
+            assert r.get("reused_from") is None and r["settings"]["instruction"] == "Antonym:"
+        else:
+            assert r["reused_from"]["run"] == "bench-smoke-v2"
+
+
+def test_a_ceiling_candidate_is_reused_only_with_its_dev_score(smoke: Path) -> None:
+    from harness.runner import reusable
+
+    donor = RunFolder(smoke / "results" / "bench-smoke-v2")
+    key = CellKey("smollm2-135m-instruct", "antonyms", 0, "terse")
+    record = donor.cell_state(key).record
+    cfg = load_suite("smoke").cfg
+    assert reusable(donor, key, cfg, record.split_hash, record.fingerprint) is None
+    cfg.ratio["ceiling"] = ["soft-prompt", "terse"]  # as if a new version made it a ceiling candidate
+    assert reusable(donor, key, cfg, record.split_hash, record.fingerprint) == ("no dev score, which a ceiling "
+                                                                                "candidate here needs")
+
+
 def test_bad_suite_input_is_a_one_line_error(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="no such suite"):
         load_suite("nope")
