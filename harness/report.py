@@ -879,15 +879,15 @@ def render_leaderboard(b: Board, suite: dict[str, Any], run: Run, checked: Audit
     out = []
     if not checked.passed:
         out += [f"**The validity audit of this run fails** ({', '.join(i.title for i in checked.failed)}): "
-                f"`promptgap check {run.dir}` says why; read no number below before that.", ""]
+                f"`promptgap check results/{run.run_id}` says why; read no number below before that.", ""]
     out += [f"# Leaderboard: suite {suite['name']} v{suite['version']}", "",
             f"Model {b.model}; metric {METRIC_LABELS[b.metric][0]}; R = (text - {b.base}) / (ceiling - "
             f"{b.base}), {wording.ceiling_rule(run.ceilings, b.metric)}; seeds {', '.join(map(str, run.seeds))}; "
             f"{b.stats.n_boot} bootstrap replicates.", "",
             "Command: " + (", ".join(f"`{c}`" for c in commands) or "not recorded")
-            + f". Cells computed in {seconds:.0f} s over {len(invocations)} invocation(s) "
+            + f". Cells computed in {wording.duration(seconds)} over {len(invocations)} sitting(s) "
             f"({reused} cell(s) copied from earlier runs) on {machine}"
-            + (f", {cpus} CPUs" if cpus else "") + f". Run folder: `{run.dir}`; per-task detail: [{report}]"
+            + (f", {cpus} CPUs" if cpus else "") + f". Run folder: `results/{run.run_id}`; per-task detail: [{report}]"
             f"({quote(report)}).", ""]
     budget = wording.board_budget(suite.get("budget_tokens"), [c for c, body in (run.config.get("conditions") or {})
                                                                .items() if "budget_tokens" in (body.get("settings")
