@@ -37,28 +37,40 @@ def test_gepa_keeps_its_budget_chooses_on_dev_and_repeats_itself(lm, scorer, tmp
     check_invariant(ctx, "dspy-gepa", second, tmp_path / "b")
 
 
-def greedy_by_hand(lm, ids: list[int], n: int) -> list[int]:
-    """Greedy decoding by repeated full forwards and argmax: no cache, no generate()."""
-    out = list(ids)
+def greedy_by_hand(lm, ids: list[int], n: int) -> tuple[list[int], float]:
+    """Greedy decoding by repeated full forwards and argmax (no cache, no generate()), and the smallest gap between
+    the top two logits over the steps."""
+    out, margin = list(ids), float("inf")
     with torch.no_grad():
         for _ in range(n):
             logits = lm.model(input_ids=torch.tensor([out], device=lm.device)).logits[0, -1]
+            top = torch.topk(logits, 2).values
+            margin = min(margin, float(top[0] - top[1]))
             out.append(int(logits.argmax()))
-    return out[len(ids):]
+    return out[len(ids):], margin
 
 
-def test_feedback_states_the_scorers_numbers(lm, scorer) -> None:
+def scored_example(lm, scorer, task_name: str):
+    """The task, a ScoreBook over a tiny split, its first dev example and that example's score under the task's
+    instruction."""
     from optimizers.dspy_bridge import ScoreBook
 
-    task = get_task("antonyms")
+    task = get_task(task_name)
     ctx = fit_ctx(lm, scorer, task, SplitSizes(train=4, dev=3, test=1), None)
     book = ScoreBook(ctx, "chat", "dspy-gepa", lambda c: None)
     example = ctx.dev[0]
-    score = book.score(task.instruction, (), example.id)
+    return task, book, example, book.score(task.instruction, (), example.id)
+
+
+def test_feedback_states_the_scorers_numbers(lm, scorer) -> None:
+    task, book, example, score = scored_example(lm, scorer, "antonyms")
     greedy = greedy_continuation(book, task.instruction, example, 4)
-    # generate()'s greedy text is the argmax of plain forwards, token by token
+    # generate()'s greedy text is the argmax of plain forwards, token by token. The two sum in other orders (a KV
+    # cache against full passes): float32 logits differ by ~1e-5, so the argmax is the same wherever the top two
+    # logits are more than 1e-3 apart, which this example's steps are (checked, not assumed)
     request = scorer.renderer.text_requests(book.artifact(task.instruction, ()), example)[0]
-    want = greedy_by_hand(lm, scorer.renderer.encode(request.context), 4)
+    want, margin = greedy_by_hand(lm, scorer.renderer.encode(request.context), 4)
+    assert margin > 1e-3
     assert greedy == lm.tokenizer.decode(want, skip_special_tokens=True)
     text = feedback_text(book, example, score, greedy)
     assert repr(example.continuations[0]) in text and repr(greedy) in text
@@ -66,13 +78,9 @@ def test_feedback_states_the_scorers_numbers(lm, scorer) -> None:
 
 
 def test_feedback_on_multiple_choice_names_the_models_choice(lm, scorer) -> None:
-    from optimizers.dspy_bridge import ScoreBook, choice_text
+    from optimizers.dspy_bridge import choice_text
 
-    task = get_task("opposites")
-    ctx = fit_ctx(lm, scorer, task, SplitSizes(train=4, dev=3, test=1), None)
-    book = ScoreBook(ctx, "chat", "dspy-gepa", lambda c: None)
-    example = ctx.dev[0]
-    score = book.score(task.instruction, (), example.id)
+    _, book, example, score = scored_example(lm, scorer, "opposites")
     # the model's choice is the argmax of the scorer's choice log-likelihoods
     assert score.pred == max(range(len(score.choice_loglik)), key=score.choice_loglik.__getitem__)
     text = feedback_text(book, example, score, None)
