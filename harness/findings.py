@@ -51,11 +51,15 @@ class Cost:
     fit_grad_tokens: float | None = None
     prompt_tokens: float | None = None
     trainable_params: float | None = None
+    # another LM's cost, apart from the task model's (a DSPy proposer: CellRecord.proposer), and a search's metric calls
+    proposer_calls: float | None = None
+    proposer_tokens: float | None = None  # its prompt and completion tokens
+    metric_calls: float | None = None
 
     @classmethod
     def of(cls, cells: Sequence[Cell]) -> Cost:
-        return cls(**{k: _mean([getattr(c.record, k) for c in cells if c.record is not None])
-                      for k in cls.__dataclass_fields__})
+        records = [c.record for c in cells if c.record is not None]
+        return cls(**{k: _mean([_cost_value(r, k) for r in records]) for k in cls.__dataclass_fields__})
 
     @classmethod
     def averaged(cls, costs: Sequence[Cost]) -> Cost:
@@ -64,6 +68,16 @@ class Cost:
 
     def to_json(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def _cost_value(record: Any, name: str) -> Any:
+    """One cell's ``Cost`` field: the record's own, or, for the proposer's, from its ``proposer`` record."""
+    if name == "proposer_calls":
+        return (record.proposer or {}).get("calls")
+    if name == "proposer_tokens":
+        used = [(record.proposer or {}).get(k) for k in ("prompt_tokens", "completion_tokens")]
+        return sum(used) if all(is_number(u) for u in used) else None
+    return getattr(record, name)
 
 
 def _mean(values: Sequence[Any]) -> float | None:

@@ -250,6 +250,9 @@ def _conditions_section(run: Run, groups: list[Group]) -> list[str]:
         out += [f"### {g.name}", ""]
         rows = []
         footnote = False
+        # another LM's calls and tokens (a DSPy proposer): a column of their own, when any condition asked one
+        asked = wording.any_proposer(g.costs[c] for c in run.conditions if c in g.costs)
+        proposed = {c: [wording.proposer_cost(g.costs[c])] if asked else [] for c in run.conditions}
         for c in run.conditions:
             cells = g.cells[c]
             formats = sorted({str(x.record.format) for x in cells if x.ok and x.record is not None})
@@ -268,17 +271,17 @@ def _conditions_section(run: Run, groups: list[Group]) -> list[str]:
                     (_est(ll.diff, signed=True) if comparable else "— †") if diff else "—",
                     f"{_p(acc.mcnemar.p)} (b={acc.mcnemar.b}, c={acc.mcnemar.c})"
                     if diff and acc.mcnemar is not None else "—",
-                    wording.cost(g.costs[c]), flags or "—", f"{a.n_seeds} × {a.n_examples}",
+                    wording.cost(g.costs[c]), *proposed[c], flags or "—", f"{a.n_seeds} × {a.n_examples}",
                 ])
             else:
                 n_ok = sum(x.ok for x in cells)
                 status = "; ".join(f"{x.status} (seed {x.seed})" + (f": {x.error}" if x.error else "")
                                    for x in cells if not x.ok) or "excluded: " + _stats_error(g)
-                rows.append([_role_name(run, c), fmt, "—", "—", "—", "—", "—", wording.cost(g.costs[c]), status,
-                             f"{n_ok}/{len(cells)} seeds ok"])
+                rows.append([_role_name(run, c), fmt, "—", "—", "—", "—", "—", wording.cost(g.costs[c]),
+                             *proposed[c], status, f"{n_ok}/{len(cells)} seeds ok"])
         out += _table(["condition", "format", "accuracy [95% CI]", "gold NLL (mean)", "Δ accuracy vs base [CI]",
                        "Δ gold log-lik vs base [CI]", "McNemar p vs base", "cost (mean over seeds)",
-                       "flags / status", "seeds × n"], rows)
+                       *(["proposer (mean over seeds)"] if asked else []), "flags / status", "seeds × n"], rows)
         out.append("")
         notes = []
         if footnote:
@@ -297,9 +300,17 @@ def _conditions_section(run: Run, groups: list[Group]) -> list[str]:
             if chance is not None:
                 notes.append(f"Chance: accuracy {chance:.3f} (1/k), gold NLL {-a.metrics['loglik'].chance:.3f} "
                              f"(ln k), over k choices per example; a condition not clearly better is flagged chance.")
-            notes.append("Cost: fit time; token positions through the model while fitting (the shared scorer, the "
-                         "training forward and the DSPy proposer; a plugin's own model calls are not counted); "
-                         "trained parameters kept; tokens the prompt adds before each input.")
+            if asked:
+                notes.append("Cost: fit time; token positions through the task model while fitting (the shared "
+                             "scorer and the training forward; a plugin's own model calls are not counted); a DSPy "
+                             "search's metric calls (examples evaluated under a candidate); trained parameters kept; "
+                             "tokens the prompt adds before each input. Proposer: the calls to the LM that proposed "
+                             "instructions and their prompt and completion tokens, counted apart from the task "
+                             "model's even when the proposer is the task model itself.")
+            else:  # cells made before a proposer's cost was counted apart held its tokens in fit tokens
+                notes.append("Cost: fit time; token positions through the model while fitting (the shared scorer, "
+                             "the training forward and the DSPy proposer; a plugin's own model calls are not "
+                             "counted); trained parameters kept; tokens the prompt adds before each input.")
             if not g.has_base:
                 notes.append(f"No differences: the base {run.base!r} did not succeed for every seed "
                              f"({failure(g.cells[run.base])})." if run.base in g.cells

@@ -40,6 +40,7 @@ runner's to-do list. A transfer cell whose source's artifact changed since it wa
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -209,6 +210,10 @@ class CellRecord:
     # a ceiling candidate's fitted artifact scored by the harness on all of dev ({"n", "accuracy", "gold_nll"}, as
     # ``summarize``): what picks a task's ceiling among several ([ratio] ceiling = [...], ``findings.choose_ceiling``)
     dev: dict[str, Any] | None = None
+    # a condition that asks another LM (a DSPy proposer): {"model", "where", "calls", "prompt_tokens",
+    # "completion_tokens"}, as its log's ``proposer_usage``; none of it is in fit_tokens (the task model's)
+    proposer: dict[str, Any] | None = None
+    metric_calls: int | None = None  # a DSPy search's examples evaluated under a candidate (its log's metric_calls)
 
     @property
     def ok(self) -> bool:
@@ -217,7 +222,7 @@ class CellRecord:
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("key")
-        for k in (*TRANSFER_FIELDS, "files", "fingerprint", "reused_from", "dev"):
+        for k in (*TRANSFER_FIELDS, "files", "fingerprint", "reused_from", "dev", "proposer", "metric_calls"):
             if d[k] is None:
                 del d[k]
         return {**self.key.to_json(), **d}
@@ -646,6 +651,19 @@ class RunFolder:
 
     def split_paths(self) -> list[Path]:
         return [p for p in sorted(self.root.glob("splits/*/seed-*.json")) if _visible(p, self.root)]
+
+    def proposers(self) -> dict[str, list[dict[str, str]]]:
+        """Condition -> the proposers its cells asked ({"model", "where"}, as ``CellRecord.proposer`` says), for the
+        manifest."""
+        out: dict[str, list[dict[str, str]]] = {}
+        for path in self.cell_paths():
+            with contextlib.suppress(UserError, KeyError, TypeError, ValueError):
+                rec = CellRecord.from_json(_read_json(path / CELL))
+                if isinstance(rec.proposer, dict):
+                    used = {"model": str(rec.proposer.get("model")), "where": str(rec.proposer.get("where"))}
+                    if used not in out.setdefault(rec.key.condition, []):
+                        out[rec.key.condition].append(used)
+        return dict(sorted(out.items()))
 
     def write_summary(self) -> None:
         """summary.csv from the cell records on disk: one row per cell; a column per axis of the key (train size,

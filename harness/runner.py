@@ -241,9 +241,11 @@ class Runner:
             prepare_model(model)  # the embedded model's cache is built here once, never by two jobs at once
         t_run = time.perf_counter()
         try:
-            jobs = executors.make(self.cfg.executor, self.folder, self.invocation, run_cells).run(todo,
-                                                                                                wait=self.wait)
-        except KeyboardInterrupt:  # a sitting ended by hand: its cells are kept, and so is the time they took
+            with stopped_by_sigterm():
+                jobs = executors.make(self.cfg.executor, self.folder, self.invocation, run_cells).run(
+                    todo, wait=self.wait)
+        except KeyboardInterrupt:  # a sitting ended by hand (or kill, a time limit): its cells are kept, and so is
+            # the time they took
             self.manifest["invocations"][-1].update(interrupted=provenance.now(),
                                                     seconds=round(time.perf_counter() - t_run, 1))
             self.folder.write_manifest(self.manifest)
@@ -286,6 +288,27 @@ def reusable(donor: RunFolder, key: CellKey, cfg: RunConfig, split_hash: str, fi
     return None
 
 
+@contextlib.contextmanager
+def stopped_by_sigterm():
+    """SIGTERM (``kill``, a scheduler's time limit, a shutdown) ends a sitting as Ctrl-C does, so the manifest records
+    when it stopped and how long it ran; the previous handler is restored after. Only the main thread can."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def gather(folder: RunFolder) -> None:
     """After the cells ran (anywhere): the model records the jobs wrote into manifest.json, and summary.csv from the
     cell folders. Only the process that prepared the run (or `promptgap report`) calls this."""
@@ -295,6 +318,9 @@ def gather(folder: RunFolder) -> None:
     if manifest is not None:
         for worker in folder.workers():  # oldest first: the latest invocation's record of a model wins
             manifest["models"].update(worker.models)
+        proposers = folder.proposers()  # which LM proposed for which condition, and where (never a key)
+        if proposers:
+            manifest["proposers"] = proposers
         folder.write_manifest(manifest)
     folder.write_summary()
 
@@ -446,6 +472,9 @@ def _run_cell(folder: RunFolder, cfg: RunConfig, code: dict[str, Any], job: dict
                                            workdir=cell.workdir, artifact=artifact, keep_log=cell.log,
                                            score_dev=key.condition in ceiling_names(cfg.ratio))
             cell.scores(done.lines)
+            # what the condition says another LM cost it, kept beside the task model's tokens (``FitContext``)
+            record.proposer = (done.log or {}).get("proposer_usage")
+            record.metric_calls = (done.log or {}).get("metric_calls")
             if key.is_transfer:
                 cell.artifact_copy(folder, key.source)
             else:

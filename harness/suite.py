@@ -115,6 +115,15 @@ def load_suite(suite: str, add: list[str] | None = None, add_config: Path | None
     ratio = raw.get("ratio") or {}
     if not ratio.get("ceiling") or not ratio.get("texts"):
         raise UserError(f"suite {path} [ratio]: a suite names base, ceiling and texts; add them")
+    # an added search meets the suite's own searches at their budget: the one they all share, when they do (lite:
+    # 20,000 tokens), unless its table sets another or --budget-tokens sets every one's
+    shared = _shared_budget(conditions, list(ratio["texts"]))
+    if shared is not None:
+        for cond in added:
+            body = conditions[cond]
+            if "budget_tokens" not in body and _searches(body, cond):
+                body["budget_tokens"] = shared
+                log.info("--add %s: at the suite's search budget, budget_tokens = %d", cond, shared)
     ratio["texts"] = list(ratio["texts"]) + list(added)
     budgeted = []
     if budget_tokens is not None:
@@ -123,8 +132,7 @@ def load_suite(suite: str, add: list[str] | None = None, add_config: Path | None
             body = conditions.get(cond)
             if not isinstance(body, dict):
                 continue  # not a condition of the suite: config_from names it
-            settings = get_optimizer(str(body.get("optimizer", cond))).settings_class.__dataclass_fields__
-            if "budget_tokens" in settings:  # a condition that searches: it declares the setting
+            if _searches(body, cond):
                 body["budget_tokens"] = budget_tokens
                 budgeted.append(cond)
     if model is not None:
@@ -142,6 +150,18 @@ def load_suite(suite: str, add: list[str] | None = None, add_config: Path | None
                         "skipped": skipped}
     return Suite(name, version, str(head.get("about", "")), path, cfg, list(added), budget_tokens, budgeted, model,
                  skipped)
+
+
+def _searches(body: dict[str, Any], cond: str) -> bool:
+    """Whether a condition searches under a token budget: its settings declare ``budget_tokens``."""
+    return "budget_tokens" in get_optimizer(str(body.get("optimizer", cond))).settings_class.__dataclass_fields__
+
+
+def _shared_budget(conditions: dict[str, Any], texts: list[str]) -> int | None:
+    """The ``budget_tokens`` every searching ranked condition of a suite sets, when they all set the same one."""
+    budgets = {conditions[c].get("budget_tokens") for c in texts
+               if isinstance(conditions.get(c), dict) and _searches(conditions[c], c)}
+    return budgets.pop() if len(budgets) == 1 and None not in budgets else None
 
 
 def _place_data(raw: dict[str, Any], data: Path | None) -> dict[str, str]:

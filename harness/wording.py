@@ -290,12 +290,27 @@ def cost(c: Cost) -> str:
         parts.append(f"fit {_duration(c.fit_seconds)}")
     if c.fit_tokens is not None:
         parts.append(f"{_count(c.fit_tokens)} tok" if c.fit_tokens else "no model calls")
+    if c.metric_calls is not None:
+        parts.append(f"{_count(c.metric_calls)} metric calls")
     size = []
     if c.trainable_params:
         size.append(f"{_count(c.trainable_params)} params")
     if c.prompt_tokens is not None:
         size.append(f"+{_count(c.prompt_tokens)} prompt tok")
     return ", ".join(parts) + ("; " + ", ".join(size) if size else "") if parts or size else "not recorded"
+
+
+def proposer_cost(c: Cost) -> str:
+    """What another LM (a DSPy proposer) cost, apart from the task model's tokens ("-" when none was asked)."""
+    if c.proposer_calls is None:
+        return "-"
+    return f"{_count(c.proposer_calls)} calls, {_count(c.proposer_tokens)} tok" if c.proposer_tokens is not None \
+        else f"{_count(c.proposer_calls)} calls"
+
+
+def any_proposer(costs: Iterable[Cost]) -> bool:
+    """Whether a table needs the proposer column."""
+    return any(c.proposer_calls is not None for c in costs)
 
 
 # --- the headline ----------------------------------------------------------------------------------------------------
@@ -397,6 +412,7 @@ def headline_table(h: Headline) -> tuple[list[str], list[list[Text]]]:
     """The headline table's header and cells; the verdict is emphasised."""
     metric = "gold log-lik" if h.metric == "loglik" else "accuracy"
     rows = []
+    asked = any_proposer(r.cost for r in h.rows)  # another LM's cost, its own column
     for r in h.rows:
         r_text = "—"
         if r.r is not None:
@@ -414,10 +430,11 @@ def headline_table(h: Headline) -> tuple[list[str], list[list[Text]]]:
             verdict += f" (~{r.seeds_needed} seeds would settle it)"
         elif r.verdict == "uninformative":
             verdict += f": {row_reason(r)}"
+        proposer = [words(proposer_cost(r.cost))] if asked else []
         rows.append([words(r.name), words(r_text), words(est(r.delta) if r.delta is not None else "—"),
-                     words(cost(r.cost)), verdict, flags(table_flags(r), h.per_token)])
-    return (["text prompt", f"R on {metric} [95% CI]", f"Δ {metric} vs base [95% CI]", "cost", "verdict", "flags"],
-            rows)
+                     words(cost(r.cost)), *proposer, verdict, flags(table_flags(r), h.per_token)])
+    return (["text prompt", f"R on {metric} [95% CI]", f"Δ {metric} vs base [95% CI]", "cost",
+             *(["proposer"] if asked else []), "verdict", "flags"], rows)
 
 
 def table_flags(r: Row) -> list[Flag]:
@@ -518,8 +535,9 @@ def _r(x: float, iv: Interval | None) -> str:
 def board_table(b: Board) -> tuple[list[str], list[list[str]]]:
     """The leaderboard's header and rows, as the markdown and the terminal both show them."""
     above = [f"clearly above {b.reference}"] if b.reference else []
-    header = ["rank [95%]", "condition", "mean R [95% CI]", *b.tasks, *above, "fit tokens", "fit time",
-              "trained params"]
+    asked = any_proposer(r.cost for r in b.rows)
+    header = ["rank [95%]", "condition", "mean R [95% CI]", *b.tasks, *above, "fit tokens",
+              *(["proposer tokens"] if asked else []), "fit time", "trained params"]
     rows = []
     for r in b.rows:
         s = r.suite
@@ -529,7 +547,8 @@ def board_table(b: Board) -> tuple[list[str], list[list[str]]]:
         wins = ([] if not b.reference else ["-" if r.above_reference is None
                                               else f"{r.above_reference} of {len(b.tasks)} tasks"])
         rows.append([rank, r.name + (" (reused)" if r.reused else ""), "-" if s.mean_r is None else _r(s.mean_r, s.ci),
-                     *cells, *wins, count(r.cost.fit_tokens), duration(r.cost.fit_seconds),
+                     *cells, *wins, count(r.cost.fit_tokens),
+                     *([count(r.cost.proposer_tokens)] if asked else []), duration(r.cost.fit_seconds),
                      count(r.cost.trainable_params)])
     # the ceiling R is against, task by task (the suite's only one, or the best of its candidates on dev)
     rows.append(["", "ceiling of the task", "", *[b.ceilings.get(t) or "none usable" for t in b.tasks],

@@ -9,8 +9,10 @@ continuation's mean per-token NLL, so DSPy's average is minus the report's mean 
 match, the other choice, is 0 on nearly every example for a 135M model and so cannot rank prompts).
 
 Only the optimizers' instruction proposals are generated, by a proposer LM: the local model
-(``LocalEngine``, seeded) or any LiteLLM model. A 135M proposer rarely follows DSPy's output
-format, so a lenient adapter keeps its raw text instead of failing the search.
+(``LocalEngine``, seeded) or a served one (any DSPy/LiteLLM model name, or ``openai/<model>`` at an
+OpenAI-compatible base URL). A 135M proposer rarely follows DSPy's output format, so a lenient adapter
+keeps its raw text instead of failing the search. The proposer's calls and tokens are counted apart from
+the task model's (``proposer_usage``), and so are the metric calls of the search.
 
 This module imports dspy; import it lazily (inside a DSPy condition's fit) so other commands stay fast.
 """
@@ -129,6 +131,7 @@ class ScoreBook:
         self.candidates: list[Candidate] = []
         self.on_candidate = on_candidate
         self.first_error: BaseException | None = None
+        self.metric_calls = 0  # examples evaluated under a candidate (what DSPy's metric is called on)
         self.budget = ctx.token_budget(budget_tokens)  # the fit's; a dev or train scoring it cannot afford stops it
 
     def __deepcopy__(self, memo: dict) -> ScoreBook:
@@ -188,6 +191,7 @@ class ScoredProgram(dspy.Module):
         return instruction, tuple(d["example_id"] for d in self.predict.demos)
 
     def forward(self, question: str, example_id: str):
+        self.book.metric_calls += 1
         try:
             instruction, demo_ids = self.prompt()
             s = self.book.score(instruction, demo_ids, example_id)
@@ -252,6 +256,8 @@ class Generation:
     text: str
     temperature: float | None
     seed: int | None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
 
 
 class LocalEngine:
@@ -309,13 +315,14 @@ class LocalEngine:
             out = self.lm.model.generate(**ids, max_new_tokens=max_tokens, pad_token_id=tok.pad_token_id
                                          or tok.eos_token_id, **kwargs)
         new = out[0, ids["input_ids"].shape[1]:]
-        self.lm.usage.tokens += ids["input_ids"].shape[1] + new.shape[0]  # the prompt once, then each new token
+        # the proposer's tokens are its own cost (proposer_usage, from the response's usage), not the task model's
+        # scoring tokens (models.Usage), even when the proposer is the task model
         text = tok.decode(new, skip_special_tokens=True).split("[[ ## completed ## ]]")[0].strip()
-        self.generations.append(Generation(prompt, text, temperature, seed))
+        n_in, n_out = ids["input_ids"].shape[1], len(new)
+        self.generations.append(Generation(prompt, text, temperature, seed, n_in, n_out))
         return Response(id=None, model=f"local/{self.lm.name}", message=Message.assistant([TextPart(text)]),
-                        finish_reason="stop", usage=Usage(input_tokens=ids["input_ids"].shape[1],
-                                                          output_tokens=len(new),
-                                                          total_tokens=ids["input_ids"].shape[1] + len(new)))
+                        finish_reason="stop", usage=Usage(input_tokens=n_in, output_tokens=n_out,
+                                                          total_tokens=n_in + n_out))
 
     def stream(self, request):
         raise NotImplementedError("the local proposer does not stream")
@@ -324,23 +331,56 @@ class LocalEngine:
         pass
 
 
-def proposer_lm(name: str, ctx: Any, seed: int, max_tokens: int, timeout: float):
-    """The LM that proposes instructions (and that DSPy's optimizers insist on having configured).
+def proposer_lm(search: Search, ctx: Any):
+    """The LM that proposes instructions (and that DSPy's optimizers insist on having configured), and the local
+    engine behind it (None for a served proposer).
 
-    ``local``: the model being tuned, through ``LocalEngine``. Anything else: a LiteLLM model name,
-    asked once with a short timeout here, so an unreachable proposer fails before the search starts.
+    ``local``: the model being tuned, through ``LocalEngine``. Anything else: a DSPy/LiteLLM model name, at
+    ``proposer_api_base`` when given (an OpenAI-compatible server: ``openai/<model>`` goes through DSPy's own
+    client), with the key read from the environment variable ``proposer_api_key_env`` names. It is asked once
+    with a short timeout here, so an unreachable proposer fails before the search starts.
     """
+    name = search.proposer or "local"
     if name == "local":
-        engine = LocalEngine(ctx.lm, seed, max_tokens)
+        engine = LocalEngine(ctx.lm, search.seed, search.proposer_max_tokens)
         return dspy.LM(f"local/{ctx.lm.name}", engine=engine, cache=False, num_retries=0), engine
-    lm = dspy.LM(name, cache=False, num_retries=0, timeout=timeout, max_tokens=max_tokens)
+    client: dict[str, Any] = {}
+    if search.proposer_api_key_env is not None:
+        key = os.environ.get(search.proposer_api_key_env)
+        if not key:
+            raise UserError(f"condition {search.condition}: proposer_api_key_env names {search.proposer_api_key_env}, "
+                            f"which is not set here; export it where the run's jobs start")
+        client["api_key"] = key
+    if search.proposer_api_base is not None:
+        client["api_base"] = search.proposer_api_base
+        # a server of one's own takes any key; never send it the provider's (OPENAI_API_KEY) by default
+        client.setdefault("api_key", "none")
+    lm = dspy.LM(name, cache=False, num_retries=0, timeout=search.proposer_timeout,
+                 max_tokens=search.proposer_max_tokens, **client)
     try:
         lm("Reply with the word OK.")
     except Exception as e:
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise UserError(f"proposer {name!r} could not be reached ({first}); check the LiteLLM model name, its API "
-                        f"key and the network, or use proposer = \"local\"") from None
+        where = f" at {search.proposer_api_base}" if search.proposer_api_base else ""
+        raise UserError(f"proposer {name!r}{where} could not be reached ({first}); check the model name, the server, "
+                        f"its API key and the network, or use proposer = \"local\"") from None
     return lm, None
+
+
+def proposer_usage(search: Search, tracker: Any, engine: LocalEngine | None) -> dict[str, Any] | None:
+    """What the proposer cost: which model, where, its calls and prompt and completion tokens (DSPy's usage
+    tracker, which every LM call of the search reports to, copies included); None when nothing proposes."""
+    if search.proposer is None:
+        return None
+    calls = prompt = completion = 0
+    for entries in tracker.usage_data.values():
+        for u in entries:
+            calls += 1
+            prompt += int(u.get("prompt_tokens") or 0)
+            completion += int(u.get("completion_tokens") or 0)
+    where = "local" if engine is not None else (search.proposer_api_base or "the provider's default endpoint")
+    return {"model": search.proposer, "where": where, "calls": calls, "prompt_tokens": prompt,
+            "completion_tokens": completion}
 
 
 # --- running a search ------------------------------------------------------------------------
@@ -383,6 +423,8 @@ class Search:
     expected_candidates: int
     compile: Callable[..., Any]  # (program, trainset, devset, proposer) -> compiled program
     proposer: str | None = None  # None: the condition proposes nothing (demos only)
+    proposer_api_base: str | None = None  # a served proposer's base URL (ProposingSettings)
+    proposer_api_key_env: str | None = None  # the environment variable holding its key
     proposer_max_tokens: int = 96
     proposer_timeout: float = 20.0
     info: dict[str, Any] = field(default_factory=dict)
@@ -408,11 +450,14 @@ def run_search(ctx: Any, search: Search) -> PromptArtifact:
         student = ScoredProgram(book, search.instruction)
         trainset = [to_dspy(e) for e in shuffled(ctx.train, search.seed)]
         devset = [to_dspy(e) for e in ctx.dev]
-        lm, engine = proposer_lm(search.proposer or "local", ctx, search.seed, search.proposer_max_tokens,
-                                 search.proposer_timeout)
         captured = io.StringIO()
         compiled = None
-        with dspy.context(lm=lm, adapter=LenientAdapter(), num_threads=1, max_errors=1), captured_output(captured):
+        # every proposer call, the reachability check and the optimizers' copies of the LM included, reports its
+        # usage to this tracker: the proposer's cost, kept apart from the task model's tokens
+        with dspy.track_usage() as tracker:
+            lm, engine = proposer_lm(search, ctx)
+        with dspy.context(lm=lm, adapter=LenientAdapter(), num_threads=1, max_errors=1, usage_tracker=tracker), \
+                captured_output(captured):
             try:
                 compiled = search.compile(student, trainset, devset, lm)
             except Exception:
@@ -444,12 +489,17 @@ def run_search(ctx: Any, search: Search) -> PromptArtifact:
     proposals = _proposals(search, book, compiled)
     summary = {"dspy_optimizer": search.info.get("dspy_optimizer"), "seed": search.seed,
                "dev_metric": metric_name(book.kind), "dev_score": dev_score, "demo_ids": list(demo_ids),
-               "stopped": stopped, "budget_tokens": search.budget_tokens, "tokens": book.budget.spent}
-    meta = {**summary, "proposer": search.proposer, **({"proposals": proposals} if search.proposer else {})}
+               "stopped": stopped, "budget_tokens": search.budget_tokens, "tokens": book.budget.spent,
+               "metric_calls": book.metric_calls}
+    usage = proposer_usage(search, tracker, engine)
+    where = {"proposer_api_base": search.proposer_api_base} if search.proposer_api_base else {}
+    meta = {**summary, "proposer": search.proposer, **where,
+            **({"proposals": proposals} if search.proposer else {})}
     artifact = book.artifact(instruction, demo_ids, meta)
     if workdir is not None and compiled is not None:
         compiled.save(str(workdir / PROGRAM_FILE))
-    ctx.report_log({"condition": search.condition, **search.info, **summary, "proposer": search.proposer,
+    ctx.report_log({"condition": search.condition, **search.info, **summary, "proposer": search.proposer, **where,
+                    "proposer_usage": usage,
                     "fit_seconds": round(time.perf_counter() - t0, 2),
                     "candidates": [c.__dict__ | {"demo_ids": list(c.demo_ids)} for c in book.candidates],
                     "proposals": proposals,

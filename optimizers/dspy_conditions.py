@@ -8,6 +8,7 @@ PromptArtifact. Budgets default to a small ``light`` setting that keeps the quic
 from __future__ import annotations
 
 import importlib.util
+import re
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
@@ -15,6 +16,7 @@ from harness.artifact import FORMATS, PromptArtifact
 from harness.errors import UserError
 from harness.optimizer import FitContext, Optimizer, Settings, check_budget
 
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # an environment variable's name (a key would rarely match it)
 FEWSHOT_METHODS = ("bootstrap-random-search", "bootstrap", "labeled")
 TYPE_CHECKS = {  # settings arrive from TOML or --set as JSON; a wrong type is a user's mistake
     "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
@@ -74,9 +76,11 @@ class ProposingSettings(DSPySettings):
     """Conditions whose optimizer asks an LM to propose instructions."""
 
     instruction: str | None = None  # the starting instruction; None: the task's hand-written one
-    proposer: str = "local"  # "local": the model being tuned; else a LiteLLM model name (network, API key)
+    proposer: str = "local"  # "local": the model being tuned; else a DSPy/LiteLLM model name, e.g. "openai/<model>"
+    proposer_api_base: str | None = None  # an OpenAI-compatible server's base URL (vLLM, Ollama, llama.cpp, a gateway)
+    proposer_api_key_env: str | None = None  # the NAME of the environment variable holding its key (never the key)
     proposer_max_tokens: int = 96
-    proposer_timeout: float = 20.0  # seconds for the reachability check of a LiteLLM proposer
+    proposer_timeout: float = 20.0  # seconds for the reachability check of a served proposer
     temperature: float = 1.0  # the proposer's sampling temperature
 
     def __post_init__(self) -> None:
@@ -88,6 +92,17 @@ class ProposingSettings(DSPySettings):
             raise UserError(f"condition {self.owner}: temperature must be >= 0 and proposer_timeout > 0")
         if self.instruction is not None and not self.instruction.strip():
             raise UserError(f"condition {self.owner}: the instruction is empty; give text or leave it out")
+        served = self.proposer_api_base is not None or self.proposer_api_key_env is not None
+        if served and self.proposer == "local":
+            raise UserError(f"condition {self.owner}: proposer_api_base and proposer_api_key_env are for a served "
+                            f"proposer; name it, e.g. proposer = \"openai/<model>\" (or leave them out)")
+        if self.proposer_api_base is not None and not re.match(r"https?://[^\s/]+", self.proposer_api_base):
+            raise UserError(f"condition {self.owner}: proposer_api_base = {self.proposer_api_base!r}; give the "
+                            f"server's base URL, e.g. \"http://127.0.0.1:8000/v1\"")
+        if self.proposer_api_key_env is not None and not ENV_NAME.fullmatch(self.proposer_api_key_env):
+            raise UserError(f"condition {self.owner}: proposer_api_key_env = {self.proposer_api_key_env!r}; give the "
+                            f"name of an environment variable that holds the key (e.g. \"VLLM_API_KEY\"), never the "
+                            f"key itself")
 
 
 @dataclass
@@ -185,6 +200,7 @@ class DSPyCondition(Optimizer):
         if proposing:
             search.proposer, search.proposer_max_tokens = s.proposer, s.proposer_max_tokens
             search.proposer_timeout = s.proposer_timeout
+            search.proposer_api_base, search.proposer_api_key_env = s.proposer_api_base, s.proposer_api_key_env
         return bridge.run_search(ctx, search)
 
     def compile_step(self, s: DSPySettings, seed: int, info: dict[str, Any]) -> Any:

@@ -17,14 +17,10 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from harness.errors import UserError
-from harness.optimizer import BudgetSpent
 from optimizers.dspy_conditions import DSPyCondition, ProposingSettings
 
 AUTO = ("light", "medium", "heavy")
 SELECTION = ("pareto", "current_best")
-# the first reflection's cost in tokens, before one has been measured (TokenBudget.expected): GEPA's reflection
-# prompt (its template, the instruction, a minibatch's examples with feedback) plus the reply
-FIRST_REFLECTION = 1500
 FIRST_FEEDBACK = 64  # a greedy continuation of a few tokens after an example's context
 
 
@@ -85,8 +81,8 @@ def feedback_text(book: Any, example: Any, score: Any, greedy: str | None) -> st
 
 
 def greedy_continuation(book: Any, instruction: str, example: Any, n_tokens: int) -> str:
-    """The model's greedy continuation of the example's context under ``instruction`` (counted as the model's
-    tokens, as the local proposer's generations are)."""
+    """The model's greedy continuation of the example's context under ``instruction``: the task model's work, so
+    counted in its tokens (and the search's token budget), unlike the proposer's."""
     import torch
 
     lm, renderer = book.scorer.lm, book.scorer.renderer
@@ -130,13 +126,10 @@ def compile_gepa(s: GepaSettings, seed: int, info: dict[str, Any]) -> Any:
 
         class Recording(InstructionProposer):
             def __call__(self, candidate, reflective_dataset, components_to_update):
-                budget = book.budget  # a reflection is a unit of the search's token budget, as a scoring is
-                if book.first_error is None and not budget.affords(budget.expected("reflection", FIRST_REFLECTION)):
-                    book.first_error = BudgetSpent(f"budget_tokens ({budget.limit})")
+                # a reflection is the proposer's cost (proposer_usage), not the task model's budget
                 if book.first_error is not None:  # the budget is spent: propose nothing more
                     return {}
-                with budget.unit("reflection"):
-                    out = super().__call__(candidate, reflective_dataset, components_to_update)
+                out = super().__call__(candidate, reflective_dataset, components_to_update)
                 info.setdefault("proposed_instructions", []).extend(out.values())
                 return out
 
@@ -160,7 +153,7 @@ def compile_gepa(s: GepaSettings, seed: int, info: dict[str, Any]) -> Any:
         info["metric_calls_allowance"] = 2 * s.reflection_minibatch_size + len(devset)
         compiled = opt.compile(student, trainset=trainset, valset=devset)
         result = compiled.detailed_results
-        info["metric_calls"] = result.total_metric_calls
+        info["gepa_metric_calls"] = result.total_metric_calls  # GEPA's own count, beside the bridge's metric_calls
         info["accepted"] = len(result.candidates) - 1  # besides the starting instruction
         info["val_scores"] = list(result.val_aggregate_scores)
         return compiled

@@ -229,6 +229,20 @@ def test_a_suite_reads_its_local_data_only_from_the_data_folder(tmp_path: Path) 
     assert suite.cfg.tasks[0].data_dir == str((ROOT.parent / "shared" / "data" / "antonyms").resolve())
 
 
+def test_an_added_search_runs_at_the_suites_shared_budget(tmp_path: Path) -> None:
+    extra = tmp_path / "extra.toml"
+    extra.write_text('[conditions.my-gepa]\noptimizer = "dspy-gepa"\nbudget_tokens = 5000\n'
+                     '[conditions.terse]\noptimizer = "handwritten"\ninstruction = "Opposite:"\n')
+    suite = load_suite("lite", add=["dspy-gepa"], add_config=extra, data=ROOT.parent / "shared" / "data")
+    settings = {c: spec.settings for c, spec in suite.cfg.conditions.items()}
+    # lite.toml gives each of its searches 20,000 tokens; an added search without a budget of its own gets it too
+    assert {settings[c]["budget_tokens"] for c in ("dspy-fewshot", "dspy-copro", "dspy-mipro", "pez", "gcg")} == {
+        20000}
+    assert settings["dspy-gepa"]["budget_tokens"] == 20000
+    assert settings["my-gepa"]["budget_tokens"] == 5000  # its own table's budget stands
+    assert "budget_tokens" not in settings["terse"]  # it does not search
+
+
 def _cell(cond: str, seed: int, dev: dict | None, ok: bool = True) -> Cell:
     key = CellKey("m", "t", seed, cond)
     record = CellRecord(key=key, optimizer=cond, settings={}, split_hash="h", status="ok" if ok else "error", dev=dev)

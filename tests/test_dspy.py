@@ -83,8 +83,15 @@ def test_mipro_is_deterministic_and_equals_scorer_on_antonyms(lm, scorer, tmp_pa
     proposals = first.meta["proposals"]
     assert proposals[0]["instruction"] == task.instruction  # MIPROv2 keeps the starting instruction as candidate 0
     assert len(proposals) >= 2
-    gens = ctx.reported_log["proposer_generations"]
+    log = ctx.reported_log
+    gens = log["proposer_generations"]
     assert gens and all(g["seed"] is not None for g in gens if g["temperature"])
+    # the proposer's cost is what the local engine generated, every call counted once (MIPROv2 asks a copy of the
+    # LM, whose usage DSPy's tracker must still see)
+    used = log["proposer_usage"]
+    assert used["where"] == "local" and used["calls"] == len(gens)
+    assert (used["prompt_tokens"], used["completion_tokens"]) == (sum(g["prompt_tokens"] for g in gens),
+                                                                  sum(g["completion_tokens"] for g in gens))
     check_invariant(ctx, "dspy-mipro", second, tmp_path / "b")
 
 
@@ -108,6 +115,10 @@ def test_copro_runs_and_keeps_its_proposals(lm, scorer, shared_data, tmp_path) -
     ("dspy-copro", {"depth": 0}, "depth = 0"),
     ("dspy-copro", {"max_labeled_demos": 2}, "instruction only"),
     ("dspy-mipro", {"proposer": ""}, "proposer is empty"),
+    ("dspy-copro", {"proposer_api_base": "http://127.0.0.1:8000/v1"}, "for a served proposer; name it"),
+    ("dspy-gepa", {"proposer": "openai/m", "proposer_api_base": "127.0.0.1:8000"}, "give the server's base URL"),
+    ("dspy-mipro", {"proposer": "openai/m", "proposer_api_key_env": "sk-abc123"}, "never the key itself"),
+    ("dspy-gepa", {"proposer": "openai/m", "proposer_api_base": 8000}, "proposer_api_base = 8000; give a value"),
 ])
 def test_bad_settings_fail_at_parse_time(condition, settings, needle) -> None:
     with pytest.raises(UserError, match=needle.replace("(", r"\(")):

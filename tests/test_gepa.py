@@ -30,6 +30,7 @@ def test_gepa_keeps_its_budget_chooses_on_dev_and_repeats_itself(lm, scorer, tmp
     # GEPA checks its budget between iterations: at most one iteration (two minibatches and a dev pass) beyond it
     assert log["metric_calls_budget"] == 16 and log["metric_calls_allowance"] == 2 * 2 + 4
     assert 4 <= log["metric_calls"] <= 16 + 8  # the starting instruction on all of dev, at least
+    assert log["metric_calls"] == log["gepa_metric_calls"]  # ours (examples evaluated) and GEPA's own count agree
     assert log["candidates"][0]["instruction"] == task.instruction  # GEPA starts from the task's instruction
     # the final choice is the best on dev among what GEPA kept, the first of equals
     assert second.meta["dev_score"] == max(c["dev_score"] for c in log["candidates"])
@@ -91,7 +92,7 @@ def test_feedback_on_multiple_choice_names_the_models_choice(lm, scorer) -> None
 def test_gepa_stops_at_its_token_budget(lm, scorer, tmp_path: Path) -> None:
     task = get_task("antonyms")
     ctx = fit_ctx(lm, scorer, task, SplitSizes(train=6, dev=4, test=1), tmp_path)
-    budget = 600  # the starting instruction on dev and a minibatch or two; less than one reflection
+    budget = 600  # the starting instruction on dev and a minibatch or two
     artifact = DSPyGepa(**{**GEPA_TINY, "max_metric_calls": 200, "budget_tokens": budget}).fit(ctx)
     log = ctx.reported_log
     assert log["stopped"] == f"budget_tokens ({budget})" and log["tokens"] <= budget

@@ -160,6 +160,24 @@ eval_every = 10
 """
 
 
+def test_sigterm_ends_a_sitting_as_ctrl_c_does(tmp_path) -> None:
+    """A scheduler's time limit or `kill` sends SIGTERM: the sitting's end and duration are recorded (the leaderboard
+    sums sittings), the finished cells are kept, and the exit status is Ctrl-C's."""
+    config = write(tmp_path, TINY)
+    argv, env = run_command(config, tmp_path)
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    cells = tmp_path / "results" / "k" / "cells"
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(cells.glob("**/cell.json")):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    sitting = json.loads((tmp_path / "results" / "k" / "manifest.json").read_text())["invocations"][-1]
+    assert "interrupted" in sitting and sitting["seconds"] > 0 and "finished" not in sitting
+    assert not (tmp_path / "results" / "k" / "lock.json").exists()  # the next sitting starts without --force-unlock
+
+
 def test_killed_in_the_middle_of_training_resumes_to_the_same_result(tmp_path) -> None:
     config = write(tmp_path, SOFT)
     argv, env = run_command(config, tmp_path)
