@@ -29,26 +29,42 @@ def test_every_committed_report_has_its_run_folder_or_is_listed() -> None:
     assert missing == NOT_YET_RERUN & {p.stem for p in REPORTS}, "commit the run folder, or re-run it"
 
 
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory):
+    """``rendered(run_id)``: the folder the current code wrote that run's report (and a suite run's leaderboard) into,
+    rendered once per module: a suite's run is the largest to render, and its report and leaderboard share it."""
+    done: dict[str, Path] = {}
+
+    def render(run_id: str) -> Path:
+        if run_id not in done:
+            done[run_id] = tmp_path_factory.mktemp(run_id)
+            report_run(ROOT / "results" / run_id, done[run_id])
+        return done[run_id]
+
+    return render
+
+
 @pytest.mark.parametrize("report", [p for p in REPORTS if p.stem not in NOT_YET_RERUN], ids=lambda p: p.stem)
-def test_a_committed_report_checks_and_rerenders_byte_identical(report: Path, tmp_path) -> None:
+def test_a_committed_report_checks_and_rerenders_byte_identical(report: Path, rendered) -> None:
     run_dir = ROOT / "results" / report.stem
     result = audit(run_dir, report=report)
     assert result.passed, [(i.title, i.problems) for i in result.items if i.status == "fail"]
-    fresh = report_run(run_dir, tmp_path)
+    fresh = rendered(report.stem) / report.name
     assert STAMP.sub("", fresh.read_text()) == STAMP.sub("", report.read_text())
-    old, new = (json.loads((d / report.stem / "verdict.json").read_text()) for d in (report.parent, tmp_path))
+    old, new = (json.loads((d / report.stem / "verdict.json").read_text())
+                for d in (report.parent, rendered(report.stem)))
     for stamp in ("written", "code"):
         old.pop(stamp, None), new.pop(stamp, None)
     assert new == old
 
 
 @pytest.mark.parametrize("board", BOARDS, ids=lambda p: p.stem)
-def test_a_committed_leaderboard_rerenders_byte_identical_from_its_run(board: Path, tmp_path) -> None:
+def test_a_committed_leaderboard_rerenders_byte_identical_from_its_run(board: Path, rendered) -> None:
     data = json.loads((board.parent / board.stem / "leaderboard.json").read_text())
     assert (ROOT / "reports" / f"{data['run']}.md").exists(), "a leaderboard's run has its own committed report"
-    report_run(ROOT / "results" / data["run"], tmp_path)  # writes the run's report and its leaderboard
-    assert (tmp_path / board.name).read_text() == board.read_text()
-    assert json.loads((tmp_path / board.stem / "leaderboard.json").read_text()) == data
+    fresh = rendered(data["run"])  # the run's report and its leaderboard
+    assert (fresh / board.name).read_text() == board.read_text()
+    assert json.loads((fresh / board.stem / "leaderboard.json").read_text()) == data
 
 
 def test_the_documented_check_of_the_quickstart_passes(monkeypatch) -> None:
@@ -56,3 +72,16 @@ def test_the_documented_check_of_the_quickstart_passes(monkeypatch) -> None:
 
     monkeypatch.chdir(ROOT)  # as docs/reports.md shows it: from the repository's root
     assert main(["check", "results/quickstart"]) == 0
+
+
+def test_the_readme_shows_a_committed_leaderboards_table_as_it_is() -> None:
+    """The front page's leaderboard is a copy: the table between the README's leaderboard markers is, line for line,
+    the table of the committed leaderboard the marker names (regenerated reports change it; this test says so)."""
+    readme = (ROOT / "README.md").read_text()
+    found = re.search(r"<!-- leaderboard: (\S+) -->\n(.*?)<!-- /leaderboard -->", readme, re.S)
+    assert found, "the README shows no leaderboard (<!-- leaderboard: reports/leaderboard-....md --> ... table)"
+    board = (ROOT / found.group(1)).read_text().splitlines()
+    start = next(i for i, line in enumerate(board) if line.startswith("| rank"))
+    table = board[start:start + next(i for i, line in enumerate(board[start:]) if not line.startswith("|"))]
+    shown = [line for line in found.group(2).splitlines() if line.startswith("|")]
+    assert shown == table, f"copy the table of {found.group(1)} into the README"
