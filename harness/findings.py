@@ -945,7 +945,7 @@ class BoardCell:
     r: float | None
     ci: Interval | None
     label: str | None  # the verdict (``stats.LABELS``); None without R
-    no_r: str | None  # "no-gap" (the ceiling is not clearly above the base), or a NoVerdict kind
+    no_r: str | None  # "no-gap" (the ceiling not clearly above the base, or itself uninformative), or a NoVerdict kind
 
 
 @dataclass(frozen=True)
@@ -993,7 +993,9 @@ def board(run: Run, groups: Sequence[Group], n_boot: int, reference: str | None 
     ceilings = {task: g.ceiling.name if g.ceiling is not None else None for task, g in per_task.items()}
     for task, g in per_task.items():
         m = g.analysis.metrics.get(metric) if g.analysis is not None else None
-        gap[task] = bool(m is not None and m.ceiling_gain_clear)
+        # a gap to recover: the ceiling clearly above the base, and itself informative on the metric (not at the
+        # floor, saturated or no better than chance: then every R of the task is "uninformative", as its report says)
+        gap[task] = bool(m is not None and m.ceiling_gain_clear and not m.conditions[g.analysis.ceiling].flag)
         usable = set(g.usable)
         if gap[task] and {g.analysis.base, g.analysis.ceiling} <= usable:
             records = {c: {x.seed: x.lines for x in g.cells[c]} for c in [*run.texts, run.base] if c in usable}
@@ -1001,7 +1003,7 @@ def board(run: Run, groups: Sequence[Group], n_boot: int, reference: str | None 
             records[CEILING_ROLE] = {x.seed: x.lines for x in g.cells[g.analysis.ceiling]}
             scores[task] = score_matrices(records)[metric]
         for t in run.texts:
-            ratio = m.ratios.get(t) if m is not None else None
+            ratio = m.ratios.get(t) if m is not None and gap[task] else None
             if ratio is not None and ratio.value is not None:
                 cells[t][task] = BoardCell(ratio.value, ratio.ci, verdict(g.analysis, t).label, None)
             else:

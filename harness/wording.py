@@ -577,7 +577,9 @@ def board_skipped(skipped: dict[str, str]) -> str | None:
 def board_mean_note(n_used: int, n_tasks: int, no_gap: Sequence[str], n_excluded: int, confidence: float) -> str:
     """What the mean R column averages, and how its intervals were made."""
     out = (f"Mean R averages {n_used} of {n_tasks} task(s)" + (f"; left out, no gap (the ceiling is not clearly above "
-           f"the base): {', '.join(no_gap)}" if no_gap else "") + ". Its interval and the rank interval "
+           f"the base, or is itself at the floor, saturated or no better than chance on the metric, so that every R "
+           f"of the task is uninformative): {', '.join(no_gap)}" if no_gap else "") + ". Its interval and the rank "
+           f"interval "
            f"({confidence:.0%}) come from one bootstrap that resamples seeds, then examples, inside each task (the "
            f"tasks are the suite's fixed set, not a sample); a task cell shows R, its interval and the verdict of the "
            f"task's own report.")

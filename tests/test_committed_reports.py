@@ -85,3 +85,26 @@ def test_the_readme_shows_a_committed_leaderboards_table_as_it_is() -> None:
     table = board[start:start + next(i for i, line in enumerate(board[start:]) if not line.startswith("|"))]
     shown = [line for line in found.group(2).splitlines() if line.startswith("|")]
     assert shown == table, f"copy the table of {found.group(1)} into the README"
+
+
+def test_the_lite_leaderboard_leaves_out_a_task_whose_ceiling_is_at_chance() -> None:
+    """BoolQ at 135M: the trained prefix is clearly above the bare prompt, yet not clearly better than guessing, so no
+    R of the task means anything and the mean leaves it out. Checked from the committed scores by hand: the ceiling's
+    mean gold NLL against ln 2 (two choices), with a normal interval over its 3 x 80 test examples."""
+    import math
+
+    board = json.loads((ROOT / "reports" / "leaderboard-lite-v1" / "leaderboard.json").read_text())
+    cells = ROOT / "results" / board["run"] / "cells" / board["model"]
+    for task, at_chance in (("boolq", True), ("antonyms-fv", False)):
+        nll = [json.loads(x)["gold_nll"] for s in board["seeds"]
+               for x in (cells / task / f"seed-{s}" / board["ceiling"][task] / "scores.jsonl").open()]
+        k = 2 if task == "boolq" else None
+        mean = sum(nll) / len(nll)
+        half = 1.96 * math.sqrt(sum((v - mean) ** 2 for v in nll) / (len(nll) - 1) / len(nll))
+        if at_chance:
+            # clearly better than chance would put the whole interval of the NLL below ln k
+            assert mean + half >= math.log(k), (mean, half)
+            assert task in board["no_gap"] and not board["gap"][task]
+            assert all(row["tasks"][task]["no_r"] == "no-gap" for row in board["rows"])
+        else:
+            assert board["gap"][task] and task in board["averaged"]
