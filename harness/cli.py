@@ -286,8 +286,9 @@ def report_run(run_dir: Path, reports_dir: Path = Path("reports"), n_boot: int |
 
 
 def write_reports(run_dir: Path, reports_dir: Path = Path("reports"), n_boot: int | None = None,
-                  compare: Sequence[Path] = ()) -> tuple[Path, Any]:
-    """``report_run``, returning the report's path and, for a suite's run, its leaderboard (``findings.Board``)."""
+                  compare: Sequence[Path] = ()) -> tuple[Path, Any, Any]:
+    """``report_run``, returning the report's path, for a suite's run its leaderboard (``findings.Board``, else None),
+    and the audit both carry (``audit.Audit``, without the report's own staleness)."""
     from harness.audit import audit
     from harness.report import write_report
     from harness.run_folder import RunFolder, load_run
@@ -302,7 +303,7 @@ def write_reports(run_dir: Path, reports_dir: Path = Path("reports"), n_boot: in
     checked = audit(run, with_report=False)
     path = write_report(run, checked, reports_dir, n_boot, others)
     if not (run.config.get("run") or {}).get("suite"):
-        return path, None
+        return path, None, checked
     # a suite's run: its leaderboard too, from the same audit
     from harness.findings import analyze_groups, board
     from harness.report import write_leaderboard
@@ -310,7 +311,7 @@ def write_reports(run_dir: Path, reports_dir: Path = Path("reports"), n_boot: in
     boot = int(n_boot or run.config["run"].get("n_boot") or 10_000)
     b = board(run, analyze_groups(run, boot), boot, run.config["run"]["suite"].get("reference"))
     write_leaderboard(b, run.config["run"]["suite"], run, checked, Path(reports_dir), path)
-    return path, b
+    return path, b, checked
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -332,7 +333,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     runner = Runner(suite.path, run_id=suite.run_id, resume=(root / suite.run_id).exists(), results_root=root,
                     cfg=suite.cfg, command=command, reuse=suite.donors(root), recheck=True)
     run_dir = runner.run()
-    report, b = write_reports(run_dir, args.reports)  # the run's report and its leaderboard
+    report, b, _ = write_reports(run_dir, args.reports)  # the run's report and its leaderboard
     from harness.terminal import print_board
 
     print_board(b)

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.audit import audit
-from harness.cli import report_run
+from harness.audit import Audit, check_report
+from harness.cli import write_reports
+from harness.run_folder import load_run
 
 ROOT = Path(__file__).resolve().parent.parent
 # a run's report is reports/<run-id>.md; a suite's leaderboard, reports/leaderboard-<suite run>.md, stands on the
@@ -33,12 +34,12 @@ def test_every_committed_report_has_its_run_folder_or_is_listed() -> None:
 def rendered(tmp_path_factory):
     """``rendered(run_id)``: the folder the current code wrote that run's report (and a suite run's leaderboard) into,
     rendered once per module: a suite's run is the largest to render, and its report and leaderboard share it."""
-    done: dict[str, Path] = {}
+    done: dict[str, tuple[Path, Audit]] = {}
 
-    def render(run_id: str) -> Path:
+    def render(run_id: str) -> tuple[Path, Audit]:
         if run_id not in done:
-            done[run_id] = tmp_path_factory.mktemp(run_id)
-            report_run(ROOT / "results" / run_id, done[run_id])
+            out = tmp_path_factory.mktemp(run_id)
+            done[run_id] = out, write_reports(ROOT / "results" / run_id, out)[2]
         return done[run_id]
 
     return render
@@ -46,13 +47,13 @@ def rendered(tmp_path_factory):
 
 @pytest.mark.parametrize("report", [p for p in REPORTS if p.stem not in NOT_YET_RERUN], ids=lambda p: p.stem)
 def test_a_committed_report_checks_and_rerenders_byte_identical(report: Path, rendered) -> None:
-    run_dir = ROOT / "results" / report.stem
-    result = audit(run_dir, report=report)
-    assert result.passed, [(i.title, i.problems) for i in result.items if i.status == "fail"]
-    fresh = rendered(report.stem) / report.name
+    out, checked = rendered(report.stem)
+    # `promptgap check` from a clone: the audit the report was rendered with, and the committed report not stale
+    items = [*checked.items, check_report(load_run(ROOT / "results" / report.stem), report)]
+    assert all(i.status != "fail" for i in items), [(i.title, i.problems) for i in items if i.status == "fail"]
+    fresh = out / report.name
     assert STAMP.sub("", fresh.read_text()) == STAMP.sub("", report.read_text())
-    old, new = (json.loads((d / report.stem / "verdict.json").read_text())
-                for d in (report.parent, rendered(report.stem)))
+    old, new = (json.loads((d / report.stem / "verdict.json").read_text()) for d in (report.parent, out))
     for stamp in ("written", "code"):
         old.pop(stamp, None), new.pop(stamp, None)
     assert new == old
@@ -62,7 +63,7 @@ def test_a_committed_report_checks_and_rerenders_byte_identical(report: Path, re
 def test_a_committed_leaderboard_rerenders_byte_identical_from_its_run(board: Path, rendered) -> None:
     data = json.loads((board.parent / board.stem / "leaderboard.json").read_text())
     assert (ROOT / "reports" / f"{data['run']}.md").exists(), "a leaderboard's run has its own committed report"
-    fresh = rendered(data["run"])  # the run's report and its leaderboard
+    fresh = rendered(data["run"])[0]  # the run's report and its leaderboard
     assert (fresh / board.name).read_text() == board.read_text()
     assert json.loads((fresh / board.stem / "leaderboard.json").read_text()) == data
 
