@@ -275,8 +275,8 @@ def test_choose_ceiling_takes_the_best_mean_dev_score_on_the_deciding_metric() -
 
 
 def test_budget_tokens_stops_every_search_within_its_budget(smoke: Path) -> None:
-    # 1500 tokens hold pez's first dev evaluation and a few steps on these tiny splits, and a few DSPy candidates
-    budget = 1500
+    # 900 tokens hold pez's first dev evaluation and a step or two on these tiny splits, and a few DSPy candidates
+    budget = 900
     bench(smoke, "--add", "pez", "--add", "dspy-fewshot", "--budget-tokens", str(budget))
     run_dir = smoke / "results" / f"bench-smoke-v2-budget-{budget}-with-pez-dspy-fewshot"
     stops = []
