@@ -251,7 +251,7 @@ def _conditions_section(run: Run, groups: list[Group]) -> list[str]:
         rows = []
         footnote = False
         # another LM's calls and tokens (a DSPy proposer): a column of their own, when any condition asked one
-        asked = wording.any_proposer(g.costs[c] for c in run.conditions if c in g.costs)
+        asked = wording.any_proposer(g.costs[c] for c in run.conditions)
         proposed = {c: [wording.proposer_cost(g.costs[c])] if asked else [] for c in run.conditions}
         for c in run.conditions:
             cells = g.cells[c]
