@@ -24,11 +24,13 @@ demo: setup
 	$(BIN)/promptgap demo
 
 # ruff, then the reference in docs/ (a broken link, a missing anchor or a page out of the nav fails the build), then
-# the tests
+# the tests, in TEST_WORKERS pytest-xdist workers that each take whole test files (a module's shared run stays in one
+# worker) and their share of the cores (tests/conftest.py); TEST_WORKERS=0 runs them in this process
+TEST_WORKERS ?= 2
 test: setup
 	$(BIN)/ruff check .
 	$(BIN)/mkdocs build --strict --site-dir build/site
-	$(BIN)/python -m pytest -q --durations=25
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=25
 
 clean:
 	rm -rf $(VENV)

@@ -99,7 +99,7 @@ class RequestCheck:
 def check_requests(run: Run) -> RequestCheck:
     """Every test score row against its example's requests, re-rendered from the task data, the cell's artifact and
     the tokenizer: the row's ``request_hash`` must be theirs (rows without one: their token counts must be)."""
-    from harness.render import RequestTooLong, request_hash
+    from harness.render import RequestTooLong
 
     out = RequestCheck()
     inputs = Inputs.of(run)
@@ -111,7 +111,7 @@ def check_requests(run: Run) -> RequestCheck:
         if examples is None:
             continue
         try:
-            renderer = inputs.renderer(cell.key.scored_model)
+            inputs.renderer(cell.key.scored_model)  # its tokenizer can be read (else: a warning, below)
         except UserError as e:
             out.warnings.append(f"{cell.label}: {e}; its requests were not re-derived")
             continue
@@ -123,19 +123,20 @@ def check_requests(run: Run) -> RequestCheck:
         rows = [r for r in cell.lines if str(r.get("example_id")) in examples]
         assert cell.artifact is not None
         try:
-            requests = renderer.requests(cell.artifact, [examples[str(r["example_id"])] for r in rows])
+            rendered = _rendered(inputs, cell.key.scored_model, cell.artifact,
+                                 tuple(examples[str(r["example_id"])] for r in rows))
         except RequestTooLong as e:
             out.problems.append(f"{cell.label}: {e}")
             continue
         wrong = []
-        for row, reqs in zip(rows, requests, strict=True):
+        for row, (hashed, ntokens) in zip(rows, rendered, strict=True):
             if row.get("request_hash") is None:
                 out.unhashed += 1
-                if list(row.get("choice_ntokens") or []) != [len(r.continuation) for r in reqs]:
+                if list(row.get("choice_ntokens") or []) != ntokens:
                     wrong.append(str(row["example_id"]))
                 continue
             out.rows += 1
-            if row["request_hash"] != request_hash(reqs):
+            if row["request_hash"] != hashed:
                 wrong.append(str(row["example_id"]))
         if wrong:
             out.problems.append(f"{cell.label}: {len(wrong)} of {len(rows)} score row(s) were not read from their "
@@ -144,6 +145,39 @@ def check_requests(run: Run) -> RequestCheck:
         out.warnings.append(f"{out.unhashed} score row(s) predate request hashes (written by an older promptgap): "
                             f"only their continuation token counts were compared; re-run to check them fully")
     return out
+
+
+# (renderer, artifact's JSON, examples) -> each example's request hash and continuation token counts. Rendering is
+# the audit's whole cost (tokenizing every test request of every cell) and a process often audits the same cells
+# again: a report audits its run, a leaderboard over a run that copied another's cells audits those cells a second
+# time. The key holds everything a rendering reads: the renderer's settings, the artifact's JSON (its tensors' values
+# are never rendered, only their shapes, which the JSON lists) and the examples themselves, compared by content.
+_RENDERED: dict[tuple[Any, ...], list[tuple[str, list[int]]] | str] = {}
+_RENDERED_CELLS = 4096  # about 200 bytes per example: a few tens of MB at most
+
+
+def _rendered(inputs: Inputs, model: str, artifact: Any, examples: tuple[Any, ...]) -> list[tuple[str, list[int]]]:
+    """Each example's ``request_hash`` and continuation token counts under ``artifact``, rendered once per process
+    (a request too long for the model raises ``RequestTooLong`` each time it is asked)."""
+    import json
+
+    from harness.render import RequestTooLong, request_hash
+
+    run = inputs.cfg.run
+    key = (model, run.get("split_special_tokens", False), run.get("truncate_left", False),
+           json.dumps(artifact.to_json(), sort_keys=True), examples)
+    if key not in _RENDERED:
+        if len(_RENDERED) >= _RENDERED_CELLS:
+            _RENDERED.clear()
+        try:
+            requests = inputs.renderer(model).requests(artifact, list(examples))
+            _RENDERED[key] = [(request_hash(reqs), [len(r.continuation) for r in reqs]) for reqs in requests]
+        except RequestTooLong as e:
+            _RENDERED[key] = str(e)
+    done = _RENDERED[key]
+    if isinstance(done, str):
+        raise RequestTooLong(done)
+    return done
 
 
 @dataclass

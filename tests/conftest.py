@@ -18,6 +18,14 @@ os.environ["PROMPTGAP_DTYPE"] = "float32"
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
+# `make test` runs its tests in two pytest-xdist workers: each gets its share of the cores as torch threads, in its
+# own process and in every job it starts, so that the two share the machine instead of oversubscribing it (set
+# before anything imports torch, which reads it once). Scores do not depend on it: the scorer gives the same bits
+# on one thread as on several (tests/test_scorer.py).
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, _cores // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
+
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:

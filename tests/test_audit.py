@@ -372,6 +372,24 @@ def test_a_prompt_that_is_not_the_saved_artifact_fails_the_request_check(run_dir
     assert failed.status == "fail" and "handwritten: 12 of 12 score row(s)" in failed.problems[0]
 
 
+def test_an_example_edited_under_its_id_fails_the_request_check_after_an_audit_that_passed(tmp_path) -> None:
+    # the request check renders each cell's requests once per process (a report's audit and a leaderboard's audit
+    # of the same cells share them); an example whose text changed under the same id is not the one it rendered
+    rows = [{"id": f"q{i}", "question": f"Is {i} even?", "label": i % 2} for i in range(7)]
+    data = tmp_path / "q.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "q.toml").write_text('name = "q"\ndata = "q.jsonl"\ntemplate = "Q: {question}\\nA:"\n'
+                                     'choices = ["yes", "no"]\nlabel_field = "label"\nid_field = "id"\n'
+                                     '[sizes]\ntrain = 2\ndev = 2\ntest = "all"\n')
+    (tmp_path / "c.toml").write_text(f'[[tasks]]\nname = "{tmp_path / "q.toml"}"\n[conditions.base-raw]\n')
+    run = Runner(tmp_path / "c.toml", run_id="r", results_root=tmp_path / "results").run()
+    assert item(audit(run, report=run / "no-report.md"), REQUESTS).status == "pass"
+
+    data.write_text("".join(json.dumps({**r, "question": f"Is {r['id']} odd?"}) + "\n" for r in rows))
+    failed = item(audit(run, report=run / "no-report.md"), REQUESTS)
+    assert failed.status == "fail" and "base-raw: 3 of 3 score row(s) were not read" in failed.problems[0]
+
+
 def test_rescore_passes_an_intact_run_and_finds_an_edit_only_it_can_see(run_dir, tmp_path, capsys) -> None:
     assert main(["check", str(run_dir), "--report", str(run_dir / "no-report.md"), "--rescore"]) == 0
     out = capsys.readouterr().out
