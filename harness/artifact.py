@@ -21,11 +21,12 @@ PLACEMENTS: tuple[str, ...] = ("start", "before_input", "marker", "instruction")
 ARTIFACT_FILE = "artifact.json"
 TENSOR_FILE = "tensors.safetensors"
 TENSOR_FIELDS = ("soft_prompt", "prefix_kv")
+ADAPTER_PREFIX = "adapter."  # TENSOR_FILE: a LoRA adapter's weights, each under this prefix and its PEFT name
 TENSORS_KEY = "tensors"  # artifact.json: the tensors TENSOR_FILE holds, name -> shape
 # what an artifact can hold, in the words a condition declares (``Optimizer.produces``): an instruction, demos, a
-# soft prompt's vectors, a key/value prefix
-PRODUCTS: tuple[str, ...] = ("text", "demos", "soft", "prefix")
-TENSOR_PRODUCTS = frozenset({"soft", "prefix"})  # trained for one model's embeddings or layers: they stay on it
+# soft prompt's vectors, a key/value prefix, a weight adapter (LoRA)
+PRODUCTS: tuple[str, ...] = ("text", "demos", "soft", "prefix", "weights")
+TENSOR_PRODUCTS = frozenset({"soft", "prefix", "weights"})  # trained for one model's layers: they stay on it
 
 
 @dataclass
@@ -43,7 +44,10 @@ class PromptArtifact:
     ``soft_prompt`` [n_virtual, hidden] holds input-embedding vectors placed by ``placement``
     (for ``marker``, they replace the text ``marker`` in the task's context); ``prefix_kv``
     [layers, 2 (key, value), kv_heads, n_prefix, head_dim] holds per-layer keys/values that
-    come before every token (real tokens then start at position n_prefix, as in PEFT).
+    come before every token (real tokens then start at position n_prefix, as in PEFT). ``adapter`` holds a LoRA
+    adapter's weights by their PEFT names (``model.layers.0.self_attn.q_proj.lora_A.weight``) and
+    ``adapter_config`` its ``LoraConfig`` fields (``harness.adapters``): the scorer applies it to the model for
+    that artifact's scoring only.
     """
 
     format: Format = "raw"
@@ -56,6 +60,8 @@ class PromptArtifact:
     marker: str = ""
     soft_prompt: torch.Tensor | None = field(default=None, repr=False, compare=False)
     prefix_kv: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    adapter: dict[str, torch.Tensor] | None = field(default=None, repr=False, compare=False)
+    adapter_config: dict[str, Any] | None = None
 
     @property
     def n_soft(self) -> int:
@@ -69,13 +75,13 @@ class PromptArtifact:
     def parts(self) -> frozenset[str]:
         """What this artifact holds, in the words of ``PRODUCTS`` (``format``, ``placement`` and ``meta`` aside)."""
         held = {"text": bool(self.instruction), "demos": bool(self.demos), "soft": self.soft_prompt is not None,
-                "prefix": self.prefix_kv is not None}
+                "prefix": self.prefix_kv is not None, "weights": self.adapter is not None}
         return frozenset(k for k, v in held.items() if v)
 
     @property
     def trainable_params(self) -> int:
         """Numbers in the trained tensors (what training fitted and the artifact keeps)."""
-        return sum(int(t.numel()) for t in (self.soft_prompt, self.prefix_kv) if t is not None)
+        return sum(int(t.numel()) for t in self.tensors().values())
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
@@ -97,21 +103,30 @@ class PromptArtifact:
                                            or self.prefix_kv.shape[3] < 1):
             raise UserError(f"prefix_kv must be [layers, 2, kv_heads, n_prefix >= 1, head_dim], "
                             f"got {tuple(self.prefix_kv.shape)}")
+        if (self.adapter is None) != (self.adapter_config is None) or self.adapter == {}:
+            raise UserError("a LoRA adapter needs both its weights (adapter) and its settings (adapter_config)")
         for name in TENSOR_FIELDS:  # one home for the tensors: CPU float32, detached
             t = getattr(self, name)
             if t is not None:
                 setattr(self, name, t.detach().to("cpu", torch.float32).contiguous())
+        if self.adapter is not None:
+            self.adapter = {k: t.detach().to("cpu", torch.float32).contiguous()
+                            for k, t in sorted(self.adapter.items())}
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        """The trained tensors it holds, by field name."""
-        return {name: getattr(self, name) for name in TENSOR_FIELDS if getattr(self, name) is not None}
+        """The trained tensors it holds, by field name (an adapter's weights: ``ADAPTER_PREFIX`` + PEFT name)."""
+        out = {name: getattr(self, name) for name in TENSOR_FIELDS if getattr(self, name) is not None}
+        return out | {ADAPTER_PREFIX + k: t for k, t in (self.adapter or {}).items()}
 
     def to_json(self) -> dict[str, Any]:
         """The JSON part: everything but the tensors, which go to ``TENSOR_FILE``. When there are tensors, their
         names and shapes are listed under ``tensors``, so that an artifact whose tensor file is gone is refused on
         load instead of being scored as the text prompt without them (a text artifact's JSON is as before)."""
-        out = asdict(replace(self, soft_prompt=None, prefix_kv=None), dict_factory=lambda kv: {
-            k: v for k, v in kv if k not in TENSOR_FIELDS})
+        out = asdict(replace(self, soft_prompt=None, prefix_kv=None, adapter=None, adapter_config=None),
+                     dict_factory=lambda kv: {k: v for k, v in kv if k not in (*TENSOR_FIELDS, "adapter",
+                                                                                 "adapter_config")})
+        if self.adapter_config is not None:  # absent from a prompt's JSON, which stays as it was
+            out["adapter_config"] = dict(self.adapter_config)
         if self.tensors():
             out[TENSORS_KEY] = _shapes(self.tensors())
         return out
@@ -149,7 +164,10 @@ class PromptArtifact:
                 tensors = load_file(str(tensor_path))
                 if named is not None and _shapes(tensors) != named:
                     raise UserError(f"{tensor_path} holds {_shapes(tensors)}, but {path} names {named}; {fix}")
-                data.update(tensors)
+                adapter = {k[len(ADAPTER_PREFIX):]: t for k, t in tensors.items() if k.startswith(ADAPTER_PREFIX)}
+                data.update({k: t for k, t in tensors.items() if not k.startswith(ADAPTER_PREFIX)})
+                if adapter:
+                    data["adapter"] = adapter
             return cls(**data)
         except (json.JSONDecodeError, TypeError, OSError, ValueError) as e:
             raise UserError(f"{path} is not a valid artifact ({e}); re-run the condition that wrote it") from None

@@ -529,10 +529,10 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("run_dir", type=Path, help="results/<run-id>")
     st.set_defaults(func=cmd_status)
 
-    x = sub.add_parser("export-peft", help="write a start-placement soft prompt as a PEFT prompt-tuning adapter",
+    x = sub.add_parser("export-peft", help="write a start-placement soft prompt or a LoRA adapter as a PEFT adapter",
                        description="Example: promptgap export-peft results/run/cells/.../soft-prompt/artifact "
                        "--out adapters/antonyms")
-    x.add_argument("artifact", type=Path, help="a saved soft-prompt artifact folder")
+    x.add_argument("artifact", type=Path, help="a saved soft-prompt or lora artifact folder")
     x.add_argument("--model", default="smollm2-135m-instruct", help="the model it was trained on")
     x.add_argument("--out", type=Path, required=True, help="the adapter folder to write")
     x.set_defaults(func=cmd_export_peft)

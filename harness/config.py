@@ -499,8 +499,10 @@ def config_from(raw: dict[str, Any], path: Path, executor: str | None = None) ->
             raise UserError(f"config {path} [ratio]: ceiling = {ratio['ceiling']!r}; give a condition's name, or a "
                             f"list of trained conditions (each task's ceiling is then the best of them on dev)")
         ceilings = ceiling_names(ratio)
+        # trained weights (a LoRA adapter) are never a prompt whose share of the gain is asked: a ceiling or nothing
+        weights = {c for c in conditions if "weights" in conditions[c].build().produces}
         texts = ratio.get("texts", [c for c in conditions if c != ratio["base"] and c not in ceilings
-                                    and conditions[c].variant_of is None])
+                                    and conditions[c].variant_of is None and c not in weights])
         if isinstance(texts, str):
             texts = [texts]
         ratio["texts"] = texts
@@ -516,6 +518,9 @@ def config_from(raw: dict[str, Any], path: Path, executor: str | None = None) ->
             if t not in conditions:
                 raise UserError(f"config {path} [ratio]: text {t!r} is not a condition of this run; "
                                 f"conditions: {', '.join(conditions)}")
+            if t in weights:
+                raise UserError(f"config {path} [ratio]: text {t!r} trains the model's weights, not a prompt; name it "
+                                f"as a ceiling (ceiling = [...]) or leave it out of texts")
         if not texts:
             raise UserError(f"config {path} [ratio]: no text condition to compare; list texts = [...]")
         if ratio["base"] in ceilings or ratio["base"] in texts:

@@ -115,6 +115,9 @@ class LoadedModel:
     split_special_tokens: bool = False
     # a request longer than the model's positions: refused (False), or cut from the left as lm-eval cuts it
     truncate_left: bool = False
+    # the LoRA adapter inside the model while ``harness.adapters.applied`` runs: PEFT's LoraModel and the
+    # adapter's parameters by plain name
+    adapter: tuple | None = field(default=None, repr=False)
 
     # DSPy and friends deep-copy whatever they can reach; a model handle must never be copied
     def __deepcopy__(self, memo: dict) -> LoadedModel:

@@ -1,4 +1,5 @@
-"""Export of a soft prompt as a PEFT prompt-tuning adapter, so the trained ceiling can be used outside promptgap."""
+"""Export of a trained artifact as a PEFT adapter folder (a soft prompt as prompt tuning, a LoRA adapter as LoRA),
+so the trained ceiling can be used outside promptgap: ``PeftModel.from_pretrained``, lm-eval's ``hf`` with ``peft=``."""
 
 from __future__ import annotations
 
@@ -21,9 +22,11 @@ def export_peft(artifact: PromptArtifact, model: str, folder: str | Path) -> Pat
     from peft import PromptTuningConfig, TaskType
     from safetensors.torch import save_file
 
+    if artifact.adapter is not None:
+        return _export_lora(artifact, model, Path(folder))
     if artifact.soft_prompt is None:
-        raise UserError(f"artifact of {artifact.condition or 'a condition'} holds no soft prompt; export a "
-                        f"soft-prompt artifact")
+        raise UserError(f"artifact of {artifact.condition or 'a condition'} holds no soft prompt and no LoRA "
+                        f"adapter; export a soft-prompt or lora artifact")
     if artifact.placement != "start":
         raise UserError(f"a soft prompt with placement {artifact.placement!r} has no PEFT form (PEFT prepends "
                         f"before every token); train with placement = \"start\" to export")
@@ -41,5 +44,26 @@ def export_peft(artifact: PromptArtifact, model: str, folder: str | Path) -> Pat
         config.save_pretrained(str(tmp))
         # the key PEFT's get_peft_model_state_dict writes for prompt tuning
         save_file({"prompt_embeddings": artifact.soft_prompt.contiguous()}, str(tmp / "adapter_model.safetensors"),
+                  metadata={"format": "pt", "promptgap_format": artifact.format})
+    return folder
+
+
+def _export_lora(artifact: PromptArtifact, model: str, folder: Path) -> Path:
+    """A LoRA artifact as PEFT saves a LoRA adapter: its config with the target modules the weights name, and the
+    weights under PEFT's keys (``base_model.model.`` + the module path, no adapter name). The prompt is the base
+    prompt: score it with the chat template when ``meta.format`` in the config says chat."""
+    from peft import LoraConfig, TaskType
+    from safetensors.torch import save_file
+
+    assert artifact.adapter is not None and artifact.adapter_config is not None
+    settings = artifact.adapter_config
+    targets = sorted({k.split(".lora_")[0].rsplit(".", 1)[-1] for k in artifact.adapter})
+    config = LoraConfig(task_type=TaskType.CAUSAL_LM, r=settings["r"], lora_alpha=settings["lora_alpha"],
+                        lora_dropout=settings.get("lora_dropout") or 0.0, target_modules=targets,
+                        base_model_name_or_path=model)
+    with atomic_dir(folder) as tmp:
+        config.save_pretrained(str(tmp))
+        save_file({f"base_model.model.{k}": t.contiguous() for k, t in artifact.adapter.items()},
+                  str(tmp / "adapter_model.safetensors"),
                   metadata={"format": "pt", "promptgap_format": artifact.format})
     return folder

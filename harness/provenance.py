@@ -258,6 +258,7 @@ def model_record(name: str, lm: Any) -> dict[str, Any]:
 # dtype), the cell path, the split, the condition contract and the search kit. Named here, not followed through
 # imports: the record keeping they import (run folders, configs, progress bars) changes no number
 SCORING_MODULES = ("harness.scorer", "harness.forward", "harness.render", "harness.artifact", "harness.models",
+                   "harness.adapters",
                    "harness.cell", "harness.plan", "harness.task", "harness.data", "harness.optimizer",
                    "harness.search")
 # the packages of tasks' and conditions' helpers, followed through imports (``_imported``)

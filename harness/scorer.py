@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from harness.adapters import applied
 from harness.artifact import PromptArtifact
 from harness.data import Example, TaskKind
 from harness.forward import common_prefix, head_logits, run_tree_rows, use_tree_attention
@@ -305,10 +306,13 @@ class Scorer:
 
     def _loglikelihood(self, requests: Sequence[TokenRequest], desc: str = "scoring",
                        prompt: PromptArtifact | None = None) -> list[Loglik]:
-        if self.lm.device.type != "cpu":
-            return self._score_requests(requests, desc, prompt)
-        with map_large_buffers():  # the passes' buffers live in host memory: keep them from fragmenting it
-            return self._score_requests(requests, desc, prompt)
+        # a LoRA artifact's adapter is in the model for this call only; any other prompt is scored without one
+        with applied(self.lm, prompt.adapter_config if prompt is not None else None,
+                     prompt.adapter if prompt is not None else None):
+            if self.lm.device.type != "cpu":
+                return self._score_requests(requests, desc, prompt)
+            with map_large_buffers():  # the passes' buffers live in host memory: keep them from fragmenting it
+                return self._score_requests(requests, desc, prompt)
 
     @torch.no_grad()
     def _score_requests(self, requests: Sequence[TokenRequest], desc: str, prompt: PromptArtifact | None

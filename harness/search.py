@@ -60,10 +60,12 @@ class PromptForward:
     """Summed log-likelihoods of token requests as a differentiable function of the prompt tensors.
 
     ``requests`` are the renderer's, with sentinel ids for a soft prompt. The token run all requests share
-    before the first trainable position is computed once (no gradients) and reused as a past.
+    before the first trainable position is computed once (no gradients) and reused as a past. ``weights``: the
+    model's own weights are trained (a LoRA adapter), so every position is trainable and nothing is frozen.
     """
 
-    def __init__(self, lm: LoadedModel, requests: Sequence[TokenRequest], n_prefix: int = 0) -> None:
+    def __init__(self, lm: LoadedModel, requests: Sequence[TokenRequest], n_prefix: int = 0,
+                 weights: bool = False) -> None:
         self.lm = lm
         self.requests = list(requests)
         self.seqs = [(r.context + r.continuation)[:-1] for r in self.requests]
@@ -74,7 +76,7 @@ class PromptForward:
         head = self.seqs[0][: self.n_head]
         # the head up to the first trainable position (none after a prefix) is computed once, without gradients;
         # the rest of the head runs once per step at batch size 1, its keys/values shared by the batch's rows
-        self.n_frozen = 0 if n_prefix else next((i for i, t in enumerate(head) if t < 0), self.n_head)
+        self.n_frozen = 0 if n_prefix or weights else next((i for i, t in enumerate(head) if t < 0), self.n_head)
         self.frozen_head: torch.Tensor | None = None
         if self.n_frozen:
             with torch.no_grad():

@@ -193,7 +193,7 @@ class PromptTrainer:
     """Trains one kind of prompt tensor ("soft" or "prefix") for a FitContext, sweeping the settings' grid."""
 
     def __init__(self, ctx: FitContext, settings: PromptTrainingSettings, kind: str, condition: str) -> None:
-        if kind not in ("soft", "prefix"):
+        if kind not in ("soft", "prefix", "lora"):
             raise ValueError(kind)
         self.ctx, self.s, self.kind, self.condition = ctx, settings, kind, condition
         lm = ctx.lm
@@ -210,7 +210,7 @@ class PromptTrainer:
         text = settings.init_text
         if text is None:
             text = (" " + self.marker) if self.placement == "marker" else ctx.task.instruction
-        self.text_ids = init_text_ids(lm, text) if "text" in _as_list(settings.init) else None
+        self.text_ids = init_text_ids(lm, text) if kind != "lora" and "text" in _as_list(settings.init) else None
         self.micro = MicroBatches(lm, condition)  # one for the sweep: a size that ran out of memory stays halved
         if not ctx.train:
             raise UserError(f"condition {condition}: no training examples; give the task a train split")

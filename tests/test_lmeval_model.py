@@ -185,3 +185,31 @@ def test_eval_of_a_group_scores_every_subtask(capsys, tmp_path) -> None:
     assert [sum(r["task"] == f"lm-eval:{n}" for r in rows) for n in ("pgfx_capitals", "pgfx_blanks", "pgfx_antonyms")] \
         == [16, 12, 12]
     assert printed.count("accuracy:") == 2 and printed.count("acc_norm:") == 1 and "greedy exact match:" in printed
+
+
+@pytest.mark.parametrize("fmt", ["raw", "chat"])
+def test_exported_lora_adapter_in_lm_evals_hf_model_with_peft(lm, tmp_path, fmt) -> None:
+    """A LoRA artifact through export-peft into lm-eval's own hf model with peft=: the same numbers as PromptgapLM
+    scoring the artifact, whose adapter the scorer puts into the model for the call."""
+    from lm_eval.models.huggingface import HFLM
+
+    from harness.adapters import applied, snapshot
+    from harness.models import embedded_folder
+
+    config = {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj", "down_proj"]}
+    with applied(lm, config) as live:
+        weights = snapshot(live)
+    gen = torch.Generator().manual_seed(7)
+    weights = {k: t + 0.02 * torch.randn(t.shape, generator=gen) if "lora_B" in k else t for k, t in weights.items()}
+    art = PromptArtifact(format=fmt, adapter=weights, adapter_config=config, condition="lora")
+    adapter = export_peft(art, lm.name, tmp_path / "adapter")
+    peft_lm = HFLM(pretrained=str(embedded_folder()), peft=str(adapter), dtype="float32", batch_size=32, device="cpu")
+    chat = fmt == "chat"
+    theirs = run_lm_eval(peft_lm, ["pgfx_capitals"], tm(), chat=chat).reference("pgfx_capitals")
+    ours = run_lm_eval(PromptgapLM(art, lm=lm), ["pgfx_capitals"], tm(), chat=chat).reference("pgfx_capitals")
+    assert same_requests(ours, theirs) < TOL
+    base = run_lm_eval(PromptgapLM(PromptArtifact(format=fmt), lm=lm), ["pgfx_capitals"], tm(), chat=chat)
+    moved = [abs(x - y) for u, v in zip(base.reference("pgfx_capitals").lls, theirs.lls, strict=True)
+             for x, y in zip(u, v, strict=True)]
+    # every request moved by more than the tolerance: the agreement above could not come from the base model's numbers
+    assert min(moved) > TOL and max(moved) > 100 * TOL

@@ -1,0 +1,106 @@
+"""Weight adapters (PEFT LoRA) on a loaded model for the length of one block: a LoRA artifact's scoring, its training.
+
+The adapter is PEFT's own layer (``peft.tuners.lora.LoraModel`` injects ``lora.Linear`` around the targeted
+projections of ``lm.model``, in place), so the harness's one forward runs through it unchanged, and the weights are
+PEFT's names and shapes, which ``promptgap export-peft`` writes as a PEFT folder. Outside the block the model is
+the base model again, its own modules back in place: nothing computed under an adapter outlives it (the scorer keeps
+nothing across calls), and a base-model score after it is the same bits as before it (tests/test_lora.py).
+
+A zero-initialised LoRA ``B`` adds exactly 0.0 to every projection, so a fresh adapter scores the base model's bits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from harness.errors import UserError
+
+ADAPTER = "promptgap"  # PEFT's adapter name inside the model; stripped from the artifact's weight names
+LORA_KEYS = ("r", "lora_alpha", "lora_dropout", "target_modules")  # the LoraConfig fields an artifact keeps
+
+
+def _plain(name: str) -> str:
+    """A LoRA parameter's name without PEFT's adapter name (``...q_proj.lora_A.promptgap.weight`` ->
+    ``...q_proj.lora_A.weight``, as PEFT's own saved adapters name it)."""
+    return name.replace(f".{ADAPTER}.", ".")
+
+
+def lora_config(settings: dict[str, Any]) -> Any:
+    """PEFT's ``LoraConfig`` of an artifact's ``adapter_config`` (``target_modules`` None: PEFT's default for the
+    model's architecture, e.g. q_proj and v_proj for Llama, Qwen, Mistral and Gemma)."""
+    from peft import LoraConfig
+
+    return LoraConfig(**{k: settings.get(k) for k in LORA_KEYS if settings.get(k) is not None})
+
+
+@contextlib.contextmanager
+def applied(lm: Any, config: dict[str, Any] | None, weights: dict[str, torch.Tensor] | None = None
+            ) -> Iterator[dict[str, torch.nn.Parameter]]:
+    """``lm.model`` with a LoRA adapter of ``config`` (the artifact's ``adapter_config``) inside the block, its
+    weights ``weights`` (None: PEFT's initialisation, ``B`` zero). Yields the adapter's parameters by their plain
+    names (trainable: ``requires_grad`` on), which a trainer can step. Nested inside another ``applied`` of the
+    same model (a dev score during training), the live weights are set aside for the block and put back after;
+    with ``config`` None there, the adapter is switched off for the block (PEFT's layers then return their base
+    layer's output as is). With ``config`` None and no adapter, nothing happens."""
+    wrapper, live = lm.adapter or (None, None)
+    if config is None:
+        if wrapper is None:
+            yield {}
+            return
+        wrapper.disable_adapter_layers()
+        try:
+            yield {}
+        finally:
+            wrapper.enable_adapter_layers()
+        return
+    if live is not None:
+        if weights is None or set(weights) != set(live):
+            raise UserError("an adapter is already applied to this model, and the one asked for has other layers")
+        kept = {k: p.detach().clone() for k, p in live.items()}
+        _load(live, weights)
+        try:
+            yield live
+        finally:
+            _load(live, kept)
+        return
+    from peft.tuners.lora import LoraModel
+
+    grads = {n: p.requires_grad for n, p in lm.model.named_parameters()}
+    base_cache, lm.cache = lm.cache, {}  # tensors derived from the base model (a float32 LM head) stay out of it
+    wrapper = LoraModel(lm.model, lora_config(config), ADAPTER)
+    try:
+        params = {_plain(n): p for n, p in lm.model.named_parameters() if f".{ADAPTER}." in n}
+        if weights is not None:
+            if set(weights) != set(params):
+                missing = sorted(set(params) - set(weights))[:1] or sorted(set(weights) - set(params))[:1]
+                raise UserError(f"the adapter's weights do not fit model {lm.name} ({len(weights)} given, "
+                                f"{len(params)} expected, e.g. {missing[0]!r}); score it on the model it was "
+                                f"trained on")
+            wrong = [k for k, t in weights.items() if tuple(t.shape) != tuple(params[k].shape)]
+            if wrong:
+                raise UserError(f"the adapter's weight {wrong[0]} is {list(weights[wrong[0]].shape)}, model "
+                                f"{lm.name}'s layer needs {list(params[wrong[0]].shape)}; score it on the model it "
+                                f"was trained on")
+            _load(params, weights)
+        lm.adapter = (wrapper, params)
+        yield params
+    finally:
+        lm.adapter, lm.cache = None, base_cache
+        wrapper.unload()  # every lora.Linear replaced by its base layer: the model is the base model again
+        for n, p in lm.model.named_parameters():
+            p.requires_grad_(grads.get(n, False))
+
+
+def _load(params: dict[str, torch.nn.Parameter], weights: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for k, p in params.items():
+            p.copy_(weights[k].to(p.device, p.dtype))
+
+
+def snapshot(params: dict[str, torch.nn.Parameter]) -> dict[str, torch.Tensor]:
+    """The adapter's weights now, on the host in float32 (what an artifact keeps)."""
+    return {k: p.detach().float().cpu().clone() for k, p in sorted(params.items())}
