@@ -54,6 +54,26 @@ def init_vectors(length: int, width: int, dtype: torch.dtype) -> torch.Tensor:
     return (torch.randn(length, width, generator=torch.Generator().manual_seed(0)) * 0.1).to(dtype)
 
 
+def padded_loss(model, reqs, skip: int = 0) -> torch.Tensor:
+    """The mean over ``reqs`` of the gold continuation's mean token NLL as a PEFT user computes it: every row padded
+    to the batch's longest, the model's logits at every position (``skip``: the virtual tokens PEFT's prompt tuning
+    puts before them)."""
+    seqs = [list(r.context + r.continuation)[:-1] for r in reqs]
+    width = max(map(len, seqs))
+    ids = torch.zeros(len(seqs), width, dtype=torch.long)
+    mask = torch.zeros(len(seqs), width, dtype=torch.long)
+    for r, s in enumerate(seqs):
+        ids[r, : len(s)] = torch.tensor(s)
+        mask[r, : len(s)] = 1
+    logits = model(input_ids=ids, attention_mask=mask).logits[:, skip:]
+    losses = []
+    for r, c in enumerate(reqs):
+        rows = logits[r, len(c.context) - 1 : len(c.context) - 1 + len(c.continuation)]
+        logp = torch.log_softmax(rows.to(torch.promote_types(rows.dtype, torch.float32)), dim=-1)
+        losses.append(-logp.gather(1, torch.tensor(c.continuation)[:, None]).mean())
+    return torch.stack(losses).mean()
+
+
 def ours(lm, renderer, examples, placement: str, length: int, batch: int, lr: float) -> tuple[float, list[float]]:
     soft = torch.zeros(length, lm.model.config.hidden_size, dtype=lm.dtype)
     art = PromptArtifact(format="chat", placement=placement, soft_prompt=soft)
@@ -86,21 +106,7 @@ def peft_epoch(lm, renderer, examples, length: int, batch: int, lr: float) -> tu
     t0 = time.perf_counter()
     step_losses = []
     for b in batches(len(reqs), batch):
-        seqs = [list(reqs[i].context + reqs[i].continuation)[:-1] for i in b]
-        width = max(map(len, seqs))
-        ids = torch.zeros(len(seqs), width, dtype=torch.long)
-        mask = torch.zeros(len(seqs), width, dtype=torch.long)
-        for r, s in enumerate(seqs):
-            ids[r, : len(s)] = torch.tensor(s)
-            mask[r, : len(s)] = 1
-        logits = model(input_ids=ids, attention_mask=mask).logits[:, length:]
-        losses = []
-        for r, i in enumerate(b):
-            c = reqs[i]
-            rows = logits[r, len(c.context) - 1 : len(c.context) - 1 + len(c.continuation)]
-            logp = torch.log_softmax(rows.to(torch.promote_types(rows.dtype, torch.float32)), dim=-1)
-            losses.append(-logp.gather(1, torch.tensor(c.continuation)[:, None]).mean())
-        loss = torch.stack(losses).mean()
+        loss = padded_loss(model, [reqs[i] for i in b], skip=length)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from benchmarks.training import batches  # noqa: E402
+from benchmarks.training import batches, padded_loss  # noqa: E402
 from harness.adapters import applied, snapshot  # noqa: E402
 from harness.artifact import PromptArtifact  # noqa: E402
 from harness.models import load_model  # noqa: E402
@@ -79,21 +79,7 @@ def peft_epoch(lm, reqs, config: dict, first: dict[str, torch.Tensor], batch: in
     t0 = time.perf_counter()
     step_losses = []
     for b in batches(len(reqs), batch):
-        seqs = [list(reqs[i].context + reqs[i].continuation)[:-1] for i in b]
-        width = max(map(len, seqs))
-        ids = torch.zeros(len(seqs), width, dtype=torch.long)
-        mask = torch.zeros(len(seqs), width, dtype=torch.long)
-        for r, s in enumerate(seqs):
-            ids[r, : len(s)] = torch.tensor(s)
-            mask[r, : len(s)] = 1
-        logits = model(input_ids=ids, attention_mask=mask).logits
-        losses = []
-        for r, i in enumerate(b):
-            c = reqs[i]
-            rows = logits[r, len(c.context) - 1 : len(c.context) - 1 + len(c.continuation)]
-            logp = torch.log_softmax(rows.float(), dim=-1)
-            losses.append(-logp.gather(1, torch.tensor(c.continuation)[:, None]).mean())
-        loss = torch.stack(losses).mean()
+        loss = padded_loss(model, [reqs[i] for i in b])
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -4,7 +4,6 @@ soft prompt, swept over learning rates and selected on dev by the same trainer (
 from __future__ import annotations
 
 import math
-import random
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,9 +12,9 @@ import torch
 from harness.adapters import applied, snapshot
 from harness.artifact import PromptArtifact
 from harness.errors import UserError
-from harness.optimizer import FitContext, Optimizer, dev_score
-from harness.search import PromptForward, SearchLoop
-from optimizers.prompt_training import PromptTrainer, PromptTrainingSettings, Trial, TrialDiverged, _as_list
+from harness.optimizer import FitContext, Optimizer
+from harness.search import PromptForward
+from optimizers.prompt_training import PromptTrainer, PromptTrainingSettings, Trial, _as_list
 
 
 @dataclass
@@ -71,54 +70,13 @@ class LoraTrainer(PromptTrainer):
                               condition=self.condition, meta=meta or {})
 
     def train_trial(self, trial: Trial, advance) -> Trial:
-        ctx, s, lm = self.ctx, self.s, self.ctx.lm
+        ctx, lm = self.ctx, self.ctx.lm
         with torch.random.fork_rng(devices=[lm.device] if lm.device.type == "cuda" else []):
             torch.manual_seed(ctx.seed)  # PEFT draws A from torch's generator
             with applied(lm, self.config) as live:
-                return self._train(trial, advance, live, ctx, s)
-
-    def _train(self, trial: Trial, advance, live: dict[str, torch.nn.Parameter], ctx: FitContext,
-               s: PromptTrainingSettings) -> Trial:
-        params = list(live.values())
-        template = self.artifact(snapshot(live))
-        per_example = ctx.scorer.renderer.requests(template, ctx.train)
-        flat = [r for reqs in per_example for r in reqs]
-        spans, k = [], 0
-        for reqs in per_example:
-            spans.append((k, k + len(reqs)))
-            k += len(reqs)
-        fwd = PromptForward(ctx.lm, flat, weights=True)
-        opt = torch.optim.Adam(params, lr=trial.lr)
-
-        def step(number: int, batch: list[int]) -> float:
-            opt.zero_grad(set_to_none=True)
-            loss = self.micro.backward(
-                batch, lambda part: self._loss(fwd, flat, part, [spans[i] for i in part], None), params)
-            if s.grad_clip:
-                torch.nn.utils.clip_grad_norm_(params, s.grad_clip)
-            opt.step()
-            value, finite = torch.stack([loss.float(), torch.stack([torch.isfinite(p).all() for p in params]).all()
-                                         .float()]).tolist()
-            if not math.isfinite(value) or not finite:
-                raise TrialDiverged(f"the loss or the adapter became non-finite at step {number} (lr {trial.lr}); "
-                                    f"lower the lr")
-            return value
-
-        loop = SearchLoop(ctx, s, random.Random(ctx.seed), step, lambda: snapshot(live),
-                          lambda weights: (dev_score(ctx, self.artifact(weights)), {}),
-                          f"{self.condition} r={self.config['r']} lr={trial.lr:g}", advance=advance, curve=trial.curve)
-        try:
-            loop.run()
-        finally:
-            if loop.best_dev is not None:
-                trial.best_step, trial.best_dev_loss, trial.best_dev_accuracy = (loop.best_step, loop.best_dev.loss,
-                                                                                 loop.best_dev.accuracy)
-        trial.stopped = loop.stopped
-        if loop.best is None:
-            trial.status, trial.error = "skipped", f"not run: {loop.stopped}"
-            return trial
-        trial.artifact = self.artifact(loop.best)
-        return trial
+                return self.run_trial(trial, advance, list(live.values()), lambda: None, lambda: snapshot(live),
+                                      lambda flat: PromptForward(lm, flat, weights=True),
+                                      f"{self.condition} r={self.config['r']} lr={trial.lr:g}", "adapter")
 
     def fit(self) -> tuple[PromptArtifact, dict[str, Any]]:
         art, record = super().fit()

@@ -20,6 +20,7 @@ import itertools
 import logging
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -255,20 +256,31 @@ class PromptTrainer:
                 with torch.no_grad():
                     param = kv_of(lm, vectors.to(lm.device, lm.dtype)).float().clone().requires_grad_(True)
             params, current = [param], lambda: param
-        with torch.no_grad():
-            template = self.artifact(current().detach().cpu())
-        per_example = ctx.scorer.renderer.requests(template, ctx.train)
+
+        def snapshot() -> torch.Tensor:
+            with torch.no_grad():
+                return current().detach().float().cpu().clone()
+
+        return self.run_trial(trial, advance, params, current, snapshot,
+                              lambda flat: PromptForward(lm, flat, n_prefix=n if self.kind == "prefix" else 0),
+                              f"{self.condition} n={n} lr={trial.lr:g} {trial.init}", "prompt tensor")
+
+    def run_trial(self, trial: Trial, advance, params: list[torch.Tensor], current: Callable[[], Any],
+                  snapshot: Callable[[], Any], forward: Callable[[list], PromptForward], desc: str,
+                  what: str) -> Trial:
+        """A trial trained on train with Adam and its dev-best checkpoint kept, whatever it trains: ``params``
+        (Adam's), ``current()`` the tensor the loss reads (None: the model's own weights, an adapter),
+        ``snapshot()`` what a checkpoint keeps (``self.artifact`` of it is scored on dev), ``forward`` the
+        ``PromptForward`` of the train requests, ``what`` the trained thing's name in a divergence message."""
+        ctx, s = self.ctx, self.s
+        per_example = ctx.scorer.renderer.requests(self.artifact(snapshot()), ctx.train)
         flat = [r for reqs in per_example for r in reqs]
         spans, k = [], 0
         for reqs in per_example:
             spans.append((k, k + len(reqs)))
             k += len(reqs)
-        fwd = PromptForward(lm, flat, n_prefix=n if self.kind == "prefix" else 0)
+        fwd = forward(flat)
         opt = torch.optim.Adam(params, lr=trial.lr)
-
-        def snapshot() -> torch.Tensor:
-            with torch.no_grad():
-                return current().detach().float().cpu().clone()
 
         def step(number: int, batch: list[int]) -> float:
             opt.zero_grad(set_to_none=True)
@@ -283,13 +295,11 @@ class PromptTrainer:
             if not math.isfinite(value):
                 raise TrialDiverged(f"loss became {value} at step {number} (lr {trial.lr}); lower the lr")
             if not finite:
-                raise TrialDiverged(f"the prompt tensor became non-finite at step {number} (lr {trial.lr}); lower "
-                                    f"the lr")
+                raise TrialDiverged(f"the {what} became non-finite at step {number} (lr {trial.lr}); lower the lr")
             return value
 
-        loop = SearchLoop(ctx, s, random.Random(seed), step, snapshot,
-                          lambda tensor: (dev_score(ctx, self.artifact(tensor)), {}),
-                          f"{self.condition} n={n} lr={trial.lr:g} {trial.init}", advance=advance,
+        loop = SearchLoop(ctx, s, random.Random(ctx.seed), step, snapshot,
+                          lambda tensor: (dev_score(ctx, self.artifact(tensor)), {}), desc, advance=advance,
                           curve=trial.curve)  # the trial's own list: one that diverges keeps its curve so far
         try:
             loop.run()

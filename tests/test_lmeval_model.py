@@ -1,7 +1,8 @@
 """promptgap's prompts inside lm-eval (``PromptgapLM``, ``promptgap lm-eval``) and the lm-eval command lines.
 
 References, all lm-eval's own: its HFLM on the same weights for an empty artifact, its HFLM with ``peft=`` for an
-exported start-placement soft prompt, and promptgap's own ``eval`` scores of a trained artifact.
+exported start-placement soft prompt and an exported LoRA adapter, and promptgap's own ``eval`` scores of a
+trained artifact.
 """
 
 from __future__ import annotations
@@ -44,6 +45,21 @@ def same_requests(a: ReferenceResult, b: ReferenceResult) -> float:
     assert a.doc_ids == b.doc_ids and len(a.lls) > 0
     assert a.greedy == b.greedy and a.acc == b.acc and a.acc_norm == b.acc_norm
     return max(abs(x - y) for u, v in zip(a.lls, b.lls, strict=True) for x, y in zip(u, v, strict=True))
+
+
+def exported_in_lm_eval(lm, art: PromptArtifact, tmp_path: Path) -> tuple[ReferenceResult, ReferenceResult]:
+    """``art`` on pgfx_capitals (chat template when it is a chat artifact) through PromptgapLM, and through lm-eval's
+    own hf model with ``peft=`` its export-peft folder and ``pretrained=`` the cached weights: (ours, theirs)."""
+    from lm_eval.models.huggingface import HFLM
+
+    from harness.models import embedded_folder
+
+    adapter = export_peft(art, lm.name, tmp_path / "adapter")
+    peft_lm = HFLM(pretrained=str(embedded_folder()), peft=str(adapter), dtype="float32", batch_size=32, device="cpu")
+    chat = art.format == "chat"
+    theirs = run_lm_eval(peft_lm, ["pgfx_capitals"], tm(), chat=chat).reference("pgfx_capitals")
+    ours = run_lm_eval(PromptgapLM(art, lm=lm), ["pgfx_capitals"], tm(), chat=chat).reference("pgfx_capitals")
+    return ours, theirs
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
@@ -91,17 +107,9 @@ def test_lm_eval_command_with_an_empty_artifact_writes_lm_evals_results(capsys, 
 def test_exported_soft_prompt_in_lm_evals_hf_model_with_peft(lm, scorer, tmp_path, fmt) -> None:
     """export-peft, then lm-eval's own hf model with peft= and pretrained= the cached weights: the same numbers as
     PromptgapLM with the artifact, and as promptgap's own scorer on the lm-eval:NAME task."""
-    from lm_eval.models.huggingface import HFLM
-
-    from harness.models import embedded_folder
-
     soft = torch.randn(4, 576, generator=torch.Generator().manual_seed(5)) * 0.1
     art = PromptArtifact(format=fmt, placement="start", soft_prompt=soft, condition="soft-prompt")
-    adapter = export_peft(art, lm.name, tmp_path / "adapter")
-    peft_lm = HFLM(pretrained=str(embedded_folder()), peft=str(adapter), dtype="float32", batch_size=32, device="cpu")
-    chat = fmt == "chat"
-    theirs = run_lm_eval(peft_lm, ["pgfx_capitals"], tm(), chat=chat).reference("pgfx_capitals")
-    ours = run_lm_eval(PromptgapLM(art, lm=lm), ["pgfx_capitals"], tm(), chat=chat).reference("pgfx_capitals")
+    ours, theirs = exported_in_lm_eval(lm, art, tmp_path)
     assert same_requests(ours, theirs) < TOL
     task = get_task("lm-eval:pgfx_capitals", lm_eval_include=FIXTURES)
     direct = scorer.score(art, task.all_examples(), task.kind)
@@ -191,10 +199,7 @@ def test_eval_of_a_group_scores_every_subtask(capsys, tmp_path) -> None:
 def test_exported_lora_adapter_in_lm_evals_hf_model_with_peft(lm, tmp_path, fmt) -> None:
     """A LoRA artifact through export-peft into lm-eval's own hf model with peft=: the same numbers as PromptgapLM
     scoring the artifact, whose adapter the scorer puts into the model for the call."""
-    from lm_eval.models.huggingface import HFLM
-
     from harness.adapters import applied, snapshot
-    from harness.models import embedded_folder
 
     config = {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj", "down_proj"]}
     with applied(lm, config) as live:
@@ -202,13 +207,9 @@ def test_exported_lora_adapter_in_lm_evals_hf_model_with_peft(lm, tmp_path, fmt)
     gen = torch.Generator().manual_seed(7)
     weights = {k: t + 0.02 * torch.randn(t.shape, generator=gen) if "lora_B" in k else t for k, t in weights.items()}
     art = PromptArtifact(format=fmt, adapter=weights, adapter_config=config, condition="lora")
-    adapter = export_peft(art, lm.name, tmp_path / "adapter")
-    peft_lm = HFLM(pretrained=str(embedded_folder()), peft=str(adapter), dtype="float32", batch_size=32, device="cpu")
-    chat = fmt == "chat"
-    theirs = run_lm_eval(peft_lm, ["pgfx_capitals"], tm(), chat=chat).reference("pgfx_capitals")
-    ours = run_lm_eval(PromptgapLM(art, lm=lm), ["pgfx_capitals"], tm(), chat=chat).reference("pgfx_capitals")
+    ours, theirs = exported_in_lm_eval(lm, art, tmp_path)
     assert same_requests(ours, theirs) < TOL
-    base = run_lm_eval(PromptgapLM(PromptArtifact(format=fmt), lm=lm), ["pgfx_capitals"], tm(), chat=chat)
+    base = run_lm_eval(PromptgapLM(PromptArtifact(format=fmt), lm=lm), ["pgfx_capitals"], tm(), chat=fmt == "chat")
     moved = [abs(x - y) for u, v in zip(base.reference("pgfx_capitals").lls, theirs.lls, strict=True)
              for x, y in zip(u, v, strict=True)]
     # every request moved by more than the tolerance: the agreement above could not come from the base model's numbers
