@@ -58,8 +58,9 @@ def applied(lm: Any, config: dict[str, Any] | None, weights: dict[str, torch.Ten
             wrapper.enable_adapter_layers()
         return
     if live is not None:
-        if weights is None or set(weights) != set(live):
-            raise UserError("an adapter is already applied to this model, and the one asked for has other layers")
+        if weights is None:
+            raise UserError("an adapter is already applied to this model; give the weights to score under it")
+        _check(lm, live, weights)
         kept = {k: p.detach().clone() for k, p in live.items()}
         _load(live, weights)
         try:
@@ -75,16 +76,7 @@ def applied(lm: Any, config: dict[str, Any] | None, weights: dict[str, torch.Ten
     try:
         params = {_plain(n): p for n, p in lm.model.named_parameters() if f".{ADAPTER}." in n}
         if weights is not None:
-            if set(weights) != set(params):
-                missing = sorted(set(params) - set(weights))[:1] or sorted(set(weights) - set(params))[:1]
-                raise UserError(f"the adapter's weights do not fit model {lm.name} ({len(weights)} given, "
-                                f"{len(params)} expected, e.g. {missing[0]!r}); score it on the model it was "
-                                f"trained on")
-            wrong = [k for k, t in weights.items() if tuple(t.shape) != tuple(params[k].shape)]
-            if wrong:
-                raise UserError(f"the adapter's weight {wrong[0]} is {list(weights[wrong[0]].shape)}, model "
-                                f"{lm.name}'s layer needs {list(params[wrong[0]].shape)}; score it on the model it "
-                                f"was trained on")
+            _check(lm, params, weights)
             _load(params, weights)
         lm.adapter = (wrapper, params)
         yield params
@@ -93,6 +85,18 @@ def applied(lm: Any, config: dict[str, Any] | None, weights: dict[str, torch.Ten
         wrapper.unload()  # every lora.Linear replaced by its base layer: the model is the base model again
         for n, p in lm.model.named_parameters():
             p.requires_grad_(grads.get(n, False))
+
+
+def _check(lm: Any, params: dict[str, torch.nn.Parameter], weights: dict[str, torch.Tensor]) -> None:
+    """``weights`` name exactly the adapter's parameters, each of its shape; else a one-line error."""
+    if set(weights) != set(params):
+        missing = sorted(set(params) - set(weights))[:1] or sorted(set(weights) - set(params))[:1]
+        raise UserError(f"the adapter's weights do not fit model {lm.name} ({len(weights)} given, {len(params)} "
+                        f"expected, e.g. {missing[0]!r}); score it on the model it was trained on")
+    wrong = [k for k, t in weights.items() if tuple(t.shape) != tuple(params[k].shape)]
+    if wrong:
+        raise UserError(f"the adapter's weight {wrong[0]} is {list(weights[wrong[0]].shape)}, model {lm.name}'s "
+                        f"layer needs {list(params[wrong[0]].shape)}; score it on the model it was trained on")
 
 
 def _load(params: dict[str, torch.nn.Parameter], weights: dict[str, torch.Tensor]) -> None:

@@ -462,6 +462,8 @@ def config_from(raw: dict[str, Any], path: Path, executor: str | None = None) ->
                 raise UserError(f"config {path} task {name}: sizes.train = {curve}: {e}") from None
 
     conditions: dict[str, ConditionConfig] = {}
+    # trained weights (a LoRA adapter) are never a prompt whose share of the gain is asked: a ceiling or nothing
+    weights: set[str] = set()
     raw_conditions = raw.get("conditions", {})
     if not raw_conditions:
         raise UserError(f"config {path}: no [conditions.*]; add e.g. [conditions.base-raw]")
@@ -473,6 +475,8 @@ def config_from(raw: dict[str, Any], path: Path, executor: str | None = None) ->
         optimizer = str(settings.pop("optimizer", name))
         conditions[name] = ConditionConfig(optimizer=optimizer, settings=settings)
         condition = conditions[name].build()  # unknown condition or setting: fail now
+        if "weights" in condition.produces:
+            weights.add(name)
         variants = condition_variants(name, condition)
         for variant, spec in variants.items():
             check_name(f"config {path}: condition", variant, fix)
@@ -499,8 +503,6 @@ def config_from(raw: dict[str, Any], path: Path, executor: str | None = None) ->
             raise UserError(f"config {path} [ratio]: ceiling = {ratio['ceiling']!r}; give a condition's name, or a "
                             f"list of trained conditions (each task's ceiling is then the best of them on dev)")
         ceilings = ceiling_names(ratio)
-        # trained weights (a LoRA adapter) are never a prompt whose share of the gain is asked: a ceiling or nothing
-        weights = {c for c in conditions if "weights" in conditions[c].build().produces}
         texts = ratio.get("texts", [c for c in conditions if c != ratio["base"] and c not in ceilings
                                     and conditions[c].variant_of is None and c not in weights])
         if isinstance(texts, str):

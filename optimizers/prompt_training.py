@@ -4,9 +4,10 @@ Each trial is the search kit's ``SearchLoop`` (harness/search.py: minibatches, d
 patience, the time cap, the log) with an Adam step on the kit's ``PromptForward`` and ``task_loss``, through its
 ``MicroBatches`` (a step that runs out of memory is redone in micro-batches with the same gradient).
 
-Shared by ``soft-prompt`` (input-embedding vectors), ``prefix-tuning`` (per-layer key/value prefixes) and
-``soft-projected``. The forward reads the same rendered token ids as the scorer (``Renderer.requests``, with
-sentinel ids where soft vectors go) and runs them through the same ``harness.forward`` (embedding, mask, positions,
+Shared by ``soft-prompt`` (input-embedding vectors), ``prefix-tuning`` (per-layer key/value prefixes),
+``soft-projected`` and ``lora`` (a LoRA adapter on the model's weights: the trial loop, ``run_trial``, and the
+sweep). The forward reads the same rendered token ids as the scorer (``Renderer.requests``, with sentinel ids where
+soft vectors go) and runs them through the same ``harness.forward`` (embedding, mask, positions,
 float32 head), so the training loss and the test score are the same function of the artifact.
 
 Speed: the token run every training sequence shares before the first trainable position (for a soft prompt
@@ -191,7 +192,8 @@ class Trial:
 
 
 class PromptTrainer:
-    """Trains one kind of prompt tensor ("soft" or "prefix") for a FitContext, sweeping the settings' grid."""
+    """Trains one kind of prompt tensor ("soft" or "prefix") for a FitContext, sweeping the settings' grid; its sweep
+    and ``run_trial`` also train a LoRA adapter (kind "lora", ``optimizers.lora.LoraTrainer``)."""
 
     def __init__(self, ctx: FitContext, settings: PromptTrainingSettings, kind: str, condition: str) -> None:
         if kind not in ("soft", "prefix", "lora"):

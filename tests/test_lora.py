@@ -149,3 +149,25 @@ def test_an_adapter_of_another_model_is_refused_in_one_line_and_leaves_the_model
         assert "\n" not in str(e.value) and "score it on the model it was trained on" in str(e.value)
     assert lm.adapter is None and not any("lora" in n for n, _ in lm.model.named_modules())
     assert [s.gold_nll for s in scorer.score(PromptArtifact(format="chat"), test, task.kind)] == before
+
+
+def test_inside_training_a_prompt_is_scored_without_the_adapter_and_a_checkpoint_with_its_own_weights(lm, scorer
+                                                                                                        ) -> None:
+    # a trainer holds an adapter in the model; a dev score of a checkpoint swaps its weights in for the call, and
+    # an artifact without an adapter is scored with the adapter switched off: both give the bits they give outside
+    task = get_task("antonyms")
+    test = split(task, {"train": 16, "dev": 8, "test": 12}, 0).test[:4]
+    base = PromptArtifact(format="chat")
+    config = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]}
+    with applied(lm, config) as live:
+        zero = snapshot(live)
+    moved = {k: t + 0.05 * torch.randn(t.shape, generator=torch.Generator().manual_seed(3)) if "lora_B" in k else t
+             for k, t in zero.items()}
+    checkpoint = PromptArtifact(format="chat", adapter=moved, adapter_config=config)
+    outside_base = [s.gold_nll for s in scorer.score(base, test, task.kind)]
+    outside_checkpoint = [s.gold_nll for s in scorer.score(checkpoint, test, task.kind)]
+    assert outside_checkpoint != outside_base
+    with applied(lm, config, zero) as live:  # the trainer's live adapter, at other weights than the checkpoint's
+        assert [s.gold_nll for s in scorer.score(base, test, task.kind)] == outside_base
+        assert [s.gold_nll for s in scorer.score(checkpoint, test, task.kind)] == outside_checkpoint
+        assert all(torch.equal(p.detach(), zero[k]) for k, p in live.items())  # put back after the call
