@@ -1,12 +1,17 @@
-"""Weight adapters (PEFT LoRA) on a loaded model for the length of one block: a LoRA artifact's scoring, its training.
+"""Trained weights on a loaded model for the length of one block: a LoRA adapter (PEFT) or a full fine-tune's
+weights, for that artifact's scoring and for its training.
 
-The adapter is PEFT's own layer (``peft.tuners.lora.LoraModel`` injects ``lora.Linear`` around the targeted
+A LoRA adapter is PEFT's own layer (``peft.tuners.lora.LoraModel`` injects ``lora.Linear`` around the targeted
 projections of ``lm.model``, in place), so the harness's one forward runs through it unchanged, and the weights are
 PEFT's names and shapes, which ``promptgap export-peft`` writes as a PEFT folder. Outside the block the model is
 the base model again, its own modules back in place: nothing computed under an adapter outlives it (the scorer keeps
 nothing across calls), and a base-model score after it is the same bits as before it (tests/test_lora.py).
 
 A zero-initialised LoRA ``B`` adds exactly 0.0 to every projection, so a fresh adapter scores the base model's bits.
+
+Full fine-tuning (``adapter_config`` ``{"method": "full"}``) trains every parameter of the model: inside the block
+each parameter's storage is swapped for the artifact's weights (or, to train, a copy of the base weights), and the
+base model's own storage is put back after, untouched: the base weights are never written to.
 """
 
 from __future__ import annotations
@@ -21,6 +26,12 @@ from harness.errors import UserError
 
 ADAPTER = "promptgap"  # PEFT's adapter name inside the model; stripped from the artifact's weight names
 LORA_KEYS = ("r", "lora_alpha", "lora_dropout", "target_modules")  # the LoraConfig fields an artifact keeps
+FULL = "full"  # adapter_config["method"] of a full fine-tune (a LoRA adapter's config has no method, or "lora")
+
+
+def is_full(config: dict[str, Any] | None) -> bool:
+    """Whether ``config`` (an artifact's ``adapter_config``) is a full fine-tune's rather than a LoRA adapter's."""
+    return config is not None and config.get("method") == FULL
 
 
 def _plain(name: str) -> str:
@@ -34,6 +45,8 @@ def lora_config(settings: dict[str, Any]) -> Any:
     model's architecture, e.g. q_proj and v_proj for Llama, Qwen, Mistral and Gemma)."""
     from peft import LoraConfig
 
+    if is_full(settings):
+        raise ValueError("a full fine-tune has no LoraConfig")
     return LoraConfig(**{k: settings.get(k) for k in LORA_KEYS if settings.get(k) is not None})
 
 
@@ -41,11 +54,13 @@ def lora_config(settings: dict[str, Any]) -> Any:
 def applied(lm: Any, config: dict[str, Any] | None, weights: dict[str, torch.Tensor] | None = None
             ) -> Iterator[dict[str, torch.nn.Parameter]]:
     """``lm.model`` with a LoRA adapter of ``config`` (the artifact's ``adapter_config``) inside the block, its
-    weights ``weights`` (None: PEFT's initialisation, ``B`` zero). Yields the adapter's parameters by their plain
-    names (trainable: ``requires_grad`` on), which a trainer can step. Nested inside another ``applied`` of the
-    same model (a dev score during training), the live weights are set aside for the block and put back after;
-    with ``config`` None there, the adapter is switched off for the block (PEFT's layers then return their base
-    layer's output as is). With ``config`` None and no adapter, nothing happens."""
+    weights ``weights`` (None: PEFT's initialisation, ``B`` zero), or for a full fine-tune (``is_full(config)``)
+    with every parameter's values ``weights`` (None: a copy of the base weights). Yields the trained parameters by
+    their plain names (trainable: ``requires_grad`` on), which a trainer can step. Nested inside another
+    ``applied`` of the same model (a dev score during training), the live weights are set aside for the block and
+    put back after; with ``config`` None there, the adapter is switched off for the block (PEFT's layers then
+    return their base layer's output as is; a full fine-tune's parameters their base storage). With ``config``
+    None and no adapter, nothing happens."""
     wrapper, live = lm.adapter or (None, None)
     if config is None:
         if wrapper is None:
@@ -68,13 +83,17 @@ def applied(lm: Any, config: dict[str, Any] | None, weights: dict[str, torch.Ten
         finally:
             _load(live, kept)
         return
-    from peft.tuners.lora import LoraModel
-
     grads = {n: p.requires_grad for n, p in lm.model.named_parameters()}
     base_cache, lm.cache = lm.cache, {}  # tensors derived from the base model (a float32 LM head) stay out of it
-    wrapper = LoraModel(lm.model, lora_config(config), ADAPTER)
+    if is_full(config):
+        wrapper: Any = _FullWeights(lm.model)
+    else:
+        from peft.tuners.lora import LoraModel
+
+        wrapper = LoraModel(lm.model, lora_config(config), ADAPTER)
     try:
-        params = {_plain(n): p for n, p in lm.model.named_parameters() if f".{ADAPTER}." in n}
+        params = wrapper.params if is_full(config) else \
+            {_plain(n): p for n, p in lm.model.named_parameters() if f".{ADAPTER}." in n}
         if weights is not None:
             _check(lm, params, weights)
             _load(params, weights)
@@ -82,9 +101,38 @@ def applied(lm: Any, config: dict[str, Any] | None, weights: dict[str, torch.Ten
         yield params
     finally:
         lm.adapter, lm.cache = None, base_cache
-        wrapper.unload()  # every lora.Linear replaced by its base layer: the model is the base model again
+        wrapper.unload()  # the model is the base model again (LoRA: every lora.Linear replaced by its base layer)
         for n, p in lm.model.named_parameters():
             p.requires_grad_(grads.get(n, False))
+
+
+class _FullWeights:
+    """A full fine-tune inside the model: every parameter (tied ones once, as ``named_parameters`` gives them) on a
+    storage of its own, a copy of the base weights, trainable. Mirrors what ``applied`` uses of PEFT's
+    ``LoraModel``: ``disable_adapter_layers`` (the base storage back for a block), ``enable_adapter_layers``,
+    ``unload`` (the base storage back for good)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.params = dict(model.named_parameters())
+        self.base = {n: p.data for n, p in self.params.items()}
+        self.trained = {n: t.clone() for n, t in self.base.items()}
+        self.enable_adapter_layers()
+        for p in self.params.values():
+            p.requires_grad_(True)
+
+    def _use(self, data: dict[str, torch.Tensor]) -> None:
+        for n, p in self.params.items():
+            p.data = data[n]
+
+    def disable_adapter_layers(self) -> None:
+        self._use(self.base)
+
+    def enable_adapter_layers(self) -> None:
+        self._use(self.trained)
+
+    def unload(self) -> None:
+        self._use(self.base)
+        self.trained = {}
 
 
 def _check(lm: Any, params: dict[str, torch.nn.Parameter], weights: dict[str, torch.Tensor]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -11,6 +12,7 @@ import torch
 
 from harness.atomic import atomic_dir, write_json
 from harness.errors import UserError
+from harness.provenance import file_sha256
 
 Format = Literal["raw", "chat"]
 FORMATS: tuple[str, ...] = ("raw", "chat")
@@ -23,8 +25,12 @@ TENSOR_FILE = "tensors.safetensors"
 TENSOR_FIELDS = ("soft_prompt", "prefix_kv")
 ADAPTER_PREFIX = "adapter."  # TENSOR_FILE: a LoRA adapter's weights, each under this prefix and its PEFT name
 TENSORS_KEY = "tensors"  # artifact.json: the tensors TENSOR_FILE holds, name -> shape
+# a full fine-tune's weights (a whole model's worth): a file of their own, kept out of git (.gitignore), and in
+# artifact.json under WEIGHTS_KEY by name, bytes, sha256 and count; read only when the artifact is scored
+WEIGHTS_FILE = "weights.safetensors"
+WEIGHTS_KEY = "weights_file"
 # what an artifact can hold, in the words a condition declares (``Optimizer.produces``): an instruction, demos, a
-# soft prompt's vectors, a key/value prefix, a weight adapter (LoRA)
+# soft prompt's vectors, a key/value prefix, trained weights (a LoRA adapter, a full fine-tune)
 PRODUCTS: tuple[str, ...] = ("text", "demos", "soft", "prefix", "weights")
 TENSOR_PRODUCTS = frozenset({"soft", "prefix", "weights"})  # trained for one model's layers: they stay on it
 
@@ -47,7 +53,9 @@ class PromptArtifact:
     come before every token (real tokens then start at position n_prefix, as in PEFT). ``adapter`` holds a LoRA
     adapter's weights by their PEFT names (``model.layers.0.self_attn.q_proj.lora_A.weight``) and
     ``adapter_config`` its ``LoraConfig`` fields (``harness.adapters``): the scorer applies it to the model for
-    that artifact's scoring only.
+    that artifact's scoring only. A full fine-tune's ``adapter`` holds every parameter of the model by its name
+    and its ``adapter_config`` is ``{"method": "full"}``; saved, those weights go to ``WEIGHTS_FILE``, and a loaded
+    artifact leaves them there (``adapter`` None, ``weights_file`` their record) until ``trained_weights()``.
     """
 
     format: Format = "raw"
@@ -62,6 +70,8 @@ class PromptArtifact:
     prefix_kv: torch.Tensor | None = field(default=None, repr=False, compare=False)
     adapter: dict[str, torch.Tensor] | None = field(default=None, repr=False, compare=False)
     adapter_config: dict[str, Any] | None = None
+    weights_file: dict[str, Any] | None = field(default=None, compare=False)  # a loaded full fine-tune's WEIGHTS_KEY
+    folder: Path | None = field(default=None, repr=False, compare=False)  # where it was loaded from
 
     @property
     def n_soft(self) -> int:
@@ -75,13 +85,38 @@ class PromptArtifact:
     def parts(self) -> frozenset[str]:
         """What this artifact holds, in the words of ``PRODUCTS`` (``format``, ``placement`` and ``meta`` aside)."""
         held = {"text": bool(self.instruction), "demos": bool(self.demos), "soft": self.soft_prompt is not None,
-                "prefix": self.prefix_kv is not None, "weights": self.adapter is not None}
+                "prefix": self.prefix_kv is not None, "weights": self.adapter_config is not None}
         return frozenset(k for k, v in held.items() if v)
 
     @property
     def trainable_params(self) -> int:
         """Numbers in the trained tensors (what training fitted and the artifact keeps)."""
-        return sum(int(t.numel()) for t in self.tensors().values())
+        left = int(self.weights_file["params"]) if self.adapter is None and self.weights_file else 0
+        return left + sum(int(t.numel()) for t in self.tensors().values()) + \
+            sum(int(t.numel()) for t in (self.adapter or {}).values() if self.full)
+
+    @property
+    def full(self) -> bool:
+        """Whether its weights are a full fine-tune's (``harness.adapters.is_full``) rather than a LoRA adapter's."""
+        return self.adapter_config is not None and self.adapter_config.get("method") == "full"
+
+    def trained_weights(self) -> dict[str, torch.Tensor] | None:
+        """The weights the scorer applies: ``adapter``, or a loaded full fine-tune's, read now from ``WEIGHTS_FILE``
+        and checked against the sha256 artifact.json records (a one-line error when the file is not there: it is
+        kept out of git)."""
+        if self.adapter is not None or self.adapter_config is None:
+            return self.adapter
+        rec, path = self.weights_file or {}, (self.folder or Path("?")) / WEIGHTS_FILE
+        if not path.is_file():
+            raise UserError(f"{path} is not here: the fine-tuned weights of {self.condition or 'this artifact'} "
+                            f"(sha256 {str(rec.get('sha256'))[:16]}) are kept out of git; compute the cell again "
+                            f"(`promptgap run CONFIG --run-id ID --resume` after removing the cell) to score it")
+        if path.stat().st_size != rec.get("bytes") or file_sha256(path) != rec.get("sha256"):
+            raise UserError(f"{path} is not the file its artifact.json records (bytes or sha256 differ); compute the "
+                            f"cell again")
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
@@ -103,8 +138,9 @@ class PromptArtifact:
                                            or self.prefix_kv.shape[3] < 1):
             raise UserError(f"prefix_kv must be [layers, 2, kv_heads, n_prefix >= 1, head_dim], "
                             f"got {tuple(self.prefix_kv.shape)}")
-        if (self.adapter is None) != (self.adapter_config is None) or self.adapter == {}:
-            raise UserError("a LoRA adapter needs both its weights (adapter) and its settings (adapter_config)")
+        if ((self.adapter is None and self.weights_file is None) != (self.adapter_config is None)
+                or self.adapter == {}):
+            raise UserError("trained weights need both their values (adapter) and their settings (adapter_config)")
         for name in TENSOR_FIELDS:  # one home for the tensors: CPU float32, detached
             t = getattr(self, name)
             if t is not None:
@@ -114,19 +150,24 @@ class PromptArtifact:
                             for k, t in sorted(self.adapter.items())}
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        """The trained tensors it holds, by field name (an adapter's weights: ``ADAPTER_PREFIX`` + PEFT name)."""
+        """The trained tensors TENSOR_FILE holds, by field name (an adapter's weights: ``ADAPTER_PREFIX`` + PEFT
+        name; a full fine-tune's are not among them: ``WEIGHTS_FILE``)."""
         out = {name: getattr(self, name) for name in TENSOR_FIELDS if getattr(self, name) is not None}
-        return out | {ADAPTER_PREFIX + k: t for k, t in (self.adapter or {}).items()}
+        return out if self.full else out | {ADAPTER_PREFIX + k: t for k, t in (self.adapter or {}).items()}
 
     def to_json(self) -> dict[str, Any]:
         """The JSON part: everything but the tensors, which go to ``TENSOR_FILE``. When there are tensors, their
         names and shapes are listed under ``tensors``, so that an artifact whose tensor file is gone is refused on
         load instead of being scored as the text prompt without them (a text artifact's JSON is as before)."""
-        out = asdict(replace(self, soft_prompt=None, prefix_kv=None, adapter=None, adapter_config=None),
+        out = asdict(replace(self, soft_prompt=None, prefix_kv=None, adapter=None, adapter_config=None,
+                             weights_file=None, folder=None),
                      dict_factory=lambda kv: {k: v for k, v in kv if k not in (*TENSOR_FIELDS, "adapter",
-                                                                                 "adapter_config")})
+                                                                                 "adapter_config", "weights_file",
+                                                                                 "folder")})
         if self.adapter_config is not None:  # absent from a prompt's JSON, which stays as it was
             out["adapter_config"] = dict(self.adapter_config)
+        if self.weights_file is not None:
+            out[WEIGHTS_KEY] = dict(self.weights_file)
         if self.tensors():
             out[TENSORS_KEY] = _shapes(self.tensors())
         return out
@@ -136,10 +177,19 @@ class PromptArtifact:
         folder = Path(folder)
         with atomic_dir(folder) as tmp:
             write_json(tmp / ARTIFACT_FILE, self.to_json())
+            from safetensors.torch import save_file
+
+            record = self.weights_file
+            if self.full and self.adapter is not None:
+                save_file(self.adapter, str(tmp / WEIGHTS_FILE), metadata={"condition": self.condition})
+                record = {"name": WEIGHTS_FILE, "bytes": (tmp / WEIGHTS_FILE).stat().st_size,
+                          "sha256": file_sha256(tmp / WEIGHTS_FILE), "params": self.trainable_params}
+            elif self.full and self.folder is not None and (self.folder / WEIGHTS_FILE).is_file():
+                self.trained_weights()  # checked against its record before it is copied
+                shutil.copyfile(self.folder / WEIGHTS_FILE, tmp / WEIGHTS_FILE)
+            write_json(tmp / ARTIFACT_FILE, self.to_json() | ({WEIGHTS_KEY: record} if record else {}))
             tensors = self.tensors()
             if tensors:
-                from safetensors.torch import save_file
-
                 save_file(tensors, str(tmp / TENSOR_FILE), metadata={"condition": self.condition})
         return folder
 
@@ -156,6 +206,8 @@ class PromptArtifact:
         try:
             data = json.loads(path.read_text())
             named = data.pop(TENSORS_KEY, None) if isinstance(data, dict) else None
+            if isinstance(data, dict) and WEIGHTS_KEY in data:  # read when scored (``trained_weights``)
+                data["folder"] = Path(folder)
             if named and not tensor_path.exists():
                 raise UserError(f"{tensor_path} is missing, but {path} names tensors {', '.join(named)}; {fix}")
             if tensor_path.exists():

@@ -462,7 +462,8 @@ def config_from(raw: dict[str, Any], path: Path, executor: str | None = None) ->
                 raise UserError(f"config {path} task {name}: sizes.train = {curve}: {e}") from None
 
     conditions: dict[str, ConditionConfig] = {}
-    # trained weights (a LoRA adapter) are never a prompt whose share of the gain is asked: a ceiling or nothing
+    # trained weights (a LoRA adapter, a full fine-tune) are never a prompt whose share of the gain is asked: a
+    # ceiling or nothing
     weights: set[str] = set()
     raw_conditions = raw.get("conditions", {})
     if not raw_conditions:

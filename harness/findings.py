@@ -121,6 +121,7 @@ class Group:
     # examples: "condition (run ID)" -> condition minus ceiling
     elsewhere: dict[str, Estimate] = field(default_factory=dict)
     ceiling: CeilingChoice | None = None  # which candidate is this group's ceiling, and why (``choose_ceiling``)
+    three_way: ThreeWay | None = None  # prompt, soft prompt or fine-tune? (with both kinds of trained ceiling)
 
     @property
     def name(self) -> str:
@@ -181,6 +182,73 @@ def choose_ceiling(candidates: Sequence[str], cells: dict[str, list[Cell]], usab
     return CeilingChoice(max(scored, key=key) if scored else None, tuple(candidates), dev)  # max: first of ties
 
 
+# what a trained ceiling candidate trains, asked of its artifact (``PromptArtifact.parts``): a prompt in front of a
+# frozen model (a soft prompt's input vectors, a key/value prefix), or the model's own weights
+PROMPT_PARTS, WEIGHT_PARTS = frozenset({"soft", "prefix"}), frozenset({"weights"})
+
+
+@dataclass(frozen=True)
+class ThreeWay:
+    """Prompt, soft prompt or fine-tune? Beside the deciding ceiling, a group whose ceiling candidates include both a
+    trained prompt (model frozen) and trained weights: each side's candidate best on dev (``prompt``,
+    ``weights``), every candidate's gain over the base (``gains``), R of every readable prompt against each side
+    (``vs_prompt``, ``vs_weights``), and the trained prompt's share of each weight-training candidate's gain
+    (``shares``), all on the deciding ``metric`` with paired-bootstrap intervals. Not Holm-corrected and no
+    verdicts: the verdicts are the deciding ceiling's (``Group.analysis``)."""
+
+    metric: str
+    prompt: CeilingChoice
+    weights: CeilingChoice
+    trains: dict[str, str]  # candidate -> "prompt" or "weights"
+    gains: dict[str, Estimate]
+    clear: dict[str, bool]  # candidate -> its gain over the base is clear (``ConditionStats.clear``): R is defined
+    vs_prompt: dict[str, RatioStats]
+    vs_weights: dict[str, RatioStats]
+    shares: dict[str, RatioStats]
+
+
+def three_way(run: Run, g: Group, n_boot: int) -> ThreeWay | None:
+    """The group's ``ThreeWay``, or None when its usable ceiling candidates do not include both kinds (or it has no
+    usable base)."""
+    base = run.base
+    if base is None or base not in g.usable or g.analysis is None:
+        return None
+    trains: dict[str, str] = {}
+    for c in run.ceilings:
+        cells = g.cells.get(c) or []
+        parts = [x.artifact.parts for x in cells if x.artifact is not None]
+        if c in g.usable and len(parts) == len(cells):
+            kind = "weights" if all(p & WEIGHT_PARTS for p in parts) else \
+                "prompt" if all(p & PROMPT_PARTS and not p & WEIGHT_PARTS for p in parts) else None
+            if kind:
+                trains[c] = kind
+    metric = g.analysis.deciding
+    sides = {k: choose_ceiling([c for c in run.ceilings if trains.get(c) == k], g.cells, g.usable, metric)
+             for k in ("prompt", "weights")}
+    if any(not side.candidates or side.name is None for side in sides.values()):
+        return None
+    prompt, weights = sides["prompt"].name, sides["weights"].name
+    assert prompt is not None and weights is not None
+    records = {c: {x.seed: x.lines for x in g.cells[c]} for c in g.usable}
+    texts = [t for t in run.texts if t in g.usable]
+
+    def against(ceiling: str, names: list[str]) -> Analysis:
+        return analyze_records({c: records[c] for c in dict.fromkeys([base, ceiling, *names])}, base=base,
+                               ceiling=ceiling, texts=names, n_boot=n_boot, deciding=metric)
+
+    on_prompt, on_weights = against(prompt, texts), against(weights, [*texts, prompt])
+    overview = analyze_records({c: records[c] for c in dict.fromkeys([base, *trains])}, base=base, n_boot=n_boot,
+                               deciding=metric)
+    gains = {c: overview.metrics[metric].conditions[c].diff for c in trains}
+    clear = {c: overview.metrics[metric].conditions[c].clear > 0 for c in trains}
+    shares = {w: (on_weights if w == weights else against(w, [prompt])).metrics[metric].ratios[prompt]
+              for w in trains if trains[w] == "weights"}
+    return ThreeWay(metric, sides["prompt"], sides["weights"], trains,
+                    {c: d for c, d in gains.items() if d is not None}, clear,
+                    {t: on_prompt.metrics[metric].ratios[t] for t in texts},
+                    {t: on_weights.metrics[metric].ratios[t] for t in texts}, shares)
+
+
 def analyze_group(run: Run, model: str, task: str, n_boot: int, train_size: int | None = None) -> Group:
     cells = {c: [run.cell(model, task, s, c, train_size) for s in run.seeds] for c in run.conditions}
     usable = [c for c in run.conditions if cells[c] and all(x.ok for x in cells[c])]
@@ -231,6 +299,7 @@ def analyze_groups(run: Run, n_boot: int, compare: Sequence[Run] = ()) -> list[G
     groups = [analyze_group(run, m, t, n_boot, n) for m, t, n in run.groups()]
     for g in groups:
         g.elsewhere = _stronger_elsewhere(g, compare, n_boot)
+        g.three_way = three_way(run, g, n_boot)
     return groups
 
 
@@ -959,6 +1028,19 @@ class BoardRow:
 
 
 @dataclass(frozen=True)
+class BoardThreeWay:
+    """Prompt, soft prompt or fine-tune? across a suite's tasks: each row's mean R against each task's best trained
+    prompt (``vs_prompt``) and best weight training (``vs_weights``, whose rows also hold ``PROMPT_ROLE``: the
+    trained prompt's share), each averaged over the tasks where that side's gain is clear; which condition each
+    task's side is (``prompts``, ``weights``)."""
+
+    prompts: dict[str, str]
+    weights: dict[str, str]
+    vs_prompt: SuiteStats
+    vs_weights: SuiteStats
+
+
+@dataclass(frozen=True)
 class Board:
     """A suite's leaderboard as data: rows are text conditions (rank order), columns the run's tasks."""
 
@@ -971,9 +1053,11 @@ class Board:
     rows: list[BoardRow]
     stats: SuiteStats
     reference: str | None = None  # the readable prompt every row is compared with, task by task ([suite] reference)
+    three_way: BoardThreeWay | None = None  # where the suite's ceiling candidates train both prompts and weights
 
 
 CEILING_ROLE = "(ceiling)"  # a task's ceiling among a leaderboard's per-task scores
+PROMPT_ROLE, WEIGHTS_ROLE = "(trained prompt)", "(weight training)"  # a task's best of each kind (``ThreeWay``)
 
 
 def board(run: Run, groups: Sequence[Group], n_boot: int, reference: str | None = None) -> Board:
@@ -1029,7 +1113,34 @@ def board(run: Run, groups: Sequence[Group], n_boot: int, reference: str | None 
             above = sum(_clearly_above(g, t, reference, metric, n_boot) for g in per_task.values())
         rows.append(BoardRow(t, cells[t], srow, cost, reused, above))
     rows.sort(key=lambda r: (r.suite.rank is None, r.suite.rank or 0, r.name))
-    return Board(run.models[0], metric, run.base, ceilings, list(per_task), gap, rows, stats, reference)
+    return Board(run.models[0], metric, run.base, ceilings, list(per_task), gap, rows, stats, reference,
+                 _board_three_way(run, per_task, metric, n_boot))
+
+
+def _board_three_way(run: Run, per_task: dict[str, Group], metric: str, n_boot: int) -> BoardThreeWay | None:
+    """``BoardThreeWay`` over the tasks whose group has a ``ThreeWay`` on the board's metric; None without any."""
+    found = {task: g.three_way for task, g in per_task.items() if g.three_way is not None
+             and g.three_way.metric == metric}
+    if not found or run.base is None:
+        return None
+    scores: dict[str, Any] = {}
+    for task, t in found.items():
+        g = per_task[task]
+        records = {c: {x.seed: x.lines for x in g.cells[c]} for c in [*run.texts, run.base] if c in g.usable}
+        for role, c in ((PROMPT_ROLE, t.prompt.name), (WEIGHTS_ROLE, t.weights.name)):
+            records[role] = {x.seed: x.lines for x in g.cells[str(c)]}
+        scores[task] = score_matrices(records)[metric]
+    texts = [x for x in run.texts if all(x in sc for sc in scores.values())]
+    prompts = {task: str(t.prompt.name) for task, t in found.items()}
+    weights = {task: str(t.weights.name) for task, t in found.items()}
+
+    def means(ceiling: str, names: list[str], clear: dict[str, bool]) -> SuiteStats:
+        return suite_means(scores, base=str(run.base), ceiling=ceiling, texts=names, gap=clear, n_boot=n_boot)
+
+    return BoardThreeWay(prompts, weights,
+                         means(PROMPT_ROLE, texts, {k: found[k].clear[prompts[k]] for k in found}) if texts else
+                         SuiteStats([], [], list(found), n_boot, 0.95, 0),
+                         means(WEIGHTS_ROLE, [*texts, PROMPT_ROLE], {k: found[k].clear[weights[k]] for k in found}))
 
 
 def _clearly_above(g: Group, text: str, reference: str, metric: str, n_boot: int) -> bool:

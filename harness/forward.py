@@ -305,7 +305,10 @@ def head_logits(lm: LoadedModel, hidden: torch.Tensor) -> torch.Tensor:
     gives are its hidden states', not its rounding's."""
     head = lm.model.get_output_embeddings()
     weight, bias = head.weight, getattr(head, "bias", None)
-    if weight.dtype not in (torch.float32, torch.float64):
+    if weight.dtype not in (torch.float32, torch.float64) and weight.requires_grad:
+        # a head being trained (full fine-tuning): cast anew on every call, so that it is differentiable and current
+        weight, bias = weight.float(), None if bias is None else bias.float()
+    elif weight.dtype not in (torch.float32, torch.float64):
         key = ("head32", weight.data_ptr())
         if key not in lm.cache:  # one float32 copy of the head per model, made on first use
             lm.cache.clear()

@@ -263,7 +263,7 @@ def choose_on_dev(ctx: FitContext, candidates: Sequence[PromptArtifact], select_
 
 
 FIELDS = {"text": "an instruction", "demos": "demos", "soft": "a soft_prompt", "prefix": "a prefix_kv",
-          "weights": "a LoRA adapter"}
+          "weights": "trained weights (a LoRA adapter, a full fine-tune)"}
 
 
 def check_artifact(artifact: Any, lm: LoadedModel, owner: str,
@@ -291,7 +291,7 @@ def check_artifact(artifact: Any, lm: LoadedModel, owner: str,
         if not torch.isfinite(t).all():
             raise UserError(f"{owner} returned {name} with NaN or infinite values; check its training (learning rate)")
     if artifact.adapter is not None and not all(torch.isfinite(t).all() for t in artifact.adapter.values()):
-        raise UserError(f"{owner} returned a LoRA adapter with NaN or infinite weights; check its training (learning "
+        raise UserError(f"{owner} returned trained weights with NaN or infinite values; check its training (learning "
                         f"rate)")
     # last: a tensor of the wrong shape is named as such first, whatever the declaration
     undeclared = sorted(artifact.parts - set(produces), key=PRODUCTS.index) if produces is not None else []

@@ -22,6 +22,9 @@ def export_peft(artifact: PromptArtifact, model: str, folder: str | Path) -> Pat
     from peft import PromptTuningConfig, TaskType
     from safetensors.torch import save_file
 
+    if artifact.full:
+        raise UserError(f"artifact of {artifact.condition or 'a condition'} is a full fine-tune: a whole model, not a "
+                        f"PEFT adapter; export a soft-prompt or lora artifact")
     if artifact.adapter is not None:
         return _export_lora(artifact, model, Path(folder))
     if artifact.soft_prompt is None:

@@ -404,6 +404,41 @@ def _ratio_section(run: Run, groups: list[Group]) -> list[str]:
     return out
 
 
+def _three_way_section(run: Run, groups: list[Group]) -> list[str]:
+    """Prompt, soft prompt or fine-tune? For the groups whose ceiling candidates train both a prompt and weights."""
+    shown = [g for g in groups if g.three_way is not None]
+    if not shown:
+        return []
+    first = shown[0]
+    assert first.three_way is not None
+    out = ["## Prompt, soft prompt or fine-tune?", "",
+           wording.three_way_intro(first.three_way.metric, first.per_token), ""]
+    for g in shown:
+        t = g.three_way
+        assert t is not None
+        out += [f"### {g.name}", ""]
+        rows = []
+        for c, kind in t.trains.items():
+            side = t.prompt if kind == "prompt" else t.weights
+            mark = " (best on dev)" if side.chosen and side.name == c else ""
+            cost = g.costs.get(c)
+            rows.append([c + mark, wording.TRAINS[kind], _ci(t.gains.get(c)),
+                         wording.cost(cost) if cost else "not recorded"])
+        out += _table(["trained condition", "trains", f"Δ {METRIC_LABELS[t.metric][0]} vs base [95% CI]",
+                       "fit cost; trainable params"], rows) + [""]
+        defined = [x for x in t.vs_weights if t.vs_weights[x].value is not None]
+        best = max(defined, key=lambda x: t.vs_weights[x].value) if defined else None  # type: ignore[arg-type]
+        out += [wording.markdown(wording.three_way_answer(t, best)), ""]
+        if len(t.shares) > 1:
+            out += ["The trained prompt's share of each weight-training gain: " + "; ".join(
+                f"{w}: {wording.ratio_text(r)}" for w, r in t.shares.items()) + ".", ""]
+        out += _table(["text prompt", f"R vs {t.prompt.name} (trained prompt) [95% CI]",
+                       f"R vs {t.weights.name} (weight training) [95% CI]"],
+                      [[x, wording.ratio_text(t.vs_prompt[x]), wording.ratio_text(t.vs_weights[x])]
+                       for x in t.vs_prompt]) + [""]
+    return out
+
+
 def _per_seed_ratio(run: Run, g: Group) -> list[str]:
     """With several seeds: each seed's Δ and R on the deciding metric, the spread the t-interval reflects."""
     a = g.analysis
@@ -430,14 +465,6 @@ def _ci(e: Estimate | None, d: int = 3) -> str:
     return "—" if e is None else _est(e, d, signed=True)
 
 
-def _ratio_text(r: Any, d: int = 3) -> str:
-    if r is None:
-        return "—"
-    if r.value is None or r.ci is None:
-        return f"undefined ({wording.undefined(r.undefined)})"
-    return f"{_num(r.value, d)} {_iv(r.ci, d)}"
-
-
 def _efficiency_section(run: Run, found: list[Curve], fig_dir: Path, link_dir: str) -> list[str]:
     if not found:
         return []
@@ -461,7 +488,7 @@ def _efficiency_section(run: Run, found: list[Curve], fig_dir: Path, link_dir: s
             out += [f"R against the ceiling {run.ceiling!r} at each size (the ceiling fitted on the same train set):",
                     ""]
             out += _table(["text condition"] + [f"train {n}" for n in cv.sizes],
-                          [[t] + [_ratio_text(p.r) for p in cv.points[t]] for t in texts]) + [""]
+                          [[t] + [wording.ratio_text(p.r) for p in cv.points[t]] for t in texts]) + [""]
         out += [f"Means on {metric}: " + "; ".join(
             f"{c} " + ", ".join(f"{p.size}: {_num(p.mean.value, 3)}" for p in pts if p.mean is not None)
             for c, pts in cv.points.items()) + ".", ""]
@@ -506,9 +533,9 @@ def _transfer_section(run: Run, blocks: list[TransferBlock], fig_dir: Path, link
         rows = []
         for r in b.rows:
             dagger = "" if r.same_tokens else " †"
-            rows.append([_role_name(run, r.condition), _ci(r.transferred.diff) + dagger, _ratio_text(r.r),
+            rows.append([_role_name(run, r.condition), _ci(r.transferred.diff) + dagger, wording.ratio_text(r.r),
                          _ci(r.own.diff) if r.own is not None and r.own.diff is not None else "—",
-                         "1 (the ceiling)" if r.condition == b.ceiling else _ratio_text(r.r_own)])
+                         "1 (the ceiling)" if r.condition == b.ceiling else wording.ratio_text(r.r_own)])
         metric = "gold log-lik" if b.analysis.deciding == "loglik" else "accuracy"
         out += _table(["condition", f"transferred: Δ {metric} vs target base [CI]",
                        f"transferred: R vs target ceiling {b.ceiling!r}" if b.ceiling else "transferred: R",
@@ -820,7 +847,7 @@ def render_report(run: Run, checked: Audit, fig_dir: Path, n_boot: int, compare:
     link_dir = quote(run.run_id)
     write_json(fig_dir / "verdict.json", verdict_json(run, groups, stamp, checked))
     lines = (_header(run, stamp, checked, compare) + _headline_section(run, groups) + _verdict_section(run, groups)
-             + _conditions_section(run, groups) + _ratio_section(run, groups)
+             + _conditions_section(run, groups) + _ratio_section(run, groups) + _three_way_section(run, groups)
              + _efficiency_section(run, curves(run, groups, n_boot), fig_dir, link_dir)
              + _transfer_section(run, transfers(run, n_boot), fig_dir, link_dir) + _overfitting_section(run, groups)
              + _figures_section(run, groups, fig_dir, link_dir)
@@ -869,6 +896,10 @@ def leaderboard_json(b: Board, suite: dict[str, Any], run: Run, checked: Audit, 
             "gap": b.gap, "averaged": b.stats.tasks, "no_gap": b.stats.no_gap, "n_boot": b.stats.n_boot,
             "confidence": b.stats.confidence, "excluded_replicates": b.stats.n_excluded,
             "reference": b.reference, "figure": FIGURE if b.stats.tasks else None,
+            "three_way": None if b.three_way is None else {
+                "prompts": b.three_way.prompts, "weights": b.three_way.weights,
+                "vs_prompt": {x.name: {"mean_r": x.mean_r, "ci": iv(x.ci)} for x in b.three_way.vs_prompt.rows},
+                "vs_weights": {x.name: {"mean_r": x.mean_r, "ci": iv(x.ci)} for x in b.three_way.vs_weights.rows}},
             "rows": [{"condition": r.name, "rank": r.suite.rank, "rank_ci": list(r.suite.rank_ci or []) or None,
                       "mean_r": r.suite.mean_r, "mean_r_ci": iv(r.suite.ci), "reused_cells": r.reused,
                       "above_reference": r.above_reference,
@@ -912,6 +943,9 @@ def render_leaderboard(b: Board, suite: dict[str, Any], run: Run, checked: Audit
         out += ["", f"![mean R against fit tokens]({quote(board_name(run.run_id))}/{FIGURE})"]
     out += ["", wording.board_mean_note(len(b.stats.tasks), len(b.tasks), b.stats.no_gap, b.stats.n_excluded,
                                         b.stats.confidence), ""]
+    if b.three_way is not None:
+        intro, header, rows = wording.board_three_way(b.three_way)
+        out += ["## Prompt, soft prompt or fine-tune?", "", intro, ""] + _table(header, rows) + [""]
     return "\n".join(out) + "\n"
 
 

@@ -57,7 +57,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from harness.artifact import ARTIFACT_FILE, TENSOR_FILE, PromptArtifact
+from harness.artifact import ARTIFACT_FILE, TENSOR_FILE, WEIGHTS_FILE, PromptArtifact
 from harness.atomic import (
     atomic_dir,
     clear_temporaries,
@@ -700,7 +700,8 @@ def artifact_hash(folder: Path) -> str | None:
     if not folder.is_dir():
         return None
     h = hashlib.sha256()
-    for f in sorted(p for p in folder.iterdir() if p.is_file()):
+    # a full fine-tune's weights file is kept out of git; artifact.json records its sha256, which stands for it
+    for f in sorted(p for p in folder.iterdir() if p.is_file() and p.name != WEIGHTS_FILE):
         h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
     return h.hexdigest()[:16]
 
@@ -737,12 +738,12 @@ class Completeness:
 
 def file_list(cell_dir: Path) -> dict[str, dict[str, Any]]:
     """What cell.json records of the files a cell needs: every file in its folder (artifact/ included) but cell.json
-    itself and files/ (the condition's working folder, which nothing reads back), by relative path, with its size
-    and sha256."""
+    itself, files/ (the condition's working folder, which nothing reads back) and a full fine-tune's weights (kept
+    out of git; artifact.json records their sha256), by relative path, with its size and sha256."""
     out = {}
     for p in sorted(cell_dir.rglob("*")):
         rel = p.relative_to(cell_dir)
-        if p.is_file() and rel.parts[0] not in (CELL, FILES) and _visible(p, cell_dir):
+        if p.is_file() and rel.parts[0] not in (CELL, FILES) and _visible(p, cell_dir) and p.name != WEIGHTS_FILE:
             out[rel.as_posix()] = {"bytes": p.stat().st_size, "sha256": _sha256(p)}
     return out
 

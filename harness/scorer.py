@@ -306,9 +306,10 @@ class Scorer:
 
     def _loglikelihood(self, requests: Sequence[TokenRequest], desc: str = "scoring",
                        prompt: PromptArtifact | None = None) -> list[Loglik]:
-        # a LoRA artifact's adapter is in the model for this call only; any other prompt is scored without one
+        # trained weights (a LoRA adapter, a full fine-tune) are in the model for this call only; any other prompt
+        # is scored without them
         with applied(self.lm, prompt.adapter_config if prompt is not None else None,
-                     prompt.adapter if prompt is not None else None):
+                     prompt.trained_weights() if prompt is not None else None):
             if self.lm.device.type != "cpu":
                 return self._score_requests(requests, desc, prompt)
             with map_large_buffers():  # the passes' buffers live in host memory: keep them from fragmenting it

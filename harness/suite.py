@@ -8,7 +8,8 @@ conditions ranked. ``promptgap bench --suite NAME`` runs it into ``results/bench
 CONDITION`` (a built-in or an installed plugin, its default settings) or ``--add-config FILE`` (``[conditions.X]``
 tables), the added conditions join the ranked texts, the run goes to a folder of its own, and every cell the suite's
 folder already holds with the same settings, split and scoring fingerprint is copied instead of computed
-(``runner.reusable``).
+(``runner.reusable``). An added condition that trains the model's weights (LoRA, full fine-tuning) joins the ceiling
+candidates instead of the ranked texts.
 """
 
 from __future__ import annotations
@@ -124,7 +125,13 @@ def load_suite(suite: str, add: list[str] | None = None, add_config: Path | None
             if "budget_tokens" not in body and _searches(body, cond):
                 body["budget_tokens"] = shared
                 log.info("--add %s: at the suite's search budget, budget_tokens = %d", cond, shared)
-    ratio["texts"] = list(ratio["texts"]) + list(added)
+    # an added condition that trains the model's weights is no prompt to rank: it joins the ceiling candidates
+    # (each task's ceiling is the candidate best on dev); the others are ranked with the suite's texts
+    trains = [c for c in added if "weights" in get_optimizer(str(conditions[c].get("optimizer", c))).produces]
+    if trains:
+        ceiling = ratio["ceiling"] if isinstance(ratio["ceiling"], list) else [ratio["ceiling"]]
+        ratio["ceiling"] = list(ceiling) + trains
+    ratio["texts"] = list(ratio["texts"]) + [c for c in added if c not in trains]
     budgeted = []
     if budget_tokens is not None:
         check_budget("--budget-tokens", budget_tokens)

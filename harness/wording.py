@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from harness.findings import (
+    PROMPT_ROLE,
     BeatenCeiling,
     Board,
+    BoardThreeWay,
     CannotRank,
     CeilingChoice,
     Cost,
@@ -35,9 +37,21 @@ from harness.findings import (
     Reach,
     Row,
     StillImproving,
+    ThreeWay,
     TwoSeeds,
 )
-from harness.stats import RECOVERY_THRESHOLD, Analysis, BcaSkip, Estimate, Interval, MetricAnalysis, Outcome, Undefined
+from harness.stats import (
+    RECOVERY_THRESHOLD,
+    Analysis,
+    BcaSkip,
+    Estimate,
+    Interval,
+    MetricAnalysis,
+    Outcome,
+    RatioStats,
+    SuiteRow,
+    Undefined,
+)
 
 if TYPE_CHECKING:
     from harness.run_folder import Cell
@@ -586,3 +600,57 @@ def board_mean_note(n_used: int, n_tasks: int, no_gap: Sequence[str], n_excluded
     if n_excluded:
         out += f" {n_excluded} replicate(s) drew a ceiling gain of exactly 0 in some task and were left out."
     return out
+
+
+# --- prompt, soft prompt or fine-tune? -----------------------------------------------------------------------------
+TRAINS = {"prompt": "a prompt (model frozen)", "weights": "the model's weights"}
+
+
+def three_way_intro(metric: str, per_token: bool) -> str:
+    return (f"Beside the deciding ceiling: each readable prompt's R against the best trained prompt (a soft prompt or "
+            f"prefix, the model frozen) and against the best weight training (LoRA, full fine-tuning), each chosen "
+            f"on dev, and the trained prompt's share of each weight-training gain; R = (x − base) / (y − base) on "
+            f"{metric_name(metric, per_token)}, with 95% paired-bootstrap intervals, not corrected for multiplicity "
+            f"(the verdicts are the deciding ceiling's).")
+
+
+def three_way_answer(t: ThreeWay, best_text: str | None) -> Text:
+    """The answer in one sentence: what the trained prompt recovers of the weight-training gain, and what the best
+    readable prompt recovers of each."""
+    share = t.shares[t.weights.name]  # type: ignore[index]
+    out = words("The trained prompt ", Em(str(t.prompt.name)), " recovers ", ratio_text(share), " of ",
+                Em(str(t.weights.name)), "'s gain")
+    if best_text is not None:
+        out += words("; the readable prompt highest here, ", Em(best_text), " (picked on test, so an optimistic "
+                     "pick), recovers ", ratio_text(t.vs_prompt[best_text]), " of the trained prompt's gain and ",
+                     ratio_text(t.vs_weights[best_text]), " of the weight training's")
+    return out + "."
+
+
+def ratio_text(r: RatioStats | None, d: int = 3) -> str:
+    """R with its interval, or why it is undefined."""
+    if r is None:
+        return "—"
+    if r.value is None or r.ci is None:
+        return f"undefined ({undefined(r.undefined)})" if r.undefined is not None else "undefined"
+    return f"{r.value:.{d}f} [{r.ci.lo:.{d}f}, {r.ci.hi:.{d}f}]"
+
+
+def board_three_way(t: BoardThreeWay) -> tuple[str, list[str], list[list[str]]]:
+    """The leaderboard's "prompt, soft prompt or fine-tune?": the sentence above the table, its header, its rows."""
+    sides = "; ".join(f"{task}: {t.prompts[task]} / {t.weights[task]}" for task in t.prompts)
+    intro = (f"Each task's best trained prompt (model frozen) and best weight training, each chosen on dev ({sides}). "
+             f"Mean R over the tasks where that one's gain over the base is clear "
+             f"({len(t.vs_prompt.tasks)} and {len(t.vs_weights.tasks)} of {len(t.prompts)}), with 95% percentile "
+             f"intervals from the ranking's bootstrap; the first row is the trained prompt's share of the weight "
+             f"training's gain.")
+
+    def cell(row: SuiteRow | None) -> str:
+        return "-" if row is None or row.mean_r is None else _r(row.mean_r, row.ci)
+
+    vs_prompt = {r.name: r for r in t.vs_prompt.rows}
+    vs_weights = {r.name: r for r in t.vs_weights.rows}
+    rows = [[PROMPT_ROLE, "1 (itself)", cell(vs_weights.get(PROMPT_ROLE))]]
+    rows += [[name, cell(vs_prompt.get(name)), cell(vs_weights.get(name))]
+             for name in sorted(vs_prompt, key=lambda n: -(vs_weights[n].mean_r or -1e9) if n in vs_weights else 0)]
+    return intro, ["condition", "mean R vs trained prompt [95% CI]", "mean R vs weight training [95% CI]"], rows

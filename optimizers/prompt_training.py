@@ -5,10 +5,11 @@ patience, the time cap, the log) with an Adam step on the kit's ``PromptForward`
 ``MicroBatches`` (a step that runs out of memory is redone in micro-batches with the same gradient).
 
 Shared by ``soft-prompt`` (input-embedding vectors), ``prefix-tuning`` (per-layer key/value prefixes),
-``soft-projected`` and ``lora`` (a LoRA adapter on the model's weights: the trial loop, ``run_trial``, and the
-sweep). The forward reads the same rendered token ids as the scorer (``Renderer.requests``, with sentinel ids where
-soft vectors go) and runs them through the same ``harness.forward`` (embedding, mask, positions,
-float32 head), so the training loss and the test score are the same function of the artifact.
+``soft-projected``, ``lora`` and ``full-finetune`` (the model's weights: the trial loop, ``run_trial``, and the
+sweep; ``optimizers.weight_training``). The forward reads the same rendered token ids as the scorer
+(``Renderer.requests``, with sentinel ids where soft vectors go) and runs them through the same ``harness.forward``
+(embedding, mask, positions, float32 head), so the training loss and the test score are the same function of the
+artifact.
 
 Speed: the token run every training sequence shares before the first trainable position (for a soft prompt
 inside the chat user turn: the whole system prompt and user header) is run once without gradients and
@@ -193,10 +194,10 @@ class Trial:
 
 class PromptTrainer:
     """Trains one kind of prompt tensor ("soft" or "prefix") for a FitContext, sweeping the settings' grid; its sweep
-    and ``run_trial`` also train a LoRA adapter (kind "lora", ``optimizers.lora.LoraTrainer``)."""
+    and ``run_trial`` also train the model's weights (kind "weights", ``optimizers.weight_training.WeightTrainer``)."""
 
     def __init__(self, ctx: FitContext, settings: PromptTrainingSettings, kind: str, condition: str) -> None:
-        if kind not in ("soft", "prefix", "lora"):
+        if kind not in ("soft", "prefix", "weights"):
             raise ValueError(kind)
         self.ctx, self.s, self.kind, self.condition = ctx, settings, kind, condition
         lm = ctx.lm
@@ -213,7 +214,7 @@ class PromptTrainer:
         text = settings.init_text
         if text is None:
             text = (" " + self.marker) if self.placement == "marker" else ctx.task.instruction
-        self.text_ids = init_text_ids(lm, text) if kind != "lora" and "text" in _as_list(settings.init) else None
+        self.text_ids = init_text_ids(lm, text) if kind != "weights" and "text" in _as_list(settings.init) else None
         self.micro = MicroBatches(lm, condition)  # one for the sweep: a size that ran out of memory stays halved
         if not ctx.train:
             raise UserError(f"condition {condition}: no training examples; give the task a train split")

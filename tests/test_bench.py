@@ -204,6 +204,16 @@ def test_a_ceiling_candidate_is_reused_only_with_its_dev_score(smoke: Path) -> N
                                                                                 "candidate here needs")
 
 
+def test_an_added_weight_training_condition_joins_the_ceiling_candidates_not_the_ranked_texts(tmp_path) -> None:
+    # lora and full-finetune train the model's weights (they declare produces = {"weights"}): no prompt to rank
+    (tmp_path / "w.toml").write_text("[conditions.full-finetune]\nsteps = 4\n[conditions.mine]\noptimizer = "
+                                     "\"handwritten\"\n")
+    suite = load_suite("smoke", ["lora"], add_config=tmp_path / "w.toml")
+    assert suite.cfg.ratio["ceiling"] == ["soft-prompt", "prefix-tuning", "lora", "full-finetune"]
+    assert suite.cfg.ratio["texts"] == ["handwritten", "terse", "mine"]
+    assert suite.run_id == "bench-smoke-v2-with-lora-full-finetune-mine"
+
+
 def test_bad_suite_input_is_a_one_line_error(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="no such suite"):
         load_suite("nope")

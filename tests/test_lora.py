@@ -17,7 +17,7 @@ from harness.errors import UserError
 from harness.plan import split
 from harness.registry import get_task
 from harness.runner import Runner
-from optimizers.lora import LoraSettings
+from optimizers.weight_training import LoraSettings
 
 CONFIG = """
 [run]
@@ -113,7 +113,7 @@ def test_the_run_with_a_lora_cell_passes_the_audit(run_dir) -> None:
 
 @pytest.mark.parametrize(("settings", "message"), [
     ({"r": 0}, "r = 0"), ({"lora_alpha": -1}, "lora_alpha = -1"), ({"lora_dropout": 1.0}, "lora_dropout = 1.0"),
-    ({"target_modules": []}, "target_modules = []"), ({"length": 4}, "a LoRA adapter has neither"),
+    ({"target_modules": []}, "target_modules = []"), ({"length": 4}, "trained weights have none of them"),
 ])
 def test_bad_lora_settings_are_refused_in_one_line(settings, message) -> None:
     with pytest.raises(UserError, match=message.replace("[", r"\[").replace("]", r"\]")) as e:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.stats
+import torch
 
 import harness.report as report
 from harness.artifact import PromptArtifact
@@ -35,12 +36,13 @@ ERROR = "RuntimeError: synthetic failure in seed 1"
 CHOICES = 8
 
 
-def gold_nll(cond: str, i: int, seed: int) -> float:
+def gold_nll(cond: str, i: int, seed: int, weights: dict[str, tuple[float, float]] | None = None) -> float:
     # multiples of 1/64: sums and halvings are exact in floating point, so R is exactly SHARE in every replicate;
-    # every value lies in [0.75, 2.0], inside (ln 2, ln 8): gold can be the argmax of 8 choices, or not
+    # every value lies in [0.75, 2.0], inside (ln 2, ln 8): gold can be the argmax of 8 choices, or not (a weight
+    # condition's, at a share up to 2, in [0.25, 2.0]: above 0, as a correct example's must be)
     base = 1.25 + ((i + seed) % 7) / 8
     gain = 0.25 + ((i + 2 * seed) % 5) / 16
-    return base - SHARE[cond] * gain
+    return base - (weights[cond][0] if weights and cond in weights else SHARE[cond]) * gain
 
 
 def choice_logliks(nll: float, correct: bool) -> tuple[list[float], int]:
@@ -73,16 +75,22 @@ MANIFEST = {
 }
 
 
-def make_run(root: Path, *, seeds: tuple[int, ...] = (0, 1), ceiling: str | None = "soft",
+def make_run(root: Path, *, seeds: tuple[int, ...] = (0, 1), ceiling: str | list[str] | None = "soft",
              failures: dict[tuple[str, int], str] | None = None, dirty: bool = False,
-             extra: dict[str, Callable[[int, int], tuple[float, bool]]] | None = None) -> Path:
+             extra: dict[str, Callable[[int, int], tuple[float, bool]]] | None = None,
+             weights: dict[str, tuple[float, float]] | None = None) -> Path:
     """A run folder written through the run-folder module, as the runner writes it: model "org/tiny", task
     "antonyms", conditions of SHARE, with the evidence a clean run records. ``extra`` adds text conditions whose
-    example ``i`` of seed ``s`` has (gold NLL, correct) = extra[name](i, s)."""
+    example ``i`` of seed ``s`` has (gold NLL, correct) = extra[name](i, s). ``weights`` adds weight-training
+    conditions (name -> (share of the soft prompt's per-example gain, dev gold NLL)), every test example correct,
+    and makes every trained condition a ceiling candidate with its dev score; "soft" then holds a soft prompt."""
     failures = {("broken", 1): ERROR} if failures is None else failures
     extra = extra or {}
+    weights = weights or {}
+    if weights:
+        ceiling = ["soft", *weights]
     folder = RunFolder(root / "results" / RUN_ID)
-    conditions = list(SHARE) + list(extra)
+    conditions = list(SHARE) + list(extra) + list(weights)
     texts = TEXTS + list(extra)
     folder.write_config({
         "run": {"name": "synth", "seeds": list(seeds), "n_boot": 10_000},
@@ -118,7 +126,7 @@ def make_run(root: Path, *, seeds: tuple[int, ...] = (0, 1), ceiling: str | None
                     lines = []
                     for i, ex in enumerate(ids["test"]):
                         nll, correct = (extra[cond](i, seed) if cond in extra
-                                        else (gold_nll(cond, i, seed), i < CORRECT_UPTO[cond]))
+                                        else (gold_nll(cond, i, seed, weights), i < CORRECT_UPTO.get(cond, N_TEST)))
                         lls, pred = choice_logliks(nll, correct)
                         lines.append({"example_id": ex, "choice_loglik": lls, "choice_ntokens": [1] * CHOICES,
                                       "choice_greedy": [False] * CHOICES, "gold": 0, "pred": pred,
@@ -133,6 +141,16 @@ def make_run(root: Path, *, seeds: tuple[int, ...] = (0, 1), ceiling: str | None
                     record.n, record.accuracy, record.gold_nll = N_TEST, *(
                         sum(x[k] for x in lines) / N_TEST for k in ("correct", "gold_nll"))
                     meta: dict = {}
+                    tensors: dict = {}
+                    if weights and cond in ("soft", *weights):  # a ceiling candidate: scored on dev too
+                        record.dev = {"n": 5, "gold_nll": 0.3 if cond == "soft" else weights[cond][1], "accuracy": 1.0}
+                        tensors = {"soft_prompt": torch.zeros(2, 4)} if cond == "soft" else {
+                            "adapter": {"m.lora_A.weight": torch.zeros(1, 4)},
+                            "adapter_config": {"method": "full"} if cond == "full" else {"r": 1}}
+                        evidence.fit_reads = {i: {"content": ids_hash([i]), "times": 1}
+                                              for i in ids["train"] + ids["dev"]}
+                        evidence.selection = {"ids": ids["dev"], "metric": "dev gold NLL"}
+                        record.trainable_params = 8 if cond == "soft" else 4
                     if cond == "soft":
                         meta = {"nearest_tokens": [[" cold", " opposite"], [" word", "|pipe"]], "n_virtual_tokens": 2}
                         evidence.selection = {"ids": ids["dev"], "metric": "dev gold NLL"}
@@ -142,7 +160,7 @@ def make_run(root: Path, *, seeds: tuple[int, ...] = (0, 1), ceiling: str | None
                         meta = {"proposals": ["Opposite:", "Give the antonym."]}
                     cell.artifact(PromptArtifact(
                         format="chat", instruction="" if cond in ("base-chat", "soft") else f"Antonym ({cond}):",
-                        demos=["hot -> cold"] if cond == "half" else [], condition=cond, meta=meta))
+                        demos=["hot -> cold"] if cond == "half" else [], condition=cond, meta=meta, **tensors))
                 cell.evidence(evidence)
                 cell.finish(record)
     folder.write_summary()
@@ -439,3 +457,45 @@ def test_the_terminal_says_what_the_markdown_headline_says_without_markup(tmp_pa
     assert ceiling.replace("**", "") in out
     row = next(x for x in out.splitlines() if "likely" in x)
     assert "text-closes-gap on gold log-likelihood; soft-only on accuracy" in row
+
+
+def test_prompt_soft_prompt_or_fine_tune_gives_each_r_and_the_soft_prompts_share(tmp_path) -> None:
+    # per example, lora gains twice the soft prompt's gain and full 1.5 times: R against lora is SHARE / 2 and
+    # against the soft prompt SHARE, in every replicate; the soft prompt recovers exactly 1/2 of lora's gain and
+    # 1/1.5 of full's. lora is best on dev (0.1 < 0.2 < soft's 0.3), so it is also the deciding ceiling
+    md, _ = build(tmp_path, failures={}, weights={"lora": (2.0, 0.1), "full": (1.5, 0.2)})
+    three = section(md, "Prompt, soft prompt or fine-tune?")
+    assert "Ceiling **lora** over base **base-chat**" in section(md, "Headline")
+    assert "| lora (best on dev) | the model's weights |" in three and "| soft | a prompt (model frozen) |" in three
+    assert "| full | the model's weights |" in three
+    assert "The trained prompt **soft** recovers 0.500 [0.500, 0.500] of **lora**'s gain" in three
+    assert "soft: " not in three and "full: 0.667 [0.667, 0.667]" in three
+    assert "| most | 0.750 [0.750, 0.750] | 0.375 [0.375, 0.375] |" in three
+    assert "| half | 0.500 [0.500, 0.500] | 0.250 [0.250, 0.250] |" in three
+    assert "the readable prompt highest here, **most**" in three
+    # one number of trainable parameters per condition (2 x 4 soft vectors, 1 x 4 adapter weights)
+    assert re.search(r"\| soft \| a prompt \(model frozen\) \| \+[0-9.]+ \[[^]]+\] \| fit 0.1 s; 8 params \|", three)
+    # without weight training there is no such section
+    assert "Prompt, soft prompt or fine-tune?" not in build(tmp_path / "plain", failures={})[0]
+
+
+def test_the_leaderboard_gives_each_rows_mean_r_against_both_kinds_of_trained_ceiling(tmp_path) -> None:
+    from harness.findings import PROMPT_ROLE, analyze_groups, board
+    from harness.run_folder import load_run
+    from harness.wording import board_three_way
+
+    run = load_run(make_run(tmp_path, failures={}, weights={"lora": (2.0, 0.1), "full": (1.5, 0.2)}))
+    b = board(run, analyze_groups(run, N_BOOT), N_BOOT)
+    assert b.three_way is not None and b.three_way.prompts == {"antonyms": "soft"}
+    assert b.three_way.weights == {"antonyms": "lora"}
+    # one task: the mean R is the task's R, exactly SHARE against the soft prompt and SHARE / 2 against lora
+    vs_prompt = {r.name: r.mean_r for r in b.three_way.vs_prompt.rows}
+    vs_weights = {r.name: r.mean_r for r in b.three_way.vs_weights.rows}
+    assert vs_prompt == {"half": 0.5, "most": 0.75, "broken": 0.25}
+    assert vs_weights == {"half": 0.25, "most": 0.375, "broken": 0.125, PROMPT_ROLE: 0.5}
+    intro, header, rows = board_three_way(b.three_way)
+    assert "antonyms: soft / lora" in intro and rows[0] == [PROMPT_ROLE, "1 (itself)", "0.50 [0.50, 0.50]"]
+    assert rows[1][:2] == ["most", "0.75 [0.75, 0.75]"] and rows[1][2].startswith("0.38 [")
+    # every replicate's R is 0.375 up to the rounding of a mean over 60 examples (a relative 1e-15 or so)
+    ci = next(r.ci for r in b.three_way.vs_weights.rows if r.name == "most")
+    assert abs(ci.lo - 0.375) < 1e-12 and abs(ci.hi - 0.375) < 1e-12
