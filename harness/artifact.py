@@ -106,6 +106,13 @@ class PromptArtifact:
         kept out of git)."""
         if self.adapter is not None or self.adapter_config is None:
             return self.adapter
+        from safetensors.torch import load_file
+
+        return load_file(str(self._weights_path()))
+
+    def _weights_path(self) -> Path:
+        """A loaded full fine-tune's ``WEIGHTS_FILE``, checked against its record (bytes, sha256); else a one-line
+        error."""
         rec, path = self.weights_file or {}, (self.folder or Path("?")) / WEIGHTS_FILE
         if not path.is_file():
             raise UserError(f"{path} is not here: the fine-tuned weights of {self.condition or 'this artifact'} "
@@ -114,9 +121,7 @@ class PromptArtifact:
         if path.stat().st_size != rec.get("bytes") or file_sha256(path) != rec.get("sha256"):
             raise UserError(f"{path} is not the file its artifact.json records (bytes or sha256 differ); compute the "
                             f"cell again")
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
+        return path
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
@@ -175,18 +180,16 @@ class PromptArtifact:
     def save(self, folder: str | Path) -> Path:
         """Write the artifact into ``folder`` atomically (a temp folder renamed into place)."""
         folder = Path(folder)
-        with atomic_dir(folder) as tmp:
-            write_json(tmp / ARTIFACT_FILE, self.to_json())
-            from safetensors.torch import save_file
+        from safetensors.torch import save_file
 
+        with atomic_dir(folder) as tmp:
             record = self.weights_file
             if self.full and self.adapter is not None:
                 save_file(self.adapter, str(tmp / WEIGHTS_FILE), metadata={"condition": self.condition})
                 record = {"name": WEIGHTS_FILE, "bytes": (tmp / WEIGHTS_FILE).stat().st_size,
                           "sha256": file_sha256(tmp / WEIGHTS_FILE), "params": self.trainable_params}
             elif self.full and self.folder is not None and (self.folder / WEIGHTS_FILE).is_file():
-                self.trained_weights()  # checked against its record before it is copied
-                shutil.copyfile(self.folder / WEIGHTS_FILE, tmp / WEIGHTS_FILE)
+                shutil.copyfile(self._weights_path(), tmp / WEIGHTS_FILE)  # checked against its record first
             write_json(tmp / ARTIFACT_FILE, self.to_json() | ({WEIGHTS_KEY: record} if record else {}))
             tensors = self.tensors()
             if tensors:

@@ -199,3 +199,17 @@ def test_a_bf16_model_trains_its_own_head_and_scores_it_fresh(lm) -> None:
         for n, p in other.model.named_parameters():
             p.copy_(trained[n])
     assert [s.gold_nll for s in Scorer(other).score(base, test[:4], task.kind)] == tuned
+
+
+def test_a_loaded_full_finetune_saves_again_whole_or_with_its_record_alone(run_dir, tmp_path) -> None:
+    # a transfer cell copies its source's artifact: the weights file comes along, checked against its record; where
+    # the file is not there (a clone), the copy keeps the record, so it says the same thing as its source
+    source = run_dir / CELLS / "full-finetune" / "artifact"
+    art = PromptArtifact.load(source)
+    copy = art.save(tmp_path / "copy")
+    assert (copy / WEIGHTS_FILE).read_bytes() == (source / WEIGHTS_FILE).read_bytes()
+    assert json.loads((copy / "artifact.json").read_text()) == json.loads((source / "artifact.json").read_text())
+    (copy / WEIGHTS_FILE).unlink()
+    again = PromptArtifact.load(copy).save(tmp_path / "again")
+    assert not (again / WEIGHTS_FILE).exists()
+    assert json.loads((again / "artifact.json").read_text()) == json.loads((source / "artifact.json").read_text())
