@@ -62,8 +62,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     for n in names(TASK_GROUP):
         cls = loaded(TASK_GROUP, n, "task")
         t.add_row(n, *((cls.kind, cls.summary) if cls is not None else ("?", "BROKEN: cannot be imported")))
-    t.add_row("lm-eval:NAME", "either", "any lm-evaluation-harness task with output_type multiple_choice or "
-              "loglikelihood (a group: its subtasks); --lm-eval-include DIR for your own YAML files")
+    t.add_row("lm-eval:NAME", "either", "any lm-evaluation-harness task with output_type multiple_choice, "
+              "loglikelihood or generate_until (scored by the gold answer's log-likelihood; a group: its subtasks); "
+              "--lm-eval-include DIR for your own YAML files")
     console.print(t)
     c = Table(title="conditions (--condition)")
     c.add_column("name")

@@ -1,4 +1,4 @@
-"""Any lm-evaluation-harness log-likelihood task as a promptgap task (``lm-eval:NAME``), built by lm-eval's own code.
+"""Any lm-evaluation-harness task as a promptgap task (``lm-eval:NAME``), built by lm-eval's own code.
 
 The task's YAML (bundled with lm-eval, or in a folder given as ``--lm-eval-include``) is loaded by lm-eval's
 ``TaskManager``; each document becomes an ``Example`` through the task object's own ``doc_to_text``,
@@ -6,6 +6,11 @@ The task's YAML (bundled with lm-eval, or in a folder given as ``--lm-eval-inclu
 Example is checked against the request lm-eval itself builds for that document at zero shots
 (``fewshot_context`` + ``construct_requests``), so a task whose requests promptgap cannot reproduce is refused
 rather than scored differently. The YAML's ``num_fewshot`` is not applied: demos are what conditions supply.
+
+A ``generate_until`` task is scored by its gold answer's log-likelihood, as a continuation task: the continuation is
+``doc_to_target`` whole (for gsm8k the worked solution ending in ``#### <answer>``) after ``target_delimiter``, as
+lm-eval's own ``loglikelihood`` of that target reads it; its context must be the one lm-eval builds. Its generation
+arguments are recorded (``generation_kwargs``); greedy generation with its filters and metrics is not computed yet.
 
 lm-eval's ``TaskManager`` reads every bundled YAML (about 15 s here), so it is built lazily, once per process and
 set of include folders; a name found in the include folders alone is loaded from an index of those folders only.
@@ -32,7 +37,7 @@ from harness.task import SplitSizes, Task, split_from_pool
 log = logging.getLogger(__name__)
 
 PREFIX = LM_EVAL_PREFIX
-SERVED = ("multiple_choice", "loglikelihood")
+SERVED = ("multiple_choice", "loglikelihood", "generate_until")
 # dataset_path values that are datasets' packaged builders over local files, not hub datasets
 LOCAL_BUILDERS = ("json", "csv", "parquet", "text", "arrow", "pandas")
 PIP_HINT = "pip install 'lm-eval[hf]>=0.4.13,<0.5'"
@@ -230,9 +235,6 @@ def _scan_bundled(bare: str) -> tuple[str, Path] | None:
 def refusal_reason(output_type: str, metrics: Sequence[str], multiple_target: bool = False,
                    multimodal: bool = False) -> str | None:
     """Why promptgap cannot serve a task (one clause), or None."""
-    if output_type == "generate_until":
-        return ("it generates text (output_type generate_until); promptgap scores log-likelihoods, so use a "
-                "multiple_choice or loglikelihood task")
     if output_type == "loglikelihood_rolling":
         return ("it scores whole documents (output_type loglikelihood_rolling, perplexity), with no context and "
                 "continuation for a prompt to sit between")
@@ -266,7 +268,8 @@ def _config_sha256(lm_task: Any) -> str:
 
 
 class LmEvalTask(Task):
-    """One lm-eval task (``multiple_choice`` or ``loglikelihood``): documents -> Examples, lm-eval's splits -> Split.
+    """One lm-eval task (``multiple_choice``, ``loglikelihood``, or ``generate_until`` scored by its gold answer's
+    log-likelihood): documents -> Examples, lm-eval's splits -> Split.
 
     Splits: train from lm-eval's training docs; dev and test carved with the seed from its validation docs; its test
     docs become the test split when every target is a valid choice (hidden test labels, -1, are not). A task with
@@ -275,7 +278,7 @@ class LmEvalTask(Task):
     """
 
     name = "lm-eval"
-    summary = "any lm-evaluation-harness task with output_type multiple_choice or loglikelihood"
+    summary = "any lm-evaluation-harness task with output_type multiple_choice, loglikelihood or generate_until"
     instruction = ""
 
     def __init__(self, lm_task: Any, includes: tuple[Path, ...] = (), group: str | None = None) -> None:
@@ -288,6 +291,9 @@ class LmEvalTask(Task):
         self.refusal = refusal(lm_task)
         self.kind = "multiple_choice" if self.output_type == "multiple_choice" else "continuation"
         self.metrics = tuple(lm_task.aggregation())  # the task's metric list, as lm-eval names them
+        # a generate_until task's generation arguments (until, max_gen_toks, ...): recorded, not applied yet
+        self.generation_kwargs = dict(lm_task.config.generation_kwargs or {}) \
+            if self.output_type == "generate_until" else None
         self.instruction = "Choose the correct answer." if self.kind == "multiple_choice" else "Continue the text."
         self.summary = f"lm-eval {self.task_name} ({self.output_type})"
         super().__init__(None)
@@ -314,7 +320,13 @@ class LmEvalTask(Task):
         try:
             description = t.resolve_field(doc, t.config.description) or ""
             text, target = t.doc_to_text(doc), t.doc_to_target(doc)
-            if self.kind == "continuation":
+            if self.output_type == "generate_until":  # the gold answer after the delimiter, as multiple choice reads
+                if isinstance(target, list | tuple):
+                    raise UserError(f"{where}: its target is a list of {len(target)} answers; promptgap scores one "
+                                    f"gold answer (use a task whose doc_to_target gives one)")
+                ex = Example(id=f"{split_name}:{i}", contexts=(str(text),), continuations=(str(target),), gold=0,
+                             delimiter=t.config.target_delimiter, fields=dict(doc), description=description)
+            elif self.kind == "continuation":
                 ex = Example(id=f"{split_name}:{i}", contexts=(str(text),), continuations=(str(target),), gold=0,
                              delimiter="", fields=dict(doc), description=description)
             else:
@@ -339,6 +351,8 @@ class LmEvalTask(Task):
         # what promptgap's renderer writes in raw format must be exactly the request lm-eval builds
         theirs = [tuple(r.arguments) for r in (requests if isinstance(requests, list) else [requests])]
         ours = [(ex.description + c, ex.delimiter + cont) for c, cont in map(ex.choice, range(ex.n_choices))]
+        if self.output_type == "generate_until":  # lm-eval's request is (context, generation arguments)
+            theirs, ours = [r[:1] for r in theirs], [r[:1] for r in ours]
         if theirs != ours:
             raise UserError(f"{where}: lm-eval builds the request {theirs[0]!r}, promptgap would build {ours[0]!r} "
                             f"(a gen_prefix or a custom construct_requests?); this task is not supported")
@@ -453,5 +467,6 @@ class LmEvalTask(Task):
             "output_type": self.output_type, "group": self.group, "include": [str(p) for p in self.includes],
             "yaml": (cfg.metadata or {}).get("config_source") if isinstance(cfg.metadata, dict) else None,
             "config_sha256": _config_sha256(self.lm_task), "num_fewshot_not_applied": cfg.num_fewshot or 0,
+            "generation_kwargs": self.generation_kwargs,
         }
         return out

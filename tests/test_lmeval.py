@@ -140,7 +140,6 @@ def test_a_group_expands_into_its_subtasks() -> None:
 
 
 @pytest.mark.parametrize(("name", "needle"), [
-    ("pgfx_generate", "generates text \\(output_type generate_until\\)"),
     ("pgfx_mutual_info", "acc_mutual_info"),
     ("pgfx_multi_gold", "several gold answers"),
     ("pgfx_unlabelled", "no split with labels"),
@@ -153,8 +152,8 @@ def test_unsupported_tasks_are_refused_with_the_reason(name, needle) -> None:
 
 def test_name_kind_without_lm_evals_full_index() -> None:
     assert name_kind("lm-eval:pgfx_multi_gold", FIXTURES / "refused") == "task"  # the include folder's own index
-    with pytest.raises(UserError, match="generate_until"):  # what the YAML alone shows is refused right away
-        name_kind("lm-eval:pgfx_generate", FIXTURES / "refused")
+    with pytest.raises(UserError, match="acc_mutual_info"):  # what the YAML alone shows is refused right away
+        name_kind("lm-eval:pgfx_mutual_info", FIXTURES / "refused")
     assert name_kind("lm-eval:pgfx_suite", FIXTURES) == "group"
     assert name_kind("lm-eval:arc_easy") == "task"  # a text scan of lm-eval's bundled YAML files
     assert name_kind("lm-eval:mmlu") == "group"
@@ -237,7 +236,7 @@ def test_config_check_of_a_task_name_does_not_build_lm_evals_index(tmp_path) -> 
     ('name = "lm-eval:pgfx_capitals"\nlm_eval_include = "nowhere"', "does not exist"),
     ('name = "lm-eval:pgfx_capitals"\ndata_dir = "."', "data_dir has no effect on an lm-eval task"),
     ('name = "antonyms"\nlm_eval_include = "."', "lm_eval_include applies to lm-eval:NAME tasks only"),
-    ('name = "lm-eval:pgfx_generate"\nlm_eval_include = "INCLUDE"', "generate_until"),
+    ('name = "lm-eval:pgfx_mutual_info"\nlm_eval_include = "INCLUDE"', "acc_mutual_info"),
 ])
 def test_config_errors_name_the_entry(tmp_path, lines, needle) -> None:
     from harness.config import load_config

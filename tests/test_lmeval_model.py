@@ -142,7 +142,7 @@ def test_trained_soft_prompt_in_lm_eval_reproduces_promptgaps_test_scores(capsys
 
 @pytest.mark.parametrize(("argv", "needle"), [
     (["--tasks", "nosuch_task"], "unknown lm-eval task 'nosuch_task'"),
-    (["--tasks", "pgfx_generate"], "output_type generate_until"),
+    (["--tasks", "pgfx_arith"], "output_type generate_until"),
     (["--tasks", "pgfx_capitals", "--include", "/nonexistent/tasks"], "does not exist"),
     (["--tasks", "pgfx_capitals", "--limit", "0"], "--limit 0"),
 ])
@@ -167,7 +167,6 @@ def test_a_chat_artifact_needs_the_chat_template(capsys, lm, tmp_path) -> None:
 
 @pytest.mark.parametrize(("task", "needle"), [
     ("lm-eval:nosuch_task", "unknown lm-eval task"),
-    ("lm-eval:pgfx_generate", "output_type generate_until"),
     ("lm-eval:pgfx_unlabelled", "no split with labels"),
 ])
 def test_eval_bad_lm_eval_tasks(capsys, tmp_path, task, needle) -> None:
@@ -214,3 +213,26 @@ def test_exported_lora_adapter_in_lm_evals_hf_model_with_peft(lm, tmp_path, fmt)
              for x, y in zip(u, v, strict=True)]
     # every request moved by more than the tolerance: the agreement above could not come from the base model's numbers
     assert min(moved) > TOL and max(moved) > 100 * TOL
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_a_generate_until_task_is_scored_by_its_gold_answers_log_likelihood_as_lm_eval_reads_it(lm, scorer, hflm,
+                                                                                              chat) -> None:
+    # lm-eval's own loglikelihood of the whole gold answer (the worked solution and its "#### n") after the task's
+    # context: raw, the target delimiter between them; chat, the context as the user turn and the answer right after
+    # the assistant header (lm-eval's rule for a continuation); the same numbers within TOL, the same greedy flags
+    from lm_eval.api.instance import Instance
+
+    task = get_task("lm-eval:pgfx_arith", lm_eval_include=FIXTURES)
+    assert task.kind == "continuation" and task.generation_kwargs["until"] == ["Question:", "\n\n"]
+    examples = task.all_examples()
+    assert len(examples) == 24 and examples[0].continuations[0].endswith("#### 9") and examples[0].delimiter == " "
+    ours = scorer.score(PromptArtifact(format="chat" if chat else "raw"), examples, task.kind)
+    contexts = [e.contexts[0] for e in examples]
+    if chat:
+        contexts = [hflm.apply_chat_template([{"role": "user", "content": c}]) for c in contexts]
+    requests = [Instance("loglikelihood", {}, (c, ("" if chat else " ") + e.continuations[0]), i)
+                for i, (c, e) in enumerate(zip(contexts, examples, strict=True))]
+    theirs = hflm.loglikelihood(requests)
+    assert max(abs(o.choice_loglik[0] - ll) for o, (ll, _) in zip(ours, theirs, strict=True)) < TOL
+    assert [o.choice_greedy[0] for o in ours] == [g for _, g in theirs]
